@@ -1,0 +1,46 @@
+"""Progress bars for long loops, silenced globally with `set_quiet(True)` or `DENSEKIT_QUIET=1`.
+
+The CLI silences them under `--quiet` and `--json`, so JSON on stdout is never mixed with bars
+(bars go to stderr anyway).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+_quiet = os.environ.get("DENSEKIT_QUIET", "") not in ("", "0", "false")
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """Wrap `iterable` in a progress bar on stderr unless progress is silenced."""
+    return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=_quiet, dynamic_ncols=True))
+
+
+def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> tqdm:
+    """A manually updated bar (`bar.update(n)`), silenced like `progress`."""
+    return tqdm(desc=desc, total=total, unit=unit, disable=_quiet, dynamic_ncols=True)
+
+
+def announce(message: str) -> None:
+    """Tell the user something they must know (a fallback, a skipped step) on stderr, always.
+
+    Unlike progress, announcements are not silenced by --quiet: a fallback is never silent.
+    """
+    import sys
+
+    print(f"densekit: {message}", file=sys.stderr, flush=True)

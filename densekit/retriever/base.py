@@ -1,0 +1,18 @@
+"""The one protocol every retriever keeps: dense, BM25, hybrid and reranking alike."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from densekit.data import Run
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Anything that ranks documents for queries.
+
+    `search({query_id: text}, k)` returns a :class:`~densekit.data.Run` with at most `k` hits per
+    query, best first. Evaluation, mining, fusion and the LangChain adapter take any Retriever.
+    """
+
+    def search(self, queries: dict[str, str], k: int) -> Run: ...

