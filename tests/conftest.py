@@ -1,0 +1,153 @@
+"""Shared fixtures: real BEIR data (full and a deterministic subset), a tiny random BERT, real MiniLM.
+
+Data comes from `../shared/data/beir` (or $DENSEKIT_DATA). Tests that need it skip with a reason
+when it is absent; CI always has it. The embedding cache is redirected to a per-session temporary
+DENSEKIT_HOME so tests never read a developer's cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_BEIR = REPO.parent / "shared" / "data" / "beir"
+
+
+def _beir_root() -> Path | None:
+    for raw in os.environ.get("DENSEKIT_DATA", "").split(os.pathsep):
+        if raw and (Path(raw) / "scifact").is_dir():
+            return Path(raw)
+    return SHARED_BEIR if (SHARED_BEIR / "scifact").is_dir() else None
+
+
+BEIR_ROOT = _beir_root()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if BEIR_ROOT is not None:
+        os.environ["DENSEKIT_DATA"] = str(BEIR_ROOT)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def densekit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache root for the whole test session (embeddings, fetched models).
+
+    $DENSEKIT_TEST_HOME keeps a cache across sessions (useful when iterating locally).
+    """
+    home = Path(os.environ.get("DENSEKIT_TEST_HOME") or tmp_path_factory.mktemp("densekit_home"))
+    os.environ["DENSEKIT_HOME"] = str(home)
+    os.environ["DENSEKIT_QUIET"] = "1"
+    from densekit.progress import set_quiet
+
+    set_quiet(True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def beir_root() -> Path:
+    if BEIR_ROOT is None:
+        pytest.skip("BEIR data not found (../shared/data/beir or $DENSEKIT_DATA)")
+    return BEIR_ROOT
+
+
+@pytest.fixture(scope="session")
+def scifact_dir(beir_root: Path) -> Path:
+    return beir_root / "scifact"
+
+
+@pytest.fixture(scope="session")
+def nfcorpus_dir(beir_root: Path) -> Path:
+    return beir_root / "nfcorpus"
+
+
+def write_subset(source: Path, target: Path, n_queries: int, n_distractors: int, split: str = "test") -> Path:
+    """A deterministic BEIR subset: the first `n_queries` judged queries of `split`, every document
+    they judge, and the first `n_distractors` other documents in corpus order."""
+    import csv
+
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "qrels").mkdir(exist_ok=True)
+    with open(source / "qrels" / f"{split}.tsv", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))[1:]
+    chosen: list[str] = []
+    for query_id, _, _ in rows:
+        if query_id not in chosen:
+            chosen.append(query_id)
+        if len(chosen) == n_queries:
+            break
+    keep_rows = [r for r in rows if r[0] in chosen]
+    judged_docs = {r[1] for r in keep_rows}
+    with open(target / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as handle:
+        handle.write("query-id\tcorpus-id\tscore\n")
+        for row in keep_rows:
+            handle.write("\t".join(row) + "\n")
+    extra = 0
+    with open(source / "corpus.jsonl", encoding="utf-8") as src, open(target / "corpus.jsonl", "w", encoding="utf-8") as dst:
+        for line in src:
+            doc_id = json.loads(line)["_id"]
+            if doc_id in judged_docs or extra < n_distractors:
+                if doc_id not in judged_docs:
+                    extra += 1
+                dst.write(line)
+    with open(source / "queries.jsonl", encoding="utf-8") as src, open(target / "queries.jsonl", "w", encoding="utf-8") as dst:
+        for line in src:
+            if json.loads(line)["_id"] in chosen:
+                dst.write(line)
+    return target
+
+
+@pytest.fixture(scope="session")
+def scifact_small(scifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SciFact test subset: 20 queries, their judged documents and 200 distractors."""
+    return write_subset(scifact_dir, tmp_path_factory.mktemp("scifact_small"), n_queries=20, n_distractors=200)
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    from densekit.retriever.models import resolve_model
+
+    return resolve_model("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_folder: Path):
+    """The real all-MiniLM-L6-v2 encoder on CPU (shared across tests; do not mutate)."""
+    from densekit.retriever.encoder import Encoder
+
+    return Encoder("all-MiniLM-L6-v2", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer, 32-d BERT with MiniLM's tokenizer, saved as a
+    sentence-transformers folder (mean pooling, normalised). Seeded, so identical every run."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from densekit.retriever.encoder import EncoderConfig, write_sentence_transformers_folder
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_folder)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    model = BertModel(config).eval()
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    write_sentence_transformers_folder(folder, model, tokenizer, EncoderConfig(max_length=128))
+    return folder
