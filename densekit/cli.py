@@ -14,12 +14,16 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from densekit.errors import DensekitError
+
+try:  # typer >= 0.20 vendors click; older releases use the click package
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException as _ClickException
 
 app = typer.Typer(
     name="densekit",
@@ -370,12 +374,12 @@ def main() -> None:
     except DensekitError as exc:
         print(f"densekit: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("densekit: aborted", file=sys.stderr)
         sys.exit(130)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _ClickException as exc:  # usage errors: unknown option, missing argument, bad value
         message = exc.format_message().replace("\n", " ")
         print(f"densekit: error: {message}", file=sys.stderr)
         sys.exit(exc.exit_code if exc.exit_code else 2)
