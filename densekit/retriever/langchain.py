@@ -1,0 +1,306 @@
+"""`DensekitRetriever`: a LangChain retriever over a saved densekit index (dense, BM25 or hybrid).
+
+It wraps any object keeping densekit's Retriever protocol (`search({id: text}, k) -> Run`) and a
+:class:`~densekit.index.docstore.DocStore` that turns the hit ids back into texts, and returns
+LangChain `Document`s::
+
+    Document(id="4983", page_content="<title> <text>",
+             metadata={...stored metadata, "score": 0.71, "rank": 1, "doc_id": "4983",
+                       "title": "<title>", "index": "scifact.idx"})
+
+`page_content` is the title and text joined as the encoder saw them (for documents that came in
+through LangChain, exactly their `page_content`). Scores are the backend's: cosine similarity for the
+dense retrievers densekit builds, BM25 scores for BM25, fused scores for hybrid; `score_threshold`
+is compared with them (a hit scoring below it is dropped).
+
+The retriever is a regular langchain-core Runnable: `invoke`, `ainvoke` (a native coroutine that runs
+the search on a worker thread, so the event loop keeps serving other tasks), `batch`, and
+composition with `|`.
+
+Example::
+
+    retriever = DensekitRetriever(index_path="scifact.idx", k=5)
+    retriever.invoke("vitamin D and multiple sclerosis")
+
+    retriever = DensekitRetriever.from_documents(docs, model="all-MiniLM-L6-v2", path="my.idx")
+    DensekitRetriever(index_path="my.idx").invoke("query", k=2, filter={"source": "faq"})
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables.config import run_in_executor
+from pydantic import ConfigDict, Field, model_validator
+
+from densekit.data import Corpus, load_dataset, read_corpus
+from densekit.errors import DensekitError
+from densekit.index.dense import read_manifest
+from densekit.index.docstore import DocStore, StoredDocument, save_with_documents
+from densekit.retriever.base import Retriever
+
+MetadataFilter = dict[str, Any] | Callable[[dict[str, Any]], bool]
+_QUERY_ID = "q"
+
+
+def open_index(directory: str | Path, model: str | None = None, device: str | None = None) -> Retriever:
+    """Open a saved index directory as a Retriever, choosing the loader from the manifest's `kind`.
+
+    `model` overrides the encoder the manifest names (dense and hybrid indexes).
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    kind = manifest.get("kind", "dense")
+    if kind == "dense":
+        from densekit.retriever.dense import DenseRetriever
+
+        return DenseRetriever.load(directory, device=device, model=model)
+    raise DensekitError(f"{directory}: index kind {kind!r} is not supported; expected one of: dense")
+
+
+def indexed_ids(retriever: Any) -> list[str] | None:
+    """The document ids a backend holds, when it exposes them (used to check a document store)."""
+    for owner in (retriever, getattr(retriever, "index", None)):
+        ids = getattr(owner, "ids", None)
+        if isinstance(ids, list):
+            return ids
+    return None
+
+
+def _corpus_from(source: str | Path | Corpus) -> Corpus:
+    if isinstance(source, Corpus):
+        return source
+    path = Path(source)
+    if path.is_file():
+        return read_corpus(path)
+    return load_dataset(source).corpus
+
+
+def matches(metadata: dict[str, Any], condition: MetadataFilter | None) -> bool:
+    """Whether a document's metadata passes a filter.
+
+    A dict filter requires every key to be present and equal to its value; a list, tuple or set
+    value means "any of these". A callable filter gets the metadata and returns a truth value.
+    """
+    if condition is None:
+        return True
+    if callable(condition):
+        return bool(condition(metadata))
+    for key, wanted in condition.items():
+        if key not in metadata:
+            return False
+        value = metadata[key]
+        if isinstance(wanted, (list, tuple, set, frozenset)):
+            if value not in wanted:
+                return False
+        elif value != wanted:
+            return False
+    return True
+
+
+def stored_from_langchain(document: Document, position: int) -> StoredDocument:
+    """A LangChain document as a stored one: its id (or `doc-<position>`), page_content, metadata."""
+    doc_id = document.id if document.id else f"doc-{position}"
+    metadata = dict(document.metadata or {})
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise DensekitError(f"document {doc_id!r}: metadata must be JSON-serialisable ({exc})") from None
+    return StoredDocument(str(doc_id), "", document.page_content, metadata)
+
+
+class DensekitRetriever(BaseRetriever):
+    """LangChain retriever over a densekit index and its document texts.
+
+    Build it from a saved index directory (`index_path`, whose `docs.jsonl` holds the texts, or give
+    `corpus` for an index saved without them), from LangChain documents
+    (:meth:`from_documents`), or from a live Retriever and DocStore (`retriever=`, `docstore=`).
+
+    `k`, `score_threshold` and `filter` are defaults that `invoke(query, k=..., score_threshold=...,
+    filter=...)` can override per call. With a filter, candidates are fetched `fetch_k` at a time
+    (4 k by default, growing fourfold) until `k` documents pass or the index is exhausted.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    index_path: str | None = None
+    """A saved index directory (dense, BM25 or hybrid)."""
+    corpus: str | None = None
+    """Texts for an index saved without `docs.jsonl`: a BEIR folder, dataset name or corpus.jsonl."""
+    model: str | None = None
+    """Override the encoder that the index manifest names."""
+    device: str | None = None
+    """Torch device for the query encoder (default: cuda when available)."""
+    k: int = 4
+    """Documents returned per query."""
+    score_threshold: float | None = None
+    """Drop hits scoring below this (in the backend's score scale)."""
+    filter: MetadataFilter | None = None
+    """Keep only documents whose metadata matches (see :func:`matches`)."""
+    fetch_k: int | None = None
+    """Candidates fetched per round when filtering (default 4 k)."""
+    index_name: str | None = None
+    """Name reported as `metadata["index"]` (default: the index directory's name, or "memory")."""
+    retriever: Any = Field(default=None, exclude=True)
+    """The backend keeping the Retriever protocol (opened from `index_path` when not given)."""
+    docstore: Any = Field(default=None, exclude=True)
+    """The DocStore for the backend's ids (opened with the index when not given)."""
+
+    @model_validator(mode="after")
+    def _open(self) -> DensekitRetriever:
+        if self.k <= 0:
+            raise DensekitError(f"k must be positive, got {self.k}")
+        if self.fetch_k is not None and self.fetch_k <= 0:
+            raise DensekitError(f"fetch_k must be positive, got {self.fetch_k}")
+        if self.retriever is None:
+            if self.index_path is None:
+                raise DensekitError("DensekitRetriever needs index_path=<saved index> or retriever=<Retriever>")
+            self.retriever = open_index(self.index_path, model=self.model, device=self.device)
+        elif not isinstance(self.retriever, Retriever):
+            raise DensekitError(f"retriever must keep the Retriever protocol (search(queries, k) -> Run), "
+                                f"got {type(self.retriever).__name__}")
+        if self.docstore is None:
+            self.docstore = self._open_docstore()
+        ids = indexed_ids(self.retriever)
+        if ids is not None:
+            missing = [i for i in ids if i not in self.docstore]
+            if missing:
+                raise DensekitError(f"{len(missing)} of the {len(ids)} indexed documents have no text in the "
+                                    f"document store, e.g. {missing[0]!r}; the texts do not match the index")
+        if self.index_name is None:
+            self.index_name = Path(self.index_path).name if self.index_path else "memory"
+        return self
+
+    def _open_docstore(self) -> DocStore:
+        if self.corpus is not None:
+            return DocStore.from_corpus(_corpus_from(self.corpus))
+        store = DocStore.open(self.index_path) if self.index_path else None
+        if store is None:
+            raise DensekitError(
+                f"{self.index_path}: the index holds no document texts (docs.jsonl); pass corpus=<BEIR folder "
+                "or corpus.jsonl>, or store them with densekit.index.docstore.attach_documents"
+            )
+        return store
+
+    @classmethod
+    def from_documents(
+        cls,
+        documents: Iterable[Document],
+        model: Any = "all-MiniLM-L6-v2",
+        path: str | Path | None = None,
+        *,
+        factory: str = "Flat",
+        device: str | None = None,
+        cache: bool = True,
+        show_progress: bool = False,
+        **kwargs: Any,
+    ) -> DensekitRetriever:
+        """Encode LangChain documents into a dense index; keep it in memory, or save it to `path`.
+
+        `model` is a model name or folder, or an :class:`~densekit.retriever.encoder.Encoder`.
+        Documents keep their `id` (else `doc-<position>` is given) and metadata; the page_content is
+        what gets encoded. `factory` is the FAISS factory string. Other keyword arguments (`k`,
+        `score_threshold`, `filter`, ...) configure the returned retriever.
+        """
+        from densekit.retriever.dense import DenseRetriever
+        from densekit.retriever.encoder import Encoder
+
+        stored = [stored_from_langchain(doc, i) for i, doc in enumerate(documents)]
+        if not stored:
+            raise DensekitError("from_documents needs at least one document")
+        docstore = DocStore.from_documents(stored)
+        encoder = model if isinstance(model, Encoder) else Encoder(str(model), device=device)
+        corpus = Corpus([d.id for d in stored], [d.title for d in stored], [d.text for d in stored])
+        backend = DenseRetriever.build(encoder, corpus, factory=factory, cache=cache, show_progress=show_progress)
+        if path is not None:
+            save_with_documents(backend.save, stored, path)
+            kwargs.setdefault("index_name", Path(path).name)
+        return cls(retriever=backend, docstore=docstore, index_path=str(path) if path else None, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        """Save the backend index and the document texts as one index directory (atomically)."""
+        save = getattr(self.retriever, "save", None)
+        if save is None:
+            raise DensekitError(f"{type(self.retriever).__name__} cannot be saved (it has no save method)")
+        ids = indexed_ids(self.retriever) or self.docstore.ids()
+        return save_with_documents(save, (self.docstore.get(i) for i in ids), path)
+
+    def _to_document(self, stored: StoredDocument, score: float, rank: int) -> Document:
+        metadata = {
+            **stored.metadata,
+            "score": score,
+            "rank": rank,
+            "doc_id": stored.id,
+            "title": stored.title or stored.metadata.get("title", ""),
+            "index": self.index_name,
+        }
+        return Document(id=stored.id, page_content=stored.content, metadata=metadata)
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        score_threshold: float | None = None,
+        filter: MetadataFilter | None = None,
+    ) -> list[Document]:
+        """The top documents for `query`, best first (what `invoke` returns, without callbacks)."""
+        k = self.k if k is None else k
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        condition = self.filter if filter is None else filter
+        if not isinstance(k, int) or k <= 0:
+            raise DensekitError(f"k must be a positive integer, got {k!r}")
+        fetch = k if condition is None else max(k, self.fetch_k or 4 * k)
+        while True:
+            hits = self.retriever.search({_QUERY_ID: query}, fetch).get(_QUERY_ID, [])
+            documents: list[Document] = []
+            below_threshold = False
+            for doc_id, score in hits:
+                if threshold is not None and score < threshold:
+                    below_threshold = True
+                    break
+                stored = self.docstore.get(doc_id)
+                if condition is not None and not matches(
+                    {**stored.metadata, "doc_id": stored.id, "title": stored.title}, condition
+                ):
+                    continue
+                documents.append(self._to_document(stored, float(score), len(documents) + 1))
+                if len(documents) == k:
+                    return documents
+            if below_threshold or len(hits) < fetch:
+                return documents
+            fetch *= 4
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        score_threshold: float | None = None,
+        filter: MetadataFilter | None = None,
+    ) -> list[Document]:
+        return self.search(query, k=k, score_threshold=score_threshold, filter=filter)
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        score_threshold: float | None = None,
+        filter: MetadataFilter | None = None,
+    ) -> list[Document]:
+        # Encoding and FAISS search are CPU-bound and release the GIL: run them on a worker thread
+        # so the event loop stays free while the query is answered.
+        return await run_in_executor(None, self.search, query, k, score_threshold, filter)
+
+
+def documents_to_json(documents: Sequence[Document]) -> list[dict[str, Any]]:
+    """Plain JSON for a list of LangChain documents (id, page_content, metadata), e.g. to compare runs."""
+    return [{"id": d.id, "page_content": d.page_content, "metadata": d.metadata} for d in documents]
