@@ -1,0 +1,51 @@
+"""Hard-negative mining: candidate sources -> positive-aware filters -> samplers -> negatives file.
+
+Follows NV-Retriever (arXiv 2407.15831) for the positive-aware filters (default TopK-PercPos 0.95,
+four negatives, candidate depth 100) and GISTEmbed (arXiv 2402.16829) for the guide filter.
+
+Modules: :mod:`~densekit.mining.sources` (teacher/guide scoring, dense and Retriever sources, fusion),
+:mod:`~densekit.mining.filters`, :mod:`~densekit.mining.samplers`, :mod:`~densekit.mining.miner`
+(the driver, resumable), :mod:`~densekit.mining.output` (the file format and its reader),
+:mod:`~densekit.mining.stats`.
+
+The negatives file (read it with :func:`read_negatives`) is JSON lines, one query per line::
+
+    {"query_id": str, "query": str, "positives": [doc_id, ...], "positive_scores": {doc_id: teacher_score},
+     "positive_guide_scores": {doc_id: guide_score} | null,
+     "negatives": [{"id": doc_id, "rank": int, "teacher_score": float, "guide_score": float | null}, ...]}
+
+`rank` is the 1-based rank in the query's candidate list (the teacher's ranking when the teacher is
+the only source). Negatives are in rank order; a query may have fewer than asked (counted in the
+statistics). Beside `<out>`: `<out>.config.json` (models, sources, filters, sampler, seed, densekit
+version) and `<out>.stats.json` (candidates seen, removed per filter, queries short of negatives),
+both written atomically; the negatives file itself appears (by rename) only when mining finished.
+"""
+
+from densekit.mining.filters import (
+    AbsFilter,
+    Candidates,
+    ExcludePositives,
+    GuideFilter,
+    MarginPosFilter,
+    PercPosFilter,
+    ShiftFilter,
+    apply_filters,
+)
+from densekit.mining.miner import HardNegativeMiner, MiningResult
+from densekit.mining.output import config_path, read_negatives, stats_path
+from densekit.mining.samplers import (
+    ScoreWeightedSampler,
+    TopOnePlusSampled,
+    TopSampler,
+    UniformSampler,
+    query_rng,
+)
+from densekit.mining.sources import DenseScorer, DenseSource, RetrieverSource, fuse
+from densekit.mining.stats import MiningStats
+
+__all__ = [
+    "AbsFilter", "Candidates", "DenseScorer", "DenseSource", "ExcludePositives", "GuideFilter",
+    "HardNegativeMiner", "MarginPosFilter", "MiningResult", "MiningStats", "PercPosFilter",
+    "RetrieverSource", "ScoreWeightedSampler", "ShiftFilter", "TopOnePlusSampled", "TopSampler",
+    "UniformSampler", "apply_filters", "config_path", "fuse", "query_rng", "read_negatives", "stats_path",
+]

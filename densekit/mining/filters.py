@@ -1,0 +1,256 @@
+"""Positive-aware filters for hard-negative candidates.
+
+NV-Retriever (arXiv 2407.15831) for the teacher filters, GISTEmbed (arXiv 2402.16829) for the guide.
+
+A query's candidates arrive as :class:`Candidates`: document ids in candidate-list order with the
+teacher's score of each (and the guide's, when a guide model is used), plus the query's labelled
+positives and their scores. Every filter is a small dataclass whose :meth:`keep` returns a boolean
+mask over the candidates it is given; :func:`apply_filters` runs them in order, each on what the
+previous ones left, and counts what each removed.
+
+Positive-aware thresholds are relative to the teacher's score of the query's positive; with several
+positives the *lowest* one is used (the most conservative choice: a candidate scoring above the
+weakest true positive is the likeliest false negative). All comparisons are strict ``>`` for the teacher
+filters ("drop if score > threshold"), so a candidate tied with the threshold survives, and ``>=`` for the
+GIST guide ("at or above the guide's query-positive score"), as in GISTEmbed.
+
+Filters:
+
+==================  ===============================================================================
+``ExcludePositives``  labelled positives never become negatives (always applied first)
+``ShiftFilter(n)``    drop the first ``n`` remaining candidates ("top-k shifted by N")
+``AbsFilter(t)``      TopK-Abs: drop ``score > t``
+``MarginPosFilter(m)`` TopK-MarginPos: drop ``score > pos - m``
+``PercPosFilter(p)``  TopK-PercPos: drop ``score > pos - (1 - p) * |pos|``
+``GuideFilter(m)``    GIST: drop ``guide_score >= guide_pos - m``
+==================  ===============================================================================
+
+PercPos is written with ``|pos|`` so that negative scores behave: NV-Retriever's ``score > p * pos`` puts
+the threshold *above* a negative positive score (``0.95 * -0.2 = -0.19 > -0.2``), which would keep
+candidates the teacher scores higher than the positive. ``pos - (1 - p) * |pos|`` equals ``p * pos`` for
+``pos >= 0`` and stays below the positive otherwise. It is exactly sentence-transformers'
+``relative_margin = 1 - p`` (``pos - |pos| * relative_margin``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from densekit.errors import DensekitError
+
+
+@dataclass
+class Candidates:
+    """One query's candidates in candidate-list order (rank 1 first) and its positives.
+
+    `teacher_scores[i]` and `guide_scores[i]` belong to `doc_ids[i]`; `ranks[i]` is its 1-based rank in
+    the candidate list. `positive_scores` / `positive_guide_scores` are aligned with `positive_ids`.
+    """
+
+    query_id: str
+    doc_ids: list[str]
+    teacher_scores: np.ndarray
+    positive_ids: list[str]
+    positive_scores: np.ndarray
+    ranks: np.ndarray = field(default=None)  # type: ignore[assignment]
+    guide_scores: np.ndarray | None = None
+    positive_guide_scores: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.teacher_scores = np.asarray(self.teacher_scores, dtype=np.float32)
+        self.positive_scores = np.asarray(self.positive_scores, dtype=np.float32)
+        if self.ranks is None:
+            self.ranks = np.arange(1, len(self.doc_ids) + 1)
+        self.ranks = np.asarray(self.ranks, dtype=np.int64)
+        if self.guide_scores is not None:
+            self.guide_scores = np.asarray(self.guide_scores, dtype=np.float32)
+        if self.positive_guide_scores is not None:
+            self.positive_guide_scores = np.asarray(self.positive_guide_scores, dtype=np.float32)
+        n = len(self.doc_ids)
+        if len(self.teacher_scores) != n or len(self.ranks) != n:
+            raise DensekitError(f"query {self.query_id!r}: {n} candidates, {len(self.teacher_scores)} scores")
+        if self.guide_scores is not None and len(self.guide_scores) != n:
+            raise DensekitError(f"query {self.query_id!r}: {n} candidates, {len(self.guide_scores)} guide")
+        if len(self.positive_scores) != len(self.positive_ids):
+            raise DensekitError(f"query {self.query_id!r}: positives and their scores differ in length")
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    @property
+    def min_positive_score(self) -> float:
+        """The teacher's score of the weakest positive: the reference of every positive-aware filter."""
+        if len(self.positive_scores) == 0:
+            raise DensekitError(f"query {self.query_id!r} has no positive to compare with")
+        return float(self.positive_scores.min())
+
+    def subset(self, keep: np.ndarray) -> Candidates:
+        """The candidates where `keep` is True, order and ranks preserved."""
+        idx = np.flatnonzero(keep)
+        return Candidates(
+            self.query_id,
+            [self.doc_ids[i] for i in idx],
+            self.teacher_scores[idx],
+            self.positive_ids,
+            self.positive_scores,
+            self.ranks[idx],
+            None if self.guide_scores is None else self.guide_scores[idx],
+            self.positive_guide_scores,
+        )
+
+
+class CandidateFilter(Protocol):
+    """`keep(candidates) -> bool mask` of those that survive; `label` names it in statistics."""
+
+    @property
+    def label(self) -> str: ...
+
+    def keep(self, candidates: Candidates) -> np.ndarray: ...
+
+    def describe(self) -> dict: ...
+
+
+class _Described:
+    kind: ClassVar[str]
+
+    def describe(self) -> dict:
+        return {"name": self.kind, **asdict(self)}  # type: ignore[call-overload]
+
+    @property
+    def label(self) -> str:
+        params = ",".join(f"{v}" for v in asdict(self).values())  # type: ignore[call-overload]
+        return f"{self.kind}({params})" if params else self.kind
+
+
+@dataclass
+class ExcludePositives(_Described):
+    """Drop every labelled positive of the query. The miner always applies it first."""
+
+    kind: ClassVar[str] = "positives"
+
+    def keep(self, candidates: Candidates) -> np.ndarray:
+        positives = set(candidates.positive_ids)
+        return np.array([d not in positives for d in candidates.doc_ids], dtype=bool)
+
+
+@dataclass
+class ShiftFilter(_Described):
+    """Top-k shifted by N: drop the first `n` candidates still present when this filter runs.
+
+    Placed after `ExcludePositives` (the default), it skips the N best non-positive candidates, like
+    sentence-transformers' `range_min`.
+    """
+
+    n: int
+    kind: ClassVar[str] = "shift"
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise DensekitError(f"shift must be >= 0, got {self.n}")
+
+    def keep(self, candidates: Candidates) -> np.ndarray:
+        mask = np.ones(len(candidates), dtype=bool)
+        mask[: self.n] = False
+        return mask
+
+
+@dataclass
+class AbsFilter(_Described):
+    """TopK-Abs: drop candidates the teacher scores above an absolute `threshold`."""
+
+    threshold: float
+    kind: ClassVar[str] = "abs"
+
+    def keep(self, candidates: Candidates) -> np.ndarray:
+        return ~(candidates.teacher_scores > np.float32(self.threshold))
+
+
+@dataclass
+class MarginPosFilter(_Described):
+    """TopK-MarginPos: drop candidates scoring above `lowest positive - margin`."""
+
+    margin: float
+    kind: ClassVar[str] = "margin"
+
+    def keep(self, candidates: Candidates) -> np.ndarray:
+        threshold = candidates.min_positive_score - self.margin
+        return ~(candidates.teacher_scores > threshold)
+
+
+@dataclass
+class PercPosFilter(_Described):
+    """TopK-PercPos: drop candidates scoring above `pos - (1 - percentage) * |pos|` (lowest positive).
+
+    For a non-negative `pos` that is NV-Retriever's `percentage * pos`; for a negative `pos` the
+    threshold still lies below the positive (see the module docstring). NV-Retriever's best: 0.95.
+    """
+
+    percentage: float = 0.95
+    kind: ClassVar[str] = "percpos"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.percentage <= 1.0:
+            raise DensekitError(f"percentage must be in (0, 1], got {self.percentage}")
+
+    def threshold(self, positive: float) -> float:
+        return positive - (1.0 - self.percentage) * abs(positive)
+
+    def keep(self, candidates: Candidates) -> np.ndarray:
+        return ~(candidates.teacher_scores > self.threshold(candidates.min_positive_score))
+
+
+@dataclass
+class GuideFilter(_Described):
+    """GIST guide: drop candidates the guide scores at or above its own score of the (lowest) positive
+    minus `margin` -- they are probable false negatives (GISTEmbed, arXiv 2402.16829)."""
+
+    margin: float = 0.0
+    kind: ClassVar[str] = "guide"
+
+    def keep(self, candidates: Candidates) -> np.ndarray:
+        if candidates.guide_scores is None or candidates.positive_guide_scores is None:
+            raise DensekitError("the guide filter needs guide scores: give a guide model")
+        if len(candidates.positive_guide_scores) == 0:
+            raise DensekitError(f"query {candidates.query_id!r} has no positive to compare with")
+        threshold = float(candidates.positive_guide_scores.min()) - self.margin
+        return ~(candidates.guide_scores >= threshold)
+
+
+FILTERS: dict[str, type] = {
+    f.kind: f for f in (ShiftFilter, AbsFilter, MarginPosFilter, PercPosFilter, GuideFilter)
+}
+
+
+def filter_from_config(config: dict) -> CandidateFilter:
+    """Rebuild a filter from its `describe()` dict, e.g. `{"name": "percpos", "percentage": 0.95}`."""
+    params = dict(config)
+    name = params.pop("name", None)
+    if name == "positives":
+        return ExcludePositives()
+    if name not in FILTERS:
+        raise DensekitError(f"unknown filter {name!r}; expected one of {', '.join(FILTERS)}")
+    try:
+        return FILTERS[name](**params)
+    except TypeError as exc:
+        raise DensekitError(f"filter {name!r}: {exc}") from None
+
+
+def apply_filters(
+    candidates: Candidates, filters: list[CandidateFilter]
+) -> tuple[Candidates, dict[str, int]]:
+    """Run `filters` in order, each on the survivors of the previous; return survivors and removals.
+
+    The removal counts are keyed by each filter's `label`, in filter order.
+    """
+    removed: dict[str, int] = {}
+    current = candidates
+    for candidate_filter in filters:
+        mask = np.asarray(candidate_filter.keep(current), dtype=bool)
+        if mask.shape != (len(current),):
+            raise DensekitError(f"filter {candidate_filter.label} returned a mask of shape {mask.shape}")
+        removed[candidate_filter.label] = removed.get(candidate_filter.label, 0) + int((~mask).sum())
+        current = current.subset(mask)
+    return current, removed

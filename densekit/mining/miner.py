@@ -1,0 +1,318 @@
+"""The mining driver: sources -> teacher (and guide) scores -> filters -> sampler -> negatives file.
+
+For each chunk of queries, every source proposes `depth` candidates; several sources are fused
+(:func:`~densekit.mining.sources.fuse`). The teacher scores the candidates and the query's positives,
+the guide (when given) does the same, the filters run in order (labelled positives are always
+excluded first), and the sampler picks the negatives. Memory stays bounded by the chunk: embeddings
+live on disk (mmap), FAISS returns only the top `depth`, and scores are computed for candidates only.
+
+Resuming: the file grows as `<out>.partial`, and after every chunk `<out>.partial.json` records the
+configuration, how many queries are done, the byte length of the partial file and the statistics so
+far (written atomically). `resume=True` checks the configuration, cuts the partial file back to the
+recorded length (dropping anything a crash left after the last checkpoint) and carries on. Each
+query's sample depends only on the seed and its id (:func:`~densekit.mining.samplers.query_rng`), and
+query embeddings are cached before mining starts, so an interrupted and resumed run writes the same
+bytes as an uninterrupted one. At the end the sidecars are written and the partial file is renamed
+to `<out>`.
+
+Example::
+
+    teacher = DenseScorer(Encoder("all-MiniLM-L6-v2"), ds.corpus)
+    miner = HardNegativeMiner(teacher, filters=[PercPosFilter(0.95)], negatives=4, depth=100)
+    result = miner.mine(load_dataset("scifact", split="train"), "neg.jsonl")
+    result.stats.table()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from densekit import __version__
+from densekit.data import BeirDataset
+from densekit.errors import DensekitError, IntegrityError
+from densekit.io import write_json
+from densekit.mining.filters import (
+    CandidateFilter,
+    Candidates,
+    ExcludePositives,
+    GuideFilter,
+    PercPosFilter,
+    apply_filters,
+)
+from densekit.mining.output import config_path, record_line, stats_path
+from densekit.mining.samplers import Sampler, TopSampler, query_rng
+from densekit.mining.sources import CandidateSource, DenseScorer, DenseSource, fuse, queries_fingerprint
+from densekit.mining.stats import MiningStats
+from densekit.progress import announce, progress_bar
+
+
+@dataclass
+class MiningResult:
+    out: Path
+    config: dict
+    stats: MiningStats
+    resumed_at: int = 0
+
+
+def partial_path(out: str | Path) -> Path:
+    return Path(f"{out}.partial")
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    return Path(f"{out}.partial.json")
+
+
+class HardNegativeMiner:
+    """Mine hard negatives for the judged queries of a dataset (see the module docstring).
+
+    Args:
+        teacher: scores every candidate and positive; its FAISS search is the default source.
+        sources: candidate sources (default: the teacher's dense search).
+        filters: applied in order after excluding positives (default: TopK-PercPos 0.95).
+        sampler: picks the negatives among the survivors (default: top).
+        negatives: negatives per query (default 4); depth: candidates per source (default 100).
+        fusion: "rrf" or "union" when there are several sources.
+        guide: a GIST guide model; unless `filters` holds a GuideFilter, one with `guide_margin` is
+            appended last.
+        seed: seeds every random sampler (per query, see :func:`query_rng`).
+        chunk_size: queries per step and per checkpoint.
+        min_relevance: qrels at or above it are positives.
+    """
+
+    def __init__(
+        self,
+        teacher: DenseScorer,
+        sources: list[CandidateSource] | None = None,
+        filters: list[CandidateFilter] | None = None,
+        sampler: Sampler | None = None,
+        negatives: int = 4,
+        depth: int = 100,
+        fusion: str = "rrf",
+        guide: DenseScorer | None = None,
+        guide_margin: float = 0.0,
+        seed: int = 0,
+        chunk_size: int = 1024,
+        min_relevance: int = 1,
+    ) -> None:
+        if negatives < 1:
+            raise DensekitError(f"negatives must be >= 1, got {negatives}")
+        if depth < 1:
+            raise DensekitError(f"depth must be >= 1, got {depth}")
+        if chunk_size < 1:
+            raise DensekitError(f"chunk size must be >= 1, got {chunk_size}")
+        if seed < 0:
+            raise DensekitError(f"seed must be >= 0, got {seed}")
+        self.teacher = teacher
+        self.sources = sources or [DenseSource(teacher, name="teacher")]
+        filters = [PercPosFilter(0.95)] if filters is None else list(filters)
+        if any(isinstance(f, GuideFilter) for f in filters) and guide is None:
+            raise DensekitError("a guide filter needs a guide model")
+        if guide is not None and not any(isinstance(f, GuideFilter) for f in filters):
+            filters.append(GuideFilter(guide_margin))
+        self.filters: list[CandidateFilter] = [ExcludePositives(), *filters]
+        self.sampler = sampler or TopSampler()
+        self.negatives = negatives
+        self.depth = depth
+        self.fusion = fusion
+        self.guide = guide
+        self.seed = seed
+        self.chunk_size = chunk_size
+        self.min_relevance = min_relevance
+        fuse([["x"]], fusion, depth)  # validates the fusion name early
+
+    # -- configuration -------------------------------------------------------------------------------
+
+    def config(self, dataset: BeirDataset) -> dict:
+        """Everything that determines the output; a resumed run must match it exactly."""
+        query_ids = list(dataset.queries)
+        return {
+            "densekit_version": __version__,
+            "dataset": {
+                "name": dataset.name,
+                "path": str(dataset.root),
+                "split": dataset.split,
+                "queries": len(query_ids),
+                "queries_sha256": queries_fingerprint(query_ids, [dataset.queries[q] for q in query_ids]),
+                "documents": len(dataset.corpus),
+                "corpus_sha256": dataset.corpus.fingerprint(),
+            },
+            "teacher": self.teacher.describe(),
+            "guide": None if self.guide is None else self.guide.describe(),
+            "sources": [s.describe() for s in self.sources],
+            "fusion": self.fusion if len(self.sources) > 1 else None,
+            "depth": self.depth,
+            "filters": [f.describe() for f in self.filters],
+            "sampler": self.sampler.describe(),
+            "negatives": self.negatives,
+            "seed": self.seed,
+            "min_relevance": self.min_relevance,
+        }
+
+    def positives(self, dataset: BeirDataset, query_id: str) -> tuple[list[str], int]:
+        """The query's positives present in the corpus (qrels order) and how many were missing."""
+        judged = [d for d, rel in dataset.qrels.get(query_id, {}).items() if rel >= self.min_relevance]
+        present = [d for d in judged if d in dataset.corpus]
+        return present, len(judged) - len(present)
+
+    # -- one query -----------------------------------------------------------------------------------
+
+    def mine_query(self, query_id: str, text: str, positives: list[str], candidate_lists: list[list[str]],
+                   teacher_vector: np.ndarray, guide_vector: np.ndarray | None,
+                   stats: MiningStats) -> dict:
+        """Fuse, score, filter and sample one query; update `stats`; return its output record."""
+        fused = fuse(candidate_lists, self.fusion, self.depth,
+                     teacher_score=lambda ids: self.teacher.score(teacher_vector, ids))
+        candidates = Candidates(
+            query_id,
+            fused,
+            self.teacher.score(teacher_vector, fused),
+            positives,
+            self.teacher.score(teacher_vector, positives),
+            guide_scores=None if self.guide is None else self.guide.score(guide_vector, fused),
+            positive_guide_scores=None if self.guide is None else self.guide.score(guide_vector, positives),
+        )
+        survivors, removed = apply_filters(candidates, self.filters)
+        chosen = self.sampler.sample(survivors.teacher_scores, self.negatives, query_rng(self.seed, query_id))
+        negatives = [
+            {
+                "id": survivors.doc_ids[i],
+                "rank": int(survivors.ranks[i]),
+                "teacher_score": float(survivors.teacher_scores[i]),
+                "guide_score": None if survivors.guide_scores is None else float(survivors.guide_scores[i]),
+            }
+            for i in chosen
+        ]
+        stats.candidates_seen += len(candidates)
+        stats.add_removed(removed)
+        stats.candidates_kept += len(survivors)
+        stats.negatives_written += len(negatives)
+        stats.queries_short += len(negatives) < self.negatives
+        stats.queries_without_negatives += not negatives
+        stats.sum_positive_score += float(candidates.positive_scores.sum())
+        stats.positives_scored += len(positives)
+        stats.sum_negative_score += sum(n["teacher_score"] for n in negatives)
+        return {
+            "query_id": query_id,
+            "query": text,
+            "positives": positives,
+            "positive_scores": dict(zip(positives, map(float, candidates.positive_scores), strict=True)),
+            "positive_guide_scores": None if candidates.positive_guide_scores is None else dict(
+                zip(positives, map(float, candidates.positive_guide_scores), strict=True)),
+            "negatives": negatives,
+        }
+
+    # -- the run -------------------------------------------------------------------------------------
+
+    def mine(self, dataset: BeirDataset, out: str | Path, resume: bool = False,
+             on_chunk: Callable[[int], None] | None = None) -> MiningResult:
+        """Mine every judged query of `dataset` into `out` (JSON lines) and its sidecars.
+
+        `resume=True` continues an interrupted run with the same configuration (see the module
+        docstring). `on_chunk(queries_done)` is called after each checkpoint.
+        """
+        out = Path(out)
+        config = self.config(dataset)
+        query_ids = list(dataset.queries)
+        partial, checkpoint = partial_path(out), checkpoint_path(out)
+        stats, done = self._start(out, config, resume)
+        stats.queries = len(query_ids)
+        stats.negatives_per_query = self.negatives
+        resumed_at = done
+        texts = [dataset.queries[q] for q in query_ids]
+        for scorer in (self.teacher, self.guide):
+            if scorer is not None:
+                scorer.prepare_queries(query_ids, texts)
+        for source in self.sources:
+            if isinstance(source, DenseSource) and source.scorer not in (self.teacher, self.guide):
+                source.scorer.prepare_queries(query_ids, texts)
+
+        bar = progress_bar("mining", total=len(query_ids), unit="query")
+        bar.update(done)
+        while done < len(query_ids):
+            started = time.perf_counter()
+            chunk = query_ids[done : done + self.chunk_size]
+            lines = self._mine_chunk(dataset, chunk, stats)
+            with open(partial, "ab") as handle:
+                handle.write("".join(lines).encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+                size = handle.tell()
+            done += len(chunk)
+            stats.seconds += time.perf_counter() - started
+            write_json(checkpoint, {"config": config, "queries_done": done, "bytes": size,
+                                    "stats": stats.to_json()})
+            bar.update(len(chunk))
+            if on_chunk is not None:
+                on_chunk(done)
+        bar.close()
+
+        sidecar = {**config, "run": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                     "chunk_size": self.chunk_size, "resumed_at": resumed_at}}
+        write_json(config_path(out), sidecar)
+        write_json(stats_path(out), stats.to_json())
+        os.replace(partial, out)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(checkpoint)
+        return MiningResult(out, sidecar, stats, resumed_at)
+
+    def _mine_chunk(self, dataset: BeirDataset, chunk: list[str], stats: MiningStats) -> list[str]:
+        mined: list[tuple[str, list[str]]] = []
+        for query_id in chunk:
+            positives, missing = self.positives(dataset, query_id)
+            stats.positives_missing_from_corpus += missing
+            if positives:
+                mined.append((query_id, positives))
+            else:
+                stats.queries_without_positives += 1
+        if not mined:
+            return []
+        ids = [q for q, _ in mined]
+        texts = [dataset.queries[q] for q in ids]
+        per_source = [source.candidates(ids, texts, self.depth) for source in self.sources]
+        teacher_vectors = self.teacher.query_vectors(ids)
+        guide_vectors = None if self.guide is None else self.guide.query_vectors(ids)
+        lines = []
+        for i, (query_id, positives) in enumerate(mined):
+            record = self.mine_query(
+                query_id, texts[i], positives, [lists[i] for lists in per_source], teacher_vectors[i],
+                None if guide_vectors is None else guide_vectors[i], stats)
+            lines.append(record_line(record))
+        stats.queries_mined += len(mined)
+        return lines
+
+    def _start(self, out: Path, config: dict, resume: bool) -> tuple[MiningStats, int]:
+        """Fresh statistics and 0, or the checkpoint's statistics and position when resuming."""
+        partial, checkpoint = partial_path(out), checkpoint_path(out)
+        if resume and checkpoint.is_file():
+            with open(checkpoint, encoding="utf-8") as handle:
+                state = json.load(handle)
+            saved = state["config"]
+            differing = sorted(k for k in set(config) | set(saved) if config.get(k) != saved.get(k))
+            if differing:
+                raise DensekitError(
+                    f"{checkpoint}: the unfinished run used a different configuration "
+                    f"({', '.join(differing)} differ); run without --resume to start over")
+            if not partial.is_file() or partial.stat().st_size < state["bytes"]:
+                raise IntegrityError(f"{partial}: shorter than its checkpoint records; run without --resume")
+            with open(partial, "r+b") as handle:
+                handle.truncate(state["bytes"])
+            announce(f"resuming {out} after {state['queries_done']} queries")
+            return MiningStats.from_json(state["stats"]), int(state["queries_done"])
+        if resume:
+            announce(f"no unfinished run of {out} to resume: starting from the beginning")
+        elif checkpoint.is_file() or partial.is_file():
+            announce(f"discarding the unfinished run of {out} (pass --resume to continue it)")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb"):
+            pass
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(checkpoint)
+        return MiningStats(), 0

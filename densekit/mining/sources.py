@@ -1,0 +1,209 @@
+"""Candidate sources and the models that score candidates, in bounded memory.
+
+- :class:`DenseScorer` wraps an :class:`~densekit.retriever.encoder.Encoder` over a corpus. Corpus
+  embeddings come from the shared embedding cache (`.npy` opened with mmap, encoded once per model and
+  corpus); query embeddings are cached the same way (role "query"). Scores of given (query, document)
+  pairs are dot products of the query vector with the few document rows gathered from the mmap, so no
+  query x corpus matrix ever exists. The teacher and the GIST guide are both DenseScorers.
+- A *candidate source* proposes, for a chunk of queries, a ranked list of document ids:
+  :class:`DenseSource` searches a DenseScorer's FAISS index (exact inner product, built in blocks from
+  the mmap; FAISS GPU's k <= 2048 limit is handled by :class:`~densekit.index.dense.DenseIndex`), and
+  :class:`RetrieverSource` adapts anything that keeps the Retriever protocol (BM25, hybrid, ...).
+- :func:`fuse` combines several sources' lists: reciprocal rank fusion (Cormack et al., SIGIR 2009,
+  k = 60) truncated to the depth, or the union of all lists ordered by the teacher's score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import faiss
+import numpy as np
+
+from densekit.data import Corpus
+from densekit.errors import DensekitError
+from densekit.index.cache import cache_enabled, cache_key, cache_root, encode_corpus, load_cached
+from densekit.index.dense import DenseIndex
+from densekit.index.gpu import place
+from densekit.io import atomic_dir, sha256_file
+from densekit.retriever.base import Retriever
+
+RRF_K = 60
+FUSIONS = ("rrf", "union")
+
+
+def queries_fingerprint(query_ids: Sequence[str], texts: Sequence[str]) -> str:
+    """sha256 over query ids and texts: identifies a query set for the embedding cache."""
+    digest = hashlib.sha256()
+    for query_id, text in zip(query_ids, texts, strict=True):
+        for part in (query_id, text):
+            digest.update(part.encode("utf-8"))
+            digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+class DenseScorer:
+    """Scores (query, document) pairs with one encoder over one corpus (see the module docstring).
+
+    Args:
+        encoder: the model.
+        corpus: the documents; embedded once (cached) and opened with mmap.
+        cache: use the embedding cache under `$DENSEKIT_HOME/embeddings` (and `DENSEKIT_NO_CACHE`).
+        index_device: where the FAISS index lives when this scorer is also a candidate source.
+        query_chunk: queries encoded per step when filling the query-embedding file.
+    """
+
+    def __init__(self, encoder, corpus: Corpus, cache: bool = True, index_device: str = "cpu",
+                 show_progress: bool = True, query_chunk: int = 16384) -> None:
+        self.encoder = encoder
+        self.corpus = corpus
+        self.cache = cache and cache_enabled()
+        self.index_device = index_device
+        self.show_progress = show_progress
+        self.query_chunk = query_chunk
+        self.documents = encode_corpus(encoder, corpus, cache=cache, show_progress=show_progress)
+        self._index: DenseIndex | None = None
+        self._queries: dict[str, int] = {}
+        self._query_vectors: np.ndarray | None = None
+
+    def describe(self) -> dict:
+        return {**self.encoder.describe(), "fingerprint": self.encoder.fingerprint()}
+
+    # -- queries -------------------------------------------------------------------------------------
+
+    def prepare_queries(self, query_ids: Sequence[str], texts: Sequence[str]) -> None:
+        """Embed all queries once (cached on disk, reopened with mmap) so every later chunk, and a
+        resumed run, reads exactly the same vectors."""
+        self._queries = {q: i for i, q in enumerate(query_ids)}
+        key = cache_key(self.encoder.fingerprint(), queries_fingerprint(query_ids, texts), role="query")
+        cached = load_cached(key) if self.cache else None
+        if cached is not None and len(cached) == len(query_ids):
+            self._query_vectors = cached
+            return
+        if not self.cache:
+            self._query_vectors = self._encode_queries(list(texts))
+            return
+        with atomic_dir(cache_root() / key) as staging:
+            path = staging / "embeddings.npy"
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                              shape=(len(texts), self.encoder.dim))
+            for start in range(0, len(texts), self.query_chunk):
+                array[start : start + self.query_chunk] = self._encode_queries(
+                    list(texts[start : start + self.query_chunk]))
+            array.flush()
+            del array
+            meta = {"model": self.encoder.model_id, "role": "query", "queries": len(texts),
+                    "shape": [len(texts), self.encoder.dim], "sha256": sha256_file(path)}
+            with open(staging / "meta.json", "w", encoding="utf-8") as handle:
+                json.dump(meta, handle, indent=2)
+        self._query_vectors = load_cached(key)
+
+    def _encode_queries(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode_queries(texts, show_progress=self.show_progress)
+
+    def query_vectors(self, query_ids: Sequence[str]) -> np.ndarray:
+        if self._query_vectors is None:
+            raise DensekitError("call prepare_queries() before scoring")
+        rows = [self._queries[q] for q in query_ids]
+        return np.ascontiguousarray(self._query_vectors[rows], dtype=np.float32)
+
+    # -- scoring -------------------------------------------------------------------------------------
+
+    def score(self, query_vector: np.ndarray, doc_ids: Sequence[str]) -> np.ndarray:
+        """Inner products of one query vector with the given documents (rows gathered from the mmap)."""
+        if not doc_ids:
+            return np.empty(0, dtype=np.float32)
+        rows = np.fromiter((self.corpus.position(d) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
+        # Gather in ascending row order (sequential mmap reads), then restore the caller's order.
+        order = np.argsort(rows, kind="stable")
+        gathered = np.empty((len(rows), self.documents.shape[1]), dtype=np.float32)
+        gathered[order] = self.documents[rows[order]]
+        return gathered @ query_vector.astype(np.float32)
+
+    # -- searching -----------------------------------------------------------------------------------
+
+    @property
+    def index(self) -> DenseIndex:
+        """Exact inner-product FAISS index over the corpus, added in blocks from the mmap."""
+        if self._index is None:
+            flat = faiss.IndexFlatIP(int(self.documents.shape[1]))
+            block = 65536
+            for start in range(0, len(self.documents), block):
+                flat.add(np.ascontiguousarray(self.documents[start : start + block], dtype=np.float32))
+            placed, where = place(flat, self.index_device)
+            self._index = DenseIndex(placed, list(self.corpus.ids), "Flat", "ip",
+                                     self.encoder.describe(), where)
+        return self._index
+
+
+class CandidateSource(Protocol):
+    """Proposes ranked candidate document ids for a chunk of queries."""
+
+    name: str
+
+    def candidates(self, query_ids: list[str], texts: list[str], k: int) -> list[list[str]]: ...
+
+    def describe(self) -> dict: ...
+
+
+class DenseSource:
+    """Top-`k` of a DenseScorer's exact FAISS search over its cached query embeddings."""
+
+    def __init__(self, scorer: DenseScorer, name: str = "dense") -> None:
+        self.scorer = scorer
+        self.name = name
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": "dense", "model": self.scorer.encoder.model_id}
+
+    def candidates(self, query_ids: list[str], texts: list[str], k: int) -> list[list[str]]:
+        _, ids = self.scorer.index.search(self.scorer.query_vectors(query_ids), k)
+        return ids
+
+
+class RetrieverSource:
+    """Any :class:`~densekit.retriever.base.Retriever` (BM25, hybrid, ...) as a candidate source."""
+
+    def __init__(self, retriever: Retriever, name: str, details: dict | None = None) -> None:
+        if not isinstance(retriever, Retriever):
+            raise DensekitError(f"source {name!r}: {type(retriever).__name__} has no search(queries, k)")
+        self.retriever = retriever
+        self.name = name
+        self.details = details or {}
+
+    def describe(self) -> dict:
+        kind = type(self.retriever).__name__
+        return {"name": self.name, "kind": "retriever", "class": kind, **self.details}
+
+    def candidates(self, query_ids: list[str], texts: list[str], k: int) -> list[list[str]]:
+        run = self.retriever.search(dict(zip(query_ids, texts, strict=True)), k)
+        return [[doc_id for doc_id, _ in run.get(q, [])[:k]] for q in query_ids]
+
+
+def fuse(lists: Sequence[Sequence[str]], method: str, depth: int,
+         teacher_score: Callable[[list[str]], np.ndarray] | None = None) -> list[str]:
+    """Combine ranked id lists into one candidate list.
+
+    One list is returned as is. `rrf`: sum of 1 / (60 + rank) over lists, best first, ties by first
+    appearance, cut at `depth`. `union`: every id of every list, ordered by `teacher_score`
+    (descending, ties by first appearance), not cut -- each source already returned `depth`.
+    """
+    if method not in FUSIONS:
+        raise DensekitError(f"unknown fusion {method!r}; expected one of {', '.join(FUSIONS)}")
+    if len(lists) == 1:
+        return list(lists[0])
+    if method == "rrf":
+        scores: dict[str, float] = {}
+        for ranked in lists:
+            for rank, doc_id in enumerate(ranked, start=1):
+                scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (RRF_K + rank)
+        order = sorted(scores, key=lambda d: -scores[d])  # sorted() is stable: ties keep first appearance
+        return order[:depth]
+    merged = list(dict.fromkeys(d for ranked in lists for d in ranked))
+    if teacher_score is None:
+        raise DensekitError("union fusion orders by the teacher's score: pass teacher_score")
+    values = teacher_score(merged)
+    return [merged[i] for i in np.argsort(-values, kind="stable")]
