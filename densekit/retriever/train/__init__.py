@@ -1,0 +1,21 @@
+"""Contrastive training of dual encoders (see DESIGN.md "Training").
+
+- :mod:`config`: the typed recipe (`TrainConfig`, `DataConfig`, `LossConfig`)
+- :mod:`data`: training tuples from a negatives file, the no-duplicates batch sampler, the collator
+- :mod:`losses`: `InfoNCELoss`, `GISTLoss`
+- :mod:`gradcache`: one training step, plain or GradCache, for every loss
+- :mod:`distributed`: torchrun process group and gathers with gradient
+- :mod:`trainer`: the loop, checkpoints, resume, evaluation
+
+Imports are lazy so `import densekit.retriever.train` stays cheap.
+"""
+
+from densekit.retriever.train.config import DataConfig, LossConfig, TrainConfig
+
+__all__ = ["DataConfig", "LossConfig", "TrainConfig", "train"]
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    from densekit.retriever.train.trainer import train as _train
+
+    return _train(config, resume)

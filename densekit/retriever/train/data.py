@@ -1,0 +1,268 @@
+"""Training tuples from a negatives file, a batch sampler without duplicate positives, a collator.
+
+The negatives file is the mining output (see ``densekit.mining``): JSON lines, one query per line::
+
+    {"query_id": "q1", "query": "text", "positives": ["d1", ...], "positive_scores": {...},
+     "negatives": [{"id": "d9", "rank": 3, "teacher_score": 0.71, "guide_score": 0.52}, ...], ...}
+
+Each (query, positive) pair becomes one :class:`TrainingExample` holding the query's first
+`negatives_per_query` negatives in rank order. :class:`NoDuplicatesBatchSampler` deals examples into
+batches so that no batch holds the same query or the same positive document twice (a repeated
+positive would be an in-batch false negative). Its order depends only on the seed and the epoch,
+so a data position ``(epoch, batch)`` is enough to resume exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from densekit.data import Corpus, iter_jsonl
+from densekit.errors import InputError
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One query, one positive document and the query's mined negatives (document ids)."""
+
+    query_id: str
+    query: str
+    positive_id: str
+    negative_ids: tuple[str, ...]
+    positive_ids: frozenset[str]  # every labelled positive of the query: never used as its negative
+
+
+def _expect(cond: bool, path: Path, line: int, message: str) -> None:
+    if not cond:
+        raise InputError(path, message, line)
+
+
+def read_training_examples(
+    path: str | Path, corpus: Corpus, negatives_per_query: int
+) -> list[TrainingExample]:
+    """Read a negatives file into examples, checking every field the trainer relies on.
+
+    Raises InputError (file and line) for a missing or mistyped field, an id absent from `corpus`,
+    a query with fewer than `negatives_per_query` negatives, or a negative that is a positive.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "negatives file not found (write one with `densekit mine`)")
+    examples: list[TrainingExample] = []
+    seen: dict[str, int] = {}
+    for line, obj in iter_jsonl(path):
+        query_id = obj.get("query_id")
+        _expect(
+            isinstance(query_id, (str, int)) and str(query_id) != "",
+            path,
+            line,
+            'expected "query_id" (a non-empty string)',
+        )
+        query_id = str(query_id)
+        _expect(
+            query_id not in seen,
+            path,
+            line,
+            f"query {query_id!r} repeated (first on line {seen.get(query_id)})",
+        )
+        seen[query_id] = line
+        query = obj.get("query")
+        _expect(
+            isinstance(query, str) and query.strip() != "", path, line, 'expected "query" (non-empty text)'
+        )
+        positives = obj.get("positives")
+        _expect(
+            isinstance(positives, list) and len(positives) > 0,
+            path,
+            line,
+            'expected "positives" (a non-empty list of document ids)',
+        )
+        positives = [str(p) for p in positives]
+        negatives = obj.get("negatives")
+        _expect(
+            isinstance(negatives, list), path, line, 'expected "negatives" (a list of {"id", "rank", ...})'
+        )
+        parsed: list[tuple[float, int, str]] = []
+        for order, neg in enumerate(negatives):
+            _expect(isinstance(neg, dict) and "id" in neg, path, line, f'negative #{order + 1} has no "id"')
+            rank = neg.get("rank", order)
+            _expect(
+                isinstance(rank, (int, float)) and not isinstance(rank, bool),
+                path,
+                line,
+                f'negative #{order + 1}: "rank" must be a number, got {rank!r}',
+            )
+            parsed.append((float(rank), order, str(neg["id"])))
+        negative_ids = [doc_id for _, _, doc_id in sorted(parsed)]
+        _expect(
+            len(negative_ids) >= negatives_per_query,
+            path,
+            line,
+            f"query {query_id!r} has {len(negative_ids)} negatives; {negatives_per_query} per query were asked for",
+        )
+        for doc_id in positives + negative_ids:
+            _expect(
+                doc_id in corpus, path, line, f"document {doc_id!r} is not in the corpus {corpus.path or ''}"
+            )
+        overlap = set(positives) & set(negative_ids)
+        _expect(not overlap, path, line, f"documents {sorted(overlap)} are both positive and negative")
+        chosen = tuple(negative_ids[:negatives_per_query])
+        for positive in positives:
+            examples.append(TrainingExample(query_id, query, positive, chosen, frozenset(positives)))
+    if not examples:
+        raise InputError(path, "no training examples (the file is empty)")
+    return examples
+
+
+class NoDuplicatesBatchSampler:
+    """Seeded batches in which no query and no positive document appears twice.
+
+    Each epoch shuffles the examples with ``seed + epoch`` and fills batches greedily; an example
+    that would repeat a query or positive waits for the next batch (sentence-transformers'
+    NoDuplicatesBatchSampler does the same). The last batch may be smaller, unless `drop_last`.
+    `batches(epoch)` is a pure function of (examples, seed, epoch), which makes resuming exact.
+    """
+
+    def __init__(
+        self, examples: list[TrainingExample], batch_size: int, seed: int, drop_last: bool = False
+    ) -> None:
+        self.examples = examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop_last = drop_last
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        order = list(range(len(self.examples)))
+        random.Random(self.seed + epoch).shuffle(order)
+        batches: list[list[int]] = []
+        pending = order
+        while pending:
+            batch: list[int] = []
+            used: set[str] = set()
+            waiting: list[int] = []
+            for index in pending:
+                example = self.examples[index]
+                keys = {"q:" + example.query_id, "d:" + example.positive_id}
+                if len(batch) < self.batch_size and not keys & used:
+                    batch.append(index)
+                    used |= keys
+                else:
+                    waiting.append(index)
+            batches.append(batch)
+            pending = waiting
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.batches(0))
+
+
+@dataclass
+class ContrastiveBatch:
+    """One batch, laid out for the loss.
+
+    Documents are ordered shard by shard; within a shard, the positives of its queries, then their
+    negatives (query-major). `positive_index[i]` is query i's positive column; `exclude[i, j]` marks
+    documents that must not count as query i's negatives (another of its labelled positives).
+    `query_features`/`document_features` are per shard (one entry per process).
+    """
+
+    query_ids: list[str]
+    document_ids: list[str]
+    positive_index: torch.Tensor
+    exclude: torch.Tensor
+    query_features: list[dict[str, torch.Tensor]]
+    document_features: list[dict[str, torch.Tensor]]
+
+    @property
+    def size(self) -> int:
+        return len(self.query_ids)
+
+
+class ContrastiveCollator:
+    """Tokenises a batch of examples (every text is tokenised once and remembered) and pads it.
+
+    `shards` splits the batch into equal parts, one per process, as DDP needs; the layout of
+    documents follows the shards so that gathering the shards' embeddings gives the global order.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        corpus: Corpus,
+        max_length: int,
+        query_max_length: int,
+        do_lower_case: bool = False,
+        query_prompt: str = "",
+        document_prompt: str = "",
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.corpus = corpus
+        self.max_length = max_length
+        self.query_max_length = query_max_length
+        self.do_lower_case = do_lower_case
+        self.query_prompt = query_prompt
+        self.document_prompt = document_prompt
+        self._query_tokens: dict[str, list[int]] = {}
+        self._doc_tokens: dict[str, list[int]] = {}
+
+    def _tokens(self, texts: list[str], max_length: int) -> list[list[int]]:
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
+        return self.tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
+
+    def _query_ids(self, examples: list[TrainingExample]) -> list[list[int]]:
+        missing = [e for e in examples if e.query_id not in self._query_tokens]
+        if missing:
+            tokens = self._tokens([self.query_prompt + e.query for e in missing], self.query_max_length)
+            self._query_tokens.update({e.query_id: t for e, t in zip(missing, tokens, strict=False)})
+        return [self._query_tokens[e.query_id] for e in examples]
+
+    def _doc_ids(self, doc_ids: list[str]) -> list[list[int]]:
+        missing = list(dict.fromkeys(d for d in doc_ids if d not in self._doc_tokens))
+        if missing:
+            texts = [self.document_prompt + t for t in self._texts(missing)]
+            self._doc_tokens.update(zip(missing, self._tokens(texts, self.max_length), strict=False))
+        return [self._doc_tokens[d] for d in doc_ids]
+
+    def _texts(self, doc_ids: list[str]) -> list[str]:
+        from densekit.data import join_title_text
+
+        out = []
+        for doc_id in doc_ids:
+            doc = self.corpus.document(doc_id)
+            out.append(join_title_text(doc["title"], doc["text"]))
+        return out
+
+    def _pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        return self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+
+    def __call__(self, examples: list[TrainingExample], shards: int = 1) -> ContrastiveBatch:
+        if len(examples) % shards:
+            raise ValueError(f"batch of {len(examples)} does not split into {shards} equal shards")
+        per = len(examples) // shards
+        query_ids: list[str] = []
+        document_ids: list[str] = []
+        positive_index: list[int] = []
+        query_features, document_features = [], []
+        for s in range(shards):
+            part = examples[s * per : (s + 1) * per]
+            offset = len(document_ids)
+            positive_index += [offset + i for i in range(len(part))]
+            docs = [e.positive_id for e in part] + [d for e in part for d in e.negative_ids]
+            query_ids += [e.query_id for e in part]
+            document_ids += docs
+            query_features.append(self._pad(self._query_ids(part)))
+            document_features.append(self._pad(self._doc_ids(docs)))
+        exclude = torch.zeros(len(examples), len(document_ids), dtype=torch.bool)
+        for i, example in enumerate(examples):
+            for j, doc_id in enumerate(document_ids):
+                if j != positive_index[i] and doc_id in example.positive_ids:
+                    exclude[i, j] = True
+        return ContrastiveBatch(
+            query_ids, document_ids, torch.tensor(positive_index), exclude, query_features, document_features
+        )

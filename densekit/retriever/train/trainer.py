@@ -1,0 +1,527 @@
+"""The contrastive trainer: AdamW, warmup + linear decay, clipping, AMP, checkpoints, resume, DDP.
+
+Example::
+
+    config = TrainConfig(model="all-MiniLM-L6-v2", output=Path("runs/scifact"),
+                         data=DataConfig(negatives=Path("scifact.negatives.jsonl"), corpus="scifact"))
+    summary = Trainer(config).train()          # runs/scifact/model is a sentence-transformers folder
+
+Output folder::
+
+    model/            final model (sentence-transformers folder + densekit_config.json + densekit_train.json)
+    best/             the best model on the evaluation split (when eval_data is given)
+    checkpoints/step-N/state.pt   model, loss, optimizer, scheduler, scaler, RNG states, data position
+    metrics.jsonl     one JSON object per logged step and per evaluation
+    summary.json      what `train` returns
+
+A checkpoint is written atomically; `resume=True` continues from the newest one: same weights,
+optimizer moments, learning-rate step, RNG states and the next batch of the same epoch order, so
+the result equals an uninterrupted run (tests/test_train_resume.py checks bit equality on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from densekit.errors import DensekitError
+from densekit.io import atomic_dir, atomic_file, write_json
+from densekit.progress import announce, progress_bar
+from densekit.retriever.encoder import Encoder, write_sentence_transformers_folder
+from densekit.retriever.train.config import TrainConfig
+from densekit.retriever.train.data import (
+    ContrastiveBatch,
+    ContrastiveCollator,
+    NoDuplicatesBatchSampler,
+    TrainingExample,
+    read_training_examples,
+)
+from densekit.retriever.train.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    init_distributed,
+)
+from densekit.retriever.train.gradcache import contrastive_step
+from densekit.retriever.train.losses import InfoNCELoss, LossInputs, build_loss
+from densekit.retriever.train.model import DualEncoder
+
+STATE_FILE = "state.pt"
+TRAIN_CONFIG = "densekit_train.json"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def warmup_linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Learning rate rises linearly over `warmup_steps`, then falls linearly to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_optimizer(model: nn.Module, loss_fn: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and LayerNorm weights (BERT's recipe)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.dim() < 2 or "LayerNorm" in name else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    extra = [p for p in loss_fn.parameters() if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0, "lr": config.loss.temperature_lr})
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+class GuideCache:
+    """A frozen guide model's embeddings of every training query and document, computed once.
+
+    GIST needs the guide's similarity of each query to each document in the batch; embedding the
+    few thousand training texts once (and storing them beside the run, so a resume reuses them)
+    replaces a guide forward pass every step.
+    """
+
+    def __init__(
+        self,
+        query_emb: dict[str, int],
+        doc_emb: dict[str, int],
+        queries: torch.Tensor,
+        documents: torch.Tensor,
+    ) -> None:
+        self.query_rows, self.doc_rows = query_emb, doc_emb
+        self.queries, self.documents = queries, documents
+
+    @classmethod
+    def build(
+        cls, guide: str, examples: list[TrainingExample], corpus, device: str | None, path: Path
+    ) -> GuideCache:
+        from densekit.data import join_title_text
+
+        encoder = Encoder(guide, device=device)
+        query_text = {e.query_id: e.query for e in examples}
+        doc_ids = list(dict.fromkeys(d for e in examples for d in (e.positive_id, *e.negative_ids)))
+        key = {"guide": encoder.fingerprint(), "queries": list(query_text), "documents": doc_ids}
+        if path.is_file():
+            saved = torch.load(path, weights_only=False)
+            if saved["key"] == key:
+                return cls(saved["query_rows"], saved["doc_rows"], saved["queries"], saved["documents"])
+            announce(f"{path} was computed for other texts or another guide; recomputing it")
+        queries = torch.from_numpy(encoder.encode_queries(list(query_text.values())))
+        texts = []
+        for doc_id in doc_ids:
+            doc = corpus.document(doc_id)
+            texts.append(join_title_text(doc["title"], doc["text"]))
+        documents = torch.from_numpy(encoder.encode_documents(texts))
+        query_rows = {q: i for i, q in enumerate(query_text)}
+        doc_rows = {d: i for i, d in enumerate(doc_ids)}
+        with atomic_file(path, "wb") as handle:
+            torch.save(
+                {
+                    "key": key,
+                    "query_rows": query_rows,
+                    "doc_rows": doc_rows,
+                    "queries": queries,
+                    "documents": documents,
+                },
+                handle,
+            )
+        del encoder
+        return cls(query_rows, doc_rows, queries, documents)
+
+    def scores(self, query_ids: list[str], doc_ids: list[str]) -> torch.Tensor:
+        q = self.queries[[self.query_rows[i] for i in query_ids]]
+        d = self.documents[[self.doc_rows[i] for i in doc_ids]]
+        return q @ d.T
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig` (see the module docstring). Under torchrun, one per process."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        config.validate()
+        self.config = config
+        self.resume = resume
+        self.output = Path(config.output)
+
+    # ---------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg = self.config
+        device_type = (
+            torch.device(cfg.device).type if cfg.device else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        self.ctx: DistributedContext = init_distributed(device_type)
+        if device_type == "cuda":
+            self.device = torch.device(cfg.device or f"cuda:{self.ctx.local_rank}")
+            if self.ctx.enabled:
+                self.device = torch.device(f"cuda:{self.ctx.local_rank}")
+                torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if cfg.precision != "no" and self.device.type != "cuda":
+            raise DensekitError(f"--precision {cfg.precision} needs a CUDA device; use --precision no on CPU")
+        if cfg.batch_size % self.ctx.world_size:
+            raise DensekitError(
+                f"batch size {cfg.batch_size} must split evenly over {self.ctx.world_size} processes"
+            )
+        if cfg.separate_towers and cfg.eval_data:
+            raise DensekitError("evaluation during training supports shared towers only; drop --eval-data")
+        seed_everything(cfg.seed)
+
+        from densekit.data import load_dataset
+
+        self.encoder = Encoder(cfg.model, device=str(self.device), max_length=cfg.max_length, dtype="float32")
+        self.corpus = load_dataset(cfg.data.corpus).corpus
+        self.examples = read_training_examples(cfg.data.negatives, self.corpus, cfg.data.negatives_per_query)
+        enc_cfg = self.encoder.config
+        self.collator = ContrastiveCollator(
+            self.encoder.tokenizer,
+            self.corpus,
+            enc_cfg.max_length,
+            min(cfg.query_max_length or enc_cfg.max_length, enc_cfg.max_length),
+            enc_cfg.do_lower_case,
+            enc_cfg.query_prompt,
+            enc_cfg.document_prompt,
+        )
+        self.sampler = NoDuplicatesBatchSampler(self.examples, cfg.batch_size, cfg.seed)
+        per_epoch = [len(self.sampler.batches(e)) for e in range(cfg.epochs)]
+        self.total_steps = min(cfg.max_steps, sum(per_epoch)) if cfg.max_steps else sum(per_epoch)
+        if cfg.max_steps and cfg.max_steps > sum(per_epoch):
+            announce(
+                f"max_steps {cfg.max_steps} exceeds {cfg.epochs} epoch(s) of {sum(per_epoch)} steps; "
+                f"stopping after {sum(per_epoch)}"
+            )
+
+        backbone = self.encoder.model
+        backbone.train()
+        if cfg.gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = DualEncoder(backbone, enc_cfg.pooling, enc_cfg.normalize, cfg.separate_towers).to(
+            self.device
+        )
+        self.model.train()
+        lc = cfg.loss
+        self.loss_fn: InfoNCELoss = build_loss(
+            lc.name, lc.temperature, lc.learnable_temperature, lc.symmetric, lc.gist_margin
+        ).to(self.device)
+        self.optimizer = build_optimizer(self.model, self.loss_fn, cfg)
+        warmup = math.ceil(self.total_steps * cfg.warmup_ratio)
+        self.scheduler = warmup_linear_schedule(self.optimizer, warmup, self.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.train_model: nn.Module = self.model
+        if self.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.separate_towers,
+            )
+        self.guide: GuideCache | None = None
+        if lc.name == "gist":
+            path = self.output / "guide_cache.pt"
+            if self.ctx.is_main:
+                self.guide = GuideCache.build(lc.guide, self.examples, self.corpus, cfg.device, path)
+            barrier(self.ctx)
+            if not self.ctx.is_main:
+                self.guide = GuideCache.build(lc.guide, self.examples, self.corpus, cfg.device, path)
+        self.eval_dataset = load_dataset(cfg.eval_data, split=cfg.eval_split) if cfg.eval_data else None
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best: dict | None = None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _checkpoint_dirs(self) -> list[Path]:
+        root = self.output / "checkpoints"
+        if not root.is_dir():
+            return []
+        found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def save_checkpoint(self) -> Path | None:
+        """Write checkpoints/step-N atomically (main process) and keep the newest `keep_checkpoints`."""
+        if not self.ctx.is_main:
+            return None
+        state = {
+            "model": self.model.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch},
+            "best": self.best,
+            "recipe": self.config.recipe(),
+        }
+        target = self.output / "checkpoints" / f"step-{self.step}"
+        with atomic_dir(target) as staging:
+            torch.save(state, staging / STATE_FILE)
+            write_json(staging / TRAIN_CONFIG, self.config.to_json())
+        for old in self._checkpoint_dirs()[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def load_checkpoint(self) -> Path | None:
+        dirs = self._checkpoint_dirs()
+        if not dirs:
+            announce(f"--resume: no checkpoint under {self.output / 'checkpoints'}; starting from step 0")
+            return None
+        path = dirs[-1]
+        state = torch.load(path / STATE_FILE, map_location=self.device, weights_only=False)
+        if state["recipe"] != self.config.recipe():
+            changed = sorted(
+                k for k in self.config.recipe() if state["recipe"].get(k) != self.config.recipe()[k]
+            )
+            raise DensekitError(
+                f"{path}: the checkpoint was written with different settings ({', '.join(changed)}); "
+                f"resume with the same recipe or start a new output folder"
+            )
+        self.model.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        position = state["position"]
+        self.step, self.epoch, self.batch_in_epoch = position["step"], position["epoch"], position["batch"]
+        self.best = state["best"]
+        return path
+
+    # ---------------------------------------------------------------- saving and evaluation
+    def _write_model(self, folder: Path) -> None:
+        config = self.encoder.config
+        with atomic_dir(folder) as staging:
+            write_sentence_transformers_folder(
+                staging, self.model.document_model, self.encoder.tokenizer, config
+            )
+            write_json(staging / TRAIN_CONFIG, self.config.to_json())
+            if self.model.query_model is not None:
+                write_sentence_transformers_folder(
+                    staging / "query_model", self.model.query_model, self.encoder.tokenizer, config
+                )
+
+    def evaluate(self) -> dict:
+        """ndcg@10 (and recall@100) of the current weights on the evaluation split."""
+        from densekit.eval.harness import evaluate_retriever
+        from densekit.retriever.dense import DenseRetriever
+
+        assert self.eval_dataset is not None
+        self.model.eval()
+        try:
+            encoder = self.encoder  # shares the training weights; corpus cache off, weights move
+            retriever = DenseRetriever.build(encoder, self.eval_dataset.corpus, cache=False)
+            report = evaluate_retriever(retriever, self.eval_dataset, ("ndcg@10", "recall@100"))
+        finally:
+            self.model.train()
+        return dict(report.result.metrics)
+
+    def _maybe_evaluate(self, log) -> None:
+        if self.ctx.is_main:
+            metrics = self.evaluate()
+            record = {"step": self.step, "eval": metrics, "split": self.config.eval_split}
+            if self.best is None or metrics["ndcg@10"] > self.best["ndcg@10"]:
+                self.best = {"step": self.step, **metrics}
+                self._write_model(self.output / "best")
+                record["best"] = True
+            log(record)
+        barrier(self.ctx)
+
+    # ---------------------------------------------------------------- the loop
+    def _loss_inputs(self, batch: ContrastiveBatch) -> LossInputs:
+        per = batch.size // self.ctx.world_size
+        guide = self.guide.scores(batch.query_ids, batch.document_ids) if self.guide is not None else None
+        return LossInputs(
+            batch.positive_index, batch.exclude, slice(self.ctx.rank * per, (self.ctx.rank + 1) * per), guide
+        )
+
+    def train(self) -> dict:
+        """Train to the end of the schedule (or `stop_after_steps`); return the summary."""
+        self._setup()
+        cfg = self.config
+        if self.ctx.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+        resumed_from = self.load_checkpoint() if self.resume else None
+        metrics_path = self.output / "metrics.jsonl"
+        if self.ctx.is_main:
+            self._trim_metrics(metrics_path)
+
+        def log(record: dict) -> None:
+            if self.ctx.is_main:
+                with open(metrics_path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+
+        start_step = self.step
+        bar = progress_bar("training", total=self.total_steps, unit="step") if self.ctx.is_main else None
+        if bar is not None:
+            bar.update(self.step)
+        train_seconds, examples_seen, last_loss = 0.0, 0, float("nan")
+        stop = False
+        while self.epoch < cfg.epochs and not stop:
+            batches = self.sampler.batches(self.epoch)
+            while self.batch_in_epoch < len(batches):
+                if self.step >= self.total_steps or (
+                    cfg.stop_after_steps and self.step >= cfg.stop_after_steps
+                ):
+                    stop = True
+                    break
+                indices = batches[self.batch_in_epoch]
+                usable = len(indices) - len(indices) % self.ctx.world_size
+                t0 = time.perf_counter()
+                last_loss = self._train_step([self.examples[i] for i in indices[:usable]])
+                train_seconds += time.perf_counter() - t0
+                examples_seen += usable
+                self.step += 1
+                self.batch_in_epoch += 1
+                lr = self.scheduler.get_last_lr()[0]
+                if self.step % cfg.log_steps == 0 or self.step == self.total_steps:
+                    log(
+                        {
+                            "step": self.step,
+                            "epoch": self.epoch,
+                            "loss": round(last_loss, 6),
+                            "lr": lr,
+                            "temperature": round(self.loss_fn.temperature, 6),
+                            "examples_per_s": round(examples_seen / max(train_seconds, 1e-9), 3),
+                        }
+                    )
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
+                    bar.update(1)
+                if self.eval_dataset is not None and cfg.eval_steps and self.step % cfg.eval_steps == 0:
+                    self._maybe_evaluate(log)
+                if cfg.save_steps and self.step % cfg.save_steps == 0:
+                    self.save_checkpoint()
+            else:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+        if bar is not None:
+            bar.close()
+        finished = self.step >= self.total_steps
+        if (
+            self.eval_dataset is not None
+            and finished
+            and not (cfg.eval_steps and self.step % cfg.eval_steps == 0)
+        ):
+            self._maybe_evaluate(log)
+        if not cfg.save_steps or self.step % cfg.save_steps:
+            self.save_checkpoint()
+        if self.ctx.is_main and finished:
+            self._write_model(self.output / "model")
+        summary = {
+            "finished": finished,
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "resumed_from": str(resumed_from) if resumed_from else None,
+            "steps_this_run": self.step - start_step,
+            "examples_this_run": examples_seen,
+            "train_seconds": round(train_seconds, 3),
+            "examples_per_s": round(examples_seen / train_seconds, 3) if train_seconds else None,
+            "final_loss": last_loss,
+            "temperature": self.loss_fn.temperature,
+            "best": self.best,
+            "model": str(self.output / "model") if finished else None,
+            "world_size": self.ctx.world_size,
+            "device": str(self.device),
+            "config": self.config.to_json(),
+            "examples": len(self.examples),
+            "encoder": asdict(self.encoder.config),
+        }
+        if self.ctx.is_main:
+            write_json(self.output / "summary.json", summary)
+        barrier(self.ctx)
+        return summary
+
+    def _trim_metrics(self, path: Path) -> None:
+        """On resume, drop records logged after the checkpoint (they will be logged again)."""
+        if not path.is_file():
+            return
+        keep = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= self.step
+        ]
+        with atomic_file(path) as handle:
+            handle.write("".join(line + "\n" for line in keep))
+
+    def _train_step(self, examples: list[TrainingExample]) -> float:
+        cfg = self.config
+        batch = self.collator(examples, shards=self.ctx.world_size)
+        inputs = self._loss_inputs(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = contrastive_step(
+            self.train_model,
+            self.loss_fn,
+            batch.query_features[self.ctx.rank],
+            batch.document_features[self.ctx.rank],
+            inputs,
+            self.ctx,
+            self.device,
+            cfg.chunk_size,
+            self._autocast,
+            self.scaler.scale,
+        )
+        for param in self.loss_fn.parameters():  # outside DDP: average its gradient by hand
+            if param.grad is not None:
+                all_reduce_mean(param.grad, self.ctx)
+        self.scaler.unscale_(self.optimizer)
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(
+                list(self.model.parameters()) + list(self.loss_fn.parameters()), cfg.max_grad_norm
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        loss = all_reduce_mean(out.loss.clone(), self.ctx)
+        return float(loss)
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    """Run `config`; see :class:`Trainer`."""
+    return Trainer(config, resume).train()
+
+
+def broadcast_config(config: TrainConfig, ctx: DistributedContext) -> TrainConfig:
+    return TrainConfig.from_json(broadcast_object(config.to_json(), ctx))
