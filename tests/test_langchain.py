@@ -123,7 +123,8 @@ def test_page_content_joins_title_and_text_for_a_beir_corpus(tiny_model: Path, s
                                                              tmp_path: Path) -> None:
     """An index built like `densekit index build` has no texts; a BEIR corpus supplies them."""
     corpus = load_dataset(scifact_small).corpus
-    DenseRetriever.build(Encoder(tiny_model, device="cpu"), corpus, show_progress=False).save(tmp_path / "idx")
+    encoder = Encoder(tiny_model, device="cpu")
+    DenseRetriever.build(encoder, corpus, show_progress=False).save(tmp_path / "idx")
     with pytest.raises(DensekitError, match="holds no document texts"):
         DensekitRetriever(index_path=str(tmp_path / "idx"))
     retriever = DensekitRetriever(index_path=str(tmp_path / "idx"), corpus=str(scifact_small), k=3)
@@ -284,8 +285,8 @@ def test_bad_construction_is_a_clear_error(tiny_index: Path, tiny_model: Path) -
         DensekitRetriever.from_documents([Document(page_content="x", metadata={"f": object()})],
                                          model=str(tiny_model))
     with pytest.raises(DensekitError, match="duplicate document id"):
-        DensekitRetriever.from_documents([Document(id="a", page_content="x"), Document(id="a", page_content="y")],
-                                         model=str(tiny_model))
+        twins = [Document(id="a", page_content="x"), Document(id="a", page_content="y")]
+        DensekitRetriever.from_documents(twins, model=str(tiny_model))
 
 
 def test_texts_that_do_not_match_the_index_are_refused(tiny_index: Path, tmp_path: Path,

@@ -160,7 +160,8 @@ class DensekitRetriever(BaseRetriever):
             raise DensekitError(f"fetch_k must be positive, got {self.fetch_k}")
         if self.retriever is None:
             if self.index_path is None:
-                raise DensekitError("DensekitRetriever needs index_path=<saved index> or retriever=<Retriever>")
+                raise DensekitError("DensekitRetriever needs index_path=<saved index> "
+                                    "or retriever=<Retriever>")
             self.retriever = open_index(self.index_path, model=self.model, device=self.device)
         elif not isinstance(self.retriever, Retriever):
             raise DensekitError(f"retriever must keep the Retriever protocol (search(queries, k) -> Run), "
@@ -183,8 +184,8 @@ class DensekitRetriever(BaseRetriever):
         store = DocStore.open(self.index_path) if self.index_path else None
         if store is None:
             raise DensekitError(
-                f"{self.index_path}: the index holds no document texts (docs.jsonl); pass corpus=<BEIR folder "
-                "or corpus.jsonl>, or store them with densekit.index.docstore.attach_documents"
+                f"{self.index_path}: the index holds no document texts (docs.jsonl); pass corpus=<BEIR "
+                "folder or corpus.jsonl>, or store them with densekit.index.docstore.attach_documents"
             )
         return store
 
@@ -217,7 +218,8 @@ class DensekitRetriever(BaseRetriever):
         docstore = DocStore.from_documents(stored)
         encoder = model if isinstance(model, Encoder) else Encoder(str(model), device=device)
         corpus = Corpus([d.id for d in stored], [d.title for d in stored], [d.text for d in stored])
-        backend = DenseRetriever.build(encoder, corpus, factory=factory, cache=cache, show_progress=show_progress)
+        backend = DenseRetriever.build(encoder, corpus, factory=factory, cache=cache,
+                                       show_progress=show_progress)
         if path is not None:
             save_with_documents(backend.save, stored, path)
             kwargs.setdefault("index_name", Path(path).name)
