@@ -365,6 +365,97 @@ def eval_cmd(
     console.print(_metrics_table(f"{ds.name} / {split} ({report.result.queries} queries)", report.result.metrics))
 
 
+# ----------------------------------------------------------------------------- mining (hard negatives)
+
+
+def _mining_source(spec: str, teacher, corpus, device: str | None, batch_size: int, cache: bool,
+                   index_device: str):
+    """`teacher`, a saved index directory (any kind the CLI can load), or another dense model."""
+    from densekit.mining.sources import DenseScorer, DenseSource, RetrieverSource
+
+    if spec == "teacher":
+        return DenseSource(teacher, name="teacher")
+    path = Path(spec)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return RetrieverSource(_load_retriever(path, device), name=spec, details={"index": str(path)})
+    encoder = _make_encoder(spec, device, batch_size)
+    scorer = DenseScorer(encoder, corpus, cache=cache, index_device=index_device)
+    return DenseSource(scorer, name=spec)
+
+
+@app.command("mine")
+def mine_cmd(
+    data: Annotated[str, typer.Argument(help="BEIR folder or dataset name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Negatives file to write (JSON lines).")],
+    split: Annotated[str, typer.Option(help="qrels split whose queries and positives are mined.")] = "train",
+    teacher: Annotated[str, typer.Option("--teacher", "-m", help="Teacher encoder that scores candidates.")]
+    = "all-MiniLM-L6-v2",
+    guide: Annotated[str | None, typer.Option(help="GIST guide encoder (adds the guide filter last).")]
+    = None,
+    guide_margin: Annotated[float | None, typer.Option(help="Guide filter: drop if guide >= guide_pos - m.")]
+    = None,
+    method: Annotated[str, typer.Option(help="Filters in order, comma-separated: naive, shift, abs, margin, "
+                                              "percpos.")] = "percpos",
+    percentage: Annotated[float | None, typer.Option(help="percpos: drop if s > pos - (1-p)|pos| (0.95).")]
+    = None,
+    margin: Annotated[float | None, typer.Option(help="margin: drop if score > pos - margin.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="abs: drop if score > threshold.")] = None,
+    shift: Annotated[int | None, typer.Option(help="shift: skip the top N non-positive candidates.")] = None,
+    negatives: Annotated[int, typer.Option(help="Negatives per query.")] = 4,
+    depth: Annotated[int, typer.Option(help="Candidates per source.")] = 100,
+    sampler: Annotated[str, typer.Option(help="top, uniform, weighted or top1+sampled.")] = "top",
+    temperature: Annotated[float | None, typer.Option(help="weighted: softmax temperature (0.05).")] = None,
+    source: Annotated[list[str] | None, typer.Option(
+        "--source", help="Candidate source, repeatable: 'teacher', a saved index directory (dense or BM25), "
+                         "or another dense model. Default: teacher.")] = None,
+    fusion: Annotated[str, typer.Option(help="Several sources: rrf or union.")] = "rrf",
+    seed: Annotated[int, typer.Option(help="Seed of the random samplers.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same --out.")]
+    = False,
+    chunk_size: Annotated[int, typer.Option(help="Queries per step and checkpoint.")] = 1024,
+    device: DeviceOpt = None,
+    index_device: Annotated[str, typer.Option(help="Where FAISS searches: cpu, gpu, gpu:N, auto.")] = "cpu",
+    batch_size: BatchOpt = 64,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached embeddings.")] = True,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Mine hard negatives (NV-Retriever positive-aware filters, optional GIST guide) into JSON lines."""
+    _setup(as_json, quiet)
+    from densekit.data import load_dataset
+    from densekit.mining.filters import filters_from_options
+    from densekit.mining.miner import HardNegativeMiner
+    from densekit.mining.samplers import sampler_from_options
+    from densekit.mining.sources import DenseScorer
+
+    methods = [m.strip().lower() for m in method.split(",") if m.strip()]
+    filters = filters_from_options(methods, percentage, margin, threshold, shift)
+    chosen_sampler = sampler_from_options(sampler, temperature)
+    if guide_margin is not None and guide is None:
+        raise DensekitError("--guide-margin is given but no --guide model")
+    ds = load_dataset(data, split=split)
+    teacher_scorer = DenseScorer(_make_encoder(teacher, device, batch_size), ds.corpus, cache=cache,
+                                 index_device=index_device)
+    guide_scorer = None
+    if guide is not None:
+        guide_scorer = DenseScorer(_make_encoder(guide, device, batch_size), ds.corpus, cache=cache)
+    sources = [_mining_source(s, teacher_scorer, ds.corpus, device, batch_size, cache, index_device)
+               for s in (source or ["teacher"])]
+    miner = HardNegativeMiner(teacher_scorer, sources, filters, chosen_sampler, negatives=negatives,
+                              depth=depth, fusion=fusion, guide=guide_scorer,
+                              guide_margin=guide_margin or 0.0, seed=seed, chunk_size=chunk_size)
+    result = miner.mine(ds, out, resume=resume)
+    from densekit.mining.output import config_path, stats_path
+
+    info = {"out": str(out), "config": str(config_path(out)), "stats_file": str(stats_path(out)),
+            "resumed_at": result.resumed_at, "stats": result.stats.to_json()}
+    if as_json:
+        _emit(info)
+        return
+    console.print(result.stats.table(f"{ds.name}/{split}: {teacher}" + (f", guide {guide}" if guide else "")))
+    console.print(f"-> {out} (configuration in {config_path(out)}, statistics in {stats_path(out)})")
+
+
 def main() -> None:
     """Console entry point: user errors are one line on stderr and exit code 2."""
     warnings.filterwarnings("ignore", category=FutureWarning)

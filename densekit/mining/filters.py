@@ -254,3 +254,46 @@ def apply_filters(
         removed[candidate_filter.label] = removed.get(candidate_filter.label, 0) + int((~mask).sum())
         current = current.subset(mask)
     return current, removed
+
+
+METHODS = ("naive", "shift", "abs", "margin", "percpos")
+
+
+def filters_from_options(
+    methods: list[str],
+    percentage: float | None = None,
+    margin: float | None = None,
+    threshold: float | None = None,
+    shift: int | None = None,
+) -> list[CandidateFilter]:
+    """The teacher filters named by `methods` (in that order), each with its parameter.
+
+    `naive` adds none; `percpos` defaults to 0.95; `shift`, `abs` and `margin` need their parameter. A
+    parameter given for a method that is not named is an error, not silently ignored.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise DensekitError(f"unknown method {unknown[0]!r}; expected one of {', '.join(METHODS)}")
+    if "naive" in methods and len(methods) > 1:
+        raise DensekitError("method 'naive' (no filter) cannot be combined with other methods")
+    given = {"percpos": percentage, "margin": margin, "abs": threshold, "shift": shift}
+    option = {"percpos": "--percentage", "margin": "--margin", "abs": "--threshold", "shift": "--shift"}
+    for method, value in given.items():
+        if value is not None and method not in methods:
+            raise DensekitError(f"{option[method]} is given but method {method!r} is not used")
+    filters: list[CandidateFilter] = []
+    for method in methods:
+        if method == "naive":
+            continue
+        if method == "percpos":
+            filters.append(PercPosFilter(0.95 if percentage is None else percentage))
+            continue
+        if given[method] is None:
+            raise DensekitError(f"method {method!r} needs {option[method]}")
+        if method == "shift":
+            filters.append(ShiftFilter(int(shift)))  # type: ignore[arg-type]
+        elif method == "abs":
+            filters.append(AbsFilter(float(threshold)))  # type: ignore[arg-type]
+        else:
+            filters.append(MarginPosFilter(float(margin)))  # type: ignore[arg-type]
+    return filters

@@ -130,3 +130,14 @@ def sampler_from_config(config: dict) -> Sampler:
         return SAMPLERS[name](**params)
     except TypeError as exc:
         raise DensekitError(f"sampler {name!r}: {exc}") from None
+
+
+def sampler_from_options(name: str, temperature: float | None = None) -> Sampler:
+    """The sampler called `name`; `temperature` only for "weighted" (default 0.05)."""
+    if name not in SAMPLERS:
+        raise DensekitError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    if temperature is not None and name != "weighted":
+        raise DensekitError(f"--temperature applies to the 'weighted' sampler, not {name!r}")
+    if name == "weighted":
+        return ScoreWeightedSampler(0.05 if temperature is None else temperature)
+    return SAMPLERS[name]()
