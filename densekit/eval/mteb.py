@@ -76,8 +76,9 @@ def import_mteb():
     try:
         import mteb
     except ImportError as exc:
-        raise DensekitError(f"the mteb package is not installed ({exc}); "
-                            "pip install 'densekit[mteb]'") from None
+        raise DensekitError(
+            f"the mteb package is not installed ({exc}); pip install 'densekit[mteb]'"
+        ) from None
     logging_quiet()
     return mteb
 
@@ -122,44 +123,57 @@ def make_encoder_class():
             cache: use the embedding cache at all.
         """
 
-        def __init__(self, encoder: Encoder, prompts: dict[str, str] | None = None,
-                     corpora: Iterable[Corpus] = (), cache: bool = True) -> None:
+        def __init__(
+            self,
+            encoder: Encoder,
+            prompts: dict[str, str] | None = None,
+            corpora: Iterable[Corpus] = (),
+            cache: bool = True,
+        ) -> None:
             self.model = encoder
             base = {"query": encoder.config.query_prompt, "document": encoder.config.document_prompt}
             self.model_prompts = {k: v for k, v in {**base, **(prompts or {})}.items() if v} or None
             self.cache = cache
             self._corpora = {_texts_digest(c.texts()): c for c in corpora}
             self.cache_hits = 0
-            self.mteb_model_meta = ModelMeta.create_empty(overwrites=dict(
-                name=mteb_model_name(encoder.model_name),
-                revision=hashlib.sha256(encoder.fingerprint().encode()).hexdigest()[:12],
-                embed_dim=encoder.dim,
-                max_tokens=encoder.config.max_length,
-                framework=["PyTorch"],
-                similarity_fn_name=ScoringFunction.COSINE if encoder.config.normalize
-                else ScoringFunction.DOT_PRODUCT,
-                modalities=["text"],
-            ))
+            self.mteb_model_meta = ModelMeta.create_empty(
+                overwrites=dict(
+                    name=mteb_model_name(encoder.model_name),
+                    revision=hashlib.sha256(encoder.fingerprint().encode()).hexdigest()[:12],
+                    embed_dim=encoder.dim,
+                    max_tokens=encoder.config.max_length,
+                    framework=["PyTorch"],
+                    similarity_fn_name=ScoringFunction.COSINE
+                    if encoder.config.normalize
+                    else ScoringFunction.DOT_PRODUCT,
+                    modalities=["text"],
+                )
+            )
 
         def prompt_for(self, task_metadata, prompt_type) -> str:
             """The prompt mteb's sentence-transformers wrapper would prepend for this task and side."""
             name = get_prompt_name(self.model_prompts, task_metadata, prompt_type)
             return self.model_prompts[name] if name else ""
 
-        def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str,
-                   prompt_type=None, **kwargs: Any) -> np.ndarray:
+        def encode(
+            self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs: Any
+        ) -> np.ndarray:
             texts = [text for batch in inputs for text in batch["text"]]
             prompt = self.prompt_for(task_metadata, prompt_type)
             show = bool(kwargs.get("show_progress_bar", True)) and not is_quiet()
-            if (self.cache and prompt_type == PromptType.document
-                    and prompt == self.model.config.document_prompt):
+            if (
+                self.cache
+                and prompt_type == PromptType.document
+                and prompt == self.model.config.document_prompt
+            ):
                 corpus = self._corpora.get(_texts_digest(texts))
                 if corpus is not None:
                     self.cache_hits += 1
                     return np.asarray(encode_corpus(self.model, corpus, cache=True, show_progress=show))
             desc = f"encoding {prompt_type.value if prompt_type else 'texts'} ({task_metadata.name})"
-            return self.model.encode(texts, prompt=prompt, batch_size=kwargs.get("batch_size"),
-                                     desc=desc, show_progress=show)
+            return self.model.encode(
+                texts, prompt=prompt, batch_size=kwargs.get("batch_size"), desc=desc, show_progress=show
+            )
 
     return DensekitMtebEncoder
 
@@ -184,8 +198,9 @@ def official_task_class(name: str):
     try:
         task = mteb.get_task(name)
     except (KeyError, ValueError):
-        matches = [t for t in mteb.get_tasks(task_types=["Retrieval"])
-                   if t.metadata.name.lower() == name.lower()]
+        matches = [
+            t for t in mteb.get_tasks(task_types=["Retrieval"]) if t.metadata.name.lower() == name.lower()
+        ]
         if not matches:
             return None
         task = matches[0]
@@ -209,11 +224,13 @@ def local_retrieval_task(dataset: BeirDataset, language: str = "eng-Latn"):
     revision = dataset.corpus.fingerprint()[:12]
     local_source = {"path": str(dataset.root), "revision": f"local-{revision}"}
     if official is not None:
-        metadata = official.metadata.model_copy(update={
-            "dataset": local_source,
-            "eval_splits": [dataset.split],
-            "description": f"{official.metadata.description} (local BEIR folder {dataset.root})",
-        })
+        metadata = official.metadata.model_copy(
+            update={
+                "dataset": local_source,
+                "eval_splits": [dataset.split],
+                "description": f"{official.metadata.description} (local BEIR folder {dataset.root})",
+            }
+        )
         base = official
     else:
         metadata = TaskMetadata(
@@ -229,8 +246,9 @@ def local_retrieval_task(dataset: BeirDataset, language: str = "eng-Latn"):
         )
         base = AbsTaskRetrieval
 
-    corpus = Dataset.from_dict({"id": dataset.corpus.ids, "title": dataset.corpus.titles,
-                                "text": dataset.corpus.body})
+    corpus = Dataset.from_dict(
+        {"id": dataset.corpus.ids, "title": dataset.corpus.titles, "text": dataset.corpus.body}
+    )
     queries = Dataset.from_dict({"id": list(dataset.queries), "text": list(dataset.queries.values())})
     split_data = {"corpus": corpus, "queries": queries, "relevant_docs": dataset.qrels, "top_ranked": None}
 
@@ -250,8 +268,10 @@ def mteb_task(name: str):
     try:
         task = mteb.get_task(name)
     except (KeyError, ValueError) as exc:
-        raise DensekitError(f"{name!r} is neither a BEIR folder (path or name under $DENSEKIT_DATA) "
-                            f"nor an mteb task name ({exc})") from None
+        raise DensekitError(
+            f"{name!r} is neither a BEIR folder (path or name under $DENSEKIT_DATA) "
+            f"nor an mteb task name ({exc})"
+        ) from None
     try:
         task.load_data()
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "not reachable"
@@ -299,11 +319,23 @@ class MtebTaskScores:
 
     def to_json(self, all_scores: bool = False) -> dict:
         families = ("ndcg", "map", "recall", "mrr", "precision")
-        keep = self.scores if all_scores else {
-            k: v for k, v in self.scores.items()
-            if k.split("_at_")[0] in families and k.rsplit("_", 1)[-1] in ("10", "100")}
-        return {"task": self.task, "split": self.split, "subset": self.subset, "main_score": self.main_score,
-                "scores": keep, "local_path": self.local_path}
+        keep = (
+            self.scores
+            if all_scores
+            else {
+                k: v
+                for k, v in self.scores.items()
+                if k.split("_at_")[0] in families and k.rsplit("_", 1)[-1] in ("10", "100")
+            }
+        )
+        return {
+            "task": self.task,
+            "split": self.split,
+            "subset": self.subset,
+            "main_score": self.main_score,
+            "scores": keep,
+            "local_path": self.local_path,
+        }
 
 
 @dataclass
@@ -315,8 +347,13 @@ class MtebSummary:
     cache_hits: int = 0
 
     def to_json(self) -> dict:
-        return {"model": self.model, "revision": self.revision, "results_dir": self.out,
-                "corpus_cache_hits": self.cache_hits, "tasks": [t.to_json() for t in self.tasks]}
+        return {
+            "model": self.model,
+            "revision": self.revision,
+            "results_dir": self.out,
+            "corpus_cache_hits": self.cache_hits,
+            "tasks": [t.to_json() for t in self.tasks],
+        }
 
 
 def validate_prompt_keys(prompts: dict[str, str], task_names: Iterable[str]) -> None:
@@ -330,8 +367,10 @@ def validate_prompt_keys(prompts: dict[str, str], task_names: Iterable[str]) -> 
     for key in prompts:
         base = key.rsplit("-", 1)[0] if key.endswith(tuple(f"-{p}" for p in PROMPT_TYPES)) else key
         if base not in known:
-            raise DensekitError(f"prompt key {key!r} matches no prompt type, task type or task being run "
-                                f"({', '.join(sorted(task_names))})")
+            raise DensekitError(
+                f"prompt key {key!r} matches no prompt type, task type or task being run "
+                f"({', '.join(sorted(task_names))})"
+            )
 
 
 def run_mteb(
@@ -353,17 +392,26 @@ def run_mteb(
         validate_prompt_keys(prompts, [t.metadata.name for t in tasks])
     encoder_class = make_encoder_class()
     model = encoder_class(encoder, prompts=prompts, corpora=[d.corpus for d in datasets], cache=cache)
-    local_paths = {t.metadata.name: t.metadata.dataset["path"] for t in tasks
-                   if str(t.metadata.dataset.get("revision", "")).startswith("local-")}
+    local_paths = {
+        t.metadata.name: t.metadata.dataset["path"]
+        for t in tasks
+        if str(t.metadata.dataset.get("revision", "")).startswith("local-")
+    }
     encode_kwargs = {"batch_size": batch_size, "show_progress_bar": not is_quiet()}
 
     def evaluate(cache_dir: Path | None):
         result_cache = mteb.ResultCache(cache_path=cache_dir) if cache_dir is not None else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return mteb.evaluate(model, tasks, cache=result_cache, overwrite_strategy="always",
-                                 encode_kwargs=encode_kwargs, show_progress_bar=not is_quiet(),
-                                 co2_tracker=False)
+            return mteb.evaluate(
+                model,
+                tasks,
+                cache=result_cache,
+                overwrite_strategy="always",
+                encode_kwargs=encode_kwargs,
+                show_progress_bar=not is_quiet(),
+                co2_tracker=False,
+            )
 
     if out is not None:
         with atomic_dir(out) as staging:
@@ -373,16 +421,23 @@ def run_mteb(
     if getattr(results, "exceptions", None):
         raise DensekitError(f"mteb failed: {results.exceptions}")
     meta = model.mteb_model_meta
-    summary = MtebSummary(model=meta.name, revision=meta.revision, out=str(out) if out else None,
-                          cache_hits=model.cache_hits)
+    summary = MtebSummary(
+        model=meta.name, revision=meta.revision, out=str(out) if out else None, cache_hits=model.cache_hits
+    )
     for task_result in results.task_results:
         for split_name, rows in task_result.scores.items():
             for row in rows:
                 numbers = {k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
-                summary.tasks.append(MtebTaskScores(
-                    task=task_result.task_name, split=split_name, subset=row.get("hf_subset", "default"),
-                    main_score=float(row["main_score"]), scores=numbers,
-                    local_path=local_paths.get(task_result.task_name)))
+                summary.tasks.append(
+                    MtebTaskScores(
+                        task=task_result.task_name,
+                        split=split_name,
+                        subset=row.get("hf_subset", "default"),
+                        main_score=float(row["main_score"]),
+                        scores=numbers,
+                        local_path=local_paths.get(task_result.task_name),
+                    )
+                )
     if cache and datasets and model.cache_hits == 0:
         announce("mteb encoded the corpus itself (no corpus matched densekit's embedding cache)")
     return summary

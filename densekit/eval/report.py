@@ -1,0 +1,132 @@
+"""Markdown tables for READMEs: evaluation results, run comparisons, reproduction grades, MTEB scores.
+
+Pure functions from result objects (or their JSON) to GitHub-flavoured markdown strings; the CLI
+prints them under ``--format markdown``. Numbers are shown with four decimals, as BEIR and MTEB
+tables do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+OUTPUT_FORMATS = ("text", "markdown", "json")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], align_right: Sequence[bool] | None = None
+) -> str:
+    """A markdown table; numeric columns right-aligned unless `align_right` says otherwise."""
+    if align_right is None:
+        align_right = [
+            bool(rows) and all(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in rows)
+            for i in range(len(header))
+        ]
+    lines = [
+        "| " + " | ".join(_cell(h) for h in header) + " |",
+        "|" + "|".join("---:" if right else "---" for right in align_right) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def eval_markdown(report: Mapping[str, Any], label: str | None = None) -> str:
+    """One row per evaluation (the JSON of :class:`~densekit.eval.harness.EvalReport`)."""
+    metrics = report["metrics"]
+    config = report.get("config") or {}
+    label = label or config.get("model") or config.get("index") or config.get("run") or "run"
+    header = ["model / run", "dataset", "split", "queries", *metrics]
+    row = [label, report["dataset"], report.get("split") or "-", report["queries"], *metrics.values()]
+    return markdown_table(header, [row])
+
+
+def comparison_markdown(comparison: Mapping[str, Any]) -> str:
+    """One row per metric of a comparison (the JSON of :class:`~densekit.eval.compare.Comparison`)."""
+    header = [
+        "metric",
+        f"A: {comparison['run_a']}",
+        f"B: {comparison['run_b']}",
+        "B - A",
+        "t-test p",
+        "randomisation p",
+        "wins / ties / losses",
+    ]
+    rows = []
+    for name, m in comparison["metrics"].items():
+        rows.append(
+            [
+                name,
+                m["mean_a"],
+                m["mean_b"],
+                f"{m['delta']:+.4f}",
+                f"{m['t_p_value']:.3g}",
+                f"{m['randomization_p_value']:.3g}",
+                f"{m['wins']} / {m['ties']} / {m['losses']}",
+            ]
+        )
+    return (
+        markdown_table(header, rows, [False, True, True, True, True, True, False])
+        + f"\n\n{comparison['queries']} paired queries; randomisation test with "
+        f"{comparison['randomization']['trials']} trials (seed {comparison['randomization']['seed']})."
+    )
+
+
+def reproduction_markdown(grades: Sequence[Mapping[str, Any]]) -> str:
+    """One row per reproduction entry (the JSON of :class:`~densekit.eval.reproduce.Grade`)."""
+    header = [
+        "retriever",
+        "dataset",
+        "metric",
+        "expected",
+        "measured",
+        "difference",
+        "tolerance",
+        "grade",
+        "source",
+    ]
+    rows = []
+    for g in grades:
+        measured = g.get("measured")
+        diff = f"{g['difference']:+.4f}" if g.get("difference") is not None else "-"
+        grade = g["grade"] if not g.get("reason") else f"{g['grade']} ({g['reason']})"
+        rows.append(
+            [
+                g["retriever"],
+                g["dataset"],
+                g["metric"],
+                g["expected"],
+                measured,
+                diff,
+                g["tolerance"],
+                grade,
+                g.get("source", ""),
+            ]
+        )
+    return markdown_table(header, rows, [False, False, False, True, True, True, True, False, False])
+
+
+def mteb_markdown(summary: Mapping[str, Any]) -> str:
+    """One row per MTEB task (the JSON of :class:`~densekit.eval.mteb.MtebSummary`)."""
+    header = ["model", "task", "split", "main score", "ndcg_at_10", "recall_at_100"]
+    rows = [
+        [
+            summary["model"],
+            t["task"],
+            t["split"],
+            t["main_score"],
+            t["scores"].get("ndcg_at_10"),
+            t["scores"].get("recall_at_100"),
+        ]
+        for t in summary["tasks"]
+    ]
+    return markdown_table(header, rows, [False, False, False, True, True, True])
