@@ -305,6 +305,16 @@ def search(
 
 # ----------------------------------------------------------------------------- eval
 
+FormatOpt = Annotated[str, typer.Option("--format", help="Output: text, markdown (a README table) or json.")]
+
+
+def _check_format(fmt: str) -> str:
+    from densekit.eval.report import OUTPUT_FORMATS
+
+    if fmt not in OUTPUT_FORMATS:
+        raise DensekitError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    return fmt
+
 
 @app.command("eval")
 def eval_cmd(
@@ -322,10 +332,12 @@ def eval_cmd(
     device: DeviceOpt = None,
     batch_size: BatchOpt = 64,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
+    fmt: FormatOpt = "text",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a model, a saved index or a run file on a BEIR split (pytrec_eval)."""
+    as_json = as_json or _check_format(fmt) == "json"
     _setup(as_json, quiet)
     sources = [s for s in (model, run_file, index) if s is not None]
     if len(sources) != 1:
@@ -361,6 +373,11 @@ def eval_cmd(
         write_json(out, report.to_json(per_query=True))
     if as_json:
         _emit(report.to_json())
+        return
+    if fmt == "markdown":
+        from densekit.eval.report import eval_markdown
+
+        print(eval_markdown(report.to_json()))
         return
     console.print(_metrics_table(f"{ds.name} / {split} ({report.result.queries} queries)", report.result.metrics))
 
@@ -454,6 +471,244 @@ def mine_cmd(
         return
     console.print(result.stats.table(f"{ds.name}/{split}: {teacher}" + (f", guide {guide}" if guide else "")))
     console.print(f"-> {out} (configuration in {config_path(out)}, statistics in {stats_path(out)})")
+
+
+# ----------------------------------------------------------------------------- training (contrastive)
+
+
+@app.command("train")
+def train_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Starting encoder (folder or name).")],
+    negatives: Annotated[Path, typer.Option("--negatives", help="Negatives file from `densekit mine`.")],
+    corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder or name holding the documents.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for model, checkpoints, logs.")],
+    negatives_per_query: Annotated[int, typer.Option(help="Mined negatives per example (rank order).")] = 1,
+    loss: Annotated[str, typer.Option(help="infonce or gist.")] = "infonce",
+    temperature: Annotated[float, typer.Option(help="Softmax temperature (0.05 = scale 20).")] = 0.05,
+    learnable_temperature: Annotated[bool, typer.Option(help="Learn the temperature.")] = False,
+    symmetric: Annotated[bool, typer.Option(help="Add the document->query term.")] = False,
+    guide: Annotated[str | None, typer.Option(help="GIST guide model (with --loss gist).")] = None,
+    gist_margin: Annotated[float, typer.Option(help="GIST: mask above guide positive score - margin.")] = 0.0,
+    epochs: Annotated[int, typer.Option(help="Passes over the examples.")] = 1,
+    max_steps: Annotated[int | None, typer.Option(help="Stop the schedule after this many steps.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per step, all processes.")] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 2e-5,
+    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps of linear warmup.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0 = off).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed for data order, dropout and init.")] = 42,
+    chunk_size: Annotated[int | None, typer.Option(help="GradCache chunk (texts per forward).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Document token limit (default model's).")] = None,
+    query_max_length: Annotated[int | None, typer.Option(help="Query token limit.")] = None,
+    precision: Annotated[str, typer.Option(help="no, bf16 or fp16 (CUDA only).")] = "no",
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward.")] = False,
+    separate_towers: Annotated[bool, typer.Option(help="Separate query and document encoders.")] = False,
+    eval_data: Annotated[str | None, typer.Option(help="BEIR dataset scored during training.")] = None,
+    eval_split: Annotated[str, typer.Option(help="Its split.")] = "dev",
+    eval_steps: Annotated[int, typer.Option(help="Evaluate every N steps (0 = only at the end).")] = 0,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps (0 = only at the end).")] = 0,
+    stop_after_steps: Annotated[int | None, typer.Option(help="Stop early; --resume continues.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")] = False,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a dual encoder contrastively on mined negatives (InfoNCE or GIST; GradCache; torchrun)."""
+    _setup(as_json, quiet)
+    from densekit.retriever.train import DataConfig, LossConfig, TrainConfig, train
+
+    config = TrainConfig(
+        model=model, output=output,
+        data=DataConfig(negatives=negatives, corpus=corpus, negatives_per_query=negatives_per_query),
+        loss=LossConfig(name=loss, temperature=temperature, learnable_temperature=learnable_temperature,
+                        symmetric=symmetric, guide=guide, gist_margin=gist_margin),
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=lr,
+        warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, chunk_size=chunk_size,
+        max_length=max_length, query_max_length=query_max_length, precision=precision,
+        gradient_checkpointing=gradient_checkpointing, separate_towers=separate_towers, eval_data=eval_data,
+        eval_split=eval_split, eval_steps=eval_steps, save_steps=save_steps,
+        stop_after_steps=stop_after_steps,
+        device=device,
+    )
+    summary = train(config, resume=resume)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if as_json:
+        _emit(summary)
+        return
+    table = Table(title=f"training summary ({summary['steps']}/{summary['total_steps']} steps)")
+    for key in ("examples_this_run", "train_seconds", "examples_per_s", "final_loss", "temperature", "model"):
+        table.add_row(key, str(summary[key]))
+    if summary["best"]:
+        table.add_row("best", json.dumps(summary["best"]))
+    console.print(table)
+
+
+# ---------------------------------------------------------------------- evaluation: mteb, compare, reproduce
+
+
+@app.command("mteb")
+def mteb_cmd(
+    data: Annotated[list[str], typer.Argument(help="BEIR folders or names, or mteb task names (SciFact).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Encoder folder or name.")] = "all-MiniLM-L6-v2",
+    split: Annotated[str, typer.Option(help="qrels split of local BEIR folders.")] = "test",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for MTEB results.")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="JSON file of mteb model prompts by key.")] = None,
+    language: Annotated[str, typer.Option(help="Language of non-mteb local folders.")] = "eng-Latn",
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = 64,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
+    fmt: FormatOpt = "text",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate an encoder with the mteb package, offline: local BEIR folders or cached mteb tasks."""
+    as_json = as_json or _check_format(fmt) == "json"
+    _setup(as_json, quiet)
+    from densekit.eval.mteb import run_mteb
+
+    prompt_map = None
+    if prompts is not None:
+        from densekit.errors import InputError
+
+        try:
+            prompt_map = json.loads(prompts.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(prompts, "no such file") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(prompts, f"malformed JSON ({exc.msg})", exc.lineno) from None
+        if not isinstance(prompt_map, dict) or not all(isinstance(v, str) for v in prompt_map.values()):
+            raise InputError(prompts, "expected a JSON object mapping prompt keys to prompt strings")
+    encoder = _make_encoder(model, device, batch_size)
+    summary = run_mteb(encoder, data, out=out, split=split, prompts=prompt_map, batch_size=batch_size,
+                       cache=cache, language=language)
+    if as_json:
+        _emit(summary.to_json())
+        return
+    if fmt == "markdown":
+        from densekit.eval.report import mteb_markdown
+
+        print(mteb_markdown(summary.to_json()))
+        return
+    for task in summary.tasks:
+        shown = ("ndcg_at_10", "recall_at_100", "map_at_10", "mrr_at_10")
+        console.print(_metrics_table(f"{task.task} / {task.split} (mteb, {summary.model})",
+                                     {k: v for k, v in task.scores.items() if k in shown}))
+    if out is not None:
+        console.print(f"MTEB results -> {out}")
+
+
+@app.command("compare")
+def compare_cmd(
+    run_a: Annotated[Path, typer.Argument(help="TREC run file A (the baseline).")],
+    run_b: Annotated[Path, typer.Argument(help="TREC run file B (compared against A).")],
+    data: Annotated[str, typer.Option("--data", help="BEIR folder or name whose qrels judge both runs.")],
+    split: Annotated[str, typer.Option(help="qrels split.")] = "test",
+    metrics: Annotated[str | None, typer.Option(help="Comma-separated, e.g. ndcg@10,recall@100.")] = None,
+    trials: Annotated[int, typer.Option(help="Random sign assignments of the randomisation test.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the randomisation test.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the comparison JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of per-query deltas (first metric).")] = None,
+    fmt: FormatOpt = "text",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compare two runs per query: means, deltas, t-test, randomisation test, wins/ties/losses."""
+    as_json = as_json or _check_format(fmt) == "json"
+    _setup(as_json, quiet)
+    names = _parse_metrics(metrics)
+    from densekit.data import Run, read_qrels, resolve_dataset
+    from densekit.eval.compare import compare_runs, plot_deltas
+
+    root = resolve_dataset(data)
+    qrels_path = next((p for p in (root / "qrels" / f"{split}.tsv", root / "qrels" / f"{split}.tsv.gz")
+                       if p.is_file()), None)
+    if qrels_path is None:
+        raise DensekitError(f"{root}: no qrels for split {split!r}")
+    comparison = compare_runs(Run.read_trec(run_a), Run.read_trec(run_b), read_qrels(qrels_path), names,
+                              trials=trials, seed=seed, name_a=run_a.name, name_b=run_b.name)
+    result = comparison.to_json(per_query=False)
+    result.update(dataset=root.name, split=split)
+    if out is not None:
+        from densekit.io import write_json
+
+        write_json(out, {**comparison.to_json(per_query=True), "dataset": root.name, "split": split})
+        result["json"] = str(out)
+    if plot is not None:
+        plot_deltas(comparison, names[0], plot)
+        result["plot"] = str(plot)
+    if as_json:
+        _emit(result)
+        return
+    from densekit.eval.report import comparison_markdown
+
+    if fmt == "markdown":
+        print(comparison_markdown(result))
+        return
+    table = Table(title=f"{root.name} / {split}: B={run_b.name} vs A={run_a.name} "
+                        f"({comparison.queries} queries)")
+    for col in ("metric", "A", "B", "B - A", "t-test p", "randomisation p", "wins/ties/losses"):
+        table.add_column(col, justify="left" if col in ("metric", "wins/ties/losses") else "right")
+    for name, m in comparison.metrics.items():
+        table.add_row(name, f"{m.mean_a:.4f}", f"{m.mean_b:.4f}", f"{m.delta:+.4f}", f"{m.t_p_value:.3g}",
+                      f"{m.randomization_p_value:.3g}", f"{m.wins}/{m.ties}/{m.losses}")
+    console.print(table)
+
+
+@app.command("reproduce")
+def reproduce_cmd(
+    only: Annotated[list[str] | None, typer.Option("--only", help="Retriever names or globs.")] = None,
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", help="Only these datasets.")] = None,
+    expected: Annotated[Path | None, typer.Option(help="Expected-scores JSON (default: built in).")] = None,
+    tolerance: Annotated[float | None, typer.Option(help="Override every entry's tolerance.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the grades as JSON.")] = None,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = 64,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
+    fmt: FormatOpt = "text",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Re-run published configurations (expected_scores.json) and grade each OK, OFF, SKIPPED or ERROR.
+
+    Exits 1 when any selected entry is OFF or ERROR; SKIPPED entries are listed with their reason.
+    """
+    as_json = as_json or _check_format(fmt) == "json"
+    _setup(as_json, quiet)
+    if tolerance is not None and tolerance < 0:
+        raise DensekitError(f"--tolerance must be non-negative, got {tolerance}")
+    from densekit.eval.reproduce import EXPECTED_SCORES, load_expected, reproduce
+
+    table = load_expected(expected or EXPECTED_SCORES)
+    grades = reproduce(table, only=only, datasets=dataset, tolerance=tolerance,
+                       options={"device": device, "batch_size": batch_size, "cache": cache})
+    rows = [g.to_json() for g in grades]
+    counts = {name: sum(1 for g in grades if g.grade == name) for name in ("OK", "OFF", "SKIPPED", "ERROR")}
+    if out is not None:
+        from densekit.io import write_json
+
+        write_json(out, {"expected": str(table.path), "counts": counts, "grades": rows})
+    if as_json:
+        _emit({"expected": str(table.path), "counts": counts, "grades": rows})
+    elif fmt == "markdown":
+        from densekit.eval.report import reproduction_markdown
+
+        print(reproduction_markdown(rows))
+    else:
+        view = Table(title=f"reproductions ({', '.join(f'{k} {v}' for k, v in counts.items() if v)})")
+        for col in ("retriever", "dataset", "metric", "expected", "measured", "diff", "grade"):
+            view.add_column(col)
+        for g in grades:
+            view.add_row(g.retriever, g.dataset, g.metric, f"{g.expected:.4f}",
+                         "-" if g.measured is None else f"{g.measured:.4f}",
+                         "-" if g.difference is None else f"{g.difference:+.4f}",
+                         g.grade + (f": {g.reason}" if g.reason else ""))
+        console.print(view)
+    if counts["OFF"] or counts["ERROR"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:
