@@ -1,0 +1,151 @@
+"""Paired comparison: t-test equals scipy's, randomisation test against exact enumeration, counts, plot, CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from densekit.cli import main
+from densekit.data import Run, load_dataset
+from densekit.errors import DensekitError
+from densekit.eval.compare import compare_runs, paired_t_test, plot_deltas, randomization_test
+from densekit.eval.metrics import evaluate
+
+
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["densekit", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_model: Path, scifact_small: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Two real dense runs on the SciFact subset: the tiny model reading 512 vs 8 tokens per text."""
+    from densekit.retriever.dense import DenseRetriever
+    from densekit.retriever.encoder import Encoder
+
+    ds = load_dataset(scifact_small, split="test")
+    runs = []
+    for max_length in (512, 8):
+        encoder = Encoder(tiny_model, device="cpu", max_length=max_length)
+        runs.append(DenseRetriever.build(encoder, ds.corpus, cache=False, show_progress=False).search(ds.queries, 100))
+    folder = tmp_path_factory.mktemp("runs")
+    runs[0].write_trec(folder / "long.trec")
+    runs[1].write_trec(folder / "short.trec")
+    return ds, runs[0], runs[1], folder
+
+
+def test_t_test_p_value_equals_scipy_ttest_rel(two_runs) -> None:
+    ds, run_a, run_b, _ = two_runs
+    metrics = ["ndcg@10", "recall@100", "mrr@10"]
+    cmp = compare_runs(run_a, run_b, ds.qrels, metrics, trials=2000)
+    per_a = evaluate(ds.qrels, run_a, metrics).per_query
+    per_b = evaluate(ds.qrels, run_b, metrics).per_query
+    for metric in metrics:
+        a = [per_a[q][metric] for q in ds.qrels]
+        b = [per_b[q][metric] for q in ds.qrels]
+        expected = stats.ttest_rel(b, a)
+        got = cmp.metrics[metric]
+        if np.isnan(expected.pvalue):  # all differences zero: scipy gives NaN, we report 1.0
+            assert got.t_p_value == 1.0
+            continue
+        assert got.t_p_value == pytest.approx(expected.pvalue, rel=1e-10, abs=1e-15)
+        assert got.t_statistic == pytest.approx(expected.statistic, rel=1e-10)
+        assert got.mean_a == pytest.approx(np.mean(a)) and got.mean_b == pytest.approx(np.mean(b))
+    # The two runs really differ, so the test above compared a non-trivial p-value.
+    assert cmp.metrics["ndcg@10"].ties < cmp.queries
+
+
+def test_t_test_on_hand_values_and_degenerate_cases() -> None:
+    a = [0.1, 0.5, 0.3, 0.9, 0.4]
+    b = [0.2, 0.4, 0.6, 1.0, 0.7]
+    t, p = paired_t_test(a, b)
+    ref = stats.ttest_rel(b, a)
+    assert (t, p) == (pytest.approx(ref.statistic, rel=1e-12), pytest.approx(ref.pvalue, rel=1e-12))
+    assert paired_t_test(a, a) == (0.0, 1.0)
+    with pytest.raises(DensekitError, match="at least 2"):
+        paired_t_test([0.1], [0.2])
+
+
+def test_randomization_test_matches_exact_enumeration() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.random(10)
+    b = a + rng.normal(0.08, 0.15, 10)
+    diff = b - a
+    observed = abs(diff.mean())
+    signs = np.array(list(itertools.product((-1, 1), repeat=10)))
+    exact = np.mean(np.abs(signs @ diff) / 10 >= observed - 1e-12)
+    p = randomization_test(a, b, trials=40_000, seed=1)
+    assert p == pytest.approx(exact, abs=0.01)
+    assert randomization_test(a, b, trials=5000, seed=7) == randomization_test(a, b, trials=5000, seed=7)
+
+
+def test_randomization_test_extremes() -> None:
+    a = np.linspace(0, 0.5, 30)
+    assert randomization_test(a, a, trials=100) == 1.0
+    # Every difference +0.2: only the observed sign assignment (and its mirror) is as extreme.
+    assert randomization_test(a, a + 0.2, trials=999, seed=0) == pytest.approx(1 / 1000, abs=2 / 1000)
+    with pytest.raises(DensekitError, match="trials"):
+        randomization_test(a, a, trials=0)
+
+
+def test_wins_ties_losses_and_missing_queries() -> None:
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}, "q4": {"d4": 1}}
+    run_a = Run.from_scores({"q1": {"d1": 1.0, "x": 0.5}, "q2": {"x": 1.0, "d2": 0.5},
+                             "q3": {"d3": 1.0}, "q4": {"d4": 1.0}})
+    # q1 tie, q2 win (d2 moves to rank 1), q3 loss (d3 to rank 2), q4 missing from B -> scores 0 -> loss
+    run_b = Run.from_scores({"q1": {"d1": 1.0, "x": 0.5}, "q2": {"d2": 1.0, "x": 0.5},
+                             "q3": {"x": 1.0, "d3": 0.5}})
+    cmp = compare_runs(run_a, run_b, qrels, ["mrr@10"], trials=200)
+    m = cmp.metrics["mrr@10"]
+    assert (m.wins, m.ties, m.losses) == (1, 1, 2)
+    assert cmp.missing_b == 1 and cmp.missing_a == 0
+    assert m.mean_a == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    assert m.mean_b == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    assert cmp.deltas("mrr@10") == pytest.approx({"q1": 0.0, "q2": 0.5, "q3": -0.5, "q4": -1.0})
+    with pytest.raises(DensekitError, match="none of the 4 judged queries"):
+        compare_runs(run_a, Run.from_scores({"zz": {"d1": 1.0}}), qrels, ["mrr@10"])
+
+
+def test_plot_is_a_png(two_runs, tmp_path) -> None:
+    ds, run_a, run_b, _ = two_runs
+    cmp = compare_runs(run_a, run_b, ds.qrels, ["ndcg@10"], trials=100)
+    path = plot_deltas(cmp, "ndcg@10", tmp_path / "deltas.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["deltas.png"]  # no temporary left behind
+    with pytest.raises(DensekitError, match="not compared"):
+        plot_deltas(cmp, "map@10", tmp_path / "x.png")
+
+
+def test_cli_compare_json_markdown_and_errors(two_runs, tmp_path, capsys, monkeypatch) -> None:
+    ds, _, _, folder = two_runs
+    base = ["compare", str(folder / "long.trec"), str(folder / "short.trec"), "--data", str(ds.root),
+            "--metrics", "ndcg@10,recall@100", "--trials", "500"]
+    code, out, _ = run_cli([*base, "--json", "--out", str(tmp_path / "c.json"), "--plot", str(tmp_path / "d.png")],
+                           capsys, monkeypatch)
+    assert code == 0
+    result = json.loads(out)
+    assert result["queries"] == 20 and set(result["metrics"]) == {"ndcg@10", "recall@100"}
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert len(saved["per_query"]) == 20 and (tmp_path / "d.png").stat().st_size > 1000
+    m = result["metrics"]["ndcg@10"]
+    assert m["wins"] + m["ties"] + m["losses"] == 20
+    code, out, _ = run_cli([*base, "--format", "markdown"], capsys, monkeypatch)
+    assert code == 0 and out.startswith("| metric |") and "randomisation" in out
+    code, _, err = run_cli([*base, "--format", "html"], capsys, monkeypatch)
+    assert code == 2 and "--format must be one of" in err
+    (tmp_path / "bad.trec").write_text("q1 Q0 d1 1\n")
+    code, _, err = run_cli(["compare", str(tmp_path / "bad.trec"), str(folder / "short.trec"), "--data",
+                            str(ds.root)], capsys, monkeypatch)
+    assert code == 2 and "bad.trec" in err
