@@ -1,4 +1,4 @@
-"""Paired comparison: t-test equals scipy's, randomisation test against exact enumeration, counts, plot, CLI."""
+"""Paired comparison: t-test equals scipy, randomisation test vs exact enumeration, counts, plot, CLI."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def two_runs(tiny_model: Path, scifact_small: Path, tmp_path_factory: pytest.Tem
     runs = []
     for max_length in (512, 8):
         encoder = Encoder(tiny_model, device="cpu", max_length=max_length)
-        runs.append(DenseRetriever.build(encoder, ds.corpus, cache=False, show_progress=False).search(ds.queries, 100))
+        runs.append(
+            DenseRetriever.build(encoder, ds.corpus, cache=False, show_progress=False).search(ds.queries, 100)
+        )
     folder = tmp_path_factory.mktemp("runs")
     runs[0].write_trec(folder / "long.trec")
     runs[1].write_trec(folder / "short.trec")
@@ -102,11 +104,13 @@ def test_randomization_test_extremes() -> None:
 
 def test_wins_ties_losses_and_missing_queries() -> None:
     qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}, "q4": {"d4": 1}}
-    run_a = Run.from_scores({"q1": {"d1": 1.0, "x": 0.5}, "q2": {"x": 1.0, "d2": 0.5},
-                             "q3": {"d3": 1.0}, "q4": {"d4": 1.0}})
+    run_a = Run.from_scores(
+        {"q1": {"d1": 1.0, "x": 0.5}, "q2": {"x": 1.0, "d2": 0.5}, "q3": {"d3": 1.0}, "q4": {"d4": 1.0}}
+    )
     # q1 tie, q2 win (d2 moves to rank 1), q3 loss (d3 to rank 2), q4 missing from B -> scores 0 -> loss
-    run_b = Run.from_scores({"q1": {"d1": 1.0, "x": 0.5}, "q2": {"d2": 1.0, "x": 0.5},
-                             "q3": {"x": 1.0, "d3": 0.5}})
+    run_b = Run.from_scores(
+        {"q1": {"d1": 1.0, "x": 0.5}, "q2": {"d2": 1.0, "x": 0.5}, "q3": {"x": 1.0, "d3": 0.5}}
+    )
     cmp = compare_runs(run_a, run_b, qrels, ["mrr@10"], trials=200)
     m = cmp.metrics["mrr@10"]
     assert (m.wins, m.ties, m.losses) == (1, 1, 2)
@@ -130,10 +134,22 @@ def test_plot_is_a_png(two_runs, tmp_path) -> None:
 
 def test_cli_compare_json_markdown_and_errors(two_runs, tmp_path, capsys, monkeypatch) -> None:
     ds, _, _, folder = two_runs
-    base = ["compare", str(folder / "long.trec"), str(folder / "short.trec"), "--data", str(ds.root),
-            "--metrics", "ndcg@10,recall@100", "--trials", "500"]
-    code, out, _ = run_cli([*base, "--json", "--out", str(tmp_path / "c.json"), "--plot", str(tmp_path / "d.png")],
-                           capsys, monkeypatch)
+    base = [
+        "compare",
+        str(folder / "long.trec"),
+        str(folder / "short.trec"),
+        "--data",
+        str(ds.root),
+        "--metrics",
+        "ndcg@10,recall@100",
+        "--trials",
+        "500",
+    ]
+    code, out, _ = run_cli(
+        [*base, "--json", "--out", str(tmp_path / "c.json"), "--plot", str(tmp_path / "d.png")],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0
     result = json.loads(out)
     assert result["queries"] == 20 and set(result["metrics"]) == {"ndcg@10", "recall@100"}
@@ -146,6 +162,9 @@ def test_cli_compare_json_markdown_and_errors(two_runs, tmp_path, capsys, monkey
     code, _, err = run_cli([*base, "--format", "html"], capsys, monkeypatch)
     assert code == 2 and "--format must be one of" in err
     (tmp_path / "bad.trec").write_text("q1 Q0 d1 1\n")
-    code, _, err = run_cli(["compare", str(tmp_path / "bad.trec"), str(folder / "short.trec"), "--data",
-                            str(ds.root)], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["compare", str(tmp_path / "bad.trec"), str(folder / "short.trec"), "--data", str(ds.root)],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and "bad.trec" in err
