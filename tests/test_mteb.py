@@ -1,4 +1,4 @@
-"""MTEB adapter: local BEIR tasks agree with densekit eval, mteb prompt rules, results layout, offline errors."""
+"""MTEB adapter: local BEIR tasks agree with densekit eval, mteb prompt rules, results, offline errors."""
 
 from __future__ import annotations
 
