@@ -708,7 +708,8 @@ def reproduce_cmd(
                          g.grade + (f": {g.reason}" if g.reason else ""))
         console.print(view)
     if counts["OFF"] or counts["ERROR"]:
-        raise typer.Exit(1)
+        # SystemExit, not typer.Exit: under standalone_mode=False click turns Exit into a return value.
+        raise SystemExit(1)
 
 
 def main() -> None:
