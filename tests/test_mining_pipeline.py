@@ -216,3 +216,25 @@ def test_cli_mine_json_and_errors(tiny_model: Path, scifact_small: Path, tmp_pat
                          [["--no-such-option"], "No such option"]):
         code, _, err = run([*base, *bad])
         assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_full_scifact_train_mining_via_cli(scifact_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """`densekit mine scifact --split train --teacher all-MiniLM-L6-v2 --method percpos --percentage 0.95
+    --negatives 4`: every one of the 809 queries has its negatives or is counted short in the statistics,
+    and no negative is a labelled positive."""
+    from densekit.cli import main
+
+    out = tmp_path / "neg.jsonl"
+    monkeypatch.setattr(sys, "argv", ["densekit", "mine", str(scifact_dir), "--split", "train", "--teacher",
+                                      "all-MiniLM-L6-v2", "--method", "percpos", "--percentage", "0.95",
+                                      "--negatives", "4", "--out", str(out), "--json"])
+    main()
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    dataset = load_dataset(scifact_dir, split="train")
+    assert stats["queries"] == len(dataset.queries) == 809
+    records = check_contract(out, dataset, 4)
+    assert len(records) + stats["queries_without_positives"] == 809
+    complete = sum(len(r["negatives"]) == 4 for r in records)
+    assert complete + stats["queries_short"] == len(records)
+    assert complete > 700
