@@ -47,6 +47,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="Torch device for the encoder (default: cuda if available).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Texts per encoder batch.")]
+BM25Opt = Annotated[bool, typer.Option("--bm25", help="BM25 (Lucene when Java works, else bm25s).")]
+BackendOpt = Annotated[str | None, typer.Option(
+    help="BM25 backend: lucene, bm25s or rank_bm25 (default: lucene if Java works, else bm25s, announced).")]
+K1Opt = Annotated[float, typer.Option("--k1", help="BM25 k1.")]
+BOpt = Annotated[float, typer.Option("--b", help="BM25 b.")]
+ThreadsOpt = Annotated[int, typer.Option(help="BM25 indexing/search threads.")]
 
 
 def _setup(as_json: bool, quiet: bool) -> None:
@@ -191,17 +197,31 @@ def _make_encoder(model: str, device: str | None, batch_size: int, max_length: i
 def index_build(
     data: Annotated[str, typer.Argument(help="BEIR folder or dataset name.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Encoder: folder or known name.")] = "all-MiniLM-L6-v2",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Encoder: folder or known name "
+                                                                    "(default all-MiniLM-L6-v2).")] = None,
     factory: Annotated[str, typer.Option(help="FAISS factory string.")] = "Flat",
     device: DeviceOpt = None,
     index_device: Annotated[str, typer.Option(help="Where FAISS builds: cpu, gpu, gpu:N, auto.")] = "cpu",
     batch_size: BatchOpt = 64,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
+    bm25: BM25Opt = False,
+    backend: BackendOpt = None,
+    k1: K1Opt = 0.9,
+    b: BOpt = 0.4,
+    threads: ThreadsOpt = 1,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Encode a corpus and save a FAISS index directory."""
+    """Encode a corpus and save a FAISS index directory (or, with --bm25, a BM25 index directory)."""
     _setup(as_json, quiet)
+    if bm25 or backend is not None:
+        if not bm25:
+            raise DensekitError("--backend chooses the BM25 backend; add --bm25")
+        if model is not None:
+            raise DensekitError("--model and --bm25 build different indexes; give one of them")
+        _bm25_index_build(data, out, backend, k1, b, threads, as_json)
+        return
+    model = model or "all-MiniLM-L6-v2"
     from densekit.data import load_dataset
     from densekit.retriever.dense import DenseRetriever
 
@@ -250,6 +270,10 @@ def _load_retriever(directory: Path, device: str | None):
     kind = read_manifest(directory).get("kind", "dense")
     if kind == "dense":
         return DenseRetriever.load(directory, device=device)
+    if kind == "bm25":
+        from densekit.retriever.bm25 import BM25Retriever
+
+        return BM25Retriever.load(directory)
     raise DensekitError(f"{directory}: index kind {kind!r} is not supported by this command")
 
 
@@ -274,7 +298,7 @@ def search(
     retriever = _load_retriever(directory, device)
     if query is not None:
         hits = retriever.search({"q": query}, k)["q"]
-        corpus_path = (retriever.index.model or {}).get("corpus")
+        corpus_path = _corpus_path(retriever)
         rows = [{"rank": r, "doc_id": d, "score": s} for r, (d, s) in enumerate(hits, start=1)]
         if as_json:
             _emit({"query": query, "hits": rows, "corpus": corpus_path})
@@ -332,16 +356,32 @@ def eval_cmd(
     device: DeviceOpt = None,
     batch_size: BatchOpt = 64,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
+    bm25: BM25Opt = False,
+    backend: BackendOpt = None,
+    k1: K1Opt = 0.9,
+    b: BOpt = 0.4,
+    threads: ThreadsOpt = 1,
+    fusion: Annotated[str | None, typer.Option(help="Fuse --bm25 with --model/--index: rrf (default) or "
+                                                    "interpolate.")] = None,
+    weights: Annotated[str | None, typer.Option(help="Fusion weights 'BM25,DENSE', e.g. 0.3,0.7.")] = None,
+    rrf_k: Annotated[int, typer.Option("--rrf-k", help="RRF constant k.")] = 60,
+    normalization: Annotated[str, typer.Option(help="interpolate: minmax or zscore.")] = "minmax",
+    rerank: Annotated[str | None, typer.Option(help="Cross-encoder folder (HF sequence classification) "
+                                                    "that reranks the top --rerank-depth hits.")] = None,
+    rerank_depth: Annotated[int, typer.Option(help="Hits per query the cross-encoder rescores.")] = 100,
     fmt: FormatOpt = "text",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate a model, a saved index or a run file on a BEIR split (pytrec_eval)."""
+    """Evaluate a model, a saved index, BM25, a hybrid of them or a run file on a BEIR split (pytrec_eval)."""
     as_json = as_json or _check_format(fmt) == "json"
     _setup(as_json, quiet)
     sources = [s for s in (model, run_file, index) if s is not None]
-    if len(sources) != 1:
-        raise DensekitError("give exactly one of --model, --index or --run")
+    if len(sources) + int(bm25) == 0 or len(sources) > 1:
+        raise DensekitError("give exactly one of --model, --index or --run (or --bm25, alone or with "
+                            "--model/--index)")
+    fusion = _check_retrieval_options(len(sources) + int(bm25), run_file, bm25, backend, fusion, weights,
+                                      rerank)
     if depth <= 0:
         raise DensekitError(f"--depth must be positive, got {depth}")
     names = _parse_metrics(metrics)
@@ -356,13 +396,17 @@ def eval_cmd(
         from densekit.retriever.dense import DenseRetriever
 
         start = time.perf_counter()
+        retriever, config = None, {}
         if model is not None:
             retriever = DenseRetriever.build(_make_encoder(model, device, batch_size), ds.corpus,
                                              factory=factory, cache=cache)
             config = {"model": model, "factory": factory, **retriever.encoder.describe()}
-        else:
+        elif index is not None:
             retriever = _load_retriever(index, device)
-            config = {"index": str(index), **(retriever.index.model or {})}
+            config = {"index": str(index), **_retriever_config(retriever)}
+        retriever, config = _bm25_fusion_rerank(retriever, config, ds, bm25, backend, k1, b, threads, fusion,
+                                                weights, rrf_k, normalization, depth, rerank, rerank_depth,
+                                                device)
         report = evaluate_retriever(retriever, ds, names, depth, ignore_identical_ids, {**config, "depth": depth},
                                     {"index": time.perf_counter() - start})
     if run_out is not None:
@@ -710,6 +754,97 @@ def reproduce_cmd(
     if counts["OFF"] or counts["ERROR"]:
         # SystemExit, not typer.Exit: under standalone_mode=False click turns Exit into a return value.
         raise SystemExit(1)
+
+
+# ----------------------------------------------------------------------------- BM25, hybrid and reranking
+
+FUSION_CHOICES = ("rrf", "interpolate")
+
+
+def _bm25_index_build(data: str, out: Path, backend: str | None, k1: float, b: float, threads: int,
+                      as_json: bool) -> None:
+    """`densekit index build DATA --bm25 [--backend ...]`: index the corpus with BM25 and save it."""
+    from densekit.data import load_dataset
+    from densekit.retriever.bm25 import BM25Retriever
+
+    start = time.perf_counter()
+    ds = load_dataset(data)
+    retriever = BM25Retriever.build(ds.corpus, backend=backend, k1=k1, b=b, threads=threads)
+    retriever.save(out)
+    info = {"index": str(out), "dataset": ds.name, "documents": len(ds.corpus), "kind": "bm25",
+            **retriever.describe(), "seconds": round(time.perf_counter() - start, 2)}
+    if as_json:
+        _emit(info)
+    else:
+        console.print(f"indexed {info['documents']} documents of {ds.name} with BM25 ({retriever.backend}, "
+                      f"k1={k1}, b={b}) -> {out} ({info['seconds']} s)")
+
+
+def _corpus_path(retriever) -> str | None:
+    """The corpus a loaded index was built from, as its manifest records it (dense or BM25)."""
+    index = getattr(retriever, "index", None)
+    if index is not None:
+        return (index.model or {}).get("corpus")
+    return (getattr(retriever, "corpus_info", None) or {}).get("path")
+
+
+def _retriever_config(retriever) -> dict:
+    """What an evaluation records about a retriever loaded from an index directory."""
+    describe = getattr(retriever, "describe", None)
+    if callable(describe):
+        return describe()
+    return dict(getattr(getattr(retriever, "index", None), "model", None) or {})
+
+
+def _parse_weights(weights: str | None) -> list[float] | None:
+    if not weights:
+        return None
+    try:
+        return [float(w) for w in weights.split(",")]
+    except ValueError:
+        raise DensekitError(f"--weights must be comma-separated numbers, got {weights!r}") from None
+
+
+def _check_retrieval_options(n_retrievers: int, run_file: Path | None, bm25: bool, backend: str | None,
+                             fusion: str | None, weights: str | None, rerank: str | None) -> str | None:
+    """Validate eval's BM25/fusion/rerank options; returns the fusion to use (None for one retriever)."""
+    if run_file is not None and (bm25 or fusion or rerank):
+        raise DensekitError("--run evaluates a run file as it is; --bm25, --fusion and --rerank need "
+                            "retrievers")
+    if backend is not None and not bm25:
+        raise DensekitError("--backend chooses the BM25 backend; add --bm25")
+    if fusion is not None and fusion not in FUSION_CHOICES:
+        raise DensekitError(f"--fusion must be one of {', '.join(FUSION_CHOICES)}, got {fusion!r}")
+    if n_retrievers < 2 and (fusion is not None or weights is not None):
+        raise DensekitError("--fusion and --weights fuse two retrievers: give --bm25 with --model or --index")
+    return (fusion or "rrf") if n_retrievers >= 2 else None
+
+
+def _bm25_fusion_rerank(retriever, config: dict, ds, bm25: bool, backend: str | None, k1: float, b: float,
+                        threads: int, fusion: str | None, weights: str | None, rrf_k: int, normalization: str,
+                        depth: int, rerank: str | None, rerank_depth: int, device: str | None):
+    """Add a BM25 retriever (fused with `retriever` when there is one) and a reranker, as asked."""
+    if bm25:
+        from densekit.retriever.bm25 import BM25Retriever
+
+        sparse = BM25Retriever.build(ds.corpus, backend=backend, k1=k1, b=b, threads=threads)
+        if retriever is None:
+            retriever, config = sparse, sparse.describe()
+        else:
+            from densekit.retriever.hybrid import HybridRetriever
+
+            retriever = HybridRetriever([sparse, retriever], fusion=fusion or "rrf",
+                                        weights=_parse_weights(weights), rrf_k=rrf_k,
+                                        normalization=normalization, depth=depth)
+            config = {"bm25": sparse.describe(), "dense": config, **retriever.describe(),
+                      "weights_order": ["bm25", "dense"]}
+    if rerank is not None:
+        from densekit.retriever.rerank import CrossEncoderReranker
+
+        retriever = CrossEncoderReranker(retriever, rerank, ds.corpus, depth=rerank_depth, device=device)
+        config = {"first_stage": config, **retriever.describe()}
+    return retriever, config
+
 
 
 def main() -> None:
