@@ -119,7 +119,7 @@ class Corpus:
 
     def texts(self) -> list[str]:
         """Title and text joined for encoding (see :func:`join_title_text`)."""
-        return [join_title_text(t, b) for t, b in zip(self.titles, self.body)]
+        return [join_title_text(t, b) for t, b in zip(self.titles, self.body, strict=True)]
 
     def document(self, doc_id: str) -> dict[str, str]:
         i = self._positions[doc_id]
@@ -128,7 +128,7 @@ class Corpus:
     def fingerprint(self) -> str:
         """sha256 over ids, titles and texts: identifies the corpus content for caches."""
         digest = hashlib.sha256()
-        for doc_id, title, text in zip(self.ids, self.titles, self.body):
+        for doc_id, title, text in zip(self.ids, self.titles, self.body, strict=True):
             for part in (doc_id, title, text):
                 digest.update(part.encode("utf-8"))
                 digest.update(b"\x00")
@@ -434,7 +434,8 @@ class Run(dict):
                     int(rank)
                     value = float(score)
                 except ValueError:
-                    raise InputError(path, f"rank must be an integer and score a number: {line.strip()!r}", number) from None
+                    message = f"rank must be an integer and score a number: {line.strip()!r}"
+                    raise InputError(path, message, number) from None
                 docs = scores.setdefault(query_id, {})
                 if doc_id in docs:
                     raise InputError(path, f"document {doc_id!r} appears twice for query {query_id!r}", number)

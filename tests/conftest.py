@@ -99,14 +99,16 @@ def write_subset(source: Path, target: Path, n_queries: int, n_distractors: int,
         for row in keep_rows:
             handle.write("\t".join(row) + "\n")
     extra = 0
-    with open(source / "corpus.jsonl", encoding="utf-8") as src, open(target / "corpus.jsonl", "w", encoding="utf-8") as dst:
+    with open(source / "corpus.jsonl", encoding="utf-8") as src, \
+            open(target / "corpus.jsonl", "w", encoding="utf-8") as dst:
         for line in src:
             doc_id = json.loads(line)["_id"]
             if doc_id in judged_docs or extra < n_distractors:
                 if doc_id not in judged_docs:
                     extra += 1
                 dst.write(line)
-    with open(source / "queries.jsonl", encoding="utf-8") as src, open(target / "queries.jsonl", "w", encoding="utf-8") as dst:
+    with open(source / "queries.jsonl", encoding="utf-8") as src, \
+            open(target / "queries.jsonl", "w", encoding="utf-8") as dst:
         for line in src:
             if json.loads(line)["_id"] in chosen:
                 dst.write(line)

@@ -28,7 +28,7 @@ def test_search_matches_brute_force(tiny_model: Path, small) -> None:
     docs = encoder.encode_documents(small.corpus.texts())
     queries = encoder.encode_queries(list(small.queries.values()))
     expected = np.argsort(-(queries @ docs.T), axis=1)[:, :7]
-    for row, query_id in zip(expected, small.queries):
+    for row, query_id in zip(expected, small.queries, strict=True):
         assert [d for d, _ in run[query_id]] == [small.corpus.ids[j] for j in row]
 
 

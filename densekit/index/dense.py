@@ -191,7 +191,8 @@ class DenseIndex:
         try:
             index = faiss.read_index(str(directory / INDEX_FILE), flags)
         except RuntimeError as exc:
-            raise IntegrityError(f"{directory / INDEX_FILE}: FAISS cannot read it ({str(exc).splitlines()[0]})") from None
+            reason = str(exc).splitlines()[0]
+            raise IntegrityError(f"{directory / INDEX_FILE}: FAISS cannot read it ({reason})") from None
         with open(directory / IDS_FILE, encoding="utf-8") as handle:
             ids = json.load(handle)
         if index.ntotal != manifest["count"] or len(ids) != manifest["count"] or index.d != manifest["dim"]:

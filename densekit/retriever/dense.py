@@ -51,8 +51,10 @@ class DenseRetriever:
             chunk = query_ids[start : start + self.query_batch]
             vectors = self.encoder.encode_queries([queries[q] for q in chunk], show_progress=show_progress)
             scores, ids = self.index.search(vectors, k)
-            for query_id, row_scores, row_ids in zip(chunk, scores, ids):
-                run[query_id] = [(doc_id, float(s)) for doc_id, s in zip(row_ids, row_scores)]
+            for query_id, row_scores, row_ids in zip(chunk, scores, ids, strict=True):
+                # FAISS pads missing hits (label -1) at the tail; row_ids has them dropped already.
+                hits = zip(row_ids, row_scores, strict=False)
+                run[query_id] = [(doc_id, float(s)) for doc_id, s in hits]
         return run
 
     def save(self, directory: str | Path) -> Path:

@@ -216,7 +216,9 @@ class Encoder:
         return self.encode(texts, prompt=self.config.query_prompt, batch_size=batch_size,
                            desc="encoding queries", show_progress=show_progress)
 
-    def encode_documents(self, texts: list[str], batch_size: int | None = None, show_progress: bool = True) -> np.ndarray:
+    def encode_documents(
+        self, texts: list[str], batch_size: int | None = None, show_progress: bool = True
+    ) -> np.ndarray:
         return self.encode(texts, prompt=self.config.document_prompt, batch_size=batch_size,
                            desc="encoding documents", show_progress=show_progress)
 
@@ -248,7 +250,9 @@ class Encoder:
         bar = progress_bar(desc, total=len(texts), unit="text") if show_progress else None
         with torch.inference_mode():
             for start in range(0, len(texts), block_size):
-                block = [prompt + t for t in texts[start : start + block_size]] if prompt else texts[start : start + block_size]
+                block = texts[start : start + block_size]
+                if prompt:
+                    block = [prompt + t for t in block]
                 encoded = self.tokenize(block)
                 ids = encoded["input_ids"]
                 order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
