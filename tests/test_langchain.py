@@ -263,6 +263,48 @@ def test_documents_without_ids_get_positional_ids(tiny_model: Path) -> None:
     assert sorted(d.id for d in retriever.invoke("alpha")) == ["doc-0", "doc-1", "doc-2"]
 
 
+# ---- BM25 and hybrid indexes
+
+
+@pytest.fixture(scope="module")
+def bm25_index(scifact_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved bm25s index of the SciFact subset, with its texts attached."""
+    from densekit.retriever.bm25 import BM25Retriever
+
+    corpus = load_dataset(scifact_small).corpus
+    path = tmp_path_factory.mktemp("lc") / "bm25.idx"
+    BM25Retriever.build(corpus, backend="bm25s").save(path)
+    attach_documents(path, corpus, index_ids=corpus.ids)
+    return path
+
+
+def test_bm25_index_returns_documents_with_bm25_scores(bm25_index: Path, scifact_small: Path) -> None:
+    from densekit.retriever.bm25 import BM25Retriever
+
+    retriever = DensekitRetriever(index_path=str(bm25_index), k=4)
+    found = retriever.invoke(QUERY)
+    expected = BM25Retriever.load(bm25_index).search({"q": QUERY}, 4)["q"]
+    assert [(d.id, d.metadata["score"]) for d in found] == [(i, pytest.approx(s)) for i, s in expected]
+    corpus = load_dataset(scifact_small).corpus
+    assert found[0].page_content == join_title_text(corpus.document(found[0].id)["title"],
+                                                    corpus.document(found[0].id)["text"])
+    assert found[0].metadata["index"] == "bm25.idx"
+
+
+def test_hybrid_fuses_bm25_and_dense_indexes(bm25_index: Path, tiny_index: Path) -> None:
+    from densekit.retriever.hybrid import reciprocal_rank_fusion
+
+    hybrid = DensekitRetriever.hybrid([bm25_index, tiny_index], fusion="rrf", depth=50, k=5)
+    found = hybrid.invoke(QUERY)
+    bm25 = DensekitRetriever(index_path=str(bm25_index)).retriever.search({"q": QUERY}, 50)
+    dense = DensekitRetriever(index_path=str(tiny_index)).retriever.search({"q": QUERY}, 50)
+    fused = reciprocal_rank_fusion([bm25, dense], k=60, weights=[1.0, 1.0], depth=5)["q"]
+    assert [d.id for d in found] == [doc_id for doc_id, _ in fused]
+    assert found[0].metadata["index"] == "bm25.idx+tiny.idx"
+    with pytest.raises(DensekitError, match="BM25 index has no encoder"):
+        DensekitRetriever(index_path=str(bm25_index), model="all-MiniLM-L6-v2")
+
+
 # ---- bad input
 
 

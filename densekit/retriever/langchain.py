@@ -22,6 +22,9 @@ Example::
     retriever = DensekitRetriever(index_path="scifact.idx", k=5)
     retriever.invoke("vitamin D and multiple sclerosis")
 
+    retriever = DensekitRetriever(index_path="scifact-bm25.idx")             # a BM25 index
+    retriever = DensekitRetriever.hybrid(["scifact-bm25.idx", "scifact.idx"], fusion="rrf")
+
     retriever = DensekitRetriever.from_documents(docs, model="all-MiniLM-L6-v2", path="my.idx")
     DensekitRetriever(index_path="my.idx").invoke("query", k=2, filter={"source": "faq"})
 """
@@ -61,7 +64,13 @@ def open_index(directory: str | Path, model: str | None = None, device: str | No
         from densekit.retriever.dense import DenseRetriever
 
         return DenseRetriever.load(directory, device=device, model=model)
-    raise DensekitError(f"{directory}: index kind {kind!r} is not supported; expected one of: dense")
+    if kind == "bm25":
+        from densekit.retriever.bm25 import BM25Retriever
+
+        if model is not None:
+            raise DensekitError(f"{directory}: a BM25 index has no encoder; model={model!r} does not apply")
+        return BM25Retriever.load(directory)
+    raise DensekitError(f"{directory}: index kind {kind!r} is not supported; expected one of: dense, bm25")
 
 
 def indexed_ids(retriever: Any) -> list[str] | None:
@@ -224,6 +233,45 @@ class DensekitRetriever(BaseRetriever):
             save_with_documents(backend.save, stored, path)
             kwargs.setdefault("index_name", Path(path).name)
         return cls(retriever=backend, docstore=docstore, index_path=str(path) if path else None, **kwargs)
+
+    @classmethod
+    def hybrid(
+        cls,
+        index_paths: Sequence[str | Path],
+        fusion: str = "rrf",
+        weights: Sequence[float] | None = None,
+        depth: int = 100,
+        corpus: str | Path | Corpus | None = None,
+        model: str | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> DensekitRetriever:
+        """Fuse several saved indexes (e.g. a BM25 and a dense one over the same corpus).
+
+        Each index is searched to `depth` and the runs are fused with
+        :class:`~densekit.retriever.hybrid.HybridRetriever` (`fusion` "rrf" or "interpolate",
+        `weights` one per index). The texts come from the first index that stores them, or from
+        `corpus`. `model` overrides the encoder of the dense indexes. Scores are the fused ones.
+        """
+        from densekit.retriever.hybrid import HybridRetriever
+
+        backends = []
+        for path in index_paths:
+            kind = read_manifest(path).get("kind", "dense")
+            backends.append(open_index(path, model=model if kind == "dense" else None, device=device))
+        fused = HybridRetriever(backends, fusion=fusion, weights=weights, depth=depth)
+        if corpus is not None:
+            docstore = DocStore.from_corpus(_corpus_from(corpus))
+        else:
+            docstore = next((s for s in map(DocStore.open, index_paths) if s is not None), None)
+            if docstore is None:
+                raise DensekitError("none of the indexes stores document texts (docs.jsonl); pass corpus=")
+        for backend, path in zip(backends, index_paths, strict=True):
+            missing = [i for i in indexed_ids(backend) or [] if i not in docstore]
+            if missing:
+                raise DensekitError(f"{path}: {len(missing)} indexed documents have no text, e.g. {missing[0]!r}")
+        kwargs.setdefault("index_name", "+".join(Path(p).name for p in index_paths))
+        return cls(retriever=fused, docstore=docstore, **kwargs)
 
     def save(self, path: str | Path) -> Path:
         """Save the backend index and the document texts as one index directory (atomically)."""
