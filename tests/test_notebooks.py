@@ -41,9 +41,10 @@ def test_notebook_executes(name: str, beir_root: Path, densekit_home: Path, tmp_
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    # Small data: 30 test queries, 200 distractors (and 02's own training budget, see the notebook).
+    # Small data: 30 test queries, 200 distractors; 02 mines and trains on 64 training queries.
     monkeypatch.setenv("DENSEKIT_NB_TEST_QUERIES", "30")
     monkeypatch.setenv("DENSEKIT_NB_DISTRACTORS", "200")
+    monkeypatch.setenv("DENSEKIT_NB_TRAIN_QUERIES", "64")
     monkeypatch.setenv("DENSEKIT_NB_WORK", str(tmp_path))
     monkeypatch.setenv("DENSEKIT_DATA", str(beir_root))
     monkeypatch.setenv("DENSEKIT_HOME", str(densekit_home))
