@@ -66,8 +66,9 @@ AUTO = "auto"
 
 #: Lucene's `EnglishAnalyzer.ENGLISH_STOP_WORDS_SET`, which Anserini's default analyser uses.
 LUCENE_STOP_WORDS = frozenset(
-    "a an and are as at be but by for if in into is it no not of on or such that the their then there "
-    "these they this to was will with".split()
+    ("a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not",
+     "of", "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was",
+     "will", "with")
 )
 # Word breaks close to Lucene's StandardTokenizer: letters/digits joined across . and ' (e.g.
 # "u.s.a", "don't", "1.5"), across , only between digits ("1,000").
@@ -176,7 +177,8 @@ class LuceneBackend:
         try:
             (work / "collection").mkdir()
             with open(work / "collection" / "docs.jsonl", "w", encoding="utf-8") as handle:
-                for doc_id, text in progress(zip(ids, contents), "writing Lucene collection", len(ids), "doc"):
+                pairs = zip(ids, contents, strict=True)
+                for doc_id, text in progress(pairs, "writing Lucene collection", len(ids), "doc"):
                     handle.write(json.dumps({"id": doc_id, "contents": text}) + "\n")
             args = ["-collection", "JsonCollection", "-input", str(work / "collection"),
                     "-index", str(work / "index"), "-generator", "DefaultLuceneDocumentGenerator",
@@ -250,7 +252,7 @@ class BM25sBackend:
         docs, scores = self.model.retrieve([token_ids[i] for i in todo], k=k, show_progress=False,
                                            n_threads=self.threads if self.threads > 1 else 0)
         for row, i in enumerate(todo):
-            out[i] = [(int(d), float(s)) for d, s in zip(docs[row], scores[row]) if s > 0]
+            out[i] = [(int(d), float(s)) for d, s in zip(docs[row], scores[row], strict=True) if s > 0]
         return out
 
     def save(self, staging: Path) -> list[str]:
@@ -339,15 +341,13 @@ class BM25Retriever:
             raise DensekitError("cannot build a BM25 index over an empty corpus")
         params = BM25Params(k1, b)
         name = resolve_backend(backend)
-        contents = [flat_contents(t, x) for t, x in zip(corpus.titles, corpus.body)]
+        contents = [flat_contents(t, x) for t, x in zip(corpus.titles, corpus.body, strict=True)]
         if name == "lucene":
             engine: Any = LuceneBackend.build(corpus.ids, contents, params, threads)
         else:
             tokens = [analyze(text) for text in progress(contents, "analysing", len(contents), "doc")]
-            if name == "bm25s":
-                engine = BM25sBackend.build(tokens, params, threads)
-            else:
-                engine = RankBM25Backend(tokens, params)
+            engine = (BM25sBackend.build(tokens, params, threads) if name == "bm25s"
+                      else RankBM25Backend(tokens, params))
         info = {"fingerprint": corpus.fingerprint(), "path": str(corpus.path) if corpus.path else None}
         return cls(name, engine, list(corpus.ids), params, info)
 
@@ -359,7 +359,7 @@ class BM25Retriever:
         for start in range(0, len(query_ids), self.query_batch):
             chunk = query_ids[start : start + self.query_batch]
             results = self.engine.search([queries[q] for q in chunk], k)
-            for query_id, hits in zip(chunk, results):
+            for query_id, hits in zip(chunk, results, strict=True):
                 run[query_id] = [(d if isinstance(d, str) else self.ids[d], s) for d, s in hits]
         return run
 

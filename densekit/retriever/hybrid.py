@@ -62,7 +62,7 @@ def reciprocal_rank_fusion(runs: Sequence[Run], k: int = RRF_K, weights: Sequenc
     fused = Run()
     for query_id in _query_ids(runs):
         scores: dict[str, float] = {}
-        for run, weight in zip(runs, weights):
+        for run, weight in zip(runs, weights, strict=True):
             for rank, (doc_id, _) in enumerate(run.get(query_id, []), start=1):
                 scores[doc_id] = scores.get(doc_id, 0.0) + weight / (k + rank)
         fused[query_id] = _ranked(scores, depth)
@@ -96,7 +96,8 @@ def interpolate(runs: Sequence[Run], weights: Sequence[float] | None = None, nor
         docs = {d for scores in normalised for d in scores}
         floors = [min(scores.values()) if scores else 0.0 for scores in normalised]
         fused[query_id] = _ranked(
-            {d: sum(w * scores.get(d, floor) for w, scores, floor in zip(weights, normalised, floors))
+            {d: sum(w * scores.get(d, floor)
+                    for w, scores, floor in zip(weights, normalised, floors, strict=True))
              for d in docs},
             depth,
         )
