@@ -23,7 +23,7 @@ $(VENV)/.base: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.torch pyproject.toml
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,lucene]"
 	touch $@
 
 demo: $(VENV)/.base
