@@ -202,6 +202,9 @@ def index_build(
     factory: Annotated[str, typer.Option(help="FAISS factory string.")] = "Flat",
     device: DeviceOpt = None,
     index_device: Annotated[str, typer.Option(help="Where FAISS builds: cpu, gpu, gpu:N, auto.")] = "cpu",
+    store_texts: Annotated[bool, typer.Option("--store-texts/--no-store-texts",
+                                              help="Keep the document texts in the index (docs.jsonl) for "
+                                                   "search output and RAG.")] = True,
     batch_size: BatchOpt = 64,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse cached corpus embeddings.")] = True,
     bm25: BM25Opt = False,
@@ -229,7 +232,12 @@ def index_build(
     ds = load_dataset(data)
     retriever = DenseRetriever.build(_make_encoder(model, device, batch_size), ds.corpus, factory=factory,
                                      device=index_device, cache=cache)
-    retriever.save(out)
+    if store_texts:
+        from densekit.index.docstore import DocStore, save_with_documents
+
+        save_with_documents(retriever.save, DocStore.from_corpus(ds.corpus), out)
+    else:
+        retriever.save(out)
     info = {"index": str(out), "dataset": ds.name, "documents": len(ds.corpus), "model": model,
             "dim": retriever.index.dim, "factory": factory, "seconds": round(time.perf_counter() - start, 2)}
     if as_json:
@@ -300,14 +308,25 @@ def search(
         hits = retriever.search({"q": query}, k)["q"]
         corpus_path = _corpus_path(retriever)
         rows = [{"rank": r, "doc_id": d, "score": s} for r, (d, s) in enumerate(hits, start=1)]
+        from densekit.index.docstore import DocStore
+
+        store = DocStore.open(directory)
+        if store is not None:
+            for row in rows:
+                doc = store.get(row["doc_id"])
+                row.update(title=doc.title, text=doc.text)
         if as_json:
             _emit({"query": query, "hits": rows, "corpus": corpus_path})
             return
         table = Table(title=f"top {k} for: {query}")
-        for col in ("rank", "doc_id", "score"):
+        for col in ("rank", "doc_id", "score") + (("title / text",) if store is not None else ()):
             table.add_column(col)
         for row in rows:
-            table.add_row(str(row["rank"]), row["doc_id"], f"{row['score']:.4f}")
+            cells = [str(row["rank"]), row["doc_id"], f"{row['score']:.4f}"]
+            if store is not None:
+                snippet = (row["title"] + ": " if row["title"] else "") + row["text"]
+                cells.append(snippet[:160] + ("..." if len(snippet) > 160 else ""))
+            table.add_row(*cells)
         console.print(table)
         return
     from densekit.data import load_dataset

@@ -42,6 +42,10 @@ def test_index_build_json(tiny_model, scifact_small, tmp_path, capsys, monkeypat
     info = json.loads(out)
     assert info["documents"] == len((scifact_small / "corpus.jsonl").read_text().splitlines())
     assert (tmp_path / "i" / "manifest.json").is_file()
+    assert (tmp_path / "i" / "docs.jsonl").is_file()  # texts stored by default, for search output and RAG
+    code, out, _ = run_cli(["search", str(tmp_path / "i"), "vitamin d", "-k", "3", "--json"], capsys, monkeypatch)
+    hits = json.loads(out)["hits"]
+    assert code == 0 and all(h["text"] for h in hits) and all("title" in h for h in hits)
 
 
 def test_search_single_query_json(built_index, capsys, monkeypatch) -> None:
