@@ -22,6 +22,7 @@ import torch
 
 from densekit.data import Corpus, iter_jsonl
 from densekit.errors import InputError
+from densekit.progress import announce
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,15 @@ def read_training_examples(
     """Read a negatives file into examples, checking every field the trainer relies on.
 
     Raises InputError (file and line) for a missing or mistyped field, an id absent from `corpus`,
-    a query with fewer than `negatives_per_query` negatives, or a negative that is a positive.
+    or a negative that is a positive. A query with fewer negatives than asked (the miner's filters
+    can leave too few) keeps those it has; how many such queries there are is announced.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "negatives file not found (write one with `densekit mine`)")
     examples: list[TrainingExample] = []
     seen: dict[str, int] = {}
+    short = 0
     for line, obj in iter_jsonl(path):
         query_id = obj.get("query_id")
         _expect(
@@ -97,12 +100,8 @@ def read_training_examples(
             )
             parsed.append((float(rank), order, str(neg["id"])))
         negative_ids = [doc_id for _, _, doc_id in sorted(parsed)]
-        _expect(
-            len(negative_ids) >= negatives_per_query,
-            path,
-            line,
-            f"query {query_id!r} has {len(negative_ids)} negatives; {negatives_per_query} per query were asked for",
-        )
+        if len(negative_ids) < negatives_per_query:
+            short += 1
         for doc_id in positives + negative_ids:
             _expect(
                 doc_id in corpus, path, line, f"document {doc_id!r} is not in the corpus {corpus.path or ''}"
@@ -114,6 +113,9 @@ def read_training_examples(
             examples.append(TrainingExample(query_id, query, positive, chosen, frozenset(positives)))
     if not examples:
         raise InputError(path, "no training examples (the file is empty)")
+    if short:
+        announce(f"{path}: {short} queries have fewer than {negatives_per_query} negatives; "
+                 "they train with those they have")
     return examples
 
 
@@ -187,7 +189,8 @@ class ContrastiveCollator:
     """Tokenises a batch of examples (every text is tokenised once and remembered) and pads it.
 
     `shards` splits the batch into equal parts, one per process, as DDP needs; the layout of
-    documents follows the shards so that gathering the shards' embeddings gives the global order.
+    documents follows the shards so that gathering the shards' embeddings gives the global order
+    (shards may hold different numbers of documents when queries have fewer negatives).
     """
 
     def __init__(

@@ -44,23 +44,37 @@ def init_distributed(device_type: str) -> DistributedContext:
     return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def _all_gather_padded(tensor: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
+    """all_gather for tensors whose first dimension differs across ranks (padded, then cut)."""
+    world = dist.get_world_size()
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return [p[:n] for p, n in zip(parts, counts, strict=True)], counts
+
+
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
+        parts, counts = _all_gather_padded(tensor)
+        rank = dist.get_rank()
+        ctx.start, ctx.stop = sum(counts[:rank]), sum(counts[: rank + 1])
         return torch.cat(parts)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+        return grad[ctx.start : ctx.stop]
 
 
 def gather_with_grad(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
-    """All ranks' `tensor` (equal shapes) concatenated in rank order, differentiable."""
+    """All ranks' `tensor` concatenated in rank order (row counts may differ), differentiable."""
     if not ctx.enabled:
         return tensor
     return _GatherWithGrad.apply(tensor)
@@ -72,6 +86,21 @@ def all_reduce_mean(tensor: torch.Tensor, ctx: DistributedContext) -> torch.Tens
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= ctx.world_size
     return tensor
+
+
+def average_gradients(parameters, ctx: DistributedContext) -> None:
+    """Average the `.grad` of `parameters` over ranks with one all-reduce of their concatenation."""
+    if not ctx.enabled:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_reduce_mean(flat, ctx)
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
 
 
 def barrier(ctx: DistributedContext) -> None:

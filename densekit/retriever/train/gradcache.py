@@ -9,8 +9,8 @@ arXiv 2101.06983):
    the cached embedding gradient through it (``(emb * grad).sum().backward()``).
 
 Peak activation memory is one chunk's instead of the whole batch's; the gradients equal the plain
-path's (`tests/test_train_losses.py` checks 1e-5). Under DDP only the last chunk's backward
-synchronises gradients (the others run under ``no_sync``), so one all-reduce per step either way.
+path's (`tests/test_train_losses.py` checks 1e-5). Under DDP the chunks' backward passes run
+under ``no_sync`` and the gradients are averaged once per step, as DDP would.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from densekit.retriever.train.distributed import DistributedContext, gather_with_grad
+from densekit.retriever.train.distributed import DistributedContext, average_gradients, gather_with_grad
 from densekit.retriever.train.losses import InfoNCELoss, LossInputs
 
 
@@ -118,12 +118,16 @@ def contrastive_step(
     scale_loss(loss).backward()
     grads = list(q_local.grad.split([len(e) for e in embedded[:n_query_chunks]]))
     grads += list(d_local.grad.split([len(e) for e in embedded[n_query_chunks:]]))
-    for i, ((role, chunk), state, grad) in enumerate(zip(chunks, states, grads, strict=False)):
-        last = i == len(chunks) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync, state:
-            with autocast():
-                q, d = model(chunk, None) if role == "query" else model(None, chunk)
-            emb = q if role == "query" else d
-            torch.dot(emb.flatten(), grad.flatten().to(emb.dtype)).backward()
+    # Under DDP every chunk runs under no_sync and the accumulated gradients are averaged once at
+    # the end: ranks may hold different numbers of chunks (queries short of negatives), which a
+    # per-backward DDP all-reduce could not match up.
+    no_sync = model.no_sync if hasattr(model, "no_sync") else contextlib.nullcontext
+    with no_sync():
+        for (role, chunk), state, grad in zip(chunks, states, grads, strict=True):
+            with state:
+                with autocast():
+                    q, d = model(chunk, None) if role == "query" else model(None, chunk)
+                emb = q if role == "query" else d
+                torch.dot(emb.flatten(), grad.flatten().to(emb.dtype)).backward()
+    average_gradients(module.parameters(), ctx)
     return StepOutput(loss.detach(), q_local.detach(), d_local.detach())

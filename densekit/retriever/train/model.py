@@ -15,6 +15,21 @@ from torch import nn
 from densekit.retriever.encoder import pool
 
 
+def freeze_unused_head(backbone: nn.Module) -> None:
+    """Stop the backbone's pooler head (BERT/MPNet `pooler`, tanh over [CLS]) from asking for gradients.
+
+    Sentence embeddings pool `last_hidden_state`; `pooler_output` never reaches a loss, so the
+    head's parameters get no gradient. DDP (find_unused_parameters=False) waits for every
+    parameter of a bucket before all-reducing it, and buckets go out in order; with the pooler in
+    the first bucket no gradient was ever averaged and each rank stepped on its own gradients.
+    Frozen, the head is left out of DDP's buckets and the optimizer, and is saved unchanged, so
+    the sentence-transformers folder stays complete.
+    """
+    head = getattr(backbone, "pooler", None)
+    if isinstance(head, nn.Module):
+        head.requires_grad_(False)
+
+
 class DualEncoder(nn.Module):
     """Query and document towers over `backbone`; `separate_towers` gives the query side a copy."""
 
@@ -22,6 +37,7 @@ class DualEncoder(nn.Module):
         self, backbone: nn.Module, pooling: str, normalize: bool, separate_towers: bool = False
     ) -> None:
         super().__init__()
+        freeze_unused_head(backbone)
         self.document_model = backbone
         self.query_model = copy.deepcopy(backbone) if separate_towers else None
         self.pooling = pooling

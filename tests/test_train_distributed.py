@@ -1,0 +1,97 @@
+"""Two torchrun processes (gloo, CPU) compute the same loss and gradients as one process.
+
+The test launches ``torchrun --nproc_per_node 2`` on this very file; as a script it is the worker:
+each rank embeds its half of a global batch, the embeddings are gathered with gradient, DDP
+averages the parameter gradients, and rank 0 saves loss and gradients. The test then runs the
+combined batch in one process and compares (1e-5), for the plain path and for GradCache. Queries
+have different numbers of mined negatives, so the two shards hold different numbers of documents.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+QUERIES = [f"question {i} about {topic}" for i, topic in enumerate(
+    ["scurvy", "coffee", "vaccines", "the sky", "chocolate", "dark matter", "sleep", "insulin"])]
+WORDS = ["evidence", "trial", "cohort", "protein", "gene"]
+DOCS = {f"d{i}": {"title": f"title {i}", "text": " ".join(WORDS[: 1 + i % 5]) + f" result {i}" * (1 + i % 4)}
+        for i in range(30)}
+NEGATIVES = [2, 0, 1, 3, 1, 2, 0, 2]  # per query: uneven shards
+
+
+def _examples():
+    from densekit.retriever.train.data import TrainingExample
+
+    examples, next_negative = [], 8
+    for i, query in enumerate(QUERIES):
+        negs = tuple(f"d{next_negative + j}" for j in range(NEGATIVES[i]))
+        next_negative += NEGATIVES[i]
+        examples.append(TrainingExample(f"q{i}", query, f"d{i}", negs, frozenset({f"d{i}"})))
+    return examples
+
+
+def compute(model_dir: str, world: int, rank: int, chunk: int | None) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss (averaged over ranks) and parameter gradients after one step on rank `rank` of `world`."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from densekit.data import Corpus
+    from densekit.retriever.train.data import ContrastiveCollator
+    from densekit.retriever.train.distributed import DistributedContext, all_reduce_mean
+    from densekit.retriever.train.gradcache import contrastive_step
+    from densekit.retriever.train.losses import InfoNCELoss, LossInputs
+    from densekit.retriever.train.model import DualEncoder
+
+    ctx = DistributedContext(rank, world, rank)
+    model = DualEncoder(AutoModel.from_pretrained(model_dir), "mean", True).eval()  # no dropout: exact
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model)
+    collator = ContrastiveCollator(AutoTokenizer.from_pretrained(model_dir), Corpus.from_records(DOCS), 64, 32)
+    batch = collator(_examples(), shards=world)
+    per = batch.size // world
+    inputs = LossInputs(batch.positive_index, batch.exclude, slice(rank * per, (rank + 1) * per))
+    out = contrastive_step(train_model, InfoNCELoss(0.05, symmetric=True), batch.query_features[rank],
+                           batch.document_features[rank], inputs, ctx, torch.device("cpu"), chunk)
+    loss = all_reduce_mean(out.loss.clone(), ctx)
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _worker(model_dir: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    results = {str(chunk): compute(model_dir, world, rank, chunk) for chunk in (None, 3)}
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_process_on_the_combined_batch(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dist.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           __file__, str(tiny_model), str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    distributed = torch.load(out)
+    for chunk in (None, 3):
+        loss_one, grads_one = compute(str(tiny_model), 1, 0, chunk)
+        loss_two, grads_two = distributed[str(chunk)]
+        assert loss_two == pytest.approx(loss_one, abs=1e-5)
+        assert grads_one.keys() == grads_two.keys() and len(grads_one) > 10
+        for name, grad in grads_one.items():
+            assert torch.allclose(grads_two[name], grad, atol=1e-5, rtol=1e-4), (chunk, name)
+        assert max(float(g.abs().max()) for g in grads_one.values()) > 1e-4
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2])
