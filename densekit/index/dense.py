@@ -3,24 +3,34 @@
 A saved index directory holds::
 
     index.faiss     the FAISS index (always written from a CPU copy)
-    ids.json        the document id of each vector, in FAISS order
+    ids.json        the document id of each vector, in FAISS label order
     manifest.json   format version, densekit version, model and encoding config, dimension, metric,
-                    factory string, vector count, search parameters, and the sha256 of each file
+                    factory string (and preset), training-sample size, vector count, search
+                    parameters (nprobe / efSearch defaults), and the sha256 of each file
 
 Loading checks the manifest against the files (sha256, count, dimension); any mismatch raises
 :class:`~densekit.errors.IntegrityError` instead of serving wrong answers. Saving is atomic.
 
+FAISS labels are always the positions 0..n-1 of ``ids``: removing documents compacts the labels
+(FAISS's flat indexes do so themselves; inverted lists are renumbered; HNSW, which cannot delete, is
+rebuilt from its stored vectors, announced), so the id list and the FAISS file never disagree.
+
 Example::
 
-    index = DenseIndex.build(doc_embeddings, corpus.ids, factory="Flat")
-    scores, ids = index.search(query_embeddings, k=10)
-    index.save("scifact.idx"); DenseIndex.load("scifact.idx")
+    index = DenseIndex.build(doc_embeddings, corpus.ids, factory="ivf-pq")   # preset or factory string
+    scores, ids = index.search(query_embeddings, k=10, params={"nprobe": 32})
+    index.save("scifact.idx"); DenseIndex.load("scifact.idx", mmap=True)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -28,15 +38,19 @@ import numpy as np
 
 from densekit import __version__
 from densekit.errors import DensekitError, IntegrityError
-from densekit.index.gpu import GPU_MAX_K, place, to_cpu
+from densekit.index.factory import check_search_params, resolve
+from densekit.index.gpu import GPU_MAX_K, base_index, needs_cpu_search, parameter_space, place, to_cpu
 from densekit.io import atomic_dir, sha256_file
-from densekit.progress import announce
+from densekit.progress import announce, progress_bar
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
 MANIFEST_FILE = "manifest.json"
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+ADD_BLOCK = 65536
+
+__all__ = ["DenseIndex", "read_manifest", "verify_files", "GPU_MAX_K"]
 
 
 def _as_float32(matrix: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -46,6 +60,63 @@ def _as_float32(matrix: np.ndarray, dim: int | None = None) -> np.ndarray:
     if dim is not None and matrix.shape[1] != dim:
         raise DensekitError(f"embeddings have dimension {matrix.shape[1]}, the index has {dim}")
     return matrix
+
+
+@contextlib.contextmanager
+def _captured_native_stderr() -> Iterator[list[str]]:
+    """Capture what FAISS's C++ code prints on fd 2 (k-means prints one warning per OPQ iteration)."""
+    lines: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real fd 2 (embedded interpreters): nothing to capture
+        yield lines
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read().decode("utf-8", "replace").splitlines())
+
+
+def train_index(index: faiss.Index, sample: np.ndarray) -> None:
+    """Train `index` on `sample`, turning FAISS's repeated k-means warnings into one announcement."""
+    with _captured_native_stderr() as lines:
+        index.train(_as_float32(sample))
+    warnings = [line for line in lines if line.startswith("WARNING clustering")]
+    if warnings:
+        announce(f"FAISS: {warnings[0].removeprefix('WARNING ')} "
+                 f"({len(warnings)} such warning(s); recall may suffer: use a larger --train-sample "
+                 "or fewer lists / PQ centroids)")
+    others = [line for line in lines if not line.startswith("WARNING clustering") and line.strip()]
+    for line in others:
+        announce(f"FAISS: {line}")
+
+
+def sample_rows(n: int, size: int | None, seed: int = 0) -> np.ndarray | None:
+    """Sorted row numbers of a seeded sample of `size` out of `n` (None: take every row)."""
+    if size is None or size >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def _skip_polysemous_training(index: faiss.Index) -> None:
+    """Turn off FAISS's polysemous training of PQ codes (on by default for IndexPQ / IndexIVFPQ).
+
+    It reorders the centroids so that Hamming distances between codes approximate PQ distances;
+    only polysemous filtering (``polysemous_ht``) uses that, which densekit never sets, and it
+    costs minutes (tens of seconds on a 2,000-vector sample).
+    """
+    base = base_index(index)
+    if hasattr(base, "do_polysemous_training"):
+        base.do_polysemous_training = False
+
+
+def _is_ivf(index: faiss.Index) -> bool:
+    return faiss.try_extract_index_ivf(index) is not None
 
 
 class DenseIndex:
@@ -60,6 +131,10 @@ class DenseIndex:
         model: dict | None = None,
         device: str = "cpu",
         search_params: dict | None = None,
+        preset: str | None = None,
+        train_sample: int | None = None,
+        read_only: bool = False,
+        placement: dict | None = None,
     ) -> None:
         if index.ntotal != len(ids):
             raise IntegrityError(f"the FAISS index holds {index.ntotal} vectors but {len(ids)} ids were given")
@@ -70,6 +145,12 @@ class DenseIndex:
         self.model = model or {}
         self.device = device
         self.search_params = dict(search_params or {})
+        self.preset = preset
+        self.train_sample = train_sample
+        self.read_only = read_only
+        self.placement = placement or {"device": device, "shard": False, "float16": False}
+        self._positions: dict[str, int] | None = None
+        self._cpu_copy: faiss.Index | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -77,6 +158,45 @@ class DenseIndex:
     @property
     def dim(self) -> int:
         return int(self.index.d)
+
+    # -- building ------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        dim: int,
+        n_expected: int,
+        factory: str = "Flat",
+        metric: str = "ip",
+        model: dict | None = None,
+        train_sample: int | None = None,
+        search_params: dict | None = None,
+    ) -> DenseIndex:
+        """An empty, untrained index for about `n_expected` vectors of `dim` (a preset or factory string).
+
+        Train it with :meth:`train` (when ``needs_training``), then :meth:`add` blocks or shards.
+        """
+        if metric not in METRICS:
+            raise DensekitError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+        spec = resolve(factory, n_expected, dim, train_sample=train_sample)
+        try:
+            index = faiss.index_factory(dim, spec.factory, METRICS[metric])
+        except RuntimeError as exc:
+            raise DensekitError(f"invalid FAISS factory string {spec.factory!r}: {str(exc).splitlines()[0]}") from None
+        _skip_polysemous_training(index)
+        params = {**spec.search_params, **check_search_params(search_params or {})}
+        return cls(index, [], spec.factory, metric, model, "cpu", params, spec.preset, spec.train_sample)
+
+    @property
+    def needs_training(self) -> bool:
+        return not self.index.is_trained
+
+    def train(self, sample: np.ndarray) -> None:
+        """Train the (empty) index on `sample` vectors."""
+        sample = _as_float32(sample, self.dim)
+        if len(sample) == 0:
+            raise DensekitError("cannot train an index on zero vectors")
+        train_index(self.index, sample)
 
     @classmethod
     def build(
@@ -89,53 +209,181 @@ class DenseIndex:
         device: str = "cpu",
         train_sample: int | None = None,
         seed: int = 0,
+        search_params: dict | None = None,
+        shard: bool = False,
+        float16: bool = False,
+        show_progress: bool = False,
     ) -> DenseIndex:
-        """Build from `embeddings` (n, dim) and their `ids` with a FAISS factory string.
+        """Build from `embeddings` (n, dim; an mmap is read block by block) and their `ids`.
 
-        Indexes that need training (IVF, PQ, ...) train on `train_sample` vectors drawn with `seed`
-        (all of them when None).
+        `factory` is a preset (flat, ivf-flat, ivf-pq, hnsw, sq8, fp16; see
+        :mod:`densekit.index.factory`) or a FAISS factory string. Indexes that need training draw
+        `train_sample` vectors with `seed` (the preset's default when None). `device` places the
+        index (cpu, gpu, gpu:N, gpu:0,1, auto) before training, so training and adding run there;
+        `shard` and `float16` are the multi-GPU layout and half-precision storage options.
         """
-        if metric not in METRICS:
-            raise DensekitError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
         if len(ids) != len(embeddings):
             raise DensekitError(f"{len(embeddings)} embeddings but {len(ids)} ids")
-        if len(set(ids)) != len(ids):
-            raise DensekitError("document ids must be unique")
-        vectors = _as_float32(embeddings)
-        try:
-            index = faiss.index_factory(vectors.shape[1], factory, METRICS[metric])
-        except RuntimeError as exc:
-            raise DensekitError(f"invalid FAISS factory string {factory!r}: {str(exc).splitlines()[0]}") from None
-        index, where = place(index, device)
-        if not index.is_trained:
-            sample = vectors
-            if train_sample and train_sample < len(vectors):
-                rng = np.random.default_rng(seed)
-                sample = vectors[np.sort(rng.choice(len(vectors), train_sample, replace=False))]
-            index.train(sample)
-        index.add(vectors)
-        return cls(index, list(ids), factory, metric, model, where)
+        if getattr(embeddings, "ndim", 2) != 2:
+            raise DensekitError(f"embeddings must be a 2-D array, got shape {embeddings.shape}")
+        if len(embeddings) == 0:
+            raise DensekitError("cannot build an index from zero embeddings")
+        index = cls.create(int(embeddings.shape[1]), len(embeddings), factory, metric, model, train_sample,
+                           search_params)
+        index.to_device(device, shard=shard, float16=float16)
+        if index.needs_training:
+            rows = sample_rows(len(embeddings), index.train_sample, seed)
+            index.train(embeddings if rows is None else embeddings[rows])
+        index.add_blocks(embeddings, list(ids), show_progress=show_progress)
+        return index
+
+    def add_blocks(self, embeddings: np.ndarray, ids: list[str], block: int = ADD_BLOCK,
+                   show_progress: bool = False) -> None:
+        """:meth:`add` `embeddings` block by block (an mmap never has to fit in memory)."""
+        if len(ids) != len(embeddings):
+            raise DensekitError(f"{len(embeddings)} embeddings but {len(ids)} ids")
+        bar = progress_bar("adding vectors", total=len(ids), unit="vec") if show_progress else None
+        for start in range(0, len(ids), block):
+            self.add(embeddings[start : start + block], ids[start : start + block])
+            if bar is not None:
+                bar.update(min(block, len(ids) - start))
+        if bar is not None:
+            bar.close()
+
+    # -- changing ------------------------------------------------------------------------------------
+
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise DensekitError(f"cannot {what}: the index was opened memory-mapped (read-only); "
+                                "load it without mmap to change it")
+
+    def _changed(self) -> None:
+        self._positions = None
+        self._cpu_copy = None
+
+    def positions(self) -> dict[str, int]:
+        """Doc id -> FAISS label."""
+        if self._positions is None:
+            self._positions = {doc_id: i for i, doc_id in enumerate(self.ids)}
+        return self._positions
 
     def add(self, embeddings: np.ndarray, ids: list[str]) -> None:
-        """Append vectors; ids must be new."""
-        known = set(self.ids)
+        """Append vectors; ids must be new (use :meth:`update` to replace documents)."""
+        self._check_writable("add documents")
+        if len(ids) != len(embeddings):
+            raise DensekitError(f"{len(embeddings)} embeddings but {len(ids)} ids")
+        if self.needs_training:
+            raise DensekitError(f"the {self.factory} index is not trained yet; train it before adding")
+        known = self.positions()
         clash = [i for i in ids if i in known]
         if clash:
-            raise DensekitError(f"{len(clash)} ids already in the index, e.g. {clash[0]!r}")
+            raise DensekitError(f"{len(clash)} ids already in the index, e.g. {clash[0]!r} (use update)")
+        if len(set(ids)) != len(ids):
+            raise DensekitError("document ids must be unique")
         self.index.add(_as_float32(embeddings, self.dim))
         self.ids.extend(ids)
+        self._changed()
 
-    def search(self, queries: np.ndarray, k: int, batch_size: int = 4096) -> tuple[np.ndarray, list[list[str]]]:
-        """Top-`k` for each query row: `(scores (n, k'), ids)` with k' = min(k, len(self))."""
+    def remove(self, ids: list[str], missing_ok: bool = False) -> int:
+        """Remove documents by id; return how many were removed. Unknown ids are an error unless
+        `missing_ok`."""
+        self._check_writable("remove documents")
+        known = self.positions()
+        unknown = [i for i in ids if i not in known]
+        if unknown and not missing_ok:
+            raise DensekitError(f"{len(unknown)} ids are not in the index, e.g. {unknown[0]!r}")
+        labels = np.array(sorted({known[i] for i in ids if i in known}), dtype=np.int64)
+        if len(labels) == 0:
+            return 0
+        cpu = to_cpu(self.index)
+        base = base_index(cpu)
+        if isinstance(base, faiss.IndexHNSW):
+            cpu = self._rebuilt_hnsw_without(cpu, labels)
+        else:
+            try:
+                removed = cpu.remove_ids(faiss.IDSelectorBatch(labels))
+            except RuntimeError as exc:
+                raise DensekitError(f"a {type(base).__name__} cannot remove vectors: "
+                                    f"{str(exc).splitlines()[-1]}") from None
+            if removed != len(labels):
+                raise IntegrityError(f"FAISS removed {removed} vectors, expected {len(labels)}")
+            if _is_ivf(cpu):
+                _compact_ivf_labels(faiss.extract_index_ivf(cpu), labels)
+        drop = set(labels.tolist())
+        self.ids = [doc_id for i, doc_id in enumerate(self.ids) if i not in drop]
+        self._replace_index(cpu)
+        return len(labels)
+
+    def _rebuilt_hnsw_without(self, index: faiss.Index, labels: np.ndarray) -> faiss.Index:
+        announce(f"HNSW cannot delete vectors in place: rebuilding the graph over {index.ntotal - len(labels)} "
+                 "vectors")
+        keep = np.setdiff1d(np.arange(index.ntotal, dtype=np.int64), labels)
+        vectors = index.reconstruct_batch(keep) if len(keep) else np.empty((0, self.dim), np.float32)
+        rebuilt = faiss.index_factory(self.dim, self.factory, METRICS[self.metric])
+        hnsw = base_index(rebuilt)
+        hnsw.hnsw.efConstruction = base_index(index).hnsw.efConstruction
+        if not rebuilt.is_trained:
+            train_index(rebuilt, vectors)
+        for start in range(0, len(vectors), ADD_BLOCK):
+            rebuilt.add(vectors[start : start + ADD_BLOCK])
+        return rebuilt
+
+    def _replace_index(self, cpu_index: faiss.Index) -> None:
+        placement = self.placement
+        self.index, self.device = (cpu_index, "cpu") if placement["device"] == "cpu" else place(
+            cpu_index, placement["device"], placement["shard"], placement["float16"])
+        self._changed()
+
+    def update(self, embeddings: np.ndarray, ids: list[str]) -> tuple[int, int]:
+        """Insert or replace documents: existing ids are removed, then all are added.
+
+        Returns ``(replaced, added)``. Replaced documents move to the end of the label order.
+        """
+        known = self.positions()
+        replaced = self.remove([i for i in ids if i in known]) if any(i in known for i in ids) else 0
+        self.add(embeddings, list(ids))
+        return replaced, len(ids) - replaced
+
+    # -- placement -----------------------------------------------------------------------------------
+
+    def to_device(self, device: str, shard: bool = False, float16: bool = False) -> DenseIndex:
+        """Move the index to `device` (cpu, gpu, gpu:N, gpu:0,1, auto); results stay the same up to
+        float16 rounding when `float16`."""
+        cpu = to_cpu(self.index)
+        self.placement = {"device": device, "shard": shard, "float16": float16}
+        self.index, self.device = place(cpu, device, shard, float16)
+        self._changed()
+        return self
+
+    # -- searching -----------------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        batch_size: int = 4096,
+        params: dict | None = None,
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-`k` for each query row: `(scores (n, k'), ids)` with k' = min(k, len(self)).
+
+        `params` (nprobe, efSearch) override the manifest's search parameters for this call.
+        """
         if k <= 0:
             raise DensekitError(f"k must be positive, got {k}")
         queries = _as_float32(queries, self.dim)
         k = min(k, len(self))
+        if k == 0:
+            return np.empty((len(queries), 0), np.float32), [[] for _ in range(len(queries))]
+        effective = {**self.search_params, **check_search_params(params or {})}
         searcher = self.index
-        if self.device != "cpu" and k > GPU_MAX_K:
-            announce(f"k={k} exceeds FAISS's GPU limit of {GPU_MAX_K}: searching a CPU copy of the index")
-            searcher = to_cpu(self.index)
-        self._apply_search_params(searcher)
+        if self.device != "cpu":
+            reason = needs_cpu_search(k, effective)
+            if reason:
+                announce(f"{reason}: searching a CPU copy of the index")
+                if self._cpu_copy is None:
+                    self._cpu_copy = to_cpu(self.index)
+                searcher = self._cpu_copy
+        self._apply_search_params(searcher, effective)
         all_scores, all_ids = [], []
         for start in range(0, len(queries), batch_size):
             scores, labels = searcher.search(queries[start : start + batch_size], k)
@@ -144,12 +392,23 @@ class DenseIndex:
                 all_ids.append([self.ids[j] for j in row if j >= 0])
         return np.vstack(all_scores) if all_scores else np.empty((0, k), np.float32), all_ids
 
-    def _apply_search_params(self, index: faiss.Index) -> None:
-        if not self.search_params:
+    @staticmethod
+    def _apply_search_params(index: faiss.Index, params: dict) -> None:
+        if not params:
             return
-        params = faiss.ParameterSpace()
-        for name, value in self.search_params.items():
-            params.set_index_parameter(index, name, value)
+        space = parameter_space(index)
+        for name, value in params.items():
+            try:
+                space.set_index_parameter(index, name, value)
+            except RuntimeError as exc:
+                raise DensekitError(f"search parameter {name}={value} does not apply to this index: "
+                                    f"{str(exc).splitlines()[-1]}") from None
+
+    # -- describing ----------------------------------------------------------------------------------
+
+    def index_bytes(self) -> int:
+        """Bytes of the FAISS index as serialised (what it occupies in memory, within a few KB)."""
+        return int(faiss.serialize_index(to_cpu(self.index)).nbytes)
 
     def manifest(self, files: dict[str, str]) -> dict:
         return {
@@ -160,49 +419,117 @@ class DenseIndex:
             "dim": self.dim,
             "metric": self.metric,
             "factory": self.factory,
+            "preset": self.preset,
+            "train_sample": self.train_sample,
             "count": len(self),
             "search_params": self.search_params,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": files,
         }
 
+    # -- saving and loading --------------------------------------------------------------------------
+
     def save(self, directory: str | Path) -> Path:
-        """Write the index directory atomically (see module docstring)."""
+        """Write the index directory atomically (see module docstring).
+
+        Saving over an existing index directory keeps the other files its manifest lists (a
+        document store beside the index, for instance) and the manifest entries densekit does not
+        write itself.
+        """
         directory = Path(directory)
+        previous = _previous_manifest(directory)
         with atomic_dir(directory) as staging:
             faiss.write_index(to_cpu(self.index), str(staging / INDEX_FILE))
             with open(staging / IDS_FILE, "w", encoding="utf-8") as handle:
                 json.dump(self.ids, handle)
             files = {name: sha256_file(staging / name) for name in (INDEX_FILE, IDS_FILE)}
+            manifest = self.manifest(files)
+            for name, digest in previous.get("files", {}).items():
+                if name not in files and (directory / name).is_file():
+                    shutil.copy2(directory / name, staging / name)
+                    files[name] = digest
+            for key, value in previous.items():
+                manifest.setdefault(key, value)
             with open(staging / MANIFEST_FILE, "w", encoding="utf-8") as handle:
-                json.dump(self.manifest(files), handle, indent=2)
+                json.dump(manifest, handle, indent=2)
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu", verify: bool = True, mmap: bool = False) -> DenseIndex:
-        """Open a saved index directory, checking it against its manifest."""
+    def load(
+        cls,
+        directory: str | Path,
+        device: str = "cpu",
+        verify: bool = True,
+        mmap: bool = False,
+        shard: bool = False,
+        float16: bool = False,
+    ) -> DenseIndex:
+        """Open a saved index directory, checking it against its manifest.
+
+        `mmap` maps the vectors from disk instead of reading them (inverted lists for IVF indexes,
+        the code array for flat, SQ and HNSW ones), so an index larger than memory can be searched;
+        such an index is read-only.
+        """
         directory = Path(directory)
         manifest = read_manifest(directory)
         if manifest.get("kind", "dense") != "dense":
             raise DensekitError(f"{directory}: a {manifest.get('kind')} index, not a dense one")
         if verify:
             verify_files(directory, manifest)
-        flags = faiss.IO_FLAG_MMAP if mmap else 0
+        flags = 0
+        if mmap:
+            # Inverted lists map through OnDiskInvertedLists; flat code arrays through MMAP_IFC.
+            # The two flags cannot be combined for IVF files.
+            flags = faiss.IO_FLAG_MMAP if "IVF" in manifest["factory"] else faiss.IO_FLAG_MMAP_IFC
         try:
             index = faiss.read_index(str(directory / INDEX_FILE), flags)
         except RuntimeError as exc:
-            reason = str(exc).splitlines()[0]
+            reason = str(exc).splitlines()[-1]
             raise IntegrityError(f"{directory / INDEX_FILE}: FAISS cannot read it ({reason})") from None
-        with open(directory / IDS_FILE, encoding="utf-8") as handle:
-            ids = json.load(handle)
+        try:
+            with open(directory / IDS_FILE, encoding="utf-8") as handle:
+                ids = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise IntegrityError(f"{directory / IDS_FILE}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         if index.ntotal != manifest["count"] or len(ids) != manifest["count"] or index.d != manifest["dim"]:
             raise IntegrityError(
                 f"{directory}: manifest says {manifest['count']} vectors of dimension {manifest['dim']}, "
                 f"files hold {index.ntotal} vectors, {len(ids)} ids, dimension {index.d}"
             )
-        index, where = place(index, device)
-        return cls(index, ids, manifest["factory"], manifest["metric"], manifest.get("model"), where,
-                   manifest.get("search_params"))
+        if mmap and device != "cpu":
+            announce("a memory-mapped index is copied into GPU memory: --mmap only saves host memory on the CPU")
+        placed, where = place(index, device, shard, float16)
+        return cls(placed, ids, manifest["factory"], manifest["metric"], manifest.get("model"), where,
+                   manifest.get("search_params"), manifest.get("preset"), manifest.get("train_sample"),
+                   read_only=mmap and where == "cpu",
+                   placement={"device": device, "shard": shard, "float16": float16})
+
+
+def _compact_ivf_labels(ivf: faiss.IndexIVF, removed: np.ndarray) -> None:
+    """After `remove_ids`, renumber the labels in every inverted list so they are 0..n-1 again,
+    keeping their order (label j becomes j minus the number of removed labels below j)."""
+    invlists = ivf.invlists
+    code_size = invlists.code_size
+    for list_no in range(ivf.nlist):
+        size = invlists.list_size(list_no)
+        if size == 0:
+            continue
+        old = faiss.rev_swig_ptr(invlists.get_ids(list_no), size).copy()
+        codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * code_size).copy()
+        new = old - np.searchsorted(removed, old)
+        invlists.update_entries(list_no, 0, size, faiss.swig_ptr(new), faiss.swig_ptr(codes))
+    if ivf.direct_map.type != faiss.DirectMap.NoMap:
+        ivf.make_direct_map(True)
+
+
+def _previous_manifest(directory: Path) -> dict:
+    if not (directory / MANIFEST_FILE).is_file():
+        return {}
+    try:
+        with open(directory / MANIFEST_FILE, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def read_manifest(directory: str | Path) -> dict:
