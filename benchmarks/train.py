@@ -1,0 +1,277 @@
+"""densekit's trainer against sentence-transformers' MultipleNegativesRankingLoss trainer, same tuples.
+
+Both train the same start model on the same (query, positive, hard negative) tuples with the same
+batch size, epochs, learning rate, warmup and seed, without duplicate texts in a batch; then both
+models are scored on the test split with densekit's harness (ndcg@10). Throughput is training
+examples per second of the training loop (model loading and evaluation excluded) in the same run,
+reported as densekit / sentence-transformers.
+
+    DENSEKIT_DATA=../shared/data/beir python benchmarks/train.py --data scifact \\
+        --negatives /tmp/scifact.neg.jsonl --out /tmp/train-bench
+
+GradCache's memory, one training step at batch 256 with chunk 32 against the whole batch at once
+(each in a fresh process; peak resident memory from the OS, or peak CUDA memory on a GPU):
+
+    DENSEKIT_DATA=../shared/data/beir python benchmarks/train.py gradcache-memory \\
+        --negatives-file /tmp/scifact.neg.jsonl --batch-size 256 --chunk-size 32
+
+The negatives file comes from `densekit mine` (or densekit.mining.HardNegativeMiner): here
+all-MiniLM-L6-v2 as teacher on the train split, TopK-PercPos 0.95, 4 negatives from the top 100.
+Each example takes the query's highest-ranked negative; queries the filter left without any
+negative are dropped for both trainers (sentence-transformers needs a full tuple).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+class PeakRSS:
+    """Highest resident memory of this process (sampled every 0.1 s) while the block runs, in MiB.
+
+    Both trainers run in one process one after the other, so ru_maxrss could not tell them apart.
+    """
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        process = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, process.memory_info().rss)
+            self._stop.wait(0.1)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.mib = round(self.peak / 2**20, 1)
+
+
+def write_tuples_file(source: Path, target: Path, negatives: int) -> int:
+    """Copy the queries that have at least `negatives` negatives; returns how many."""
+    kept = 0
+    with open(source, encoding="utf-8") as src, open(target, "w", encoding="utf-8") as dst:
+        for line in src:
+            if line.strip() and len(json.loads(line)["negatives"]) >= negatives:
+                dst.write(line)
+                kept += 1
+    return kept
+
+
+def evaluate_model(folder: str, data: str, split: str) -> float:
+    from densekit.data import load_dataset
+    from densekit.eval.harness import evaluate_retriever
+    from densekit.retriever.dense import DenseRetriever
+    from densekit.retriever.encoder import Encoder
+
+    ds = load_dataset(data, split=split)
+    retriever = DenseRetriever.build(Encoder(folder, device="cpu"), ds.corpus)
+    return float(evaluate_retriever(retriever, ds, ("ndcg@10",)).result.metrics["ndcg@10"])
+
+
+def train_densekit(args, negatives: Path, out: Path) -> dict:
+    from densekit.retriever.train import DataConfig, LossConfig, TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model, output=out,
+        data=DataConfig(negatives=negatives, corpus=args.data, negatives_per_query=args.negatives),
+        loss=LossConfig(name=args.loss, guide=args.guide, symmetric=args.symmetric),
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=args.warmup_ratio,
+        weight_decay=0.0, seed=args.seed, chunk_size=args.chunk_size, max_length=args.max_length, device="cpu",
+    )
+    return train(config)
+
+
+def train_sentence_transformers(args, negatives: Path, out: Path) -> dict:
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+
+    from densekit.data import join_title_text, load_dataset
+    from densekit.retriever.models import resolve_model
+    from densekit.retriever.train.data import read_training_examples
+
+    corpus = load_dataset(args.data).corpus
+    examples = read_training_examples(negatives, corpus, args.negatives)
+
+    def text(doc_id: str) -> str:
+        doc = corpus.document(doc_id)
+        return join_title_text(doc["title"], doc["text"])
+
+    columns: dict[str, list[str]] = {"anchor": [e.query for e in examples],
+                                     "positive": [text(e.positive_id) for e in examples]}
+    for i in range(args.negatives):
+        columns[f"negative_{i + 1}"] = [text(e.negative_ids[i]) for e in examples]
+    model = SentenceTransformer(str(resolve_model(args.model)), device="cpu")
+    if args.max_length:
+        model.max_seq_length = args.max_length
+    training_args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "trainer"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr, warmup_ratio=args.warmup_ratio, seed=args.seed, data_seed=args.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none", logging_steps=1,
+        use_cpu=True, dataloader_drop_last=False,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_dict(columns),
+                                         loss=MultipleNegativesRankingLoss(model))
+    result = trainer.train()
+    model.save(str(out / "model"))
+    return {"examples": len(examples), "train_seconds": result.metrics["train_runtime"],
+            "examples_per_s": result.metrics["train_samples_per_second"], "final_loss": result.training_loss}
+
+
+def gradcache_step(args) -> dict:
+    """One forward/backward of a `--batch-size` batch (query, positive) in this process; memory used."""
+    import torch
+
+    from densekit.data import load_dataset
+    from densekit.retriever.encoder import Encoder
+    from densekit.retriever.train.data import ContrastiveCollator, read_training_examples
+    from densekit.retriever.train.distributed import DistributedContext
+    from densekit.retriever.train.gradcache import contrastive_step
+    from densekit.retriever.train.losses import InfoNCELoss, LossInputs
+    from densekit.retriever.train.model import DualEncoder
+
+    device = torch.device(args.device)
+    encoder = Encoder(args.model, device=args.device, max_length=args.max_length, dtype="float32")
+    corpus = load_dataset(args.data).corpus
+    examples, seen = [], set()
+    for example in read_training_examples(args.negatives_file, corpus, 0):
+        if example.query_id not in seen and example.positive_id not in seen:
+            seen.update((example.query_id, example.positive_id))
+            examples.append(example)
+    examples = examples[: args.batch_size]
+    config = encoder.config
+    collator = ContrastiveCollator(encoder.tokenizer, corpus, config.max_length, config.max_length)
+    batch = collator(examples)
+    model = DualEncoder(encoder.model, config.pooling, config.normalize).to(device).eval()  # no dropout: comparable
+    inputs = LossInputs(batch.positive_index, batch.exclude)
+    process = psutil.Process()
+    before = process.memory_info().rss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    t0 = time.perf_counter()
+    out = contrastive_step(model, InfoNCELoss(0.05), batch.query_features[0], batch.document_features[0],
+                           inputs, DistributedContext(), device, args.chunk_size or None)
+    seconds = time.perf_counter() - t0
+    grad_norm = float(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in model.parameters() if p.grad is not None)))
+    result = {"chunk_size": args.chunk_size or None, "batch": len(examples), "loss": float(out.loss),
+              "seconds": seconds, "grad_norm": grad_norm, "before_step_mib": before / 2**20,
+              "tokens": int(sum(f["attention_mask"].sum() for f in batch.query_features + batch.document_features))}
+    if device.type == "cuda":
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def gradcache_memory_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="train.py gradcache-memory")
+    parser.add_argument("--data", default="scifact")
+    parser.add_argument("--negatives-file", dest="negatives_file", type=Path, required=True)
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--chunk-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--one-step", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one_step:  # the child: one step, its numbers as one JSON line
+        print(json.dumps(gradcache_step(args)), flush=True)
+        return
+    rows = {}
+    for chunk in (None, args.chunk_size):
+        cmd = [sys.executable, __file__, "gradcache-memory", "--one-step", "--data", args.data,
+               "--negatives-file", str(args.negatives_file), "--model", args.model,
+               "--batch-size", str(args.batch_size), "--device", args.device]
+        cmd += ["--chunk-size", str(chunk or 0)]  # 0: the whole batch in one pass
+        cmd += ["--max-length", str(args.max_length)] if args.max_length else []
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        output = child.stdout.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        if status:
+            raise SystemExit(f"child failed: {' '.join(cmd)}")
+        row = json.loads(output.strip().splitlines()[-1])
+        row["peak_rss_mib"] = usage.ru_maxrss / 1024  # KiB on Linux
+        row["step_peak_rss_mib"] = row["peak_rss_mib"] - row["before_step_mib"]
+        rows["gradcache" if chunk else "whole_batch"] = row
+        print(json.dumps(row), flush=True)
+    whole, cached = rows["whole_batch"], rows["gradcache"]
+    key = "peak_cuda_mib" if "peak_cuda_mib" in whole else "step_peak_rss_mib"
+    summary = {"measure": key, "whole_batch": round(whole[key], 1), "gradcache": round(cached[key], 1),
+               "ratio_gradcache_over_whole": round(cached[key] / whole[key], 3),
+               "process_peak_ratio": round(cached["peak_rss_mib"] / whole["peak_rss_mib"], 3),
+               "step_time_ratio": round(cached["seconds"] / whole["seconds"], 3),
+               "loss_equal": abs(whole["loss"] - cached["loss"]) < 1e-5,
+               "grad_norm_rel_diff": abs(whole["grad_norm"] - cached["grad_norm"]) / whole["grad_norm"]}
+    print(json.dumps(summary, indent=2))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "gradcache-memory":
+        gradcache_memory_main(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="scifact")
+    parser.add_argument("--negatives-file", dest="negatives_file", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--negatives", type=int, default=1, help="hard negatives per tuple")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--warmup-ratio", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--loss", default="infonce")
+    parser.add_argument("--guide", default=None)
+    parser.add_argument("--symmetric", action="store_true")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--skip-st", action="store_true", help="densekit only (e.g. the GIST variant)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    tuples = args.out / "tuples.neg.jsonl"
+    kept = write_tuples_file(args.negatives_file, tuples, args.negatives)
+    print(f"{kept} queries with >= {args.negatives} negatives", flush=True)
+    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "queries": kept}
+
+    t0 = time.perf_counter()
+    with PeakRSS() as memory:
+        dk = train_densekit(args, tuples, args.out / "densekit")
+    results["densekit"] = {k: dk[k] for k in ("examples_this_run", "train_seconds", "examples_per_s", "final_loss")}
+    results["densekit"]["wall_s"] = round(time.perf_counter() - t0, 1)
+    results["densekit"]["peak_rss_mib"] = memory.mib
+    results["densekit"]["ndcg@10"] = evaluate_model(str(args.out / "densekit" / "model"), args.data, args.split)
+    print(json.dumps(results["densekit"]), flush=True)
+    if not args.skip_st:
+        t0 = time.perf_counter()
+        with PeakRSS() as memory:
+            st = train_sentence_transformers(args, tuples, args.out / "st")
+        st["wall_s"] = round(time.perf_counter() - t0, 1)
+        st["peak_rss_mib"] = memory.mib
+        st["ndcg@10"] = evaluate_model(str(args.out / "st" / "model"), args.data, args.split)
+        results["sentence_transformers"] = st
+        results["throughput_ratio"] = round(results["densekit"]["examples_per_s"] / st["examples_per_s"], 3)
+        print(json.dumps(st), flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
