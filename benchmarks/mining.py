@@ -24,7 +24,8 @@ lowest positive score of the query; densekit's PercPos drops it when `score > po
   an untimed run first), so the time is the mining itself; "cold": both encode corpus and queries.
   Model loading and data reading are outside the timings of both.
 - peak memory: the process's peak RSS (ru_maxrss, includes torch and the model) and the peak of
-  Python/numpy allocations during the call (tracemalloc; torch tensors are not traced).
+  Python/numpy allocations during a second, untimed call (tracemalloc slows allocations, so it never
+  runs during the timed call; torch tensors are not traced; warm mode only).
 
     python benchmarks/mining.py --mode warm --rounds 3 --threads 2
     python benchmarks/mining.py --mode cold --rounds 1 --threads 2
@@ -63,6 +64,24 @@ def st_depth(ds) -> int:
     return (10 * 4 + max_positives) + max_positives
 
 
+def measure(call, mode: str):
+    """(seconds of an untraced call, peak traced MB of a second, traced call or None, the result).
+
+    tracemalloc slows every Python allocation, so it never runs during the timed call. In cold mode a
+    second call would encode everything again, so only the peak RSS is reported there.
+    """
+    start = time.perf_counter()
+    result = call()
+    seconds = time.perf_counter() - start
+    if mode != "warm":
+        return seconds, None, result
+    tracemalloc.start()
+    call()
+    traced = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return seconds, traced, result
+
+
 def worker_sentence_transformers(args) -> dict:
     import torch
     from datasets import Dataset
@@ -92,19 +111,14 @@ def worker_sentence_transformers(args) -> dict:
 
     if args.mode == "warm":
         call()  # fills cache_folder
-    tracemalloc.start()
-    start = time.perf_counter()
-    result = call()
-    seconds = time.perf_counter() - start
-    traced = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    seconds, traced, result = measure(call, args.mode)
     by_text: dict[str, list[str]] = defaultdict(list)
     for row in result:
         negative = text_to_id[row["negative"]]
         if negative not in by_text[row["query"]]:
             by_text[row["query"]].append(negative)
     negatives = {q: by_text.get(t, []) for q, t in ds.queries.items()}
-    return {"seconds": seconds, "traced_peak_mb": traced / 2**20, "negatives": negatives}
+    return {"seconds": seconds, "traced_peak_mb": traced, "negatives": negatives}
 
 
 def worker_densekit(args) -> dict:
@@ -129,14 +143,9 @@ def worker_densekit(args) -> dict:
 
     if args.mode == "warm":
         call()  # fills the embedding cache
-    tracemalloc.start()
-    start = time.perf_counter()
-    call()
-    seconds = time.perf_counter() - start
-    traced = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    seconds, traced, _ = measure(call, args.mode)
     negatives = {r["query_id"]: [n["id"] for n in r["negatives"]] for r in read_negatives(out)}
-    return {"seconds": seconds, "traced_peak_mb": traced / 2**20, "negatives": negatives}
+    return {"seconds": seconds, "traced_peak_mb": traced, "negatives": negatives}
 
 
 def run_worker(args, library: str, workdir: Path, depth: int) -> dict:
@@ -151,6 +160,10 @@ def run_worker(args, library: str, workdir: Path, depth: int) -> dict:
     subprocess.run(command, check=True)
     with open(result_file, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def agreement(a: dict[str, list[str]], b: dict[str, list[str]]) -> dict:
@@ -213,7 +226,7 @@ def main() -> None:
                                                                            "densekit": dk},
         "ratio_densekit_over_st": dk / st,
         "peak_rss_mb": {k: max(m[0] for m in v) for k, v in memory.items()},
-        "traced_peak_mb": {k: max(m[1] for m in v) for k, v in memory.items()},
+        "traced_peak_mb": {k: None if v[0][1] is None else max(m[1] for m in v) for k, v in memory.items()},
         "agreement": agree,
     }
     if default_depth is not None:
@@ -226,7 +239,7 @@ def main() -> None:
     for library in ("sentence-transformers", "densekit"):
         runs = ", ".join(f"{t:.2f}" for t in times[library])
         print(f"| {library} | {statistics.median(times[library]):.2f} | {runs} | "
-              f"{summary['peak_rss_mb'][library]:.0f} | {summary['traced_peak_mb'][library]:.1f} |")
+              f"{summary['peak_rss_mb'][library]:.0f} | {_mb(summary['traced_peak_mb'][library])} |")
     print(f"ratio densekit / sentence-transformers: {dk / st:.3f} (<= 1.0: densekit at least as fast)")
     share = 100 * agree["same_ids_share"]
     print(f"same negative ids: {agree['same_ids']}/{agree['queries']} ({share:.2f}%), "
