@@ -153,3 +153,24 @@ def tiny_model(minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory) ->
     folder = tmp_path_factory.mktemp("tiny_bert")
     write_sentence_transformers_folder(folder, model, tokenizer, EncoderConfig(max_length=128))
     return folder
+
+
+@pytest.fixture(scope="session")
+def train_negatives(scifact_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A negatives file in the mining format for the SciFact subset (training tests): each judged
+    query, its positives, and three other judged documents as ranked negatives."""
+    from densekit.data import load_dataset
+
+    ds = load_dataset(scifact_small, split="test")
+    judged = sorted({d for docs in ds.qrels.values() for d, rel in docs.items() if rel > 0})
+    path = tmp_path_factory.mktemp("train_negatives") / "negatives.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for i, (query_id, docs) in enumerate(sorted(ds.qrels.items())):
+            positives = sorted(d for d, rel in docs.items() if rel > 0)
+            others = [d for d in judged if d not in positives]
+            negatives = [others[(i * 3 + j) % len(others)] for j in range(3)]
+            handle.write(json.dumps({
+                "query_id": query_id, "query": ds.queries[query_id], "positives": positives,
+                "negatives": [{"id": d, "rank": r + 1} for r, d in enumerate(negatives)],
+            }) + "\n")
+    return path

@@ -14,27 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from densekit.data import load_dataset
 from densekit.errors import DensekitError
 from densekit.retriever.train import DataConfig, TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def negatives_file(scifact_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A mining-format file: each judged query, its positives, and three other judged documents."""
-    ds = load_dataset(scifact_small, split="test")
-    judged = sorted({d for docs in ds.qrels.values() for d, rel in docs.items() if rel > 0})
-    path = tmp_path_factory.mktemp("resume") / "negatives.jsonl"
-    with open(path, "w", encoding="utf-8") as handle:
-        for i, (query_id, docs) in enumerate(sorted(ds.qrels.items())):
-            positives = sorted(d for d, rel in docs.items() if rel > 0)
-            others = [d for d in judged if d not in positives]
-            negatives = [others[(i * 3 + j) % len(others)] for j in range(3)]
-            handle.write(json.dumps({
-                "query_id": query_id, "query": ds.queries[query_id], "positives": positives,
-                "negatives": [{"id": d, "rank": r + 1} for r, d in enumerate(negatives)],
-            }) + "\n")
-    return path
 
 
 def _config(tiny_model: Path, negatives: Path, corpus: Path, output: Path, **run) -> TrainConfig:
@@ -50,15 +31,15 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_reproduces_the_uninterrupted_run(
-    tiny_model: Path, negatives_file: Path, scifact_small: Path, tmp_path: Path
+    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path
 ) -> None:
-    straight = train(_config(tiny_model, negatives_file, scifact_small, tmp_path / "straight"))
+    straight = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "straight"))
     assert straight["finished"] and straight["steps"] > 6
 
-    stopped = train(_config(tiny_model, negatives_file, scifact_small, tmp_path / "split", stop_after_steps=3))
+    stopped = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split", stop_after_steps=3))
     assert not stopped["finished"] and stopped["steps"] == 3 and stopped["model"] is None
     assert (tmp_path / "split" / "checkpoints" / "step-3" / "state.pt").is_file()
-    resumed = train(_config(tiny_model, negatives_file, scifact_small, tmp_path / "split"), resume=True)
+    resumed = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split"), resume=True)
     assert resumed["finished"] and resumed["resumed_from"].endswith("step-3")
     assert resumed["steps_this_run"] == straight["steps"] - 3
 
@@ -80,10 +61,10 @@ def test_resume_reproduces_the_uninterrupted_run(
 
 
 def test_resume_refuses_a_changed_recipe(
-    tiny_model: Path, negatives_file: Path, scifact_small: Path, tmp_path: Path
+    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path
 ) -> None:
-    train(_config(tiny_model, negatives_file, scifact_small, tmp_path / "run", stop_after_steps=1))
-    changed = _config(tiny_model, negatives_file, scifact_small, tmp_path / "run")
+    train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "run", stop_after_steps=1))
+    changed = _config(tiny_model, train_negatives, scifact_small, tmp_path / "run")
     changed.learning_rate = 5e-4
     with pytest.raises(DensekitError, match="learning_rate"):
         train(changed, resume=True)

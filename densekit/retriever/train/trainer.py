@@ -409,13 +409,13 @@ class Trainer:
                     break
                 indices = batches[self.batch_in_epoch]
                 usable = len(indices) - len(indices) % self.ctx.world_size
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step uses (logged with its loss)
                 t0 = time.perf_counter()
                 last_loss = self._train_step([self.examples[i] for i in indices[:usable]])
                 train_seconds += time.perf_counter() - t0
                 examples_seen += usable
                 self.step += 1
                 self.batch_in_epoch += 1
-                lr = self.scheduler.get_last_lr()[0]
                 if self.step % cfg.log_steps == 0 or self.step == self.total_steps:
                     log(
                         {

@@ -1,0 +1,81 @@
+"""`densekit train` end to end with a tiny model: GIST loss with a cached guide, evaluation during
+training, the saved folder loading in sentence-transformers and `densekit eval`, and bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from densekit.cli import main
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["densekit", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_gist_evaluates_and_saves_a_sentence_transformers_folder(
+    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "run"
+    code, stdout, stderr = run_cli([
+        "train", "--model", str(tiny_model), "--negatives", str(train_negatives), "--corpus", str(scifact_small),
+        "--output", str(out), "--loss", "gist", "--guide", str(tiny_model), "--negatives-per-query", "2",
+        "--batch-size", "4", "--max-steps", "3", "--max-length", "48", "--lr", "1e-3",
+        "--eval-data", str(scifact_small), "--eval-split", "test", "--eval-steps", "2", "--device", "cpu",
+        "--json", "--quiet"], capsys, monkeypatch)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["finished"] and summary["steps"] == 3 and summary["examples_this_run"] == 12
+    assert summary["config"]["loss"]["name"] == "gist"
+    assert (out / "guide_cache.pt").is_file()  # guide embeddings computed once, kept beside the run
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3] and all(r["lr"] > 0 for r in steps)
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 3] and 0 <= evals[0]["eval"]["ndcg@10"] <= 1
+    assert summary["best"]["step"] in (2, 3) and (out / "best" / "modules.json").is_file()
+
+    model = out / "model"
+    from sentence_transformers import SentenceTransformer
+
+    from densekit.retriever.encoder import Encoder
+
+    texts = ["Vitamin C deficiency causes scurvy.", "Coffee intake and heart disease in a cohort."]
+    ours = Encoder(str(model), device="cpu").encode_documents(texts)
+    theirs = SentenceTransformer(str(model), device="cpu").encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    start = Encoder(str(tiny_model), device="cpu").encode_documents(texts)
+    assert not np.allclose(ours, start, atol=1e-4)  # the saved weights are the trained ones
+
+    code, stdout, stderr = run_cli(["eval", str(scifact_small), "--model", str(model), "--json", "--quiet"],
+                                   capsys, monkeypatch)
+    assert code == 0, stderr
+    assert 0 <= json.loads(stdout)["metrics"]["ndcg@10"] <= 1
+
+
+def test_train_bad_input_exits_2_naming_the_file(
+    tiny_model: Path, scifact_small: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query_id": "q1", "query": "x", "positives": ["nope"], "negatives": []}\n')
+    base = ["train", "--model", str(tiny_model), "--corpus", str(scifact_small), "--output", str(tmp_path / "o")]
+    code, _, stderr = run_cli([*base, "--negatives", str(bad)], capsys, monkeypatch)
+    assert code == 2 and str(bad) in stderr and "'nope' is not in the corpus" in stderr
+    code, _, stderr = run_cli([*base, "--negatives", str(tmp_path / "absent.jsonl")], capsys, monkeypatch)
+    assert code == 2 and "absent.jsonl" in stderr
+    code, _, stderr = run_cli([*base, "--negatives", str(bad), "--loss", "gist"], capsys, monkeypatch)
+    assert code == 2 and "guide" in stderr
+    code, _, _ = run_cli([*base, "--negatives", str(bad), "--no-such-option"], capsys, monkeypatch)
+    assert code != 0
+    assert not (tmp_path / "o" / "model").exists()
