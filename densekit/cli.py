@@ -199,9 +199,13 @@ def index_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Encoder: folder or known name "
                                                                     "(default all-MiniLM-L6-v2).")] = None,
-    factory: Annotated[str, typer.Option(help="FAISS factory string.")] = "Flat",
+    factory: Annotated[str, typer.Option(help="Index preset (flat, ivf-flat, ivf-pq, hnsw, sq8, fp16) or FAISS "
+                                              "factory string.")] = "Flat",
+    train_sample: TrainSampleOpt = None,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
     device: DeviceOpt = None,
-    index_device: Annotated[str, typer.Option(help="Where FAISS builds: cpu, gpu, gpu:N, auto.")] = "cpu",
+    index_device: Annotated[str, typer.Option(help="Where FAISS builds: cpu, gpu, gpu:N, gpu:0,1, auto.")] = "cpu",
     store_texts: Annotated[bool, typer.Option("--store-texts/--no-store-texts",
                                               help="Keep the document texts in the index (docs.jsonl) for "
                                                    "search output and RAG.")] = True,
@@ -231,7 +235,8 @@ def index_build(
     start = time.perf_counter()
     ds = load_dataset(data)
     retriever = DenseRetriever.build(_make_encoder(model, device, batch_size), ds.corpus, factory=factory,
-                                     device=index_device, cache=cache)
+                                     device=index_device, cache=cache, train_sample=train_sample,
+                                     search_params=_search_params(nprobe, ef_search))
     if store_texts:
         from densekit.index.docstore import DocStore, save_with_documents
 
@@ -254,18 +259,15 @@ def index_info(
     quiet: QuietOpt = False,
 ) -> None:
     """Type, vector count, dimension, size, parameters and model of a saved index."""
-    from densekit.index.dense import read_manifest
+    from densekit.index.dense import describe_saved
 
-    manifest = read_manifest(directory)
-    size = sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file())
-    info = {**manifest, "bytes_on_disk": size}
+    info = describe_saved(directory)
     if as_json:
         _emit(info)
         return
-    for key in ("kind", "factory", "metric", "count", "dim", "search_params", "model", "densekit_version", "created"):
-        if key in info:
-            console.print(f"{key:<18}{info[key]}")
-    console.print(f"{'bytes_on_disk':<18}{size}")
+    for key, value in info.items():
+        if value is not None and key not in ("files", "format_version"):
+            console.print(f"{key:<18}{value}")
 
 
 # ----------------------------------------------------------------------------- search
@@ -294,6 +296,8 @@ def search(
     split: Annotated[str | None, typer.Option(help="Only the queries judged in this split.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="TREC run file to write.")] = None,
     device: DeviceOpt = None,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -304,6 +308,7 @@ def search(
     if k <= 0:
         raise DensekitError(f"-k must be positive, got {k}")
     retriever = _load_retriever(directory, device)
+    _apply_search_params(retriever, nprobe, ef_search)
     if query is not None:
         hits = retriever.search({"q": query}, k)["q"]
         corpus_path = _corpus_path(retriever)
@@ -388,6 +393,8 @@ def eval_cmd(
     rerank: Annotated[str | None, typer.Option(help="Cross-encoder folder (HF sequence classification) "
                                                     "that reranks the top --rerank-depth hits.")] = None,
     rerank_depth: Annotated[int, typer.Option(help="Hits per query the cross-encoder rescores.")] = 100,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
     fmt: FormatOpt = "text",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -422,6 +429,7 @@ def eval_cmd(
             config = {"model": model, "factory": factory, **retriever.encoder.describe()}
         elif index is not None:
             retriever = _load_retriever(index, device)
+            _apply_search_params(retriever, nprobe, ef_search)
             config = {"index": str(index), **_retriever_config(retriever)}
         retriever, config = _bm25_fusion_rerank(retriever, config, ds, bm25, backend, k1, b, threads, fusion,
                                                 weights, rrf_k, normalization, depth, rerank, rerank_depth,
@@ -493,6 +501,8 @@ def mine_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same --out.")]
     = False,
     chunk_size: Annotated[int, typer.Option(help="Queries per step and checkpoint.")] = 1024,
+    removed_out: Annotated[Path | None, typer.Option(
+        "--removed-out", help="Also write what each filter removed (JSON lines, one query a line).")] = None,
     device: DeviceOpt = None,
     index_device: Annotated[str, typer.Option(help="Where FAISS searches: cpu, gpu, gpu:N, auto.")] = "cpu",
     batch_size: BatchOpt = 64,
@@ -524,10 +534,11 @@ def mine_cmd(
     miner = HardNegativeMiner(teacher_scorer, sources, filters, chosen_sampler, negatives=negatives,
                               depth=depth, fusion=fusion, guide=guide_scorer,
                               guide_margin=guide_margin or 0.0, seed=seed, chunk_size=chunk_size)
-    result = miner.mine(ds, out, resume=resume)
+    result = miner.mine(ds, out, resume=resume, removed_out=removed_out)
     from densekit.mining.output import config_path, stats_path
 
     info = {"out": str(out), "config": str(config_path(out)), "stats_file": str(stats_path(out)),
+            "removed_out": None if removed_out is None else str(removed_out),
             "resumed_at": result.resumed_at, "stats": result.stats.to_json()}
     if as_json:
         _emit(info)
@@ -863,6 +874,221 @@ def _bm25_fusion_rerank(retriever, config: dict, ds, bm25: bool, backend: str | 
         retriever = CrossEncoderReranker(retriever, rerank, ds.corpus, depth=rerank_depth, device=device)
         config = {"first_stage": config, **retriever.describe()}
     return retriever, config
+
+
+# ----------------------------------------------------------------------------- index at scale
+# Sharded and distributed encoding, index types and search parameters, editing saved indexes.
+
+NprobeOpt = Annotated[int | None, typer.Option("--nprobe", help="IVF lists visited per query (default: the "
+                                                                "index manifest's).")]
+EfSearchOpt = Annotated[int | None, typer.Option("--ef-search", help="HNSW search candidate list size (default: "
+                                                                    "the index manifest's).")]
+FactoryOpt = Annotated[str, typer.Option(help="Index preset (flat, ivf-flat, ivf-pq, hnsw, sq8, fp16) or FAISS "
+                                              "factory string, e.g. OPQ96,IVF1024,PQ96.")]
+TrainSampleOpt = Annotated[int | None, typer.Option("--train-sample", help="Vectors drawn to train IVF/PQ/SQ "
+                                                                          "(default: the preset's).")]
+IndexDeviceOpt = Annotated[str, typer.Option(help="Where FAISS builds: cpu, gpu, gpu:N, gpu:0,1, auto.")]
+ShardGpusOpt = Annotated[bool, typer.Option("--shard-gpus/--replicate-gpus",
+                                            help="On several GPUs: split the vectors (capacity) or copy them "
+                                                 "(throughput).")]
+Float16Opt = Annotated[bool, typer.Option("--float16/--float32", help="GPU: half-precision vectors / PQ tables.")]
+
+
+def _search_params(nprobe: int | None, ef_search: int | None) -> dict:
+    from densekit.index.factory import check_search_params
+
+    return check_search_params({"nprobe": nprobe, "efSearch": ef_search})
+
+
+def _apply_search_params(retriever, nprobe: int | None, ef_search: int | None) -> None:
+    """--nprobe / --ef-search of `search` and `eval --index`: override the manifest's defaults."""
+    params = _search_params(nprobe, ef_search)
+    if not params:
+        return
+    from densekit.index.dense import DenseIndex
+
+    index = getattr(retriever, "index", None)
+    if not isinstance(index, DenseIndex):
+        raise DensekitError("--nprobe and --ef-search apply to dense (FAISS) indexes only")
+    index.set_search_params(params)
+
+
+def _save_dense_index(index, out: Path, corpus, store_texts: bool) -> None:
+    if store_texts:
+        from densekit.index.docstore import DocStore, save_with_documents
+
+        save_with_documents(index.save, DocStore.from_corpus(corpus), out)
+    else:
+        index.save(out)
+
+
+@index_app.command("encode")
+def index_encode(
+    data: Annotated[str, typer.Argument(help="BEIR folder or dataset name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Shard directory (created, or resumed).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Encoder folder or known name.")] = "all-MiniLM-L6-v2",
+    shard_size: Annotated[int, typer.Option(help="Documents per .npy shard.")] = 100_000,
+    device: DeviceOpt = None,
+    batch_size: BatchOpt = 64,
+    index: Annotated[Path | None, typer.Option("--index", help="Then build this index directory from the "
+                                                               "shards.")] = None,
+    factory: FactoryOpt = "Flat",
+    train_sample: TrainSampleOpt = None,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
+    index_device: IndexDeviceOpt = "cpu",
+    store_texts: Annotated[bool, typer.Option("--store-texts/--no-store-texts",
+                                              help="Keep the document texts in the index.")] = True,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Encode a corpus into resumable .npy shards; under torchrun each process encodes its share.
+
+    Run it again after an interruption: finished shards are kept. With --index, the shards are
+    merged into one index (on rank 0 when distributed).
+    """
+    _setup(as_json, quiet)
+    import os
+
+    from densekit.data import load_dataset
+    from densekit.index import shards as sharding
+
+    params = _search_params(nprobe, ef_search)
+    rank, world = sharding.distributed_context()
+    if device is None and world > 1:
+        import torch
+
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    start = time.perf_counter()
+    ds = load_dataset(data)
+    plan = sharding.encode_shards(_make_encoder(model, device, batch_size), ds.corpus, out, shard_size, rank, world)
+    sharding.barrier(world)
+    info = {"shards_dir": str(out), "dataset": ds.name, "documents": plan.documents, "shards": plan.shards,
+            "dim": plan.dim, "model": model, "world_size": world, "index": None}
+    if rank == 0 and index is not None:
+        built = sharding.build_from_shards(out, factory, device=index_device, train_sample=train_sample,
+                                           search_params=params, show_progress=True)
+        _save_dense_index(built, index, ds.corpus, store_texts)
+        info.update(index=str(index), factory=built.factory, search_params=built.search_params)
+    sharding.barrier(world)
+    sharding.finish_distributed(world)
+    if rank != 0:
+        return
+    info["seconds"] = round(time.perf_counter() - start, 2)
+    if as_json:
+        _emit(info)
+    else:
+        console.print(f"encoded {plan.documents} documents of {ds.name} into {plan.shards} shard(s) in {out}"
+                      + (f"; index -> {index}" if index else "") + f" ({info['seconds']} s)")
+
+
+@index_app.command("from-shards")
+def index_from_shards(
+    shards: Annotated[Path, typer.Argument(help="Shard directory written by `densekit index encode`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
+    factory: FactoryOpt = "Flat",
+    train_sample: TrainSampleOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the training sample.")] = 0,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
+    index_device: IndexDeviceOpt = "cpu",
+    shard_gpus: ShardGpusOpt = False,
+    float16: Float16Opt = False,
+    texts: Annotated[str | None, typer.Option(help="BEIR folder or dataset whose texts to store.")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build an index from encoded shards: train on a sample, then add shard by shard (mmap)."""
+    _setup(as_json, quiet)
+    from densekit.index.shards import build_from_shards
+
+    start = time.perf_counter()
+    built = build_from_shards(shards, factory, device=index_device, train_sample=train_sample, seed=seed,
+                              search_params=_search_params(nprobe, ef_search), shard=shard_gpus, float16=float16,
+                              show_progress=True)
+    if texts is not None:
+        from densekit.data import load_dataset
+
+        _save_dense_index(built, out, load_dataset(texts).corpus, True)
+    else:
+        built.save(out)
+    info = {"index": str(out), "factory": built.factory, "count": len(built), "train_sample": built.train_sample,
+            "search_params": built.search_params, "seconds": round(time.perf_counter() - start, 2)}
+    if as_json:
+        _emit(info)
+    else:
+        console.print(f"built {built.factory} over {len(built)} vectors -> {out} ({info['seconds']} s)")
+
+
+@index_app.command("set-params")
+def index_set_params(
+    directory: Annotated[Path, typer.Argument(help="Index directory.")],
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Change the default search parameters stored in an index's manifest."""
+    _setup(as_json, quiet)
+    from densekit.index.dense import set_saved_search_params
+
+    params = _search_params(nprobe, ef_search)
+    if not params:
+        raise DensekitError("give --nprobe and/or --ef-search")
+    now = set_saved_search_params(directory, params)
+    if as_json:
+        _emit({"index": str(directory), "search_params": now})
+    else:
+        console.print(f"{directory}: search parameters {now}")
+
+
+@index_app.command("remove")
+def index_remove(
+    directory: Annotated[Path, typer.Argument(help="Index directory.")],
+    ids: Annotated[list[str] | None, typer.Argument(help="Document ids to remove.")] = None,
+    ids_file: Annotated[Path | None, typer.Option("--ids-file", help="File with one document id per line.")] = None,
+    missing_ok: Annotated[bool, typer.Option("--missing-ok", help="Ignore ids the index does not hold.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Remove documents by id from a saved dense index (and its stored texts)."""
+    _setup(as_json, quiet)
+    from densekit.index.dense import remove_from_saved
+
+    wanted = list(ids or [])
+    if ids_file is not None:
+        if not ids_file.is_file():
+            raise DensekitError(f"{ids_file}: no such file")
+        wanted += [line.strip() for line in ids_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not wanted:
+        raise DensekitError("give document ids to remove (arguments or --ids-file)")
+    removed = remove_from_saved(directory, wanted, missing_ok=missing_ok)
+    if as_json:
+        _emit({"index": str(directory), "removed": removed})
+    else:
+        console.print(f"{directory}: removed {removed} document(s)")
+
+
+@index_app.command("update")
+def index_update(
+    directory: Annotated[Path, typer.Argument(help="Index directory.")],
+    documents: Annotated[Path, typer.Argument(help="BEIR-format corpus.jsonl of documents to insert or replace.")],
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Insert or replace documents by id, encoded with the index's own model."""
+    _setup(as_json, quiet)
+    from densekit.data import read_corpus
+    from densekit.index.dense import update_saved
+
+    if not documents.is_file():
+        raise DensekitError(f"{documents}: no such file")
+    replaced, added = update_saved(directory, read_corpus(documents), device=device)
+    if as_json:
+        _emit({"index": str(directory), "replaced": replaced, "added": added})
+    else:
+        console.print(f"{directory}: replaced {replaced}, added {added} document(s)")
 
 
 

@@ -40,7 +40,7 @@ from densekit import __version__
 from densekit.errors import DensekitError, IntegrityError
 from densekit.index.factory import check_search_params, resolve
 from densekit.index.gpu import GPU_MAX_K, base_index, needs_cpu_search, parameter_space, place, to_cpu
-from densekit.io import atomic_dir, sha256_file
+from densekit.io import atomic_dir, sha256_file, write_json
 from densekit.progress import announce, progress_bar
 
 FORMAT_VERSION = 1
@@ -50,7 +50,8 @@ MANIFEST_FILE = "manifest.json"
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 ADD_BLOCK = 65536
 
-__all__ = ["DenseIndex", "read_manifest", "verify_files", "GPU_MAX_K"]
+__all__ = ["DenseIndex", "read_manifest", "verify_files", "describe_saved", "set_saved_search_params",
+           "remove_from_saved", "update_saved", "GPU_MAX_K"]
 
 
 def _as_float32(matrix: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -85,7 +86,12 @@ def _captured_native_stderr() -> Iterator[list[str]]:
 def train_index(index: faiss.Index, sample: np.ndarray) -> None:
     """Train `index` on `sample`, turning FAISS's repeated k-means warnings into one announcement."""
     with _captured_native_stderr() as lines:
-        index.train(_as_float32(sample))
+        try:
+            index.train(_as_float32(sample))
+        except RuntimeError as exc:
+            reason = str(exc).splitlines()[-1].split("failed: ")[-1]
+            raise DensekitError(f"training the index on {len(sample)} vectors failed: {reason} "
+                                "(use a larger --train-sample or fewer lists / PQ centroids)") from None
     warnings = [line for line in lines if line.startswith("WARNING clustering")]
     if warnings:
         announce(f"FAISS: {warnings[0].removeprefix('WARNING ')} "
@@ -392,6 +398,13 @@ class DenseIndex:
                 all_ids.append([self.ids[j] for j in row if j >= 0])
         return np.vstack(all_scores) if all_scores else np.empty((0, k), np.float32), all_ids
 
+    def set_search_params(self, params: dict) -> None:
+        """Change the default search parameters (nprobe, efSearch) that :meth:`save` writes to the
+        manifest; parameters that do not apply to this index type are an error."""
+        checked = check_search_params(params)
+        self._apply_search_params(self.index, checked)
+        self.search_params.update(checked)
+
     @staticmethod
     def _apply_search_params(index: faiss.Index, params: dict) -> None:
         if not params:
@@ -476,11 +489,7 @@ class DenseIndex:
             raise DensekitError(f"{directory}: a {manifest.get('kind')} index, not a dense one")
         if verify:
             verify_files(directory, manifest)
-        flags = 0
-        if mmap:
-            # Inverted lists map through OnDiskInvertedLists; flat code arrays through MMAP_IFC.
-            # The two flags cannot be combined for IVF files.
-            flags = faiss.IO_FLAG_MMAP if "IVF" in manifest["factory"] else faiss.IO_FLAG_MMAP_IFC
+        flags = _mmap_flags(manifest["factory"]) if mmap else 0
         try:
             index = faiss.read_index(str(directory / INDEX_FILE), flags)
         except RuntimeError as exc:
@@ -503,6 +512,112 @@ class DenseIndex:
                    manifest.get("search_params"), manifest.get("preset"), manifest.get("train_sample"),
                    read_only=mmap and where == "cpu",
                    placement={"device": device, "shard": shard, "float16": float16})
+
+
+def _mmap_flags(factory: str) -> int:
+    # Inverted lists map through OnDiskInvertedLists; flat code arrays through MMAP_IFC.
+    # The two flags cannot be combined for IVF files.
+    return faiss.IO_FLAG_MMAP if "IVF" in factory else faiss.IO_FLAG_MMAP_IFC
+
+
+def _structure(index: faiss.Index) -> dict:
+    """FAISS classes from the outside in, and the build parameters that matter for memory and recall."""
+    out: dict = {"faiss_classes": []}
+    root = index  # owns the C++ object: the downcast wrappers below do not, and must not outlive it
+    index = faiss.downcast_index(root)
+    while True:
+        out["faiss_classes"].append(type(index).__name__)
+        if isinstance(index, faiss.IndexPreTransform):
+            out["transforms"] = [type(faiss.downcast_VectorTransform(index.chain.at(i))).__name__
+                                 for i in range(index.chain.size())]
+            index = faiss.downcast_index(index.index)
+            continue
+        break
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        out["nlist"] = int(ivf.nlist)
+    pq = getattr(index, "pq", None)
+    if pq is not None:
+        out["pq"] = {"M": int(pq.M), "nbits": int(pq.nbits)}
+    if isinstance(index, faiss.IndexHNSW):
+        out["hnsw"] = {"M": int(index.hnsw.nb_neighbors(1)), "efConstruction": int(index.hnsw.efConstruction)}
+    return out
+
+
+def describe_saved(directory: str | Path) -> dict:
+    """What `densekit index info` shows: type, vector count, dimension, memory, parameters, model.
+
+    Reads the manifest and opens the FAISS file memory-mapped (cheap for any size) for its structure;
+    ``index_bytes`` is the size of the FAISS file, which is what the index occupies in memory.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    info = {key: manifest.get(key) for key in ("kind", "factory", "preset", "metric", "count", "dim",
+                                                "train_sample", "search_params", "model", "densekit_version",
+                                                "created", "documents")}
+    info["bytes_on_disk"] = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+    if manifest.get("kind", "dense") != "dense" or not (directory / INDEX_FILE).is_file():
+        return {**manifest, **info}
+    size = (directory / INDEX_FILE).stat().st_size
+    count, dim = manifest["count"], manifest["dim"]
+    info.update(index_bytes=size, bytes_per_vector=round(size / max(count, 1), 1),
+                flat_bytes=count * dim * 4, fraction_of_flat=round(size / max(count * dim * 4, 1), 4))
+    try:
+        info.update(_structure(faiss.read_index(str(directory / INDEX_FILE), _mmap_flags(manifest["factory"]))))
+    except RuntimeError as exc:
+        raise IntegrityError(f"{directory / INDEX_FILE}: FAISS cannot read it ({str(exc).splitlines()[-1]})") from None
+    return info
+
+
+def set_saved_search_params(directory: str | Path, params: dict) -> dict:
+    """Change the default search parameters in a saved index's manifest; returns the new defaults."""
+    directory = Path(directory)
+    index = DenseIndex.load(directory, verify=False, mmap=True)
+    index.set_search_params(params)
+    manifest = read_manifest(directory)
+    manifest["search_params"] = index.search_params
+    write_json(directory / MANIFEST_FILE, manifest)
+    return index.search_params
+
+
+def _save_with_texts(index: DenseIndex, directory: Path, dropped: set[str], added: list | None = None) -> None:
+    """Save `index` over `directory`, keeping its document store (docs.jsonl) in step: documents in
+    `dropped` leave it, `added` (StoredDocument) join it. Atomic: the old directory or the new one."""
+    from densekit.index.docstore import DocStore, save_with_documents
+
+    store = DocStore.open(directory)
+    if store is None:
+        index.save(directory)
+        return
+    added = added or []
+    replaced = dropped | {doc.id for doc in added}
+    documents = [doc for doc in store if doc.id not in replaced] + added
+    save_with_documents(index.save, documents, directory)
+
+
+def remove_from_saved(directory: str | Path, ids: list[str], missing_ok: bool = False) -> int:
+    """Remove documents by id from a saved index (and its document store); returns how many."""
+    directory = Path(directory)
+    index = DenseIndex.load(directory)
+    removed = index.remove(ids, missing_ok=missing_ok)
+    if removed:
+        _save_with_texts(index, directory, set(ids))
+    return removed
+
+
+def update_saved(directory: str | Path, corpus, device: str | None = None,
+                 show_progress: bool = True) -> tuple[int, int]:
+    """Insert or replace the documents of `corpus` (a :class:`~densekit.data.Corpus`) in a saved index,
+    encoding them with the model its manifest names; returns ``(replaced, added)``."""
+    from densekit.index.docstore import DocStore
+    from densekit.retriever.dense import DenseRetriever
+
+    directory = Path(directory)
+    retriever = DenseRetriever.load(directory, device=device)
+    embeddings = retriever.encoder.encode_documents(corpus.texts(), show_progress=show_progress)
+    counts = retriever.index.update(embeddings, list(corpus.ids))
+    _save_with_texts(retriever.index, directory, set(), list(DocStore.from_corpus(corpus)))
+    return counts
 
 
 def _compact_ivf_labels(ivf: faiss.IndexIVF, removed: np.ndarray) -> None:

@@ -37,11 +37,14 @@ class DenseRetriever:
         device: str = "cpu",
         cache: bool = True,
         show_progress: bool = True,
+        **index_options,
     ) -> DenseRetriever:
+        """Encode `corpus` (cached) and index it; `index_options` go to :meth:`DenseIndex.build`
+        (train_sample, seed, search_params, shard, float16)."""
         embeddings = encode_corpus(encoder, corpus, cache=cache, show_progress=show_progress)
         metric = "ip"
         index = DenseIndex.build(embeddings, corpus.ids, factory=factory, metric=metric,
-                                 model=encoder.describe(), device=device)
+                                 model=encoder.describe(), device=device, **index_options)
         return cls(encoder, index)
 
     def search(self, queries: dict[str, str], k: int, show_progress: bool = False) -> Run:
