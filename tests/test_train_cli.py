@@ -79,3 +79,27 @@ def test_train_bad_input_exits_2_naming_the_file(
     code, _, _ = run_cli([*base, "--negatives", str(bad), "--no-such-option"], capsys, monkeypatch)
     assert code != 0
     assert not (tmp_path / "o" / "model").exists()
+
+
+def test_guide_cache_reuses_corpus_embeddings(
+    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path, capsys
+) -> None:
+    """With the guide's corpus embeddings cached, GIST's guide cache takes its document rows from there."""
+    from densekit.data import load_dataset
+    from densekit.index.cache import encode_corpus
+    from densekit.retriever.encoder import Encoder
+    from densekit.retriever.train.data import read_training_examples
+    from densekit.retriever.train.trainer import GuideCache
+
+    corpus = load_dataset(scifact_small).corpus
+    examples = read_training_examples(train_negatives, corpus, 2)
+    fresh = GuideCache.build(str(tiny_model), examples, corpus, "cpu", tmp_path / "fresh.pt")
+    assert "corpus embedding cache" not in capsys.readouterr().err
+    encode_corpus(Encoder(str(tiny_model), device="cpu"), corpus, show_progress=False)
+    reused = GuideCache.build(str(tiny_model), examples, corpus, "cpu", tmp_path / "reused.pt")
+    assert "corpus embedding cache" in capsys.readouterr().err
+    assert reused.doc_rows == fresh.doc_rows and len(reused.doc_rows) > 10
+    assert np.allclose(reused.documents.numpy(), fresh.documents.numpy(), atol=1e-5)
+    ids = [e.query_id for e in examples[:3]]
+    docs = [e.positive_id for e in examples[:3]]
+    assert np.allclose(reused.scores(ids, docs).numpy(), fresh.scores(ids, docs).numpy(), atol=1e-5)

@@ -144,11 +144,13 @@ class GuideCache:
                 return cls(saved["query_rows"], saved["doc_rows"], saved["queries"], saved["documents"])
             announce(f"{path} was computed for other texts or another guide; recomputing it")
         queries = torch.from_numpy(encoder.encode_queries(list(query_text.values())))
-        texts = []
-        for doc_id in doc_ids:
-            doc = corpus.document(doc_id)
-            texts.append(join_title_text(doc["title"], doc["text"]))
-        documents = torch.from_numpy(encoder.encode_documents(texts))
+        documents = cls._documents_from_corpus_cache(encoder, corpus, doc_ids)
+        if documents is None:
+            texts = []
+            for doc_id in doc_ids:
+                doc = corpus.document(doc_id)
+                texts.append(join_title_text(doc["title"], doc["text"]))
+            documents = torch.from_numpy(encoder.encode_documents(texts))
         query_rows = {q: i for i, q in enumerate(query_text)}
         doc_rows = {d: i for i, d in enumerate(doc_ids)}
         with atomic_file(path, "wb") as handle:
@@ -164,6 +166,21 @@ class GuideCache:
             )
         del encoder
         return cls(query_rows, doc_rows, queries, documents)
+
+    @staticmethod
+    def _documents_from_corpus_cache(encoder: Encoder, corpus, doc_ids: list[str]) -> torch.Tensor | None:
+        """The guide's rows for `doc_ids` from the corpus embedding cache (filled by `densekit mine
+        --guide`, `index build` or `eval` with the same model), or None when it holds no entry."""
+        from densekit.index.cache import cache_enabled, cache_key, load_cached
+
+        if not cache_enabled():
+            return None
+        cached = load_cached(cache_key(encoder.fingerprint(), corpus.fingerprint()))
+        if cached is None:
+            return None
+        announce(f"guide document embeddings taken from the corpus embedding cache ({encoder.model_id})")
+        rows = [corpus.position(doc_id) for doc_id in doc_ids]
+        return torch.from_numpy(np.array(cached[rows], dtype=np.float32))
 
     def scores(self, query_ids: list[str], doc_ids: list[str]) -> torch.Tensor:
         q = self.queries[[self.query_rows[i] for i in query_ids]]
