@@ -93,5 +93,58 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tiny_model: Path,
         assert max(float(g.abs().max()) for g in grads_one.values()) > 1e-4
 
 
+def _trainer_config(model_dir: str, negatives: str, corpus: str, output: str):
+    from densekit.retriever.train import DataConfig, TrainConfig
+
+    return TrainConfig(model=model_dir, output=Path(output),
+                       data=DataConfig(negatives=Path(negatives), corpus=corpus, negatives_per_query=2),
+                       batch_size=4, max_steps=3, learning_rate=1e-3, max_length=48, device="cpu", seed=3)
+
+
+def _trainer_worker(model_dir: str, negatives: str, corpus: str, output: str) -> None:
+    """The whole trainer under torchrun; every rank saves its final weights beside the run."""
+    from densekit.retriever.train.trainer import Trainer
+
+    trainer = Trainer(_trainer_config(model_dir, negatives, corpus, output))
+    trainer.train()
+    torch.save(trainer.model.state_dict(), Path(output) / f"rank{trainer.ctx.rank}.pt")
+
+
+def test_trainer_under_torchrun_keeps_ranks_in_step(
+    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path
+) -> None:
+    """`Trainer` with 2 gloo processes: ranks hold identical weights after every update (DDP really
+    averages), the saved model is rank 0's, and the first loss equals one process's on the same batch."""
+    import json
+    import shutil
+
+    from densekit.retriever.train import train
+
+    model = tmp_path / "no_dropout"  # dropout off: one process and two draw different masks
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           __file__, "--trainer", str(model), str(train_negatives), str(scifact_small), str(two)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = torch.load(two / "rank0.pt"), torch.load(two / "rank1.pt")
+    for name, tensor in rank0.items():
+        assert torch.equal(rank1[name], tensor), name
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["finished"] and (two / "model" / "modules.json").is_file()
+
+    train(_trainer_config(str(model), str(train_negatives), str(scifact_small), str(one)))
+    first = [json.loads((run / "metrics.jsonl").read_text().splitlines()[0]) for run in (one, two)]
+    assert first[0]["step"] == first[1]["step"] == 1
+    assert first[1]["loss"] == pytest.approx(first[0]["loss"], abs=1e-5)
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--trainer":
+        _trainer_worker(*sys.argv[2:6])
+    else:
+        _worker(sys.argv[1], sys.argv[2])
