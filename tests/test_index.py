@@ -151,6 +151,22 @@ def test_incremental_build_equals_one_shot(corpus, queries):
     np.testing.assert_array_equal(scores, one_shot.search(queries, 10)[0])
 
 
+def test_exact_rerank_from_memory_mapped_vectors(corpus, queries, exact, tmp_path):
+    vectors, ids = corpus
+    np.save(tmp_path / "vectors.npy", vectors)
+    on_disk = np.load(tmp_path / "vectors.npy", mmap_mode="r")
+    index = DenseIndex.build(vectors, ids, "IVF16,PQ4x4", train_sample=2500)  # 2-byte codes: poor alone
+    every_list = {"nprobe": 16}
+    alone = recall_at(10, index.search(queries, 10, params=every_list)[1], exact)
+    reranked = recall_at(10, index.search_reranked(queries, 10, on_disk, 100, every_list)[1], exact)
+    assert alone < 0.6 < reranked
+    scores, found = index.search_reranked(queries, 10, on_disk, candidates=N, params=every_list)
+    assert found == exact  # every vector re-scored exactly: Flat's answer
+    np.testing.assert_allclose(scores, DenseIndex.build(vectors, ids, "flat").search(queries, 10)[0], rtol=1e-5)
+    with pytest.raises(DensekitError, match="label order"):
+        index.search_reranked(queries, 10, on_disk[:10])
+
+
 # -- integrity -------------------------------------------------------------------------------------
 
 

@@ -380,6 +380,13 @@ class DenseIndex:
         k = min(k, len(self))
         if k == 0:
             return np.empty((len(queries), 0), np.float32), [[] for _ in range(len(queries))]
+        all_scores, all_labels = self.search_labels(queries, k, batch_size, params)
+        return all_scores, [[self.ids[j] for j in row if j >= 0] for row in all_labels]
+
+    def search_labels(self, queries: np.ndarray, k: int, batch_size: int = 4096,
+                      params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`search`, but FAISS labels (positions in ``ids``; -1 pads a short row)."""
+        queries = _as_float32(queries, self.dim)
         effective = {**self.search_params, **check_search_params(params or {})}
         searcher = self.index
         if self.device != "cpu":
@@ -390,13 +397,47 @@ class DenseIndex:
                     self._cpu_copy = to_cpu(self.index)
                 searcher = self._cpu_copy
         self._apply_search_params(searcher, effective)
-        all_scores, all_ids = [], []
+        all_scores, all_labels = [], []
         for start in range(0, len(queries), batch_size):
             scores, labels = searcher.search(queries[start : start + batch_size], k)
             all_scores.append(scores)
-            for row in labels:
-                all_ids.append([self.ids[j] for j in row if j >= 0])
-        return np.vstack(all_scores) if all_scores else np.empty((0, k), np.float32), all_ids
+            all_labels.append(labels)
+        if not all_scores:
+            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+        return np.vstack(all_scores), np.vstack(all_labels)
+
+    def search_reranked(self, queries: np.ndarray, k: int, vectors: np.ndarray, candidates: int = 100,
+                        params: dict | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-`k` after re-scoring the index's top-`candidates` exactly against `vectors`.
+
+        `vectors` holds the full float32 embeddings in label order (row i is ``ids[i]``), typically
+        memory-mapped from disk (the cache's or the shards' `.npy`): a compressed index (IVF-PQ) stays
+        in memory and only the candidates' rows are read. This is the re-ranking step of Jegou et al.,
+        "Searching in one billion vectors: re-rank with source coding" (ICASSP 2011), with the source
+        itself as the refinement. Returns what :meth:`search` returns, with exact scores.
+        """
+        if len(vectors) != len(self) or getattr(vectors, "ndim", 2) != 2 or vectors.shape[1] != self.dim:
+            raise DensekitError(f"re-ranking needs the ({len(self)}, {self.dim}) vectors in label order, "
+                                f"got shape {getattr(vectors, 'shape', None)}")
+        if k <= 0:
+            raise DensekitError(f"k must be positive, got {k}")
+        queries = _as_float32(queries, self.dim)
+        k = min(k, len(self))
+        _, labels = self.search_labels(queries, min(max(candidates, k), len(self)), params=params)
+        out_scores = np.full((len(queries), k), np.nan, dtype=np.float32)
+        out_ids: list[list[str]] = []
+        for i, row in enumerate(labels):
+            rows = np.sort(row[row >= 0])  # ascending: sequential reads from a memory map
+            candidates_matrix = np.asarray(vectors[rows], dtype=np.float32)
+            if self.metric == "ip":
+                exact = candidates_matrix @ queries[i]
+                order = np.argsort(-exact, kind="stable")[:k]
+            else:
+                exact = ((candidates_matrix - queries[i]) ** 2).sum(axis=1)
+                order = np.argsort(exact, kind="stable")[:k]
+            out_scores[i, : len(order)] = exact[order]
+            out_ids.append([self.ids[j] for j in rows[order]])
+        return out_scores, out_ids
 
     def set_search_params(self, params: dict) -> None:
         """Change the default search parameters (nprobe, efSearch) that :meth:`save` writes to the

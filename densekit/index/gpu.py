@@ -103,16 +103,21 @@ def place(index: faiss.Index, device: str, shard: bool = False, float16: bool = 
     if not gpu_capable(index):
         announce(f"faiss-gpu cannot hold a {type(base_index(index)).__name__}: the index stays on the CPU")
         return index, "cpu"
-    if len(gpus) == 1:
-        options = faiss.GpuClonerOptions()
+    try:
+        if len(gpus) == 1:
+            options = faiss.GpuClonerOptions()
+            options.useFloat16 = float16
+            placed = faiss.index_cpu_to_gpu(_gpu_resources(gpus[0]), gpus[0], index, options)
+            return placed, f"gpu:{gpus[0]}"
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = shard
         options.useFloat16 = float16
-        placed = faiss.index_cpu_to_gpu(_gpu_resources(gpus[0]), gpus[0], index, options)
-        return placed, f"gpu:{gpus[0]}"
-    options = faiss.GpuMultipleClonerOptions()
-    options.shard = shard
-    options.useFloat16 = float16
-    resources = [_gpu_resources(g) for g in gpus]
-    placed = faiss.index_cpu_to_gpu_multiple_py(resources, index, co=options, gpus=gpus)
+        resources = [_gpu_resources(g) for g in gpus]
+        placed = faiss.index_cpu_to_gpu_multiple_py(resources, index, co=options, gpus=gpus)
+    except RuntimeError as exc:  # e.g. IVF-PQ with many sub-quantizers needs float16 lookup tables
+        hint = "" if float16 else " (IVF-PQ with more than 48 bytes per vector needs --float16)"
+        raise DensekitError(f"faiss-gpu cannot place this {type(base_index(index)).__name__}: "
+                            f"{str(exc).splitlines()[-1]}{hint}") from None
     mode = "sharded" if shard else "replicated"
     return placed, f"gpu:{','.join(map(str, gpus))} ({mode})"
 
