@@ -175,7 +175,7 @@ def run_child(corpus: str, backend: str, args: argparse.Namespace) -> dict:
 
 
 def ratio(value: float, anchor: float | None) -> str:
-    return f"{value / anchor:.2f}x" if anchor else "-"
+    return f"{value / anchor:.3g}x" if anchor else "-"
 
 
 def report(results: list[dict]) -> None:
