@@ -96,7 +96,7 @@ def test_resume_after_interruption_writes_identical_file(tiny_teacher, dataset, 
                                  sampler=UniformSampler(), negatives=3, depth=25, seed=11, chunk_size=6)
 
     whole = tmp_path / "whole.jsonl"
-    miner().mine(dataset, whole)
+    miner().mine(dataset, whole, removed_out=tmp_path / "whole.removed.jsonl")
 
     out = tmp_path / "resumed.jsonl"
 
@@ -107,20 +107,27 @@ def test_resume_after_interruption_writes_identical_file(tiny_teacher, dataset, 
         if done >= 12:
             raise Interrupted
 
+    removed_out = tmp_path / "resumed.removed.jsonl"
     with pytest.raises(Interrupted):
-        miner().mine(dataset, out, on_chunk=stop_after_two_chunks)
-    assert not out.exists() and partial_path(out).exists()
+        miner().mine(dataset, out, on_chunk=stop_after_two_chunks, removed_out=removed_out)
+    assert not out.exists() and partial_path(out).exists() and partial_path(removed_out).exists()
     assert json.loads(checkpoint_path(out).read_text())["queries_done"] == 12
     with open(partial_path(out), "a", encoding="utf-8") as handle:
         handle.write('{"query_id": "half-written')  # a crash in the middle of the next chunk
 
+    with open(partial_path(removed_out), "a", encoding="utf-8") as handle:
+        handle.write('{"query_id": "half')
+
     with pytest.raises(DensekitError, match="different configuration"):
         other = HardNegativeMiner(tiny_teacher, negatives=3, depth=25, seed=12, chunk_size=6)
-        other.mine(dataset, out, resume=True)
+        other.mine(dataset, out, resume=True, removed_out=removed_out)
+    with pytest.raises(DensekitError, match="removed candidates"):
+        miner().mine(dataset, out, resume=True)
 
-    result = miner().mine(dataset, out, resume=True)
+    result = miner().mine(dataset, out, resume=True, removed_out=removed_out)
     assert result.resumed_at == 12
     assert out.read_bytes() == whole.read_bytes()
+    assert removed_out.read_bytes() == (tmp_path / "whole.removed.jsonl").read_bytes()
     resumed_stats = json.loads(stats_path(out).read_text())
     whole_stats = json.loads(stats_path(whole).read_text())
     for stats in (resumed_stats, whole_stats):
@@ -139,13 +146,26 @@ def test_restart_without_resume_discards_partial(tiny_teacher, dataset, tmp_path
 def test_guide_filter_drops_what_the_guide_ranks_at_or_above_the_positive(tiny_teacher, minilm, dataset,
                                                                          tmp_path: Path) -> None:
     guide = DenseScorer(minilm, dataset.corpus, show_progress=False)
-    out = tmp_path / "gist.jsonl"
-    result = HardNegativeMiner(tiny_teacher, filters=[], guide=guide, depth=50).mine(dataset, out)
+    out, removed_out = tmp_path / "gist.jsonl", tmp_path / "gist.removed.jsonl"
+    result = HardNegativeMiner(tiny_teacher, filters=[], guide=guide, depth=50).mine(dataset, out,
+                                                                                     removed_out=removed_out)
     records = check_contract(out, dataset, 4)
     assert result.stats.removed["guide(0.0)"] > 0
     for record in records:
         lowest = min(record["positive_guide_scores"].values())
         assert all(n["guide_score"] < lowest for n in record["negatives"])
+    # The removed-candidates file holds exactly what each filter removed, with both scores.
+    removed = [json.loads(line) for line in removed_out.read_text().splitlines()]
+    by_filter: dict[str, int] = {}
+    for line in removed:
+        lowest = min(line["positive_guide_scores"].values())
+        for candidate in line["removed"]:
+            by_filter[candidate["filter"]] = by_filter.get(candidate["filter"], 0) + 1
+            if candidate["filter"] == "guide(0.0)":
+                assert candidate["guide_score"] >= lowest and candidate["id"] not in line["positives"]
+            else:
+                assert candidate["id"] in line["positives"]
+    assert by_filter == {k: v for k, v in result.stats.removed.items() if v}
     assert json.loads(config_path(out).read_text())["guide"]["model"] == "all-MiniLM-L6-v2"
 
 

@@ -239,11 +239,13 @@ def filter_from_config(config: dict) -> CandidateFilter:
 
 
 def apply_filters(
-    candidates: Candidates, filters: list[CandidateFilter]
+    candidates: Candidates, filters: list[CandidateFilter],
+    removed_log: list[tuple[str, Candidates]] | None = None,
 ) -> tuple[Candidates, dict[str, int]]:
     """Run `filters` in order, each on the survivors of the previous; return survivors and removals.
 
-    The removal counts are keyed by each filter's `label`, in filter order.
+    The removal counts are keyed by each filter's `label`, in filter order. When `removed_log` is a
+    list, `(label, removed candidates)` is appended to it for every filter that removed something.
     """
     removed: dict[str, int] = {}
     current = candidates
@@ -252,6 +254,8 @@ def apply_filters(
         if mask.shape != (len(current),):
             raise DensekitError(f"filter {candidate_filter.label} returned a mask of shape {mask.shape}")
         removed[candidate_filter.label] = removed.get(candidate_filter.label, 0) + int((~mask).sum())
+        if removed_log is not None and not mask.all():
+            removed_log.append((candidate_filter.label, current.subset(~mask)))
         current = current.subset(mask)
     return current, removed
 

@@ -15,6 +15,11 @@ query embeddings are cached before mining starts, so an interrupted and resumed 
 bytes as an uninterrupted one. At the end the sidecars are written and the partial file is renamed
 to `<out>`.
 
+`removed_out` (optional) records what the filters removed: one JSON line per query that lost any
+candidate, with the query, its positives and their teacher and guide scores, and every removed
+candidate with its rank, teacher score, guide score and the filter that removed it. It grows and
+resumes alongside `<out>` (its own `.partial` file, its length in the same checkpoint).
+
 Example::
 
     teacher = DenseScorer(Encoder("all-MiniLM-L6-v2"), ds.corpus)
@@ -166,8 +171,12 @@ class HardNegativeMiner:
 
     def mine_query(self, query_id: str, text: str, positives: list[str], candidate_lists: list[list[str]],
                    teacher_vector: np.ndarray, guide_vector: np.ndarray | None,
-                   stats: MiningStats) -> dict:
-        """Fuse, score, filter and sample one query; update `stats`; return its output record."""
+                   stats: MiningStats, removed_log: list[dict] | None = None) -> dict:
+        """Fuse, score, filter and sample one query; update `stats`; return its output record.
+
+        When `removed_log` is a list, every removed candidate is appended to it as
+        `{"id", "rank", "teacher_score", "guide_score", "filter"}`, in filter order.
+        """
         fused = fuse(candidate_lists, self.fusion, self.depth,
                      teacher_score=lambda ids: self.teacher.score(teacher_vector, ids))
         candidates = Candidates(
@@ -179,17 +188,12 @@ class HardNegativeMiner:
             guide_scores=None if self.guide is None else self.guide.score(guide_vector, fused),
             positive_guide_scores=None if self.guide is None else self.guide.score(guide_vector, positives),
         )
-        survivors, removed = apply_filters(candidates, self.filters)
+        removed_by: list[tuple[str, Candidates]] | None = [] if removed_log is not None else None
+        survivors, removed = apply_filters(candidates, self.filters, removed_by)
+        for label, gone in removed_by or []:
+            removed_log.extend(_candidate_rows(gone, range(len(gone)), label))  # type: ignore[union-attr]
         chosen = self.sampler.sample(survivors.teacher_scores, self.negatives, query_rng(self.seed, query_id))
-        negatives = [
-            {
-                "id": survivors.doc_ids[i],
-                "rank": int(survivors.ranks[i]),
-                "teacher_score": float(survivors.teacher_scores[i]),
-                "guide_score": None if survivors.guide_scores is None else float(survivors.guide_scores[i]),
-            }
-            for i in chosen
-        ]
+        negatives = _candidate_rows(survivors, chosen)
         stats.candidates_seen += len(candidates)
         stats.add_removed(removed)
         stats.candidates_kept += len(survivors)
@@ -212,17 +216,23 @@ class HardNegativeMiner:
     # -- the run -------------------------------------------------------------------------------------
 
     def mine(self, dataset: BeirDataset, out: str | Path, resume: bool = False,
-             on_chunk: Callable[[int], None] | None = None) -> MiningResult:
+             on_chunk: Callable[[int], None] | None = None,
+             removed_out: str | Path | None = None) -> MiningResult:
         """Mine every judged query of `dataset` into `out` (JSON lines) and its sidecars.
 
         `resume=True` continues an interrupted run with the same configuration (see the module
-        docstring). `on_chunk(queries_done)` is called after each checkpoint.
+        docstring). `on_chunk(queries_done)` is called after each checkpoint. `removed_out` also
+        writes what each filter removed (see the module docstring).
         """
         out = Path(out)
+        removed_out = None if removed_out is None else Path(removed_out)
+        if removed_out is not None and removed_out.resolve() == out.resolve():
+            raise DensekitError(f"{removed_out}: the removed-candidates file must differ from --out")
         config = self.config(dataset)
         query_ids = list(dataset.queries)
         partial, checkpoint = partial_path(out), checkpoint_path(out)
-        stats, done = self._start(out, config, resume)
+        removed_partial = None if removed_out is None else partial_path(removed_out)
+        stats, done, removed_bytes = self._start(out, config, resume, removed_out)
         stats.queries = len(query_ids)
         stats.negatives_per_query = self.negatives
         resumed_at = done
@@ -239,16 +249,15 @@ class HardNegativeMiner:
         while done < len(query_ids):
             started = time.perf_counter()
             chunk = query_ids[done : done + self.chunk_size]
-            lines = self._mine_chunk(dataset, chunk, stats)
-            with open(partial, "ab") as handle:
-                handle.write("".join(lines).encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
-                size = handle.tell()
+            lines, removed_lines = self._mine_chunk(dataset, chunk, stats, removed_out is not None)
+            size = _append(partial, lines)
+            if removed_partial is not None:
+                removed_bytes = _append(removed_partial, removed_lines)
             done += len(chunk)
             stats.seconds += time.perf_counter() - started
             write_json(checkpoint, {"config": config, "queries_done": done, "bytes": size,
-                                    "stats": stats.to_json()})
+                                    "removed_out": None if removed_out is None else str(removed_out),
+                                    "removed_bytes": removed_bytes, "stats": stats.to_json()})
             bar.update(len(chunk))
             if on_chunk is not None:
                 on_chunk(done)
@@ -259,11 +268,15 @@ class HardNegativeMiner:
         write_json(config_path(out), sidecar)
         write_json(stats_path(out), stats.to_json())
         os.replace(partial, out)
+        if removed_partial is not None:
+            os.replace(removed_partial, removed_out)  # type: ignore[arg-type]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(checkpoint)
         return MiningResult(out, sidecar, stats, resumed_at)
 
-    def _mine_chunk(self, dataset: BeirDataset, chunk: list[str], stats: MiningStats) -> list[str]:
+    def _mine_chunk(self, dataset: BeirDataset, chunk: list[str], stats: MiningStats,
+                    log_removed: bool = False) -> tuple[list[str], list[str]]:
+        """Output lines of the chunk's mined queries, and their removed-candidate lines when asked."""
         mined: list[tuple[str, list[str]]] = []
         for query_id in chunk:
             positives, missing = self.positives(dataset, query_id)
@@ -273,24 +286,30 @@ class HardNegativeMiner:
             else:
                 stats.queries_without_positives += 1
         if not mined:
-            return []
+            return [], []
         ids = [q for q, _ in mined]
         texts = [dataset.queries[q] for q in ids]
         per_source = [source.candidates(ids, texts, self.depth) for source in self.sources]
         teacher_vectors = self.teacher.query_vectors(ids)
         guide_vectors = None if self.guide is None else self.guide.query_vectors(ids)
-        lines = []
+        lines, removed_lines = [], []
         for i, (query_id, positives) in enumerate(mined):
+            removed: list[dict] | None = [] if log_removed else None
             record = self.mine_query(
                 query_id, texts[i], positives, [lists[i] for lists in per_source], teacher_vectors[i],
-                None if guide_vectors is None else guide_vectors[i], stats)
+                None if guide_vectors is None else guide_vectors[i], stats, removed)
             lines.append(record_line(record))
+            if removed:
+                removed_lines.append(record_line({**{k: v for k, v in record.items() if k != "negatives"},
+                                                  "removed": removed}))
         stats.queries_mined += len(mined)
-        return lines
+        return lines, removed_lines
 
-    def _start(self, out: Path, config: dict, resume: bool) -> tuple[MiningStats, int]:
-        """Fresh statistics and 0, or the checkpoint's statistics and position when resuming."""
+    def _start(self, out: Path, config: dict, resume: bool,
+               removed_out: Path | None = None) -> tuple[MiningStats, int, int]:
+        """Fresh statistics, 0 and 0, or the checkpoint's statistics, position and removed-file length."""
         partial, checkpoint = partial_path(out), checkpoint_path(out)
+        removed_partial = None if removed_out is None else partial_path(removed_out)
         if resume and checkpoint.is_file():
             with open(checkpoint, encoding="utf-8") as handle:
                 state = json.load(handle)
@@ -300,19 +319,59 @@ class HardNegativeMiner:
                 raise DensekitError(
                     f"{checkpoint}: the unfinished run used a different configuration "
                     f"({', '.join(differing)} differ); run without --resume to start over")
-            if not partial.is_file() or partial.stat().st_size < state["bytes"]:
-                raise IntegrityError(f"{partial}: shorter than its checkpoint records; run without --resume")
-            with open(partial, "r+b") as handle:
-                handle.truncate(state["bytes"])
+            recorded = state.get("removed_out")
+            if recorded != (None if removed_out is None else str(removed_out)):
+                raise DensekitError(
+                    f"{checkpoint}: the unfinished run wrote removed candidates to {recorded or 'no file'}, "
+                    f"not {removed_out or 'no file'}; resume with the same file or run without --resume")
+            _truncate(partial, state["bytes"])
+            if removed_partial is not None:
+                _truncate(removed_partial, state["removed_bytes"])
             announce(f"resuming {out} after {state['queries_done']} queries")
-            return MiningStats.from_json(state["stats"]), int(state["queries_done"])
+            return (MiningStats.from_json(state["stats"]), int(state["queries_done"]),
+                    int(state.get("removed_bytes") or 0))
         if resume:
             announce(f"no unfinished run of {out} to resume: starting from the beginning")
         elif checkpoint.is_file() or partial.is_file():
             announce(f"discarding the unfinished run of {out} (pass --resume to continue it)")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "wb"):
-            pass
+        for path in (partial, removed_partial):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "wb"):
+                    pass
         with contextlib.suppress(FileNotFoundError):
             os.unlink(checkpoint)
-        return MiningStats(), 0
+        return MiningStats(), 0, 0
+
+
+def _candidate_rows(candidates: Candidates, positions, removed_by: str | None = None) -> list[dict]:
+    """Output rows (id, rank, teacher and guide score, and the filter when removed) of some candidates."""
+    rows = []
+    for i in positions:
+        row = {
+            "id": candidates.doc_ids[i],
+            "rank": int(candidates.ranks[i]),
+            "teacher_score": float(candidates.teacher_scores[i]),
+            "guide_score": None if candidates.guide_scores is None else float(candidates.guide_scores[i]),
+        }
+        if removed_by is not None:
+            row["filter"] = removed_by
+        rows.append(row)
+    return rows
+
+
+def _append(path: Path, lines: list[str]) -> int:
+    """Append `lines` durably (fsync) and return the file's new length."""
+    with open(path, "ab") as handle:
+        handle.write("".join(lines).encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+        return handle.tell()
+
+
+def _truncate(path: Path, length: int) -> None:
+    """Cut a partial file back to its checkpointed length (dropping what a crash left after it)."""
+    if not path.is_file() or path.stat().st_size < length:
+        raise IntegrityError(f"{path}: shorter than its checkpoint records; run without --resume")
+    with open(path, "r+b") as handle:
+        handle.truncate(length)
