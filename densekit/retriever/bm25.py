@@ -120,23 +120,26 @@ ANALYZERS = {
 def resolve_backend(name: str | None) -> str:
     """`lucene`, `bm25s` or `rank_bm25`; `auto`/None means Lucene when Java works, else bm25s (announced).
 
-    Asking for `lucene` explicitly when Java is unavailable raises
-    :class:`~densekit.retriever.java.JavaUnavailable`, which names what to install.
+    "Works" means the JVM actually starts (a Java home can look right and still fail to load), so
+    resolving to Lucene starts Java; call this only when about to build. Asking for `lucene`
+    explicitly when Java is missing or broken raises :class:`~densekit.retriever.java.JavaUnavailable`,
+    which names what to install.
     """
-    from densekit.retriever.java import INSTALL_HINT, JavaUnavailable, lucene_problem
+    from densekit.retriever.java import INSTALL_HINT, JavaUnavailable, start_jvm
 
     name = AUTO if name is None else name
     if name not in (*BACKENDS, AUTO):
         raise DensekitError(f"unknown BM25 backend {name!r}; expected one of: {', '.join(BACKENDS)}, {AUTO}")
     if name in (AUTO, "lucene"):
-        problem = lucene_problem()
-        if problem is None:
+        try:
+            start_jvm()
             return "lucene"
-        if name == "lucene":
-            raise JavaUnavailable(problem)
-        announce(f"Lucene BM25 is unavailable ({problem}); to use it, {INSTALL_HINT}. "
-                 "Using the in-process bm25s backend instead (its scores differ slightly from Lucene's).")
-        return "bm25s"
+        except JavaUnavailable as exc:
+            if name == "lucene":
+                raise
+            announce(f"Lucene BM25 is unavailable ({exc.reason}); to use it, {INSTALL_HINT}. "
+                     "Using the in-process bm25s backend instead (its scores differ slightly from Lucene's).")
+            return "bm25s"
     return name
 
 
