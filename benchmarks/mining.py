@@ -226,6 +226,7 @@ def main() -> None:
                                                                            "densekit": dk},
         "ratio_densekit_over_st": dk / st,
         "peak_rss_mb": {k: max(m[0] for m in v) for k, v in memory.items()},
+        "peak_rss_mb_runs": {k: [round(m[0]) for m in v] for k, v in memory.items()},
         "traced_peak_mb": {k: None if v[0][1] is None else max(m[1] for m in v) for k, v in memory.items()},
         "agreement": agree,
     }
