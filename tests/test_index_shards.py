@@ -125,6 +125,7 @@ def test_changed_plan_and_damaged_shard_are_refused(encoder, corpus, reference, 
         read_plan(tmp_path)
 
 
+@pytest.mark.slow  # two torch processes start (about a minute on 2 busy cores); CI runs it
 def test_torchrun_two_processes_encode_and_merge(tiny_model, subset, corpus, reference, tmp_path):
     """`densekit index encode` under torchrun: ranks 0 and 1 encode alternate shards, rank 0 builds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DENSEKIT_QUIET": "1"}
