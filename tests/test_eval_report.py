@@ -12,7 +12,13 @@ import pytest
 
 from densekit.cli import main
 from densekit.data import load_dataset
-from densekit.eval.report import eval_markdown, markdown_table, mteb_markdown, reproduction_markdown
+from densekit.eval.report import (
+    eval_markdown,
+    markdown_table,
+    mteb_markdown,
+    reproduction_markdown,
+    retriever_label,
+)
 
 
 def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
@@ -110,3 +116,15 @@ def test_markdown_helpers_escape_pipes_and_mark_missing_values():
     assert mteb_markdown(summary).splitlines()[-1] == "| m | SciFact | test | 0.6451 | 0.6451 | - |"
     report = {"dataset": "d", "split": None, "queries": 3, "metrics": {"ndcg@10": 0.25}, "config": {}}
     assert eval_markdown(report, label="x").splitlines()[-1] == "| x | d | - | 3 | 0.2500 |"
+
+
+def test_rows_are_labelled_by_what_was_evaluated():
+    bm25 = {"bm25_backend": "lucene", "k1": 0.9, "b": 0.4}
+    dense = {"model": "all-MiniLM-L6-v2", "factory": "Flat"}
+    assert retriever_label(bm25) == "BM25 lucene"
+    assert retriever_label(dense) == "all-MiniLM-L6-v2"
+    assert retriever_label({"index": "scifact.idx"}) == "scifact.idx"
+    hybrid = {"bm25": bm25, "dense": dense, "fusion": "rrf", "rrf_k": 60}
+    assert retriever_label(hybrid) == "BM25 lucene + all-MiniLM-L6-v2 (rrf)"
+    reranked = {"first_stage": hybrid, "reranker": "ce"}
+    assert retriever_label(reranked) == "BM25 lucene + all-MiniLM-L6-v2 (rrf) + rerank ce"

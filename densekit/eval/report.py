@@ -40,11 +40,24 @@ def markdown_table(
     return "\n".join(lines)
 
 
+def retriever_label(config: Mapping[str, Any]) -> str:
+    """A short name for what an evaluation configuration describes: a model, an index, a run file,
+    BM25 (with its backend), a hybrid of BM25 and a dense retriever, or a reranked first stage."""
+    if "reranker" in config:
+        return f"{retriever_label(config.get('first_stage') or {})} + rerank {config['reranker']}"
+    if isinstance(config.get("bm25"), Mapping) and isinstance(config.get("dense"), Mapping):
+        fusion = config.get("fusion", "fusion")
+        return f"{retriever_label(config['bm25'])} + {retriever_label(config['dense'])} ({fusion})"
+    if "bm25_backend" in config:
+        return f"BM25 {config['bm25_backend']}"
+    return str(config.get("model") or config.get("index") or config.get("run") or "run")
+
+
 def eval_markdown(report: Mapping[str, Any], label: str | None = None) -> str:
     """One row per evaluation (the JSON of :class:`~densekit.eval.harness.EvalReport`)."""
     metrics = report["metrics"]
     config = report.get("config") or {}
-    label = label or config.get("model") or config.get("index") or config.get("run") or "run"
+    label = label or retriever_label(config)
     header = ["model / run", "dataset", "split", "queries", *metrics]
     row = [label, report["dataset"], report.get("split") or "-", report["queries"], *metrics.values()]
     return markdown_table(header, [row])
