@@ -238,6 +238,27 @@ def test_cli_mine_json_and_errors(tiny_model: Path, scifact_small: Path, tmp_pat
         assert code == 2 and message in err and err.count("\n") == 1
 
 
+def test_cli_mines_from_teacher_fused_with_a_saved_bm25_index(tiny_model: Path, scifact_small: Path,
+                                                              tmp_path: Path, capsys, monkeypatch) -> None:
+    from densekit.cli import main
+
+    index = tmp_path / "bm25.idx"
+    for args in (["index", "build", str(scifact_small), "--bm25", "--backend", "bm25s", "--out", str(index),
+                  "--quiet"],
+                 ["mine", str(scifact_small), "--split", "test", "--teacher", str(tiny_model), "--source",
+                  "teacher", "--source", str(index), "--fusion", "union", "--depth", "15", "--out",
+                  str(tmp_path / "neg.jsonl"), "--json"]):
+        monkeypatch.setattr(sys, "argv", ["densekit", *args])
+        main()
+        printed = capsys.readouterr().out
+    info = json.loads(printed)
+    check_contract(tmp_path / "neg.jsonl", load_dataset(scifact_small, split="test"), 4)
+    config = json.loads(config_path(tmp_path / "neg.jsonl").read_text())
+    assert [s["kind"] for s in config["sources"]] == ["dense", "retriever"]
+    assert config["sources"][1]["class"] == "BM25Retriever" and config["fusion"] == "union"
+    assert 15 < info["stats"]["candidates_seen"] / info["stats"]["queries_mined"] <= 30
+
+
 @pytest.mark.slow
 def test_full_scifact_train_mining_via_cli(scifact_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """`densekit mine scifact --split train --teacher all-MiniLM-L6-v2 --method percpos --percentage 0.95
