@@ -139,6 +139,11 @@ def test_apply_filters_in_order_counts_each_removal_once() -> None:
     assert survivors.ranks.tolist() == [6, 7]
     assert removed == {"positives": 1, "percpos(0.75)": 3, "guide(0.0)": 1, "abs(0.3)": 0}
     assert sum(removed.values()) + len(survivors) == len(c)
+    log: list = []
+    apply_filters(c, chain, removed_log=log)
+    assert [(label, gone.doc_ids, gone.ranks.tolist()) for label, gone in log] == [
+        ("positives", ["c"], [3]), ("percpos(0.75)", ["a", "b", "d"], [1, 2, 4]), ("guide(0.0)", ["e"], [5])]
+    assert log[2][1].guide_scores.tolist() == [np.float32(0.95)]
 
 
 def test_filters_from_options() -> None:
