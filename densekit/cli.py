@@ -298,6 +298,8 @@ def search(
     device: DeviceOpt = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    rerank_vectors: RerankVectorsOpt = None,
+    rerank_candidates: RerankCandidatesOpt = 100,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -308,7 +310,7 @@ def search(
     if k <= 0:
         raise DensekitError(f"-k must be positive, got {k}")
     retriever = _load_retriever(directory, device)
-    _apply_search_params(retriever, nprobe, ef_search)
+    _apply_search_params(retriever, nprobe, ef_search, rerank_vectors, rerank_candidates)
     if query is not None:
         hits = retriever.search({"q": query}, k)["q"]
         corpus_path = _corpus_path(retriever)
@@ -395,6 +397,8 @@ def eval_cmd(
     rerank_depth: Annotated[int, typer.Option(help="Hits per query the cross-encoder rescores.")] = 100,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    rerank_vectors: RerankVectorsOpt = None,
+    rerank_candidates: RerankCandidatesOpt = 100,
     fmt: FormatOpt = "text",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -429,7 +433,7 @@ def eval_cmd(
             config = {"model": model, "factory": factory, **retriever.encoder.describe()}
         elif index is not None:
             retriever = _load_retriever(index, device)
-            _apply_search_params(retriever, nprobe, ef_search)
+            _apply_search_params(retriever, nprobe, ef_search, rerank_vectors, rerank_candidates)
             config = {"index": str(index), **_retriever_config(retriever)}
         retriever, config = _bm25_fusion_rerank(retriever, config, ds, bm25, backend, k1, b, threads, fusion,
                                                 weights, rrf_k, normalization, depth, rerank, rerank_depth,
@@ -891,6 +895,11 @@ IndexDeviceOpt = Annotated[str, typer.Option(help="Where FAISS builds: cpu, gpu,
 ShardGpusOpt = Annotated[bool, typer.Option("--shard-gpus/--replicate-gpus",
                                             help="On several GPUs: split the vectors (capacity) or copy them "
                                                  "(throughput).")]
+RerankVectorsOpt = Annotated[Path | None, typer.Option(
+    "--rerank-vectors", help="Re-score the index's top candidates exactly against these float32 vectors "
+                             "(a .npy in label order, e.g. the embedding cache's, or a shard directory; "
+                             "memory-mapped).")]
+RerankCandidatesOpt = Annotated[int, typer.Option("--rerank-candidates", help="Candidates per query to re-score.")]
 Float16Opt = Annotated[bool, typer.Option("--float16/--float32", help="GPU: half-precision vectors / PQ tables.")]
 
 
@@ -900,17 +909,23 @@ def _search_params(nprobe: int | None, ef_search: int | None) -> dict:
     return check_search_params({"nprobe": nprobe, "efSearch": ef_search})
 
 
-def _apply_search_params(retriever, nprobe: int | None, ef_search: int | None) -> None:
-    """--nprobe / --ef-search of `search` and `eval --index`: override the manifest's defaults."""
+def _apply_search_params(retriever, nprobe: int | None, ef_search: int | None, rerank_vectors: Path | None = None,
+                         rerank_candidates: int = 100) -> None:
+    """--nprobe / --ef-search (override the manifest's defaults) and --rerank-vectors of `search` and
+    `eval --index`."""
     params = _search_params(nprobe, ef_search)
-    if not params:
+    if not params and rerank_vectors is None:
         return
     from densekit.index.dense import DenseIndex
 
     index = getattr(retriever, "index", None)
     if not isinstance(index, DenseIndex):
-        raise DensekitError("--nprobe and --ef-search apply to dense (FAISS) indexes only")
+        raise DensekitError("--nprobe, --ef-search and --rerank-vectors apply to dense (FAISS) indexes only")
     index.set_search_params(params)
+    if rerank_vectors is not None:
+        from densekit.index.shards import open_vectors
+
+        index.use_reranking(open_vectors(rerank_vectors), rerank_candidates)
 
 
 def _save_dense_index(index, out: Path, corpus, store_texts: bool) -> None:

@@ -165,6 +165,12 @@ def test_exact_rerank_from_memory_mapped_vectors(corpus, queries, exact, tmp_pat
     np.testing.assert_allclose(scores, DenseIndex.build(vectors, ids, "flat").search(queries, 10)[0], rtol=1e-5)
     with pytest.raises(DensekitError, match="label order"):
         index.search_reranked(queries, 10, on_disk[:10])
+    index.use_reranking(on_disk, candidates=100)  # search() re-ranks from now on
+    assert index.search(queries, 10, params=every_list)[1] == index.search_reranked(queries, 10, on_disk, 100,
+                                                                                    every_list)[1]
+    index.remove(["doc0"])
+    with pytest.raises(DensekitError, match="removed or updated since the index was built"):
+        index.use_reranking(np.load(tmp_path / "vectors.npy", mmap_mode="r")[1:])
 
 
 # -- integrity -------------------------------------------------------------------------------------

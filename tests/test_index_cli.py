@@ -105,6 +105,22 @@ def test_sharded_encode_resumes_then_builds(tiny_model, scifact_small, tmp_path,
                               "--json"], capsys, monkeypatch)
     assert code == 0, err
     assert len(json.loads(out)["hits"]) == 3 and json.loads(out)["hits"][0]["text"]
+    # Coarse 4-bit PQ codes re-ranked exactly from the shards give the exact (Flat) answer.
+    for factory, name in (("Flat", "flat"), ("PQ4x4", "pq")):
+        code, _, err = run_cli(["index", "from-shards", str(shards), "--out", str(tmp_path / name), "--factory",
+                                factory, "--json"], capsys, monkeypatch)
+        assert code == 0, err
+    query = ["vitamin d deficiency", "-k", "10", "--json"]
+    hits = {}
+    rerank_all = ["--rerank-vectors", str(shards), "--rerank-candidates", "1000"]  # every document
+    for name, extra in (("flat", []), ("pq", []), ("pq", rerank_all)):
+        code, out, err = run_cli(["search", str(tmp_path / name), *query, *extra], capsys, monkeypatch)
+        assert code == 0, err
+        hits[(name, bool(extra))] = [h["doc_id"] for h in json.loads(out)["hits"]]
+    assert hits[("pq", True)] == hits[("flat", False)] != hits[("pq", False)]
+    code, _, err = run_cli(["search", str(tmp_path / "pq"), *query, "--rerank-vectors", str(tmp_path / "x.npy")],
+                           capsys, monkeypatch)
+    assert code == 2 and "x.npy: expected a .npy file" in err
     code, _, err = run_cli(["index", "encode", str(scifact_small), "--model", str(tiny_model), "--out", str(shards),
                             "--shard-size", "50", "--device", "cpu"], capsys, monkeypatch)
     assert code == 2 and "shard_size differ" in err

@@ -157,6 +157,8 @@ class DenseIndex:
         self.placement = placement or {"device": device, "shard": False, "float16": False}
         self._positions: dict[str, int] | None = None
         self._cpu_copy: faiss.Index | None = None
+        self.edited = False  # labels no longer follow the order of the vectors the index was built from
+        self._rerank: tuple[object, int] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -317,6 +319,7 @@ class DenseIndex:
                 _compact_ivf_labels(faiss.extract_index_ivf(cpu), labels)
         drop = set(labels.tolist())
         self.ids = [doc_id for i, doc_id in enumerate(self.ids) if i not in drop]
+        self.edited = True
         self._replace_index(cpu)
         return len(labels)
 
@@ -380,6 +383,8 @@ class DenseIndex:
         k = min(k, len(self))
         if k == 0:
             return np.empty((len(queries), 0), np.float32), [[] for _ in range(len(queries))]
+        if self._rerank is not None:
+            return self.search_reranked(queries, k, *self._rerank, params=params)
         all_scores, all_labels = self.search_labels(queries, k, batch_size, params)
         return all_scores, [[self.ids[j] for j in row if j >= 0] for row in all_labels]
 
@@ -405,6 +410,33 @@ class DenseIndex:
         if not all_scores:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         return np.vstack(all_scores), np.vstack(all_labels)
+
+    def use_reranking(self, vectors, candidates: int = 100) -> None:
+        """Make :meth:`search` re-rank its top `candidates` exactly against `vectors` (see
+        :meth:`search_reranked`); `vectors` None turns it off.
+
+        `vectors` is an (n, dim) array in label order (a memory-mapped `.npy` of the embeddings the
+        index was built from) or :class:`~densekit.index.shards.ShardedEmbeddings`, whose ids are
+        checked against the index's. A bare array cannot prove its order, so an index edited by
+        remove/update (labels moved) refuses one.
+        """
+        if vectors is None:
+            self._rerank = None
+            return
+        if candidates <= 0:
+            raise DensekitError(f"re-rank candidates must be positive, got {candidates}")
+        ids = getattr(vectors, "ids", None)
+        if callable(ids):
+            if ids() != self.ids:
+                raise DensekitError("the shards' document ids differ from the index's (order or content): "
+                                    "they cannot re-rank it")
+        elif self.edited:
+            raise DensekitError("documents were removed or updated since the index was built, so its labels no "
+                                "longer follow the vectors file; re-rank from a shard directory or rebuild")
+        if len(vectors) != len(self) or vectors.shape[1] != self.dim:
+            raise DensekitError(f"re-ranking needs the ({len(self)}, {self.dim}) vectors in label order, "
+                                f"got shape {tuple(vectors.shape)}")
+        self._rerank = (vectors, candidates)
 
     def search_reranked(self, queries: np.ndarray, k: int, vectors: np.ndarray, candidates: int = 100,
                         params: dict | None = None) -> tuple[np.ndarray, list[list[str]]]:
@@ -477,6 +509,7 @@ class DenseIndex:
             "train_sample": self.train_sample,
             "count": len(self),
             "search_params": self.search_params,
+            "edited": self.edited,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": files,
         }
@@ -549,10 +582,12 @@ class DenseIndex:
         if mmap and device != "cpu":
             announce("a memory-mapped index is copied into GPU memory: --mmap only saves host memory on the CPU")
         placed, where = place(index, device, shard, float16)
-        return cls(placed, ids, manifest["factory"], manifest["metric"], manifest.get("model"), where,
-                   manifest.get("search_params"), manifest.get("preset"), manifest.get("train_sample"),
-                   read_only=mmap and where == "cpu",
-                   placement={"device": device, "shard": shard, "float16": float16})
+        loaded = cls(placed, ids, manifest["factory"], manifest["metric"], manifest.get("model"), where,
+                     manifest.get("search_params"), manifest.get("preset"), manifest.get("train_sample"),
+                     read_only=mmap and where == "cpu",
+                     placement={"device": device, "shard": shard, "float16": float16})
+        loaded.edited = bool(manifest.get("edited", False))
+        return loaded
 
 
 def _mmap_flags(factory: str) -> int:

@@ -187,6 +187,14 @@ class ShardedEmbeddings:
     def ids(self) -> list[str]:
         return [doc_id for ids, _ in self.parts for doc_id in ids]
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.plan.documents, self.plan.dim)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        """Rows by ascending row number (what :meth:`DenseIndex.search_reranked` asks for)."""
+        return self.take(np.asarray(rows, dtype=np.int64))
+
     def take(self, rows: np.ndarray | None) -> np.ndarray:
         """Rows in ascending order (all rows when None), gathered shard by shard."""
         if rows is None:
@@ -194,6 +202,19 @@ class ShardedEmbeddings:
         size = self.plan.shard_size
         return np.concatenate([np.asarray(self.parts[s][1][rows[rows // size == s] - s * size])
                                for s in range(self.plan.shards)])
+
+
+def open_vectors(path: str | Path):
+    """Full-precision vectors for exact re-ranking, memory-mapped: a `.npy` file or a shard directory."""
+    path = Path(path)
+    if path.is_dir():
+        return ShardedEmbeddings(path)
+    if path.suffix != ".npy" or not path.is_file():
+        raise DensekitError(f"{path}: expected a .npy file of embeddings or a shard directory")
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError as exc:
+        raise IntegrityError(f"{path}: not a readable .npy array ({exc})") from None
 
 
 def build_from_shards(
