@@ -90,6 +90,7 @@ def train_densekit(args, negatives: Path, out: Path) -> dict:
         loss=LossConfig(name=args.loss, guide=args.guide, symmetric=args.symmetric),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=args.warmup_ratio,
         weight_decay=0.0, seed=args.seed, chunk_size=args.chunk_size, max_length=args.max_length, device="cpu",
+        max_steps=args.max_steps,
     )
     return train(config)
 
@@ -126,12 +127,15 @@ def train_sentence_transformers(args, negatives: Path, out: Path) -> dict:
         output_dir=str(out / "trainer"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, warmup_ratio=args.warmup_ratio, seed=args.seed, data_seed=args.seed,
         batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none", logging_steps=1,
-        use_cpu=True, dataloader_drop_last=False,
+        use_cpu=True, dataloader_drop_last=False, max_steps=args.max_steps or -1,
     )
     trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_dict(columns),
                                          loss=MultipleNegativesRankingLoss(model))
     result = trainer.train()
     model.save(str(out / "model"))
+    if args.max_steps:
+        return {"steps": args.max_steps, "train_seconds": result.metrics["train_runtime"],
+                "examples_per_s": result.metrics["train_samples_per_second"]}
     return {"examples": len(examples), "train_seconds": result.metrics["train_runtime"],
             "examples_per_s": result.metrics["train_samples_per_second"], "final_loss": result.training_loss}
 
@@ -222,6 +226,26 @@ def gradcache_memory_main(argv: list[str]) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def throughput(args, tuples: Path, results: dict) -> None:
+    """Examples per second only: `--max-steps` steps of each trainer, alternated for
+    `--throughput-rounds` rounds so that the shared machine's load falls on both alike."""
+    rounds = []
+    for r in range(args.throughput_rounds):
+        dk = train_densekit(args, tuples, args.out / f"throughput-densekit-{r}")
+        st = train_sentence_transformers(args, tuples, args.out / f"throughput-st-{r}")
+        row = {"round": r, "densekit_examples_per_s": dk["examples_per_s"],
+               "st_examples_per_s": st["examples_per_s"],
+               "ratio": round(dk["examples_per_s"] / st["examples_per_s"], 3)}
+        print(json.dumps(row), flush=True)
+        rounds.append(row)
+    dk_total = sum(r["densekit_examples_per_s"] for r in rounds)
+    st_total = sum(r["st_examples_per_s"] for r in rounds)
+    results["throughput_rounds"] = rounds
+    results["throughput_ratio_mean"] = round(dk_total / st_total, 3)
+    (args.out / "throughput.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "gradcache-memory":
         gradcache_memory_main(sys.argv[2:])
@@ -244,6 +268,9 @@ def main() -> None:
     parser.add_argument("--symmetric", action="store_true")
     parser.add_argument("--split", default="test")
     parser.add_argument("--skip-st", action="store_true", help="densekit only (e.g. the GIST variant)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop both trainers after this many steps")
+    parser.add_argument("--throughput-rounds", type=int, default=0,
+                        help="examples/s only: alternate both trainers this many rounds of --max-steps steps")
     parser.add_argument("--densekit-result", type=Path, default=None,
                         help="JSON of an earlier run's densekit half: train sentence-transformers only")
     args = parser.parse_args()
@@ -253,6 +280,9 @@ def main() -> None:
     print(f"{kept} queries with >= {args.negatives} negatives", flush=True)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "queries": kept}
 
+    if args.throughput_rounds:
+        throughput(args, tuples, results)
+        return
     if args.densekit_result:  # the densekit half of an earlier run of this script (its printed line)
         results["densekit"] = json.loads(args.densekit_result.read_text())
     else:
