@@ -977,18 +977,17 @@ def index_encode(
     start = time.perf_counter()
     ds = load_dataset(data)
     plan = sharding.encode_shards(_make_encoder(model, device, batch_size), ds.corpus, out, shard_size, rank, world)
-    sharding.barrier(world)
+    sharding.barrier(world)  # every shard is written
+    sharding.finish_distributed(world)  # the merge below needs no other process (nor a barrier timeout)
+    if rank != 0:
+        return
     info = {"shards_dir": str(out), "dataset": ds.name, "documents": plan.documents, "shards": plan.shards,
             "dim": plan.dim, "model": model, "world_size": world, "index": None}
-    if rank == 0 and index is not None:
+    if index is not None:
         built = sharding.build_from_shards(out, factory, device=index_device, train_sample=train_sample,
                                            search_params=params, show_progress=True)
         _save_dense_index(built, index, ds.corpus, store_texts)
         info.update(index=str(index), factory=built.factory, search_params=built.search_params)
-    sharding.barrier(world)
-    sharding.finish_distributed(world)
-    if rank != 0:
-        return
     info["seconds"] = round(time.perf_counter() - start, 2)
     if as_json:
         _emit(info)
