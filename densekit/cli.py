@@ -206,6 +206,8 @@ def index_build(
     ef_search: EfSearchOpt = None,
     device: DeviceOpt = None,
     index_device: Annotated[str, typer.Option(help="Where FAISS builds: cpu, gpu, gpu:N, gpu:0,1, auto.")] = "cpu",
+    shard_gpus: ShardGpusOpt = False,
+    float16: Float16Opt = False,
     store_texts: Annotated[bool, typer.Option("--store-texts/--no-store-texts",
                                               help="Keep the document texts in the index (docs.jsonl) for "
                                                    "search output and RAG.")] = True,
@@ -236,7 +238,8 @@ def index_build(
     ds = load_dataset(data)
     retriever = DenseRetriever.build(_make_encoder(model, device, batch_size), ds.corpus, factory=factory,
                                      device=index_device, cache=cache, train_sample=train_sample,
-                                     search_params=_search_params(nprobe, ef_search))
+                                     search_params=_search_params(nprobe, ef_search), shard=shard_gpus,
+                                     float16=float16)
     if store_texts:
         from densekit.index.docstore import DocStore, save_with_documents
 
@@ -300,6 +303,9 @@ def search(
     ef_search: EfSearchOpt = None,
     rerank_vectors: RerankVectorsOpt = None,
     rerank_candidates: RerankCandidatesOpt = 100,
+    index_device: IndexDeviceOpt = "cpu",
+    shard_gpus: ShardGpusOpt = False,
+    float16: Float16Opt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -310,7 +316,8 @@ def search(
     if k <= 0:
         raise DensekitError(f"-k must be positive, got {k}")
     retriever = _load_retriever(directory, device)
-    _apply_search_params(retriever, nprobe, ef_search, rerank_vectors, rerank_candidates)
+    _apply_search_params(retriever, nprobe, ef_search, rerank_vectors, rerank_candidates,
+                         (index_device, shard_gpus, float16))
     if query is not None:
         hits = retriever.search({"q": query}, k)["q"]
         corpus_path = _corpus_path(retriever)
@@ -910,17 +917,21 @@ def _search_params(nprobe: int | None, ef_search: int | None) -> dict:
 
 
 def _apply_search_params(retriever, nprobe: int | None, ef_search: int | None, rerank_vectors: Path | None = None,
-                         rerank_candidates: int = 100) -> None:
-    """--nprobe / --ef-search (override the manifest's defaults) and --rerank-vectors of `search` and
-    `eval --index`."""
+                         rerank_candidates: int = 100, placement: tuple[str, bool, bool] = ("cpu", False, False)
+                         ) -> None:
+    """--nprobe / --ef-search (override the manifest's defaults), --rerank-vectors and the FAISS
+    placement (--index-device, --shard-gpus, --float16) of `search` and `eval --index`."""
     params = _search_params(nprobe, ef_search)
-    if not params and rerank_vectors is None:
+    if not params and rerank_vectors is None and placement == ("cpu", False, False):
         return
     from densekit.index.dense import DenseIndex
 
     index = getattr(retriever, "index", None)
     if not isinstance(index, DenseIndex):
-        raise DensekitError("--nprobe, --ef-search and --rerank-vectors apply to dense (FAISS) indexes only")
+        raise DensekitError("--nprobe, --ef-search, --rerank-vectors and --index-device apply to dense (FAISS) "
+                            "indexes only")
+    if placement != ("cpu", False, False):
+        index.to_device(*placement)
     index.set_search_params(params)
     if rerank_vectors is not None:
         from densekit.index.shards import open_vectors

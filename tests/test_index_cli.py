@@ -51,6 +51,15 @@ def test_build_info_and_search_parameters(ivf_index, capsys, monkeypatch):
     assert code == 2 and "efSearch=32 does not apply" in err
     code, _, err = run_cli(["index", "set-params", str(ivf_index), "--nprobe", "0"], capsys, monkeypatch)
     assert code == 2 and "positive integer" in err
+    from densekit.index.gpu import gpu_count
+
+    if gpu_count() == 0:  # the CPU fallback is announced; an explicit GPU request is an error
+        code, out, err = run_cli(["search", str(ivf_index), "vitamin d and the immune system", "-k", "10",
+                                  "--json", "--index-device", "auto"], capsys, monkeypatch)
+        assert code == 0 and "no GPU visible to FAISS" in err
+        assert [h["doc_id"] for h in json.loads(out)["hits"]] == exhaustive
+        code, _, err = run_cli(["search", str(ivf_index), "q", "--index-device", "gpu"], capsys, monkeypatch)
+        assert code == 2 and "FAISS sees no GPU" in err
 
 
 def test_remove_and_update_keep_texts_in_step(ivf_index, tmp_path, capsys, monkeypatch):
