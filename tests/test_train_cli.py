@@ -103,3 +103,19 @@ def test_guide_cache_reuses_corpus_embeddings(
     ids = [e.query_id for e in examples[:3]]
     docs = [e.positive_id for e in examples[:3]]
     assert np.allclose(reused.scores(ids, docs).numpy(), fresh.scores(ids, docs).numpy(), atol=1e-5)
+
+
+def test_a_folder_saved_by_sentence_transformers_6_loads_in_densekit(tiny_model: Path, tmp_path: Path) -> None:
+    """sentence-transformers 6 saves `"pooling_mode": "mean"` and keeps max_seq_length in the tokenizer
+    config; benchmarks/train.py evaluates such a folder with densekit's harness."""
+    from sentence_transformers import SentenceTransformer
+
+    from densekit.retriever.encoder import Encoder
+
+    st_model = SentenceTransformer(str(tiny_model), device="cpu")
+    st_model.max_seq_length = 96
+    st_model.save(str(tmp_path / "st"))
+    encoder = Encoder(str(tmp_path / "st"), device="cpu")
+    assert encoder.config.pooling == "mean" and encoder.config.normalize and encoder.config.max_length == 96
+    texts = ["Vitamin C deficiency causes scurvy.", "a longer document " * 40]
+    np.testing.assert_allclose(encoder.encode_documents(texts), st_model.encode(texts), atol=1e-5)

@@ -59,6 +59,13 @@ def _read_json(path: Path) -> dict:
         return json.load(handle)
 
 
+_POOLING_MODE_FLAGS = {
+    "mean": "pooling_mode_mean_tokens",
+    "cls": "pooling_mode_cls_token",
+    "lasttoken": "pooling_mode_lasttoken",
+}
+
+
 def read_sentence_transformers_config(folder: Path) -> EncoderConfig | None:
     """Pooling, normalisation, max length and prompts from a sentence-transformers folder, or None."""
     modules_path = folder / "modules.json"
@@ -71,6 +78,9 @@ def read_sentence_transformers_config(folder: Path) -> EncoderConfig | None:
         kind = module.get("type", "")
         if kind.endswith("Pooling"):
             pooling_cfg = _read_json(folder / module["path"] / "config.json")
+            # sentence-transformers 6 writes one "pooling_mode" string instead of the boolean flags
+            if pooling_cfg.get("pooling_mode") in _POOLING_MODE_FLAGS:
+                pooling_cfg = {_POOLING_MODE_FLAGS[pooling_cfg["pooling_mode"]]: True}
             if pooling_cfg.get("pooling_mode_mean_tokens"):
                 config.pooling = "mean"
             elif pooling_cfg.get("pooling_mode_cls_token"):
@@ -94,6 +104,12 @@ def read_sentence_transformers_config(folder: Path) -> EncoderConfig | None:
         cfg = _read_json(sbert)
         config.max_length = int(cfg.get("max_seq_length") or config.max_length)
         config.do_lower_case = bool(cfg.get("do_lower_case", False))
+        tokenizer_cfg = folder / "tokenizer_config.json"
+        if "max_seq_length" not in cfg and tokenizer_cfg.is_file():
+            # sentence-transformers 6 keeps the limit as the tokenizer's model_max_length
+            limit = _read_json(tokenizer_cfg).get("model_max_length")
+            if isinstance(limit, int) and 0 < limit < 100_000:
+                config.max_length = limit
     st_cfg = folder / "config_sentence_transformers.json"
     if st_cfg.is_file():
         prompts = _read_json(st_cfg).get("prompts") or {}
