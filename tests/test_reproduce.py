@@ -116,6 +116,8 @@ def test_reproduce_grades_ok_off_skipped_and_error(
         import densekit.retriever.java as java
 
         monkeypatch.setattr(java, "lucene_problem", lambda: "no Java runtime (test)")
+        # A JVM started by an earlier test in this process would short-circuit start_jvm().
+        monkeypatch.setattr(java, "_started", False)
     except ImportError:
         pass
     grades = reproduce(_table(tiny_model, scifact_small, tiny_measured))
