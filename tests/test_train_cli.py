@@ -82,9 +82,12 @@ def test_train_bad_input_exits_2_naming_the_file(
 
 
 def test_guide_cache_reuses_corpus_embeddings(
-    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path, capsys
+    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path, capsys,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With the guide's corpus embeddings cached, GIST's guide cache takes its document rows from there."""
+    # An empty cache of our own: other tests of the session may already have cached this corpus.
+    monkeypatch.setenv("DENSEKIT_HOME", str(tmp_path / "home"))
     from densekit.data import load_dataset
     from densekit.index.cache import encode_corpus
     from densekit.retriever.encoder import Encoder
