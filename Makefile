@@ -35,7 +35,7 @@ test: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check densekit tests benchmarks
+	$(VENV)/bin/ruff check densekit tests benchmarks notebooks
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/encode.py
