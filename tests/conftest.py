@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,17 @@ def train_negatives(scifact_small: Path, tmp_path_factory: pytest.TempPathFactor
                 "negatives": [{"id": d, "rank": r + 1} for r, d in enumerate(negatives)],
             }) + "\n")
     return path
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """Run `densekit ARGS` in-process through the real entry point; return (exit code, stdout, stderr)."""
+    from densekit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["densekit", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -8,20 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from densekit.cli import main
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """Run `densekit ARGS` in-process through the real entry point; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["densekit", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from scipy import stats
 
-from densekit.cli import main
 from densekit.data import Run, load_dataset
 from densekit.errors import DensekitError
 from densekit.eval.compare import compare_runs, paired_t_test, plot_deltas, randomization_test
 from densekit.eval.metrics import evaluate
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["densekit", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
-from densekit.cli import main
 from densekit.data import Run, load_dataset
 from densekit.errors import InputError
 from densekit.eval.reproduce import (
@@ -20,17 +20,6 @@ from densekit.eval.reproduce import (
     register_builder,
     reproduce,
 )
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["densekit", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_expected_scores_hold_the_published_numbers_with_sources() -> None:

@@ -4,24 +4,11 @@ training, the saved folder loading in sentence-transformers and `densekit eval`,
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from densekit.cli import main
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["densekit", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import run_cli
 
 
 def test_train_gist_evaluates_and_saves_a_sentence_transformers_folder(
