@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from densekit.data import Run, load_dataset
 from densekit.errors import DensekitError
@@ -209,17 +210,8 @@ def test_bm25_and_dense_sources_fused(tiny_teacher, dataset, tmp_path: Path, fus
 
 def test_cli_mine_json_and_errors(tiny_model: Path, scifact_small: Path, tmp_path: Path, capsys,
                                   monkeypatch) -> None:
-    from densekit.cli import main
-
     def run(args: list[str]) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["densekit", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
+        return run_cli(args, capsys, monkeypatch)
 
     out = tmp_path / "neg.jsonl"
     base = ["mine", str(scifact_small), "--split", "test", "--teacher", str(tiny_model), "--out", str(out)]
