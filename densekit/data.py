@@ -55,20 +55,24 @@ def _find_file(root: Path, name: str) -> Path | None:
     return None
 
 
+def parse_json_object(path: Path, number: int, line: str) -> dict:
+    """One JSON-lines line as a dict; InputError naming `path` and line `number` when it is not one."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"malformed JSON ({exc.msg} at column {exc.colno})", number) from None
+    if not isinstance(obj, dict):
+        raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", number)
+    return obj
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield `(line_number, object)` for each non-blank line of a JSON-lines file (`.gz` too)."""
     path = Path(path)
     with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(path, f"malformed JSON ({exc.msg} at column {exc.colno})", number) from None
-            if not isinstance(obj, dict):
-                raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", number)
-            yield number, obj
+            if line.strip():
+                yield number, parse_json_object(path, number, line)
 
 
 def _record_id(path: Path, number: int, obj: dict) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from densekit.data import Corpus, join_title_text
+from densekit.data import Corpus, join_title_text, parse_json_object
 from densekit.errors import DensekitError, InputError, IntegrityError
 from densekit.index.dense import MANIFEST_FILE, read_manifest
 from densekit.io import atomic_dir, atomic_file, sha256_file, write_json
@@ -55,12 +55,7 @@ class StoredDocument:
 
 
 def _parse_line(path: Path, number: int, line: str) -> StoredDocument:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"malformed JSON ({exc.msg} at column {exc.colno})", number) from None
-    if not isinstance(obj, dict):
-        raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", number)
+    obj = parse_json_object(path, number, line)
     doc_id = obj.get("_id")
     if not isinstance(doc_id, str) or not doc_id:
         raise InputError(path, f'"_id" must be a non-empty string, got {doc_id!r}', number)

@@ -24,8 +24,8 @@ import json
 import math
 from pathlib import Path
 
+from densekit.data import iter_jsonl
 from densekit.errors import InputError
-from densekit.io import open_text
 
 REQUIRED = {"query_id": str, "query": str, "positives": list, "positive_scores": dict, "negatives": list}
 
@@ -100,19 +100,12 @@ def read_negatives(path: str | Path) -> list[dict]:
         raise InputError(path, "negatives file not found")
     records: list[dict] = []
     seen: dict[str, int] = {}
-    with open_text(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InputError(path, f"malformed JSON ({exc.msg} at column {exc.colno})", number) from None
-            record = validate_record(obj, path, number)
-            query_id = record["query_id"]
-            if query_id in seen:
-                first = seen[query_id]
-                raise InputError(path, f"query {query_id!r} appears twice (first on line {first})", number)
-            seen[query_id] = number
-            records.append(record)
+    for number, obj in iter_jsonl(path):
+        record = validate_record(obj, path, number)
+        query_id = record["query_id"]
+        if query_id in seen:
+            first = seen[query_id]
+            raise InputError(path, f"query {query_id!r} appears twice (first on line {first})", number)
+        seen[query_id] = number
+        records.append(record)
     return records
