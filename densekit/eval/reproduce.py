@@ -80,6 +80,12 @@ class Grade:
     seconds: float | None = None
     config: dict = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, expected: ExpectedScore, grade: str, **details) -> Grade:
+        """The grade of `expected`, copying its identity, value, tolerance and source."""
+        return cls(expected.retriever, expected.dataset, expected.split, expected.metric, expected.value,
+                   expected.tolerance, grade, source=expected.source, **details)
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -239,20 +245,7 @@ def reproduce(
             group = [ExpectedScore(**{**asdict(e), "tolerance": tolerance}) for e in group]
 
         def fail(grade: str, reason: str, group=group) -> None:
-            grades.extend(
-                Grade(
-                    e.retriever,
-                    e.dataset,
-                    e.split,
-                    e.metric,
-                    e.value,
-                    e.tolerance,
-                    grade,
-                    reason=reason,
-                    source=e.source,
-                )
-                for e in group
-            )
+            grades.extend(Grade.of(e, grade, reason=reason) for e in group)
 
         builder = RETRIEVER_BUILDERS.get(spec["kind"])
         if builder is None:
@@ -283,17 +276,11 @@ def reproduce(
             for e in (e for e in group if e.ignore_identical_ids == ignore_ids):
                 measured = result.metrics[e.metric]
                 grades.append(
-                    Grade(
-                        e.retriever,
-                        e.dataset,
-                        e.split,
-                        e.metric,
-                        e.value,
-                        e.tolerance,
+                    Grade.of(
+                        e,
                         grade_score(e, measured),
                         measured=measured,
                         difference=measured - e.value,
-                        source=e.source,
                         seconds=round(seconds, 1),
                         config={**config, "ignore_identical_ids": ignore_ids, "depth": DEPTH},
                     )
