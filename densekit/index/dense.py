@@ -38,7 +38,7 @@ import numpy as np
 
 from densekit import __version__
 from densekit.errors import DensekitError, IntegrityError
-from densekit.index.factory import check_search_params, resolve
+from densekit.index.factory import check_search_params, is_pqr, resolve
 from densekit.index.gpu import GPU_MAX_K, base_index, needs_cpu_search, parameter_space, place, to_cpu
 from densekit.io import atomic_dir, sha256_file, write_json
 from densekit.progress import announce, progress_bar
@@ -49,6 +49,7 @@ IDS_FILE = "ids.json"
 MANIFEST_FILE = "manifest.json"
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 ADD_BLOCK = 65536
+UNIT_TOLERANCE = 1e-3  # float32 embeddings normalised by a model are within ~1e-6 of length 1
 
 __all__ = ["DenseIndex", "read_manifest", "verify_files", "describe_saved", "set_saved_search_params",
            "remove_from_saved", "update_saved", "GPU_MAX_K"]
@@ -187,13 +188,35 @@ class DenseIndex:
         if metric not in METRICS:
             raise DensekitError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
         spec = resolve(factory, n_expected, dim, train_sample=train_sample)
+        faiss_metric = METRICS[metric]
+        if metric == "ip" and is_pqr(spec.factory):
+            faiss_metric = faiss.METRIC_L2  # same ranking on unit vectors; see _ip_over_l2
         try:
-            index = faiss.index_factory(dim, spec.factory, METRICS[metric])
+            index = faiss.index_factory(dim, spec.factory, faiss_metric)
         except RuntimeError as exc:
             raise DensekitError(f"invalid FAISS factory string {spec.factory!r}: {str(exc).splitlines()[0]}") from None
         _skip_polysemous_training(index)
         params = {**spec.search_params, **check_search_params(search_params or {})}
         return cls(index, [], spec.factory, metric, model, "cpu", params, spec.preset, spec.train_sample)
+
+    @property
+    def _ip_over_l2(self) -> bool:
+        """Inner-product search served by an L2 index (ivf-pqr: FAISS has IVFPQR for L2 only).
+
+        Only sound for unit-length document vectors, which :meth:`train` and :meth:`add` check;
+        :meth:`search_labels` turns the distances back into inner products.
+        """
+        return self.metric == "ip" and self.index.metric_type == faiss.METRIC_L2
+
+    def _check_unit_length(self, vectors: np.ndarray, what: str) -> None:
+        norms = np.linalg.norm(vectors, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1.0) > UNIT_TOLERANCE)
+        if len(bad):
+            raise DensekitError(
+                f"{self.factory} serves inner-product search through FAISS's L2-only IVFPQR, which ranks "
+                f"like the inner product only for unit-length vectors; {what} row {int(bad[0])} has norm "
+                f"{norms[bad[0]]:.4f} ({len(bad)} rows off by more than {UNIT_TOLERANCE}). Normalise the "
+                "embeddings (e.g. a model ending in a Normalize layer) or choose another index")
 
     @property
     def needs_training(self) -> bool:
@@ -204,6 +227,8 @@ class DenseIndex:
         sample = _as_float32(sample, self.dim)
         if len(sample) == 0:
             raise DensekitError("cannot train an index on zero vectors")
+        if self._ip_over_l2:
+            self._check_unit_length(sample, "the training sample's")
         train_index(self.index, sample)
 
     @classmethod
@@ -288,7 +313,10 @@ class DenseIndex:
             raise DensekitError(f"{len(clash)} ids already in the index, e.g. {clash[0]!r} (use update)")
         if len(set(ids)) != len(ids):
             raise DensekitError("document ids must be unique")
-        self.index.add(_as_float32(embeddings, self.dim))
+        embeddings = _as_float32(embeddings, self.dim)
+        if self._ip_over_l2:
+            self._check_unit_length(embeddings, "the added embeddings'")
+        self.index.add(embeddings)
         self.ids.extend(ids)
         self._changed()
 
@@ -403,8 +431,12 @@ class DenseIndex:
                 searcher = self._cpu_copy
         self._apply_search_params(searcher, effective)
         all_scores, all_labels = [], []
+        ip_over_l2 = self._ip_over_l2
         for start in range(0, len(queries), batch_size):
-            scores, labels = searcher.search(queries[start : start + batch_size], k)
+            batch = queries[start : start + batch_size]
+            scores, labels = searcher.search(batch, k)
+            if ip_over_l2:  # |q - x|^2 = |q|^2 + 1 - 2 q.x for a unit x
+                scores = ((batch * batch).sum(axis=1, keepdims=True) + 1.0 - scores) / 2.0
             all_scores.append(scores)
             all_labels.append(labels)
         if not all_scores:
