@@ -199,11 +199,12 @@ def index_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
     model: Annotated[str | None, typer.Option("--model", "-m", help="Encoder: folder or known name "
                                                                     "(default all-MiniLM-L6-v2).")] = None,
-    factory: Annotated[str, typer.Option(help="Index preset (flat, ivf-flat, ivf-pq, hnsw, sq8, fp16) or FAISS "
-                                              "factory string.")] = "Flat",
+    factory: Annotated[str, typer.Option(help="Index preset (flat, ivf-flat, ivf-pq, ivf-pqr, hnsw, sq8, "
+                                              "fp16) or FAISS factory string.")] = "Flat",
     train_sample: TrainSampleOpt = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    k_factor: KFactorOpt = None,
     device: DeviceOpt = None,
     index_device: Annotated[str, typer.Option(help="Where FAISS builds: cpu, gpu, gpu:N, gpu:0,1, auto.")] = "cpu",
     shard_gpus: ShardGpusOpt = False,
@@ -238,7 +239,7 @@ def index_build(
     ds = load_dataset(data)
     retriever = DenseRetriever.build(_make_encoder(model, device, batch_size), ds.corpus, factory=factory,
                                      device=index_device, cache=cache, train_sample=train_sample,
-                                     search_params=_search_params(nprobe, ef_search), shard=shard_gpus,
+                                     search_params=_search_params(nprobe, ef_search, k_factor), shard=shard_gpus,
                                      float16=float16)
     if store_texts:
         from densekit.index.docstore import DocStore, save_with_documents
@@ -301,6 +302,7 @@ def search(
     device: DeviceOpt = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    k_factor: KFactorOpt = None,
     rerank_vectors: RerankVectorsOpt = None,
     rerank_candidates: RerankCandidatesOpt = 100,
     index_device: IndexDeviceOpt = "cpu",
@@ -316,7 +318,7 @@ def search(
     if k <= 0:
         raise DensekitError(f"-k must be positive, got {k}")
     retriever = _load_retriever(directory, device)
-    _apply_search_params(retriever, nprobe, ef_search, rerank_vectors, rerank_candidates,
+    _apply_search_params(retriever, nprobe, ef_search, k_factor, rerank_vectors, rerank_candidates,
                          (index_device, shard_gpus, float16))
     if query is not None:
         hits = retriever.search({"q": query}, k)["q"]
@@ -404,6 +406,7 @@ def eval_cmd(
     rerank_depth: Annotated[int, typer.Option(help="Hits per query the cross-encoder rescores.")] = 100,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    k_factor: KFactorOpt = None,
     rerank_vectors: RerankVectorsOpt = None,
     rerank_candidates: RerankCandidatesOpt = 100,
     fmt: FormatOpt = "text",
@@ -440,7 +443,7 @@ def eval_cmd(
             config = {"model": model, "factory": factory, **retriever.encoder.describe()}
         elif index is not None:
             retriever = _load_retriever(index, device)
-            _apply_search_params(retriever, nprobe, ef_search, rerank_vectors, rerank_candidates)
+            _apply_search_params(retriever, nprobe, ef_search, k_factor, rerank_vectors, rerank_candidates)
             config = {"index": str(index), **_retriever_config(retriever)}
         retriever, config = _bm25_fusion_rerank(retriever, config, ds, bm25, backend, k1, b, threads, fusion,
                                                 weights, rrf_k, normalization, depth, rerank, rerank_depth,
@@ -894,8 +897,11 @@ NprobeOpt = Annotated[int | None, typer.Option("--nprobe", help="IVF lists visit
                                                                 "index manifest's).")]
 EfSearchOpt = Annotated[int | None, typer.Option("--ef-search", help="HNSW search candidate list size (default: "
                                                                     "the index manifest's).")]
-FactoryOpt = Annotated[str, typer.Option(help="Index preset (flat, ivf-flat, ivf-pq, hnsw, sq8, fp16) or FAISS "
-                                              "factory string, e.g. OPQ96,IVF1024,PQ96.")]
+KFactorOpt = Annotated[int | None, typer.Option("--k-factor", help="ivf-pqr: candidates re-scored by the refinement "
+                                                                  "code, as a multiple of k (default: the index "
+                                                                  "manifest's).")]
+FactoryOpt = Annotated[str, typer.Option(help="Index preset (flat, ivf-flat, ivf-pq, ivf-pqr, hnsw, sq8, fp16) or "
+                                              "FAISS factory string, e.g. OPQ96,IVF1024,PQ96.")]
 TrainSampleOpt = Annotated[int | None, typer.Option("--train-sample", help="Vectors drawn to train IVF/PQ/SQ "
                                                                           "(default: the preset's).")]
 IndexDeviceOpt = Annotated[str, typer.Option(help="Where FAISS builds: cpu, gpu, gpu:N, gpu:0,1, auto.")]
@@ -910,18 +916,19 @@ RerankCandidatesOpt = Annotated[int, typer.Option("--rerank-candidates", help="C
 Float16Opt = Annotated[bool, typer.Option("--float16/--float32", help="GPU: half-precision vectors / PQ tables.")]
 
 
-def _search_params(nprobe: int | None, ef_search: int | None) -> dict:
+def _search_params(nprobe: int | None, ef_search: int | None, k_factor: int | None = None) -> dict:
     from densekit.index.factory import check_search_params
 
-    return check_search_params({"nprobe": nprobe, "efSearch": ef_search})
+    return check_search_params({"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor})
 
 
-def _apply_search_params(retriever, nprobe: int | None, ef_search: int | None, rerank_vectors: Path | None = None,
+def _apply_search_params(retriever, nprobe: int | None, ef_search: int | None, k_factor: int | None,
+                         rerank_vectors: Path | None = None,
                          rerank_candidates: int = 100, placement: tuple[str, bool, bool] = ("cpu", False, False)
                          ) -> None:
-    """--nprobe / --ef-search (override the manifest's defaults), --rerank-vectors and the FAISS
+    """--nprobe / --ef-search / --k-factor (override the manifest's defaults), --rerank-vectors and the FAISS
     placement (--index-device, --shard-gpus, --float16) of `search` and `eval --index`."""
-    params = _search_params(nprobe, ef_search)
+    params = _search_params(nprobe, ef_search, k_factor)
     if not params and rerank_vectors is None and placement == ("cpu", False, False):
         return
     from densekit.index.dense import DenseIndex
@@ -962,6 +969,7 @@ def index_encode(
     train_sample: TrainSampleOpt = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    k_factor: KFactorOpt = None,
     index_device: IndexDeviceOpt = "cpu",
     store_texts: Annotated[bool, typer.Option("--store-texts/--no-store-texts",
                                               help="Keep the document texts in the index.")] = True,
@@ -979,7 +987,7 @@ def index_encode(
     from densekit.data import load_dataset
     from densekit.index import shards as sharding
 
-    params = _search_params(nprobe, ef_search)
+    params = _search_params(nprobe, ef_search, k_factor)
     rank, world = sharding.distributed_context()
     if device is None and world > 1:
         import torch
@@ -1016,6 +1024,7 @@ def index_from_shards(
     seed: Annotated[int, typer.Option(help="Seed of the training sample.")] = 0,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    k_factor: KFactorOpt = None,
     index_device: IndexDeviceOpt = "cpu",
     shard_gpus: ShardGpusOpt = False,
     float16: Float16Opt = False,
@@ -1029,8 +1038,8 @@ def index_from_shards(
 
     start = time.perf_counter()
     built = build_from_shards(shards, factory, device=index_device, train_sample=train_sample, seed=seed,
-                              search_params=_search_params(nprobe, ef_search), shard=shard_gpus, float16=float16,
-                              show_progress=True)
+                              search_params=_search_params(nprobe, ef_search, k_factor), shard=shard_gpus,
+                              float16=float16, show_progress=True)
     if texts is not None:
         from densekit.data import load_dataset
 
@@ -1050,6 +1059,7 @@ def index_set_params(
     directory: Annotated[Path, typer.Argument(help="Index directory.")],
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    k_factor: KFactorOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -1057,7 +1067,7 @@ def index_set_params(
     _setup(as_json, quiet)
     from densekit.index.dense import set_saved_search_params
 
-    params = _search_params(nprobe, ef_search)
+    params = _search_params(nprobe, ef_search, k_factor)
     if not params:
         raise DensekitError("give --nprobe and/or --ef-search")
     now = set_saved_search_params(directory, params)

@@ -133,3 +133,27 @@ def test_sharded_encode_resumes_then_builds(tiny_model, scifact_small, tmp_path,
     code, _, err = run_cli(["index", "encode", str(scifact_small), "--model", str(tiny_model), "--out", str(shards),
                             "--shard-size", "50", "--device", "cpu"], capsys, monkeypatch)
     assert code == 2 and "shard_size differ" in err
+
+
+def test_ivf_pqr_build_search_k_factor_and_set_params(tiny_model, scifact_dir, tmp_path, capsys, monkeypatch):
+    from conftest import write_subset
+
+    corpus = write_subset(scifact_dir, tmp_path / "scifact-600", n_queries=5, n_distractors=600)  # PQ: 256 centroids
+    out = tmp_path / "pqr.idx"
+    code, _, err = run_cli(["index", "build", str(corpus), "--model", str(tiny_model), "--out", str(out),
+                            "--factory", "ivf-pqr", "--nprobe", "16", "--k-factor", "8",
+                            "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    code, info, _ = run_cli(["index", "info", str(out), "--json"], capsys, monkeypatch)
+    info = json.loads(info)
+    assert info["faiss_classes"][-1] == "IndexIVFPQR" and info["search_params"] == {"nprobe": 16, "k_factor": 8}
+    code, res, err = run_cli(["search", str(out), "vitamin d and the immune system", "-k", "5", "--k-factor", "32",
+                              "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    scores = [h["score"] for h in json.loads(res)["hits"]]
+    assert len(scores) == 5 and all(-1.01 <= s <= 1.01 for s in scores)  # inner products of unit vectors
+    assert scores == sorted(scores, reverse=True)
+    code, res, _ = run_cli(["index", "set-params", str(out), "--k-factor", "4", "--json"], capsys, monkeypatch)
+    assert code == 0 and json.loads(res)["search_params"] == {"nprobe": 16, "k_factor": 4}
+    code, _, err = run_cli(["index", "set-params", str(out), "--ef-search", "4"], capsys, monkeypatch)
+    assert code == 2 and "efSearch=4 does not apply" in err
