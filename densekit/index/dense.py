@@ -249,7 +249,7 @@ class DenseIndex:
     ) -> DenseIndex:
         """Build from `embeddings` (n, dim; an mmap is read block by block) and their `ids`.
 
-        `factory` is a preset (flat, ivf-flat, ivf-pq, hnsw, sq8, fp16; see
+        `factory` is a preset (flat, ivf-flat, ivf-pq, ivf-pqr, hnsw, sq8, fp16; see
         :mod:`densekit.index.factory`) or a FAISS factory string. Indexes that need training draw
         `train_sample` vectors with `seed` (the preset's default when None). `device` places the
         index (cpu, gpu, gpu:N, gpu:0,1, auto) before training, so training and adding run there;
