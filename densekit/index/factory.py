@@ -185,10 +185,8 @@ def default_train_sample(factory: str, n: int, dim: int) -> int | None:
 def search_defaults(factory: str) -> dict:
     """Search parameters stored in the manifest for `factory`."""
     nlist = _ivf_nlist(factory)
-    if nlist and is_pqr(factory):
-        return {"nprobe": default_nprobe(nlist), "k_factor": PQR_K_FACTOR}
     if nlist:
-        return {"nprobe": default_nprobe(nlist)}
+        return {"nprobe": default_nprobe(nlist), **({"k_factor": PQR_K_FACTOR} if is_pqr(factory) else {})}
     if "HNSW" in factory:
         return {"efSearch": HNSW_EF_SEARCH}
     return {}
