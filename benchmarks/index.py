@@ -62,6 +62,11 @@ def nn_recall_at_10(found: list[list[str]], exact: list[list[str]]) -> float:
     return float(np.mean([e[0] in f[:10] for f, e in zip(found, exact, strict=True)]))
 
 
+def recall_fields(found: list[list[str]], exact: list[list[str]]) -> dict:
+    """The two recall columns of a row: recall@10 and 1-recall@10 against Flat."""
+    return {"recall@10": round(recall_at_10(found, exact), 4), "1-recall@10": round(nn_recall_at_10(found, exact), 4)}
+
+
 def timed_search(index: DenseIndex, queries: np.ndarray, params: dict | None = None) -> tuple[float, list[list[str]]]:
     start = time.perf_counter()
     _, found = index.search(queries, 10, params=params)
@@ -143,8 +148,7 @@ def reranked_row(row: dict, index: DenseIndex, queries: np.ndarray, on_disk: np.
         ndcg = round(evaluate(extra["qrels"], run, ["ndcg@10"]).metrics["ndcg@10"], 4)
     return {**row, "index": f"{row['index']} + exact re-rank of {RERANK} (vectors mmap on disk)",
             "build_s": 0.0, "rss_growth_mb": round(grown / 2**20, 1),
-            "recall@10": round(recall_at_10(found, flat["exact"]), 4),
-            "1-recall@10": round(nn_recall_at_10(found, flat["exact"]), 4),
+            **recall_fields(found, flat["exact"]),
             "qps": round(qps, 1), "qps_vs_flat": round(qps / flat["qps"], 2), "ndcg@10": ndcg, "sweep": []}
 
 
@@ -175,8 +179,7 @@ def bench_dataset(name: str, vectors: np.ndarray, ids: list[str], queries: np.nd
             "search_params": index.search_params, "build_s": round(build_s, 1),
             "index_mb": round(index_bytes / 2**20, 1), "rss_growth_mb": round(grown / 2**20, 1),
             "memory_vs_flat": round(index_bytes / flat["bytes"], 4),
-            "recall@10": round(recall_at_10(found, flat["exact"]), 4),
-            "1-recall@10": round(nn_recall_at_10(found, flat["exact"]), 4),
+            **recall_fields(found, flat["exact"]),
             "qps": round(qps, 1), "qps_vs_flat": round(qps / flat["qps"], 2),
             "ndcg@10": ndcg_at_10(index, queries, extra), "sweep": sweep(index, queries, flat["exact"]),
         }
