@@ -90,6 +90,7 @@ def train_densekit(args, negatives: Path, out: Path) -> dict:
         loss=LossConfig(name=args.loss, guide=args.guide, symmetric=args.symmetric),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=args.warmup_ratio,
         weight_decay=0.0, seed=args.seed, chunk_size=args.chunk_size, max_length=args.max_length, device="cpu",
+        forward_batch_size=args.forward_batch_size,
         max_steps=args.max_steps,
     )
     return train(config)
@@ -228,13 +229,24 @@ def gradcache_memory_main(argv: list[str]) -> None:
 
 def throughput(args, tuples: Path, results: dict) -> None:
     """Examples per second only: `--max-steps` steps of each trainer, alternated for
-    `--throughput-rounds` rounds so that the shared machine's load falls on both alike."""
+    `--throughput-rounds` rounds so that the shared machine's load falls on both alike.
+
+    One uncounted step of each trainer runs first (the process's first torch calls, lazy imports and
+    first-seen kernel shapes would otherwise fall on whichever trainer runs first), and the order
+    flips every round."""
+    warm = argparse.Namespace(**{**vars(args), "max_steps": 1})
+    train_densekit(warm, tuples, args.out / "throughput-warmup-densekit")
+    train_sentence_transformers(warm, tuples, args.out / "throughput-warmup-st")
     rounds = []
     for r in range(args.throughput_rounds):
-        dk = train_densekit(args, tuples, args.out / f"throughput-densekit-{r}")
-        st = train_sentence_transformers(args, tuples, args.out / f"throughput-st-{r}")
-        row = {"round": r, "densekit_examples_per_s": dk["examples_per_s"],
-               "st_examples_per_s": st["examples_per_s"],
+        if r % 2 == 0:
+            dk = train_densekit(args, tuples, args.out / f"throughput-densekit-{r}")
+            st = train_sentence_transformers(args, tuples, args.out / f"throughput-st-{r}")
+        else:
+            st = train_sentence_transformers(args, tuples, args.out / f"throughput-st-{r}")
+            dk = train_densekit(args, tuples, args.out / f"throughput-densekit-{r}")
+        row = {"round": r, "first": "densekit" if r % 2 == 0 else "sentence-transformers",
+               "densekit_examples_per_s": dk["examples_per_s"], "st_examples_per_s": st["examples_per_s"],
                "ratio": round(dk["examples_per_s"] / st["examples_per_s"], 3)}
         print(json.dumps(row), flush=True)
         rounds.append(row)
@@ -263,6 +275,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--forward-batch-size", type=int, default=None,
+                        help="densekit's rows per transformer call (default: the trainer's, 8 on CPU; 0 = all)")
     parser.add_argument("--loss", default="infonce")
     parser.add_argument("--guide", default=None)
     parser.add_argument("--symmetric", action="store_true")

@@ -586,6 +586,8 @@ def train_cmd(
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0 = off).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for data order, dropout and init.")] = 42,
     chunk_size: Annotated[int | None, typer.Option(help="GradCache chunk (texts per forward).")] = None,
+    forward_batch_size: Annotated[int | None, typer.Option(
+        help="Rows per transformer call, length-sorted (default 8 on CPU, all on CUDA; 0 = all).")] = None,
     max_length: Annotated[int | None, typer.Option(help="Document token limit (default model's).")] = None,
     query_max_length: Annotated[int | None, typer.Option(help="Query token limit.")] = None,
     precision: Annotated[str, typer.Option(help="no, bf16 or fp16 (CUDA only).")] = "no",
@@ -613,7 +615,8 @@ def train_cmd(
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=lr,
         warmup_ratio=warmup_ratio,
         weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, chunk_size=chunk_size,
-        max_length=max_length, query_max_length=query_max_length, precision=precision,
+        forward_batch_size=forward_batch_size, max_length=max_length, query_max_length=query_max_length,
+        precision=precision,
         gradient_checkpointing=gradient_checkpointing, separate_towers=separate_towers, eval_data=eval_data,
         eval_split=eval_split, eval_steps=eval_steps, save_steps=save_steps,
         stop_after_steps=stop_after_steps,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from densekit.retriever.train.distributed import DistributedContext
 from densekit.retriever.train.gradcache import contrastive_step, split_features
 from densekit.retriever.train.losses import GISTLoss, InfoNCELoss, LossInputs
-from densekit.retriever.train.model import DualEncoder
+from densekit.retriever.train.model import DualEncoder, length_sorted_groups
 
 
 def _unit(rows: int, dim: int, seed: int) -> torch.Tensor:
@@ -193,14 +193,65 @@ def test_gradcache_gradients_equal_plain_path(tiny_dual, loss_name: str, chunk: 
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_gradcache_replays_dropout(tiny_model) -> None:
+def test_length_sorted_groups_cover_every_row_once_longest_first(tiny_dual) -> None:
+    _, tok = tiny_dual
+    features = _features(tok, DOCS)
+    lengths = features["attention_mask"].sum(1)
+    assert len(set(lengths.tolist())) > 3  # the texts really differ in length
+    order, groups = length_sorted_groups(features, 4)
+    assert sorted(order.tolist()) == list(range(len(DOCS)))
+    assert [len(g["input_ids"]) for g in groups] == [4, 4, 4, 2]
+    assert lengths[order].tolist() == sorted(lengths.tolist(), reverse=True)
+    for rows, group in zip(order.split(4), groups, strict=True):
+        assert group["input_ids"].shape[1] == int(lengths[rows].max())  # trimmed to the group's longest
+        for i, row in enumerate(rows.tolist()):
+            n = int(lengths[row])
+            assert torch.equal(group["input_ids"][i, :n], features["input_ids"][row, :n])
+
+
+@pytest.mark.parametrize(("forward_batch_size", "chunk"), [(1, None), (3, None), (5, None), (2, 5)])
+def test_length_sorted_forward_equals_one_forward(tiny_dual, forward_batch_size: int, chunk: int | None) -> None:
+    """Same embeddings, loss and gradients with the rows run in length-sorted groups (and under GradCache)."""
+    model, tok = tiny_dual
+    n = len(QUERIES)
+    inputs = LossInputs(torch.arange(n), torch.zeros(n, len(DOCS), dtype=torch.bool))
+    with torch.no_grad():
+        whole = model.embed(_features(tok, DOCS), "document")
+    loss_plain, grads_plain, _ = _grads(model, InfoNCELoss(0.05, symmetric=True), None, inputs, tok)
+    model.forward_batch_size = forward_batch_size
+    try:
+        with torch.no_grad():
+            grouped = model.embed(_features(tok, DOCS), "document")
+        loss_grouped, grads_grouped, _ = _grads(model, InfoNCELoss(0.05, symmetric=True), chunk, inputs, tok)
+    finally:
+        model.forward_batch_size = None
+    assert torch.allclose(grouped, whole, atol=1e-5)
+    assert not torch.allclose(grouped[1:], whole[:-1], atol=1e-3)  # rows came back in batch order
+    assert loss_grouped == pytest.approx(loss_plain, abs=1e-5)
+    assert grads_plain.keys() == grads_grouped.keys() and len(grads_plain) > 10
+    for name, grad in grads_plain.items():
+        assert torch.allclose(grads_grouped[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_forward_batch_size_defaults_to_groups_of_8_on_cpu_and_one_call_on_cuda() -> None:
+    from densekit.retriever.train.trainer import resolve_forward_batch_size
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_forward_batch_size(None, cpu) == 8
+    assert resolve_forward_batch_size(None, cuda) is None
+    assert resolve_forward_batch_size(0, cpu) is None  # 0: one call, as asked
+    assert resolve_forward_batch_size(16, cuda) == 16
+
+
+@pytest.mark.parametrize("forward_batch_size", [None, 3])
+def test_gradcache_replays_dropout(tiny_model, forward_batch_size: int | None) -> None:
     """In train mode the graph-free pass and the re-run must see the same dropout masks."""
     from transformers import AutoModel, AutoTokenizer
 
     backbone = AutoModel.from_pretrained(
         tiny_model, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3
     )
-    model = DualEncoder(backbone, "mean", True).train()
+    model = DualEncoder(backbone, "mean", True, forward_batch_size=forward_batch_size).train()
     tok = AutoTokenizer.from_pretrained(tiny_model)
     inputs = LossInputs(torch.arange(len(QUERIES)), torch.zeros(len(QUERIES), len(DOCS), dtype=torch.bool))
     captured: list[torch.Tensor] = []

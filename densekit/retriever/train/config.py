@@ -12,6 +12,7 @@ from pathlib import Path
 from densekit.errors import DensekitError
 
 LOSSES = ("infonce", "gist")
+CPU_FORWARD_BATCH_SIZE = 8  # measured on SciFact/MiniLM, benchmarks/RESULTS.md
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -72,6 +73,9 @@ class TrainConfig:
     model: starting encoder (folder or name). output: folder for the model, checkpoints and logs.
     batch_size: examples per optimizer step over all processes together.
     chunk_size: GradCache chunk (texts per forward pass); None embeds the whole batch at once.
+    forward_batch_size: rows per transformer call within one embedding pass, longest texts
+    grouped together (see `densekit.retriever.train.model`); None picks 8 on CPU (about 2x faster
+    there than one call over the batch) and one call on CUDA; 0 always one call.
     max_length / query_max_length: token limits (default the model's).
     eval_data/eval_split: BEIR dataset and split scored (ndcg@10) every `eval_steps` and at the end.
     save_steps: checkpoint period (0 = only at the end). stop_after_steps: stop early, as if
@@ -91,6 +95,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     chunk_size: int | None = None
+    forward_batch_size: int | None = None
     max_length: int | None = None
     query_max_length: int | None = None
     precision: str = "no"
@@ -130,6 +135,8 @@ class TrainConfig:
                 raise DensekitError(f"{name} must be positive, got {value}")
         if not 0 <= self.warmup_ratio < 1:
             raise DensekitError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.forward_batch_size is not None and self.forward_batch_size < 0:
+            raise DensekitError(f"forward_batch_size must be >= 0, got {self.forward_batch_size}")
         if self.eval_steps < 0 or self.save_steps < 0:
             raise DensekitError("eval_steps and save_steps must be >= 0")
         if self.precision not in PRECISIONS:

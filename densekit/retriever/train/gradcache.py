@@ -24,6 +24,7 @@ from torch import nn
 
 from densekit.retriever.train.distributed import DistributedContext, average_gradients, gather_with_grad
 from densekit.retriever.train.losses import InfoNCELoss, LossInputs
+from densekit.retriever.train.model import trim_padding
 
 
 class RandContext:
@@ -52,12 +53,10 @@ class RandContext:
 def split_features(features: dict[str, torch.Tensor], chunk_size: int) -> list[dict[str, torch.Tensor]]:
     """Split padded features into row chunks, trimming each chunk's padding to its longest row."""
     rows = features["input_ids"].shape[0]
-    chunks = []
-    for start in range(0, rows, chunk_size):
-        part = {k: v[start : start + chunk_size] for k, v in features.items()}
-        width = int(part["attention_mask"].sum(1).max())
-        chunks.append({k: v[:, :width] if v.dim() == 2 else v for k, v in part.items()})
-    return chunks
+    return [
+        trim_padding({k: v[start : start + chunk_size] for k, v in features.items()})
+        for start in range(0, rows, chunk_size)
+    ]
 
 
 @dataclass

@@ -38,7 +38,7 @@ from densekit.errors import DensekitError
 from densekit.io import atomic_dir, atomic_file, write_json
 from densekit.progress import announce, progress_bar
 from densekit.retriever.encoder import Encoder, write_sentence_transformers_folder
-from densekit.retriever.train.config import TrainConfig
+from densekit.retriever.train.config import CPU_FORWARD_BATCH_SIZE, TrainConfig
 from densekit.retriever.train.data import (
     ContrastiveBatch,
     ContrastiveCollator,
@@ -59,6 +59,13 @@ from densekit.retriever.train.model import DualEncoder
 
 STATE_FILE = "state.pt"
 TRAIN_CONFIG = "densekit_train.json"
+
+
+def resolve_forward_batch_size(requested: int | None, device: torch.device) -> int | None:
+    """Rows per transformer call: `requested`, or by default 8 on CPU and one call on CUDA (0 = one call)."""
+    if requested is None:
+        return CPU_FORWARD_BATCH_SIZE if device.type == "cpu" else None
+    return requested or None
 
 
 def seed_everything(seed: int) -> None:
@@ -249,9 +256,10 @@ class Trainer:
         backbone.train()
         if cfg.gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = DualEncoder(backbone, enc_cfg.pooling, enc_cfg.normalize, cfg.separate_towers).to(
-            self.device
-        )
+        self.model = DualEncoder(
+            backbone, enc_cfg.pooling, enc_cfg.normalize, cfg.separate_towers,
+            forward_batch_size=resolve_forward_batch_size(cfg.forward_batch_size, self.device),
+        ).to(self.device)
         self.model.train()
         lc = cfg.loss
         self.loss_fn: InfoNCELoss = build_loss(
