@@ -15,6 +15,13 @@ GradCache's memory, one training step at batch 256 with chunk 32 against the who
     DENSEKIT_DATA=../shared/data/beir python benchmarks/train.py gradcache-memory \\
         --negatives-file /tmp/scifact.neg.jsonl --batch-size 256 --chunk-size 32
 
+Seconds per training step with the transformer called on the whole batch at once against
+length-sorted groups of a few rows (densekit's `forward_batch_size`), alternated over several
+different batches in one process:
+
+    DENSEKIT_DATA=../shared/data/beir python benchmarks/train.py forward-groups \
+        --negatives-file /tmp/scifact.neg.jsonl --sizes 0,8u,16,8,4
+
 The negatives file comes from `densekit mine` (or densekit.mining.HardNegativeMiner): here
 all-MiniLM-L6-v2 as teacher on the train split, TopK-PercPos 0.95, 4 negatives from the top 100.
 Each example takes the query's highest-ranked negative; queries the filter left without any
@@ -28,6 +35,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -227,6 +235,84 @@ def gradcache_memory_main(argv: list[str]) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def forward_groups_main(argv: list[str]) -> None:
+    """One training step (train mode, dropout on) per setting on each of `--batches` batches.
+
+    Settings: 0 = one transformer call per side (the anchor), N = length-sorted groups of N rows
+    (densekit's default path), Nu = groups of N in batch order (each trimmed to its longest row),
+    which separates the effect of the group size from that of the padding.
+    """
+    import torch
+
+    from densekit.retriever.train import DataConfig, TrainConfig
+    from densekit.retriever.train.distributed import DistributedContext
+    from densekit.retriever.train.gradcache import contrastive_step, split_features
+    from densekit.retriever.train.model import length_sorted_groups
+    from densekit.retriever.train.trainer import Trainer
+
+    parser = argparse.ArgumentParser(prog="train.py forward-groups")
+    parser.add_argument("--data", default="scifact")
+    parser.add_argument("--negatives-file", dest="negatives_file", type=Path, required=True)
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--sizes", default="0,8u,16,8,4")
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    sizes = args.sizes.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        tuples = Path(tmp) / "tuples.jsonl"
+        write_tuples_file(args.negatives_file, tuples, 1)
+        config = TrainConfig(model=args.model, output=Path(tmp) / "out", batch_size=args.batch_size,
+                             data=DataConfig(negatives=tuples, corpus=args.data, negatives_per_query=1),
+                             max_length=args.max_length, device="cpu", seed=args.seed, forward_batch_size=0)
+        trainer = Trainer(config)
+        trainer._setup()
+    model, ctx, device = trainer.model, DistributedContext(), torch.device("cpu")
+    batches = trainer.sampler.batches(0)[: args.batches + 1]
+
+    def step(batch, size: str) -> float:
+        inputs = trainer._loss_inputs(batch)
+        queries, documents = batch.query_features[0], batch.document_features[0]
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        if size.endswith("u"):
+            model.forward_batch_size = None
+            q = model.embed(queries, "query")
+            d = torch.cat([model.embed(part, "document") for part in split_features(documents, int(size[:-1]))])
+            trainer.loss_fn(q, d, inputs).backward()
+        else:
+            model.forward_batch_size = int(size) or None
+            contrastive_step(model, trainer.loss_fn, queries, documents, inputs, ctx, device)
+        return time.perf_counter() - t0
+
+    def padded_tokens(documents, size: str) -> int:
+        if size == "0":
+            return documents["input_ids"].numel()
+        n = int(size.rstrip("u"))
+        parts = split_features(documents, n) if size.endswith("u") else length_sorted_groups(documents, n)[1]
+        return sum(p["input_ids"].numel() for p in parts)
+
+    step(trainer.collator([trainer.examples[i] for i in batches[0]]), "0")  # warm-up, not counted
+    seconds = {size: [] for size in sizes}
+    tokens = {size: 0 for size in sizes}
+    real = 0
+    for number, indices in enumerate(batches[1:], 1):
+        batch = trainer.collator([trainer.examples[i] for i in indices])
+        real += int(batch.document_features[0]["attention_mask"].sum())
+        for size in sizes:
+            seconds[size].append(round(step(batch, size), 3))
+            tokens[size] += padded_tokens(batch.document_features[0], size)
+        print(json.dumps({"batch": number, **{size: seconds[size][-1] for size in sizes}}), flush=True)
+    anchor = sum(seconds["0"]) / len(seconds["0"]) if "0" in seconds else None
+    summary = {size: {"mean_seconds": round(sum(v) / len(v), 3),
+                      "document_padding": round(tokens[size] / real - 1, 4),
+                      **({"speedup_vs_one_call": round(anchor / (sum(v) / len(v)), 3)} if anchor else {})}
+               for size, v in seconds.items()}
+    print(json.dumps(summary, indent=2))
+
+
 def throughput(args, tuples: Path, results: dict) -> None:
     """Examples per second only: `--max-steps` steps of each trainer, alternated for
     `--throughput-rounds` rounds so that the shared machine's load falls on both alike.
@@ -261,6 +347,9 @@ def throughput(args, tuples: Path, results: dict) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "gradcache-memory":
         gradcache_memory_main(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "forward-groups":
+        forward_groups_main(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="scifact")

@@ -74,8 +74,8 @@ class TrainConfig:
     batch_size: examples per optimizer step over all processes together.
     chunk_size: GradCache chunk (texts per forward pass); None embeds the whole batch at once.
     forward_batch_size: rows per transformer call within one embedding pass, longest texts
-    grouped together (see `densekit.retriever.train.model`); None picks 8 on CPU (about 2x faster
-    there than one call over the batch) and one call on CUDA; 0 always one call.
+    grouped together (see `densekit.retriever.train.model`); None picks 8 on CPU (a SciFact step
+    about 2x faster there than one call over the batch) and one call on CUDA; 0 always one call.
     max_length / query_max_length: token limits (default the model's).
     eval_data/eval_split: BEIR dataset and split scored (ndcg@10) every `eval_steps` and at the end.
     save_steps: checkpoint period (0 = only at the end). stop_after_steps: stop early, as if

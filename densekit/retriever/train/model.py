@@ -8,11 +8,12 @@ Length-sorted sub-batches (`forward_batch_size`): inside that one forward, the t
 by token count and run through the transformer a few rows at a time, each group trimmed to its
 own longest row, and the embeddings are put back in batch order. The loss and gradients are the
 plain forward's (up to float rounding; `tests/test_train_losses.py`), with less padding computed
-and, on CPU, much smaller intermediate tensors: a 64 x 256-token batch of MiniLM builds 200 MB
-attention tensors per layer, which glibc serves from fresh `mmap` pages (above its 32 MB mmap
-threshold) and page-faults in again at every step. On the 2-core CPU here, 8-row groups made a
-SciFact training step (32 queries, 64 documents) about 2x faster than one 64-row forward
-(`benchmarks/RESULTS.md`).
+and much smaller intermediate tensors per call: one call over 64 x 256-token texts of MiniLM
+builds 200 MB attention tensors per layer. On the 2-core CPU here a SciFact training step
+(32 queries, 64 documents, a fresh batch each step) took 20.1 s in one call and 9.7 s in
+length-sorted groups of 8; most of that is the group size, not the padding (8-row groups in
+batch order: 12.2 s). Numbers and command: `benchmarks/RESULTS.md`. Not measured on a GPU, where
+the default stays one call.
 """
 
 from __future__ import annotations
