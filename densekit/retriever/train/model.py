@@ -10,9 +10,9 @@ own longest row, and the embeddings are put back in batch order. The loss and gr
 plain forward's (up to float rounding; `tests/test_train_losses.py`), with less padding computed
 and much smaller intermediate tensors per call: one call over 64 x 256-token texts of MiniLM
 builds 200 MB attention tensors per layer. On the 2-core CPU here a SciFact training step
-(32 queries, 64 documents, a fresh batch each step) took 20.1 s in one call and 9.7 s in
+(32 queries, 64 documents, a fresh batch each step) took 18.7 s in one call and 9.8 s in
 length-sorted groups of 8; most of that is the group size, not the padding (8-row groups in
-batch order: 12.2 s). Numbers and command: `benchmarks/RESULTS.md`. Not measured on a GPU, where
+batch order: 11.9 s). Numbers and command: `benchmarks/RESULTS.md`. Not measured on a GPU, where
 the default stays one call.
 """
 
