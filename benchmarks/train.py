@@ -239,8 +239,9 @@ def forward_groups_main(argv: list[str]) -> None:
     """One training step (train mode, dropout on) per setting on each of `--batches` batches.
 
     Settings: 0 = one transformer call per side (the anchor), N = length-sorted groups of N rows
-    (densekit's default path), Nu = groups of N in batch order (each trimmed to its longest row),
-    which separates the effect of the group size from that of the padding.
+    on both sides (densekit's path), Nu = the documents in groups of N in batch order (each trimmed
+    to its longest row; queries in one call), which separates the effect of the group size from
+    that of the padding.
     """
     import torch
 

@@ -68,3 +68,22 @@ def test_resume_refuses_a_changed_recipe(
     changed.learning_rate = 5e-4
     with pytest.raises(DensekitError, match="learning_rate"):
         train(changed, resume=True)
+
+
+def test_resume_accepts_a_checkpoint_from_before_a_setting_existed(
+    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path
+) -> None:
+    """A checkpoint whose recipe lacks a later-added setting resumes as if it held the default."""
+    train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "run", stop_after_steps=1))
+    state_path = tmp_path / "run" / "checkpoints" / "step-1" / "state.pt"
+    state = torch.load(state_path, weights_only=False)
+    del state["recipe"]["forward_batch_size"]  # as written before forward_batch_size existed
+    torch.save(state, state_path)
+    resumed = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "run"), resume=True)
+    assert resumed["finished"] and resumed["resumed_from"].endswith("step-1")
+    changed = _config(tiny_model, train_negatives, scifact_small, tmp_path / "run2", stop_after_steps=1)
+    train(changed)
+    changed.forward_batch_size = 3
+    changed.stop_after_steps = None
+    with pytest.raises(DensekitError, match="forward_batch_size"):
+        train(changed, resume=True)

@@ -336,10 +336,10 @@ class Trainer:
             return None
         path = dirs[-1]
         state = torch.load(path / STATE_FILE, map_location=self.device, weights_only=False)
-        if state["recipe"] != self.config.recipe():
-            changed = sorted(
-                k for k in self.config.recipe() if state["recipe"].get(k) != self.config.recipe()[k]
-            )
+        # A setting added after the checkpoint was written counts as its default there.
+        saved, current = TrainConfig.from_json(state["recipe"]).recipe(), self.config.recipe()
+        if saved != current:
+            changed = sorted(k for k in current if saved.get(k) != current[k])
             raise DensekitError(
                 f"{path}: the checkpoint was written with different settings ({', '.join(changed)}); "
                 f"resume with the same recipe or start a new output folder"
