@@ -193,14 +193,20 @@ def gradcache_step(args) -> dict:
     return result
 
 
-def gradcache_memory_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="train.py gradcache-memory")
+def tuple_parser(**kwargs) -> argparse.ArgumentParser:
+    """A parser with the arguments every mode shares: dataset, mined tuples, start model, max length."""
+    parser = argparse.ArgumentParser(**kwargs)
     parser.add_argument("--data", default="scifact")
     parser.add_argument("--negatives-file", dest="negatives_file", type=Path, required=True)
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--max-length", type=int, default=None)
+    return parser
+
+
+def gradcache_memory_main(argv: list[str]) -> None:
+    parser = tuple_parser(prog="train.py gradcache-memory")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--chunk-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--one-step", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -251,14 +257,10 @@ def forward_groups_main(argv: list[str]) -> None:
     from densekit.retriever.train.model import length_sorted_groups
     from densekit.retriever.train.trainer import Trainer
 
-    parser = argparse.ArgumentParser(prog="train.py forward-groups")
-    parser.add_argument("--data", default="scifact")
-    parser.add_argument("--negatives-file", dest="negatives_file", type=Path, required=True)
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser = tuple_parser(prog="train.py forward-groups")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--sizes", default="0,8u,16,8,4")
-    parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     sizes = args.sizes.split(",")
@@ -352,18 +354,14 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "forward-groups":
         forward_groups_main(sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="scifact")
-    parser.add_argument("--negatives-file", dest="negatives_file", type=Path, required=True)
+    parser = tuple_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--negatives", type=int, default=1, help="hard negatives per tuple")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--forward-batch-size", type=int, default=None,
                         help="densekit's rows per transformer call (default: the trainer's, 8 on CPU; 0 = all)")
