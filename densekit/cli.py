@@ -571,6 +571,8 @@ def train_cmd(
     corpus: Annotated[str, typer.Option("--corpus", help="BEIR folder or name holding the documents.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for model, checkpoints, logs.")],
     negatives_per_query: Annotated[int, typer.Option(help="Mined negatives per example (rank order).")] = 1,
+    positives: Annotated[str, typer.Option(
+        help="all: every (query, positive) pair each epoch; one: one pair per query, drawn per epoch.")] = "all",
     loss: Annotated[str, typer.Option(help="infonce or gist.")] = "infonce",
     temperature: Annotated[float, typer.Option(help="Softmax temperature (0.05 = scale 20).")] = 0.05,
     learnable_temperature: Annotated[bool, typer.Option(help="Learn the temperature.")] = False,
@@ -609,7 +611,8 @@ def train_cmd(
 
     config = TrainConfig(
         model=model, output=output,
-        data=DataConfig(negatives=negatives, corpus=corpus, negatives_per_query=negatives_per_query),
+        data=DataConfig(negatives=negatives, corpus=corpus, negatives_per_query=negatives_per_query,
+                        positives=positives),
         loss=LossConfig(name=loss, temperature=temperature, learnable_temperature=learnable_temperature,
                         symmetric=symmetric, guide=guide, gist_margin=gist_margin),
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=lr,

@@ -65,6 +65,8 @@ def test_train_bad_input_exits_2_naming_the_file(
     assert code == 2 and "guide" in stderr
     code, _, stderr = run_cli([*base, "--negatives", str(bad), "--forward-batch-size", "-1"], capsys, monkeypatch)
     assert code == 2 and "forward_batch_size must be >= 0, got -1" in stderr
+    code, _, stderr = run_cli([*base, "--negatives", str(bad), "--positives", "some"], capsys, monkeypatch)
+    assert code == 2 and "unknown positive sampling 'some'; expected one of all, one" in stderr
     code, _, _ = run_cli([*base, "--negatives", str(bad), "--no-such-option"], capsys, monkeypatch)
     assert code != 0
     assert not (tmp_path / "o" / "model").exists()

@@ -109,6 +109,25 @@ def test_sampler_equals_the_plain_greedy_rule_with_many_positives_per_query(tmp_
     assert len(sampler) == len(_greedy_reference(examples, 8, 3, 0))
 
 
+def test_one_positive_per_query_each_epoch_drawn_afresh(tmp_path: Path) -> None:
+    # q0 has 6 positives, q1..q5 one each: "all" gives 11 examples per epoch, "one" gives 6
+    records = [_record("q0", [f"d{j}" for j in range(6)], [])]
+    records += [_record(f"q{i}", [f"d{5 + i}"], []) for i in range(1, 6)]
+    examples = read_training_examples(_write(tmp_path / "n.jsonl", records), CORPUS, 0)
+    assert len(examples) == 11
+    sampler = NoDuplicatesBatchSampler(examples, batch_size=4, seed=5, one_per_query=True)
+    drawn_for_q0 = set()
+    for epoch in range(12):
+        chosen = [examples[i] for b in sampler.batches(epoch) for i in b]
+        assert sorted(e.query_id for e in chosen) == [f"q{i}" for i in range(6)]
+        for batch in sampler.batches(epoch):
+            assert len({examples[i].positive_id for i in batch}) == len(batch)
+        drawn_for_q0 |= {e.positive_id for e in chosen if e.query_id == "q0"}
+    assert len(drawn_for_q0) >= 4  # not always the same positive (12 draws from 6)
+    assert sampler.batches(3) == NoDuplicatesBatchSampler(examples, 4, 5, one_per_query=True).batches(3)
+    assert len(sampler) == 2  # 6 queries in batches of 4
+
+
 def test_collator_layout_and_masks_other_positives(tmp_path: Path, minilm_folder: Path) -> None:
     from transformers import AutoTokenizer
 

@@ -18,10 +18,12 @@ from densekit.errors import DensekitError
 from densekit.retriever.train import DataConfig, TrainConfig, train
 
 
-def _config(tiny_model: Path, negatives: Path, corpus: Path, output: Path, **run) -> TrainConfig:
+def _config(
+    tiny_model: Path, negatives: Path, corpus: Path, output: Path, positives: str = "all", **run
+) -> TrainConfig:
     return TrainConfig(
         model=str(tiny_model), output=output,
-        data=DataConfig(negatives=negatives, corpus=str(corpus), negatives_per_query=2),
+        data=DataConfig(negatives=negatives, corpus=str(corpus), negatives_per_query=2, positives=positives),
         epochs=2, batch_size=4, learning_rate=1e-3, max_length=48, device="cpu", seed=5, **run,
     )
 
@@ -30,16 +32,19 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
+@pytest.mark.parametrize("positives", ["all", "one"])
 def test_resume_reproduces_the_uninterrupted_run(
-    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path
+    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path, positives: str
 ) -> None:
-    straight = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "straight"))
+    straight = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "straight", positives))
     assert straight["finished"] and straight["steps"] > 6
 
-    stopped = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split", stop_after_steps=3))
+    stopped = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split", positives,
+                            stop_after_steps=3))
     assert not stopped["finished"] and stopped["steps"] == 3 and stopped["model"] is None
     assert (tmp_path / "split" / "checkpoints" / "step-3" / "state.pt").is_file()
-    resumed = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split"), resume=True)
+    resumed = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split", positives),
+                    resume=True)
     assert resumed["finished"] and resumed["resumed_from"].endswith("step-3")
     assert resumed["steps_this_run"] == straight["steps"] - 3
 

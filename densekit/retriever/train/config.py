@@ -12,6 +12,7 @@ from pathlib import Path
 from densekit.errors import DensekitError
 
 LOSSES = ("infonce", "gist")
+POSITIVE_SAMPLING = ("all", "one")
 CPU_FORWARD_BATCH_SIZE = 8  # measured on SciFact/MiniLM, benchmarks/RESULTS.md
 PRECISIONS = ("no", "bf16", "fp16")
 
@@ -55,15 +56,24 @@ class DataConfig:
     negatives: the mining output (JSON lines, one query per line).
     corpus: BEIR folder or dataset name whose corpus.jsonl holds the documents the file names.
     negatives_per_query: mined negatives per example, taken in rank order (0 = in-batch only).
+    positives: "all" makes every (query, positive) pair one example of every epoch; "one" gives
+    each query one example per epoch, its positive drawn afresh each epoch (DPR/Tevatron style:
+    an epoch is a pass over the queries, which keeps datasets with many positives per query,
+    such as NFCorpus's 42.7, from being dominated by their most-labelled queries).
     """
 
     negatives: Path
     corpus: str
     negatives_per_query: int = 1
+    positives: str = "all"
 
     def validate(self) -> None:
         if self.negatives_per_query < 0:
             raise DensekitError(f"negatives_per_query must be >= 0, got {self.negatives_per_query}")
+        if self.positives not in POSITIVE_SAMPLING:
+            raise DensekitError(
+                f"unknown positive sampling {self.positives!r}; expected one of {', '.join(POSITIVE_SAMPLING)}"
+            )
 
 
 @dataclass

@@ -132,15 +132,31 @@ class NoDuplicatesBatchSampler:
     query) made the plain rule quadratic; now it takes 0.75 s and gives 3,455 full batches of 32 and
     2 short ones. A query with more positives than the epoch has batches would end it in a tail of
     one-example batches.
+
+    `one_per_query`: each epoch first draws one example per query (the query's positive for that
+    epoch, uniformly from its examples, with the epoch's generator), then shuffles and batches
+    those; the epoch has as many examples as there are queries.
     """
 
     def __init__(
-        self, examples: list[TrainingExample], batch_size: int, seed: int, drop_last: bool = False
+        self,
+        examples: list[TrainingExample],
+        batch_size: int,
+        seed: int,
+        drop_last: bool = False,
+        one_per_query: bool = False,
     ) -> None:
         self.examples = examples
         self.batch_size = batch_size
         self.seed = seed
         self.drop_last = drop_last
+        self.one_per_query = one_per_query
+        self._by_query: list[list[int]] = []
+        if one_per_query:
+            groups: dict[str, list[int]] = {}
+            for index, example in enumerate(examples):
+                groups.setdefault(example.query_id, []).append(index)
+            self._by_query = list(groups.values())
         self._cached: tuple[int, list[list[int]]] | None = None
 
     def batches(self, epoch: int) -> list[list[int]]:
@@ -151,8 +167,12 @@ class NoDuplicatesBatchSampler:
         return [list(batch) for batch in result]
 
     def _batches(self, epoch: int) -> list[list[int]]:
-        order = list(range(len(self.examples)))
-        random.Random(self.seed + epoch).shuffle(order)
+        rng = random.Random(self.seed + epoch)
+        if self.one_per_query:
+            order = [group[rng.randrange(len(group))] for group in self._by_query]
+        else:
+            order = list(range(len(self.examples)))
+        rng.shuffle(order)
         batches: list[list[int]] = []
         pending = order
         while pending:

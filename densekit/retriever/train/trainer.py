@@ -243,7 +243,9 @@ class Trainer:
             enc_cfg.query_prompt,
             enc_cfg.document_prompt,
         )
-        self.sampler = NoDuplicatesBatchSampler(self.examples, cfg.batch_size, cfg.seed)
+        self.sampler = NoDuplicatesBatchSampler(
+            self.examples, cfg.batch_size, cfg.seed, one_per_query=cfg.data.positives == "one"
+        )
         per_epoch = [len(self.sampler.batches(e)) for e in range(cfg.epochs)]
         self.total_steps = min(cfg.max_steps, sum(per_epoch)) if cfg.max_steps else sum(per_epoch)
         if cfg.max_steps and cfg.max_steps > sum(per_epoch):
