@@ -38,6 +38,9 @@ def test_resume_reproduces_the_uninterrupted_run(
 ) -> None:
     straight = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "straight", positives))
     assert straight["finished"] and straight["steps"] > 6
+    queries = len(train_negatives.read_text().splitlines())
+    assert straight["examples"] > queries  # some queries have several positives
+    assert straight["examples_per_epoch"] == (queries if positives == "one" else straight["examples"])
 
     stopped = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split", positives,
                             stop_after_steps=3))

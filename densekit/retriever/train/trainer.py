@@ -493,7 +493,8 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "device": str(self.device),
             "config": self.config.to_json(),
-            "examples": len(self.examples),
+            "examples": len(self.examples),  # (query, positive) pairs read from the negatives file
+            "examples_per_epoch": sum(len(b) for b in self.sampler.batches(0)),
             "encoder": asdict(self.encoder.config),
         }
         if self.ctx.is_main:
