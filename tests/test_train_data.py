@@ -146,3 +146,23 @@ def test_collator_layout_and_masks_other_positives(tmp_path: Path, minilm_folder
     assert sharded.document_ids == ["d0", "d5", "d2", "d1", "d6"]
     assert sharded.positive_index.tolist() == [0, 2]
     assert [f["input_ids"].shape[0] for f in sharded.document_features] == [2, 3]
+
+
+def test_collator_counts_a_repeated_document_once(tmp_path: Path, minilm_folder: Path) -> None:
+    from transformers import AutoTokenizer
+
+    # q1 and q2 mined the same negative d5; q1's negative d3 is q3's positive (a later shard)
+    records = [_record("q1", ["d0"], ["d5", "d3"]), _record("q2", ["d1"], ["d5"]),
+               _record("q3", ["d3"], ["d6"]), _record("q4", ["d4"], ["d7"])]
+    examples = read_training_examples(_write(tmp_path / "n.jsonl", records), CORPUS, 2)
+    collator = ContrastiveCollator(AutoTokenizer.from_pretrained(minilm_folder), CORPUS, 32, 16)
+    batch = collator(examples, shards=2)
+    assert batch.document_ids == ["d0", "d1", "d5", "d3", "d5", "d3", "d4", "d6", "d7"]
+    assert batch.positive_index.tolist() == [0, 1, 5, 6]
+    # q1's negative d3 (column 3) is q3's positive: masked for q3; q3's own positive column 5 is
+    # a repeat of d3, masked for everyone else; the second d5 (column 4) is masked for all
+    assert batch.exclude.nonzero().tolist() == [
+        [0, 4], [0, 5], [1, 4], [1, 5], [2, 3], [2, 4], [3, 4], [3, 5]]
+    for i in range(4):  # every document id counts once per query
+        kept = [d for j, d in enumerate(batch.document_ids) if not batch.exclude[i, j]]
+        assert len(kept) == len(set(kept)) == 7

@@ -206,7 +206,8 @@ class ContrastiveBatch:
 
     Documents are ordered shard by shard; within a shard, the positives of its queries, then their
     negatives (query-major). `positive_index[i]` is query i's positive column; `exclude[i, j]` marks
-    documents that must not count as query i's negatives (another of its labelled positives).
+    documents that must not count as query i's negatives (another of its labelled positives, or a
+    repeat of a document already in the batch, so that every document counts once).
     `query_features`/`document_features` are per shard (one entry per process).
     """
 
@@ -303,6 +304,17 @@ class ContrastiveCollator:
             for j, doc_id in enumerate(document_ids):
                 if j != positive_index[i] and doc_id in example.positive_ids:
                     exclude[i, j] = True
+        # A document in the batch twice (two queries mined the same negative, or one query's negative
+        # is another's positive) counts once in every query's denominator: its repeats are masked,
+        # except where a repeat is the query's own positive column.
+        seen: set[str] = set()
+        for j, doc_id in enumerate(document_ids):
+            if doc_id in seen:
+                exclude[:, j] = True
+                for i, pos in enumerate(positive_index):
+                    if pos == j:
+                        exclude[i, j] = False
+            seen.add(doc_id)
         return ContrastiveBatch(
             query_ids, document_ids, torch.tensor(positive_index), exclude, query_features, document_features
         )
