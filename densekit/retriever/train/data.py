@@ -299,22 +299,17 @@ class ContrastiveCollator:
             document_ids += docs
             query_features.append(self._pad(self._query_ids(part)))
             document_features.append(self._pad(self._doc_ids(docs)))
+        # A document in the batch twice (two queries mined the same negative, or one query's negative
+        # is another's positive) counts once in every query's denominator: only its first column
+        # counts, except that a query's own positive column always does.
+        first_column: dict[str, int] = {}
+        for j, doc_id in enumerate(document_ids):
+            first_column.setdefault(doc_id, j)
         exclude = torch.zeros(len(examples), len(document_ids), dtype=torch.bool)
         for i, example in enumerate(examples):
             for j, doc_id in enumerate(document_ids):
-                if j != positive_index[i] and doc_id in example.positive_ids:
+                if j != positive_index[i] and (doc_id in example.positive_ids or first_column[doc_id] != j):
                     exclude[i, j] = True
-        # A document in the batch twice (two queries mined the same negative, or one query's negative
-        # is another's positive) counts once in every query's denominator: its repeats are masked,
-        # except where a repeat is the query's own positive column.
-        seen: set[str] = set()
-        for j, doc_id in enumerate(document_ids):
-            if doc_id in seen:
-                exclude[:, j] = True
-                for i, pos in enumerate(positive_index):
-                    if pos == j:
-                        exclude[i, j] = False
-            seen.add(doc_id)
         return ContrastiveBatch(
             query_ids, document_ids, torch.tensor(positive_index), exclude, query_features, document_features
         )

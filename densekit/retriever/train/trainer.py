@@ -246,6 +246,7 @@ class Trainer:
         self.sampler = NoDuplicatesBatchSampler(
             self.examples, cfg.batch_size, cfg.seed, one_per_query=cfg.data.positives == "one"
         )
+        self.examples_per_epoch = sum(len(batch) for batch in self.sampler.batches(0))
         per_epoch = [len(self.sampler.batches(e)) for e in range(cfg.epochs)]
         self.total_steps = min(cfg.max_steps, sum(per_epoch)) if cfg.max_steps else sum(per_epoch)
         if cfg.max_steps and cfg.max_steps > sum(per_epoch):
@@ -494,7 +495,7 @@ class Trainer:
             "device": str(self.device),
             "config": self.config.to_json(),
             "examples": len(self.examples),  # (query, positive) pairs read from the negatives file
-            "examples_per_epoch": sum(len(b) for b in self.sampler.batches(0)),
+            "examples_per_epoch": self.examples_per_epoch,
             "encoder": asdict(self.encoder.config),
         }
         if self.ctx.is_main:
