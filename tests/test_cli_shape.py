@@ -1,0 +1,69 @@
+"""The CLI's shape: the README's commands keep their `--json` keys, modules stay small, text output
+keeps square brackets, `--version` works, and a wrong index directory fails before any model loads.
+
+The key sets in tests/data/cli_json_keys.json were recorded from the single-file cli.py before it
+became a package (`DENSEKIT_RECORD_CLI_KEYS=1 pytest tests/test_cli_shape.py -k keys` rewrites them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+
+KEYS_FILE = Path(__file__).parent / "data" / "cli_json_keys.json"
+# Dicts whose keys are data (query ids, metric names), not the output's shape.
+DATA_KEYED = {"results", "metrics", "per_query", "splits", "by_filter", "removed_by_filter", "timings"}
+
+
+def key_paths(obj: object, prefix: str = "") -> list[str]:
+    """Every key path of a JSON value ("a.b", list items as "a[]"), not descending into DATA_KEYED maps."""
+    paths: list[str] = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            path = f"{prefix}.{key}" if prefix else key
+            paths.append(path)
+            if key not in DATA_KEYED:
+                paths += key_paths(value, path)
+    elif isinstance(obj, list) and obj:
+        paths += key_paths(obj[0], prefix + "[]")
+    return sorted(set(paths))
+
+
+def readme_commands(model: Path, small: Path, work: Path) -> dict[str, list[str]]:
+    """The README's main commands on the SciFact subset with the tiny model, in run order."""
+    idx, bm25, run_a, run_b = work / "idx", work / "bm25", work / "a.trec", work / "b.trec"
+    return {
+        "index build": ["index", "build", str(small), "--model", str(model), "--out", str(idx)],
+        "index build --bm25": ["index", "build", str(small), "--bm25", "--backend", "bm25s", "--out", str(bm25)],
+        "index info": ["index", "info", str(idx)],
+        "search": ["search", str(idx), "vitamin d", "-k", "3"],
+        "search --queries --out": ["search", str(idx), "--queries", str(small), "--split", "test", "-k", "100",
+                                   "--out", str(run_a)],
+        "search bm25 --out": ["search", str(bm25), "--queries", str(small), "--split", "test", "-k", "100",
+                              "--out", str(run_b)],
+        "eval --index": ["eval", str(small), "--index", str(idx), "--depth", "100"],
+        "eval --run": ["eval", str(small), "--run", str(run_a)],
+        "eval --bm25": ["eval", str(small), "--bm25", "--backend", "bm25s", "--depth", "100"],
+        "mine": ["mine", str(small), "--split", "test", "--teacher", str(model), "--out", str(work / "neg.jsonl"),
+                 "--depth", "20"],
+        "compare": ["compare", str(run_a), str(run_b), "--data", str(small), "--trials", "200"],
+    }
+
+
+def test_readme_commands_keep_their_json_keys(tiny_model, scifact_small, tmp_path, capsys, monkeypatch) -> None:
+    seen: dict[str, list[str]] = {}
+    for name, args in readme_commands(tiny_model, scifact_small, tmp_path).items():
+        code, out, err = run_cli([*args, "--json"], capsys, monkeypatch)
+        assert code == 0, f"{name}: {err}"
+        seen[name] = key_paths(json.loads(out))
+    if os.environ.get("DENSEKIT_RECORD_CLI_KEYS"):
+        KEYS_FILE.parent.mkdir(exist_ok=True)
+        KEYS_FILE.write_text(json.dumps(seen, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    recorded = json.loads(KEYS_FILE.read_text(encoding="utf-8"))
+    assert seen == recorded
