@@ -285,12 +285,14 @@ class Encoder:
             bar.close()
         return out
 
-    def save(self, folder: str | Path, model: torch.nn.Module | None = None) -> Path:
-        """Write a sentence-transformers folder (plus densekit's config) that both libraries load."""
+    def save(self, folder: str | Path, model: torch.nn.Module | None = None, overwrite: bool = False) -> Path:
+        """Write a sentence-transformers folder (plus densekit's config) that both libraries load.
+
+        An existing `folder` must be a model densekit wrote (or empty) unless `overwrite`."""
         from densekit.io import atomic_dir
 
         folder = Path(folder)
-        with atomic_dir(folder) as staging:
+        with atomic_dir(folder, kind="model", overwrite=overwrite) as staging:
             write_sentence_transformers_folder(staging, model or self.model, self.tokenizer, self.config)
         return folder
 

