@@ -25,7 +25,7 @@ def test_train_gist_evaluates_and_saves_a_sentence_transformers_folder(
     summary = json.loads(stdout)
     assert summary["finished"] and summary["steps"] == 3 and summary["examples_this_run"] == 12
     assert summary["config"]["loss"]["name"] == "gist"
-    assert (out / "guide_cache.pt").is_file()  # guide embeddings computed once, kept beside the run
+    assert (out / "guide_cache" / "state.safetensors").is_file()  # guide embeddings computed once, kept beside the run
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3] and all(r["lr"] > 0 for r in steps)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from densekit.errors import DensekitError
 from densekit.retriever.train import DataConfig, TrainConfig, train
+from densekit.serialize import load_state, save_state
 
 
 def _config(
@@ -45,7 +46,7 @@ def test_resume_reproduces_the_uninterrupted_run(
     stopped = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split", positives,
                             stop_after_steps=3))
     assert not stopped["finished"] and stopped["steps"] == 3 and stopped["model"] is None
-    assert (tmp_path / "split" / "checkpoints" / "step-3" / "state.pt").is_file()
+    assert (tmp_path / "split" / "checkpoints" / "step-3" / "state.safetensors").is_file()
     resumed = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split", positives),
                     resume=True)
     assert resumed["finished"] and resumed["resumed_from"].endswith("step-3")
@@ -83,10 +84,11 @@ def test_resume_accepts_a_checkpoint_from_before_a_setting_existed(
 ) -> None:
     """A checkpoint whose recipe lacks a later-added setting resumes as if it held the default."""
     train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "run", stop_after_steps=1))
-    state_path = tmp_path / "run" / "checkpoints" / "step-1" / "state.pt"
-    state = torch.load(state_path, weights_only=False)
+    state_dir = tmp_path / "run" / "checkpoints" / "step-1"
+    state = load_state(state_dir)
     del state["recipe"]["forward_batch_size"]  # as written before forward_batch_size existed
-    torch.save(state, state_path)
+    del state["recipe"]["inputs"]  # ... and before the inputs' content hashes were recorded
+    save_state(state_dir, state)
     resumed = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "run"), resume=True)
     assert resumed["finished"] and resumed["resumed_from"].endswith("step-1")
     changed = _config(tiny_model, train_negatives, scifact_small, tmp_path / "run2", stop_after_steps=1)

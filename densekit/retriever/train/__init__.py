@@ -5,7 +5,8 @@
 - :mod:`losses`: `InfoNCELoss`, `GISTLoss`
 - :mod:`gradcache`: one training step, plain or GradCache, for every loss
 - :mod:`distributed`: torchrun process group and gathers with gradient
-- :mod:`trainer`: the loop, checkpoints, resume, evaluation
+- :mod:`trainer`: the loop, resume, evaluation; :mod:`checkpoints`: checkpoint files and the output folder
+- :mod:`guide`: the GIST guide's embedding cache
 
 Imports are lazy so `import densekit.retriever.train` stays cheap.
 """
@@ -15,7 +16,7 @@ from densekit.retriever.train.config import DataConfig, LossConfig, TrainConfig
 __all__ = ["DataConfig", "LossConfig", "TrainConfig", "train"]
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     from densekit.retriever.train.trainer import train as _train
 
-    return _train(config, resume)
+    return _train(config, resume, overwrite)

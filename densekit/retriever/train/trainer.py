@@ -10,13 +10,19 @@ Output folder::
 
     model/            final model (sentence-transformers folder + densekit_config.json + densekit_train.json)
     best/             the best model on the evaluation split (when eval_data is given)
-    checkpoints/step-N/state.pt   model, loss, optimizer, scheduler, scaler, RNG states, data position
+    checkpoints/step-N/state.safetensors + state.json   model, loss, optimizer, scheduler, scaler,
+                      RNG states, data position, best, recipe (with the inputs' content hashes)
+    guide_cache/      GIST guide embeddings (safetensors + JSON)
     metrics.jsonl     one JSON object per logged step and per evaluation
     summary.json      what `train` returns
 
-A checkpoint is written atomically; `resume=True` continues from the newest one: same weights,
-optimizer moments, learning-rate step, RNG states and the next batch of the same epoch order, so
-the result equals an uninterrupted run (tests/test_train_resume.py checks bit equality on CPU).
+A checkpoint is written atomically and never as a pickle (`densekit.serialize`); `resume=True`
+continues from the newest one that decodes (see `checkpoints`): same weights, optimizer moments,
+learning-rate step, RNG states and the next batch of the same epoch order, so the result equals an
+uninterrupted run (tests/test_train_resume.py checks bit equality on CPU). The recipe a checkpoint
+records includes the sha256 of the negatives file and the corpus fingerprint, so a resume on
+replaced inputs is refused. A new run into a folder that holds a run is refused unless
+`overwrite=True` (then the old run is removed first).
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import contextlib
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,9 +40,20 @@ import torch
 from torch import nn
 
 from densekit.errors import DensekitError
-from densekit.io import atomic_dir, atomic_file, write_json
+from densekit.io import atomic_dir, sha256_file, write_json
 from densekit.progress import announce, progress_bar
 from densekit.retriever.encoder import Encoder, write_sentence_transformers_folder
+from densekit.retriever.train.checkpoints import (
+    TRAIN_CONFIG,
+    check_training_folder,
+    clear_training_folder,
+    read_newest,
+    rng_state,
+    rotate,
+    set_rng_state,
+    trim_metrics,
+    write_checkpoint,
+)
 from densekit.retriever.train.config import CPU_FORWARD_BATCH_SIZE, TrainConfig
 from densekit.retriever.train.data import (
     ContrastiveBatch,
@@ -50,15 +66,14 @@ from densekit.retriever.train.distributed import (
     DistributedContext,
     all_reduce_mean,
     barrier,
-    broadcast_object,
     init_distributed,
 )
 from densekit.retriever.train.gradcache import contrastive_step
+from densekit.retriever.train.guide import GuideCache
 from densekit.retriever.train.losses import InfoNCELoss, LossInputs, build_loss
 from densekit.retriever.train.model import DualEncoder
 
-STATE_FILE = "state.pt"
-TRAIN_CONFIG = "densekit_train.json"
+__all__ = ["GuideCache", "Trainer", "rng_state", "set_rng_state", "train"]
 
 
 def resolve_forward_batch_size(requested: int | None, device: torch.device) -> int | None:
@@ -72,21 +87,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def warmup_linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
@@ -117,91 +117,14 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, config: TrainConfig) -
     return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
-class GuideCache:
-    """A frozen guide model's embeddings of every training query and document, computed once.
-
-    GIST needs the guide's similarity of each query to each document in the batch; embedding the
-    few thousand training texts once (and storing them beside the run, so a resume reuses them)
-    replaces a guide forward pass every step.
-    """
-
-    def __init__(
-        self,
-        query_emb: dict[str, int],
-        doc_emb: dict[str, int],
-        queries: torch.Tensor,
-        documents: torch.Tensor,
-    ) -> None:
-        self.query_rows, self.doc_rows = query_emb, doc_emb
-        self.queries, self.documents = queries, documents
-
-    @classmethod
-    def build(
-        cls, guide: str, examples: list[TrainingExample], corpus, device: str | None, path: Path
-    ) -> GuideCache:
-        from densekit.data import join_title_text
-
-        encoder = Encoder(guide, device=device)
-        query_text = {e.query_id: e.query for e in examples}
-        doc_ids = list(dict.fromkeys(d for e in examples for d in (e.positive_id, *e.negative_ids)))
-        key = {"guide": encoder.fingerprint(), "queries": list(query_text), "documents": doc_ids}
-        if path.is_file():
-            saved = torch.load(path, weights_only=False)
-            if saved["key"] == key:
-                return cls(saved["query_rows"], saved["doc_rows"], saved["queries"], saved["documents"])
-            announce(f"{path} was computed for other texts or another guide; recomputing it")
-        queries = torch.from_numpy(encoder.encode_queries(list(query_text.values())))
-        documents = cls._documents_from_corpus_cache(encoder, corpus, doc_ids)
-        if documents is None:
-            texts = []
-            for doc_id in doc_ids:
-                doc = corpus.document(doc_id)
-                texts.append(join_title_text(doc["title"], doc["text"]))
-            documents = torch.from_numpy(encoder.encode_documents(texts))
-        query_rows = {q: i for i, q in enumerate(query_text)}
-        doc_rows = {d: i for i, d in enumerate(doc_ids)}
-        with atomic_file(path, "wb") as handle:
-            torch.save(
-                {
-                    "key": key,
-                    "query_rows": query_rows,
-                    "doc_rows": doc_rows,
-                    "queries": queries,
-                    "documents": documents,
-                },
-                handle,
-            )
-        del encoder
-        return cls(query_rows, doc_rows, queries, documents)
-
-    @staticmethod
-    def _documents_from_corpus_cache(encoder: Encoder, corpus, doc_ids: list[str]) -> torch.Tensor | None:
-        """The guide's rows for `doc_ids` from the corpus embedding cache (filled by `densekit mine
-        --guide`, `index build` or `eval` with the same model), or None when it holds no entry."""
-        from densekit.index.cache import cache_enabled, cache_key, load_cached
-
-        if not cache_enabled():
-            return None
-        cached = load_cached(cache_key(encoder.fingerprint(), corpus.fingerprint()))
-        if cached is None:
-            return None
-        announce(f"guide document embeddings taken from the corpus embedding cache ({encoder.model_id})")
-        rows = [corpus.position(doc_id) for doc_id in doc_ids]
-        return torch.from_numpy(np.array(cached[rows], dtype=np.float32))
-
-    def scores(self, query_ids: list[str], doc_ids: list[str]) -> torch.Tensor:
-        q = self.queries[[self.query_rows[i] for i in query_ids]]
-        d = self.documents[[self.doc_rows[i] for i in doc_ids]]
-        return q @ d.T
-
-
 class Trainer:
     """Runs a :class:`TrainConfig` (see the module docstring). Under torchrun, one per process."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False) -> None:
         config.validate()
         self.config = config
         self.resume = resume
+        self.overwrite = overwrite
         self.output = Path(config.output)
 
     # ---------------------------------------------------------------- setup
@@ -233,6 +156,11 @@ class Trainer:
         self.encoder = Encoder(cfg.model, device=str(self.device), max_length=cfg.max_length, dtype="float32")
         self.corpus = load_dataset(cfg.data.corpus).corpus
         self.examples = read_training_examples(cfg.data.negatives, self.corpus, cfg.data.negatives_per_query)
+        # Content, not paths: a negatives file or corpus replaced in place must not be resumed on.
+        self.inputs = {
+            "negatives_sha256": sha256_file(cfg.data.negatives),
+            "corpus_fingerprint": self.corpus.fingerprint(),
+        }
         enc_cfg = self.encoder.config
         self.collator = ContrastiveCollator(
             self.encoder.tokenizer,
@@ -283,7 +211,7 @@ class Trainer:
             )
         self.guide: GuideCache | None = None
         if lc.name == "gist":
-            path = self.output / "guide_cache.pt"
+            path = self.output / "guide_cache"
             if self.ctx.is_main:
                 self.guide = GuideCache.build(lc.guide, self.examples, self.corpus, cfg.device, path)
             barrier(self.ctx)
@@ -302,13 +230,6 @@ class Trainer:
         return torch.autocast("cuda", dtype=dtype)
 
     # ---------------------------------------------------------------- checkpoints
-    def _checkpoint_dirs(self) -> list[Path]:
-        root = self.output / "checkpoints"
-        if not root.is_dir():
-            return []
-        found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
     def save_checkpoint(self) -> Path | None:
         """Write checkpoints/step-N atomically (main process) and keep the newest `keep_checkpoints`."""
         if not self.ctx.is_main:
@@ -322,23 +243,20 @@ class Trainer:
             "rng": rng_state(),
             "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch},
             "best": self.best,
-            "recipe": self.config.recipe(),
+            "recipe": {**self.config.recipe(), "inputs": self.inputs},
         }
         target = self.output / "checkpoints" / f"step-{self.step}"
-        with atomic_dir(target, kind="checkpoint") as staging:
-            torch.save(state, staging / STATE_FILE)
-            write_json(staging / TRAIN_CONFIG, self.config.to_json())
-        for old in self._checkpoint_dirs()[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        write_checkpoint(target, state, self.config.to_json())
+        rotate(self.output, self.config.keep_checkpoints, target)
         return target
 
     def load_checkpoint(self) -> Path | None:
-        dirs = self._checkpoint_dirs()
-        if not dirs:
+        """Restore the newest checkpoint that decodes; refuse one written for another recipe or inputs."""
+        found = read_newest(self.output)
+        if found is None:
             announce(f"--resume: no checkpoint under {self.output / 'checkpoints'}; starting from step 0")
             return None
-        path = dirs[-1]
-        state = torch.load(path / STATE_FILE, map_location=self.device, weights_only=False)
+        path, state = found
         # A setting added after the checkpoint was written counts as its default there.
         saved, current = TrainConfig.from_json(state["recipe"]).recipe(), self.config.recipe()
         if saved != current:
@@ -346,6 +264,16 @@ class Trainer:
             raise DensekitError(
                 f"{path}: the checkpoint was written with different settings ({', '.join(changed)}); "
                 f"resume with the same recipe or start a new output folder"
+            )
+        # Checkpoints from before content hashes were recorded resume as before.
+        saved_inputs = state["recipe"].get("inputs") or {}
+        what = {"negatives_sha256": f"the negatives file {self.config.data.negatives}",
+                "corpus_fingerprint": f"the corpus {self.config.data.corpus}"}
+        changed = [what[k] for k in what if k in saved_inputs and saved_inputs[k] != self.inputs[k]]
+        if changed:
+            raise DensekitError(
+                f"{path}: {' and '.join(changed)} changed since the checkpoint was written (content hash "
+                "differs); resume with the same inputs, or start over with --overwrite or another --output"
             )
         self.model.load_state_dict(state["model"])
         self.loss_fn.load_state_dict(state["loss"])
@@ -407,14 +335,18 @@ class Trainer:
 
     def train(self) -> dict:
         """Train to the end of the schedule (or `stop_after_steps`); return the summary."""
+        check_training_folder(self.output, self.resume, self.overwrite)  # every rank, before any barrier
         self._setup()
         cfg = self.config
         if self.ctx.is_main:
+            if self.overwrite:
+                clear_training_folder(self.output)
             self.output.mkdir(parents=True, exist_ok=True)
+        barrier(self.ctx)
         resumed_from = self.load_checkpoint() if self.resume else None
         metrics_path = self.output / "metrics.jsonl"
         if self.ctx.is_main:
-            self._trim_metrics(metrics_path)
+            trim_metrics(metrics_path, self.step)
 
         def log(record: dict) -> None:
             if self.ctx.is_main:
@@ -503,18 +435,6 @@ class Trainer:
         barrier(self.ctx)
         return summary
 
-    def _trim_metrics(self, path: Path) -> None:
-        """On resume, drop records logged after the checkpoint (they will be logged again)."""
-        if not path.is_file():
-            return
-        keep = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= self.step
-        ]
-        with atomic_file(path) as handle:
-            handle.write("".join(line + "\n" for line in keep))
-
     def _train_step(self, examples: list[TrainingExample]) -> float:
         cfg = self.config
         batch = self.collator(examples, shards=self.ctx.world_size)
@@ -547,10 +467,8 @@ class Trainer:
         return float(loss)
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Run `config`; see :class:`Trainer`."""
-    return Trainer(config, resume).train()
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run `config`; see :class:`Trainer`. `resume` continues the run in `config.output`; `overwrite`
+    starts over in a folder that holds a run (removing it first); without either such a folder is refused."""
+    return Trainer(config, resume, overwrite).train()
 
-
-def broadcast_config(config: TrainConfig, ctx: DistributedContext) -> TrainConfig:
-    return TrainConfig.from_json(broadcast_object(config.to_json(), ctx))
