@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -192,9 +193,13 @@ def read_qrels(path: str | Path) -> Qrels:
 
     The first line is either the BEIR header `query-id<TAB>corpus-id<TAB>score` or a judgement;
     anything else, a row without three tab-separated fields, or a non-integer score is an error.
+    A (query, document) pair judged twice with different scores is an error naming both lines (no
+    grade silently wins); an exact repeat of a row is accepted, since it changes nothing. A file with
+    no judgement at all (only the header) is an error: every metric over it would be 0.
     """
     path = Path(path)
     qrels: Qrels = {}
+    first_line: dict[tuple[str, str], int] = {}
     with open_text(path) as handle:
         for number, raw in enumerate(handle, start=1):
             line = raw.rstrip("\r\n")
@@ -220,7 +225,18 @@ def read_qrels(path: str | Path) -> Qrels:
                         path, f"header must be {'<TAB>'.join(QRELS_HEADER)!r}, got {line!r}", number
                     ) from None
                 raise InputError(path, f"score must be an integer, got {score!r}", number) from None
-            qrels.setdefault(query_id, {})[doc_id] = relevance
+            docs = qrels.setdefault(query_id, {})
+            if doc_id in docs and docs[doc_id] != relevance:
+                raise InputError(
+                    path,
+                    f"query {query_id!r}, document {doc_id!r} judged {relevance} here but {docs[doc_id]} "
+                    f"on line {first_line[(query_id, doc_id)]}; expected one score per pair",
+                    number,
+                )
+            first_line.setdefault((query_id, doc_id), number)
+            docs[doc_id] = relevance
+    if not qrels:
+        raise InputError(path, "no judgements: expected rows 'query-id<TAB>corpus-id<TAB>score' after the header")
     return qrels
 
 
@@ -234,7 +250,8 @@ def available_splits(root: str | Path) -> list[str]:
 
 @dataclass
 class QrelsReport:
-    """What the cross-check of qrels against corpus and queries found."""
+    """What the cross-check of qrels against corpus and queries found; qrels without any judgement
+    are not OK (nothing could be evaluated with them)."""
 
     judgements: int
     queries_judged: int
@@ -243,7 +260,7 @@ class QrelsReport:
 
     @property
     def ok(self) -> bool:
-        return self.unknown_queries == 0 and self.unknown_docs == 0
+        return self.judgements > 0 and self.unknown_queries == 0 and self.unknown_docs == 0
 
 
 def check_qrels(qrels: Qrels, queries: Mapping[str, str], corpus: Corpus) -> QrelsReport:
@@ -393,8 +410,12 @@ def download_dataset(
 class Run(dict):
     """A ranking: `{query_id: [(doc_id, score), ...]}`, each list sorted by descending score.
 
-    Reads and writes TREC run files (`qid Q0 docid rank score tag`).
+    Reads and writes TREC run files (`qid Q0 docid rank score tag`). A query with no hits has no
+    line in a TREC file; evaluation counts such a judged query as 0 (see :mod:`densekit.eval.metrics`).
+    `path` is the file a run was read from (None otherwise), so errors about its content can name it.
     """
+
+    path: Path | None = None
 
     @classmethod
     def from_scores(cls, scores: Mapping[str, Mapping[str, float]]) -> Run:
@@ -419,7 +440,10 @@ class Run(dict):
 
     @classmethod
     def read_trec(cls, path: str | Path) -> Run:
-        """Read a TREC run file; each line must be `qid Q0 docid rank score tag`."""
+        """Read a TREC run file; each line must be `qid Q0 docid rank score tag` with a finite score.
+
+        An empty file (no line at all) is an InputError: there is nothing to evaluate.
+        """
         path = Path(path)
         if not path.is_file():
             raise InputError(path, "run file not found")
@@ -440,8 +464,14 @@ class Run(dict):
                 except ValueError:
                     message = f"rank must be an integer and score a number: {line.strip()!r}"
                     raise InputError(path, message, number) from None
+                if not math.isfinite(value):
+                    raise InputError(path, f"score must be a finite number, got {score!r}", number)
                 docs = scores.setdefault(query_id, {})
                 if doc_id in docs:
                     raise InputError(path, f"document {doc_id!r} appears twice for query {query_id!r}", number)
                 docs[doc_id] = value
-        return cls.from_scores(scores)
+        if not scores:
+            raise InputError(path, "empty run file: expected lines 'qid Q0 docid rank score tag'")
+        run = cls.from_scores(scores)
+        run.path = path
+        return run

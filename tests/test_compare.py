@@ -110,6 +110,25 @@ def test_wins_ties_losses_and_missing_queries() -> None:
         compare_runs(run_a, Run.from_scores({"zz": {"d1": 1.0}}), qrels, ["mrr@10"])
 
 
+def test_pairs_are_the_judged_queries_under_evaluate_s_zero_rule() -> None:
+    """A query missing from one run only (q2 from A, q3 from B, q4 from both) pairs with 0 on that side,
+    and each side's mean is exactly what `evaluate` (densekit eval) reports for that run."""
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}, "q4": {"d4": 1}}
+    run_a = Run.from_scores({"q1": {"d1": 1.0}, "q3": {"x": 1.0, "d3": 0.5}, "other": {"d1": 1.0}})
+    run_b = Run.from_scores({"q1": {"x": 1.0, "d1": 0.5}, "q2": {"d2": 1.0}})
+    cmp = compare_runs(run_a, run_b, qrels, ["mrr@10", "ndcg@10"], trials=100)
+    assert cmp.queries == 4 and (cmp.missing_a, cmp.missing_b) == (2, 2)
+    assert cmp.per_query_a == {q: {"mrr@10": v, "ndcg@10": pytest.approx(n)} for q, v, n in
+                               [("q1", 1.0, 1.0), ("q2", 0.0, 0.0), ("q3", 0.5, 1 / np.log2(3)), ("q4", 0.0, 0.0)]}
+    assert cmp.deltas("mrr@10") == pytest.approx({"q1": -0.5, "q2": 1.0, "q3": -0.5, "q4": 0.0})
+    for run, mean in ((run_a, "mean_a"), (run_b, "mean_b")):
+        expected = evaluate(qrels, run, ["mrr@10", "ndcg@10"]).metrics
+        for metric in ("mrr@10", "ndcg@10"):
+            assert getattr(cmp.metrics[metric], mean) == pytest.approx(expected[metric], abs=1e-12)
+    assert cmp.metrics["mrr@10"].mean_a == pytest.approx(1.5 / 4)
+    assert cmp.to_json(per_query=False)["missing_query_rule"] == "zero"
+
+
 def test_plot_is_a_png(two_runs, tmp_path) -> None:
     ds, run_a, run_b, _ = two_runs
     cmp = compare_runs(run_a, run_b, ds.qrels, ["ndcg@10"], trials=100)

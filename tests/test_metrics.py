@@ -86,13 +86,70 @@ def test_ignore_identical_ids_drops_self_hits() -> None:
     assert ignored.removed_identical == 1
 
 
-def test_per_query_and_missing_queries() -> None:
-    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}}
-    run = Run.from_scores({"q1": {"d1": 1.0}, "q2": {"x": 1.0}})
-    result = evaluate(qrels, run, ["ndcg@10"])
-    assert result.per_query == {"q1": {"ndcg@10": 1.0}, "q2": {"ndcg@10": 0.0}}
-    assert result.queries == 2 and result.missing_queries == 1
-    assert result.metrics["ndcg@10"] == pytest.approx(0.5)
+def _close(got: dict[str, dict[str, float]], expected: dict[str, dict[str, float]]) -> bool:
+    return got.keys() == expected.keys() and all(got[q] == pytest.approx(expected[q], abs=1e-12) for q in got)
+
+
+def _missing_query_case():
+    """q3 is absent from the run and q4 is in it with no hits: both are judged queries without results.
+    q9 is in the run but not judged, so it is never evaluated."""
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1, "d3": 2}, "q3": {"d4": 1}, "q4": {"d5": 1}}
+    run = Run.from_scores({"q1": {"d1": 1.0, "x": 0.5}, "q2": {"x": 1.0, "d3": 0.5}, "q9": {"d1": 1.0}})
+    run["q4"] = []
+    # By hand (trec_eval's ndcg gain = relevance): q1 finds d1 at rank 1; q2 finds d3 (grade 2) at rank 2.
+    ndcg_q2 = (2 / math.log2(3)) / (2 / math.log2(2) + 1 / math.log2(3))
+    per_query = {
+        "q1": {"ndcg@10": 1.0, "mrr@10": 1.0, "recall@100": 1.0},
+        "q2": {"ndcg@10": ndcg_q2, "mrr@10": 0.5, "recall@100": 0.5},
+    }
+    return qrels, run, per_query
+
+
+def test_missing_queries_count_as_zero_by_default() -> None:
+    qrels, run, by_hand = _missing_query_case()
+    result = evaluate(qrels, run, ["ndcg@10", "mrr@10", "recall@100"])
+    zeros = {"ndcg@10": 0.0, "mrr@10": 0.0, "recall@100": 0.0}
+    assert _close(result.per_query, {**by_hand, "q3": zeros, "q4": zeros})
+    assert list(result.per_query) == ["q1", "q2", "q3", "q4"]  # qrels order, the unjudged q9 left out
+    assert (result.queries, result.missing_queries, result.missing_query_rule) == (4, 2, "zero")
+    assert result.metrics["ndcg@10"] == pytest.approx((1.0 + by_hand["q2"]["ndcg@10"]) / 4, abs=1e-12)
+    assert result.metrics["mrr@10"] == pytest.approx(1.5 / 4)
+    assert result.metrics["recall@100"] == pytest.approx(1.5 / 4)
+    assert result.to_json()["missing_query_rule"] == "zero" and result.to_json()["queries"] == 4
+    assert result.describe_queries() == "4 queries, 2 without results counted as 0"
+
+
+def test_skip_missing_queries_averages_over_queries_with_results() -> None:
+    qrels, run, by_hand = _missing_query_case()
+    result = evaluate(qrels, run, ["ndcg@10", "mrr@10", "recall@100"], skip_missing_queries=True)
+    assert _close(result.per_query, by_hand)
+    assert (result.queries, result.missing_queries, result.missing_query_rule) == (2, 2, "skip")
+    assert result.metrics["ndcg@10"] == pytest.approx((1.0 + by_hand["q2"]["ndcg@10"]) / 2, abs=1e-12)
+    assert result.metrics["mrr@10"] == pytest.approx(0.75)
+    assert result.to_json() == {**result.to_json(), "queries": 2, "missing_queries": 2, "missing_query_rule": "skip"}
+    assert result.describe_queries() == "2 queries, 2 without results skipped"
+
+
+def test_the_zero_rule_equals_the_skip_rule_scaled() -> None:
+    """The issue's identity: mean_zero = mean_skip * with_results / judged (0.33746 * 308/323 = 0.32178)."""
+    qrels, run, _ = _missing_query_case()
+    zero = evaluate(qrels, run, ["ndcg@10"]).metrics["ndcg@10"]
+    skip = evaluate(qrels, run, ["ndcg@10"], skip_missing_queries=True).metrics["ndcg@10"]
+    assert zero == pytest.approx(skip * 2 / 4) and zero < skip
+
+
+def test_a_run_file_and_the_same_run_in_memory_score_alike(tmp_path) -> None:
+    """Writing a run loses the empty query (TREC has no line for it); the score must not change."""
+    qrels, run, _ = _missing_query_case()
+    path = tmp_path / "run.trec"
+    run.write_trec(path)
+    from_file = Run.read_trec(path)
+    assert "q4" not in from_file and "q4" in run
+    for skip in (False, True):
+        a = evaluate(qrels, run, ["ndcg@10", "map@10"], skip_missing_queries=skip)
+        b = evaluate(qrels, from_file, ["ndcg@10", "map@10"], skip_missing_queries=skip)
+        assert a.metrics == pytest.approx(b.metrics) and a.queries == b.queries
+        assert a.missing_queries == b.missing_queries == 2
 
 
 @pytest.mark.parametrize("bad", ["ndcg", "ndcg@0", "bleu@10", "ndcg@ten"])

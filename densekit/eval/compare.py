@@ -2,7 +2,9 @@
 
 Both runs are scored per query with pytrec_eval (:func:`densekit.eval.metrics.evaluate`). The pairs
 are the judged queries of the split; a judged query that a run did not return scores 0 for that run
-(trec_eval's ``-c``), because dropping it would favour the run that failed on it.
+(trec_eval's ``-c``), because dropping it would favour the run that failed on it. That is
+:func:`~densekit.eval.metrics.evaluate`'s own default rule, so a comparison's means equal what
+``densekit eval`` reports for each run.
 
 Two tests, as recommended for IR evaluation by Smucker, Allan and Carterette, "A Comparison of
 Statistical Significance Tests for Information Retrieval Evaluation" (CIKM 2007):
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from densekit.data import Qrels, Run
-from densekit.errors import DensekitError
+from densekit.errors import DensekitError, InputError
 from densekit.eval.metrics import DEFAULT_METRICS, evaluate
 
 #: Differences smaller than this count as ties (pytrec_eval's doubles are exact for equal rankings).
@@ -128,6 +130,7 @@ class Comparison:
             "run_b": self.name_b,
             "queries": self.queries,
             "missing_queries": {"a": self.missing_a, "b": self.missing_b},
+            "missing_query_rule": "zero",
             "randomization": {"trials": self.trials, "seed": self.seed},
             "tie_tolerance": TIE_TOLERANCE,
             "metrics": {
@@ -141,11 +144,17 @@ class Comparison:
         return out
 
 
-def _paired_values(qrels: Qrels, run: Run, metrics: Sequence[str]) -> tuple[dict[str, dict[str, float]], int]:
-    result = evaluate(qrels, run, metrics)
-    zeros = {m: 0.0 for m in metrics}
-    values = {q: result.per_query.get(q, zeros) for q in qrels}
-    return values, len(qrels) - len(result.per_query)
+def _paired_values(
+    qrels: Qrels, run: Run, metrics: Sequence[str], name: str
+) -> tuple[dict[str, dict[str, float]], int]:
+    """Per-query values of `run` over every judged query (the zero rule) and how many had no results."""
+    try:
+        result = evaluate(qrels, run, metrics, skip_missing_queries=False)
+    except InputError:
+        raise
+    except DensekitError as exc:
+        raise DensekitError(f"run {name}: {exc}") from None
+    return result.per_query, result.missing_queries
 
 
 def compare_runs(
@@ -162,13 +171,8 @@ def compare_runs(
     names = [m.strip().lower() for m in metrics]
     if not qrels:
         raise DensekitError("no judged queries to compare on")
-    values_a, missing_a = _paired_values(qrels, run_a, names)
-    values_b, missing_b = _paired_values(qrels, run_b, names)
-    if missing_a == len(qrels) or missing_b == len(qrels):
-        which = name_a if missing_a == len(qrels) else name_b
-        raise DensekitError(
-            f"run {which} contains none of the {len(qrels)} judged queries; wrong dataset or split?"
-        )
+    values_a, missing_a = _paired_values(qrels, run_a, names, name_a)
+    values_b, missing_b = _paired_values(qrels, run_b, names, name_b)
     query_ids = list(qrels)
     results = {}
     for metric in names:

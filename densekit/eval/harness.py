@@ -2,6 +2,10 @@
 
 Follows BEIR's and MTEB's protocol: every judged query of the split is searched against the whole
 corpus, the top 1000 documents are kept (enough for recall@1000), and pytrec_eval scores the run.
+A judged query the retriever returns nothing for scores 0 (``trec_eval -c``, as Pyserini's published
+numbers), unless `skip_missing_queries` asks for BEIR's average over queries with results; see
+:mod:`densekit.eval.metrics`. A model, an index, BM25, a hybrid and a run file all go through
+:func:`evaluate_run`, so one retrieval gives one number whichever path scored it.
 
 Example::
 
@@ -72,13 +76,14 @@ def evaluate_retriever(
     ignore_identical_ids: bool = False,
     config: dict | None = None,
     timings: dict[str, float] | None = None,
+    skip_missing_queries: bool = False,
 ) -> EvalReport:
     """Search `dataset.queries` with `retriever` to `depth` and score against `dataset.qrels`."""
     start = time.perf_counter()
     run = retriever.search(dataset.queries, depth)
     search_s = time.perf_counter() - start
     return evaluate_run(run, dataset, metrics, ignore_identical_ids, config,
-                        {**(timings or {}), "search": search_s})
+                        {**(timings or {}), "search": search_s}, skip_missing_queries=skip_missing_queries)
 
 
 def evaluate_run(
@@ -88,15 +93,18 @@ def evaluate_run(
     ignore_identical_ids: bool = False,
     config: dict | None = None,
     timings: dict[str, float] | None = None,
+    skip_missing_queries: bool = False,
 ) -> EvalReport:
     """Score an existing run (e.g. read from a TREC file) against `dataset.qrels`."""
     start = time.perf_counter()
-    result = evaluate(dataset.qrels, run, metrics, ignore_identical_ids=ignore_identical_ids)
+    result = evaluate(dataset.qrels, run, metrics, ignore_identical_ids=ignore_identical_ids,
+                      skip_missing_queries=skip_missing_queries)
     return EvalReport(
         dataset=dataset.name,
         split=dataset.split,
         result=result,
         run=run,
-        config={**(config or {}), "ignore_identical_ids": ignore_identical_ids},
+        config={**(config or {}), "ignore_identical_ids": ignore_identical_ids,
+                "missing_query_rule": result.missing_query_rule},
         timings={**(timings or {}), "evaluate": time.perf_counter() - start},
     )

@@ -20,6 +20,12 @@ corpus once between them.
 Results are written in MTEB's layout, ``OUT/results/<model>/<revision>/<Task>.json`` plus
 ``model_meta.json``, by mteb's own ``ResultCache``, into a directory that replaces OUT atomically.
 
+Judged queries without results: mteb scores with pytrec_eval over the queries present in its run
+(``mteb._evaluators.retrieval_metrics.calculate_retrieval_scores``), i.e. BEIR's "skip" convention,
+not densekit's default zero rule (:mod:`densekit.eval.metrics`). For a dense encoder the two agree,
+because mteb's exact search returns the top k documents for every query, so no query is missing; the
+rule only matters for retrievers that can return nothing (BM25), which this adapter does not run.
+
 Example::
 
     enc = Encoder("all-MiniLM-L6-v2")

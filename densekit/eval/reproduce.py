@@ -11,6 +11,12 @@ grades it:
   missing); the reason is given, and a skipped entry never counts as OK;
 - ``ERROR``: building or running it failed; the reason is given.
 
+Scores follow :func:`densekit.eval.metrics.evaluate`'s rule: a judged query the retriever returns
+nothing for scores 0 (``trec_eval -c``), which is how Pyserini's published BM25 numbers are computed;
+``skip_missing_queries=True`` (CLI ``--skip-missing-queries``) averages over queries with results
+instead (BEIR's pytrec_eval convention). Each grade records the rule and how many judged queries
+had no results.
+
 How to build the retriever of an entry is a small registry keyed by the retriever's ``kind``
 (:data:`RETRIEVER_BUILDERS`, extended with :func:`register_builder`): ``dense`` builds an Encoder
 over a flat FAISS index (embeddings from densekit's cache when present), ``bm25`` asks
@@ -79,6 +85,8 @@ class Grade:
     source: str = ""
     seconds: float | None = None
     config: dict = field(default_factory=dict)
+    missing_queries: int | None = None
+    missing_query_rule: str | None = None
 
     @classmethod
     def of(cls, expected: ExpectedScore, grade: str, **details) -> Grade:
@@ -230,8 +238,12 @@ def reproduce(
     datasets: Sequence[str] | None = None,
     tolerance: float | None = None,
     options: dict[str, Any] | None = None,
+    skip_missing_queries: bool = False,
 ) -> list[Grade]:
-    """Run every selected entry (one retrieval per retriever, dataset and split) and grade it."""
+    """Run every selected entry (one retrieval per retriever, dataset and split) and grade it.
+
+    Judged queries without results score 0 unless `skip_missing_queries` (see the module docstring).
+    """
     options = options or {}
     entries = select(table.scores, only, datasets)
     groups: dict[tuple[str, str, str], list[ExpectedScore]] = {}
@@ -272,7 +284,13 @@ def reproduce(
         seconds = time.perf_counter() - start
         for ignore_ids in sorted({e.ignore_identical_ids for e in group}):
             metrics = [e.metric for e in group if e.ignore_identical_ids == ignore_ids]
-            result = evaluate(dataset.qrels, run, metrics, ignore_identical_ids=ignore_ids)
+            try:
+                result = evaluate(dataset.qrels, run, metrics, ignore_identical_ids=ignore_ids,
+                                  skip_missing_queries=skip_missing_queries)
+            except DensekitError as exc:
+                grades.extend(Grade.of(e, "ERROR", reason=str(exc)) for e in group
+                              if e.ignore_identical_ids == ignore_ids)
+                continue
             for e in (e for e in group if e.ignore_identical_ids == ignore_ids):
                 measured = result.metrics[e.metric]
                 grades.append(
@@ -283,6 +301,8 @@ def reproduce(
                         difference=measured - e.value,
                         seconds=round(seconds, 1),
                         config={**config, "ignore_identical_ids": ignore_ids, "depth": DEPTH},
+                        missing_queries=result.missing_queries,
+                        missing_query_rule=result.missing_query_rule,
                     )
                 )
     return grades
