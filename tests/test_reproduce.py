@@ -156,6 +156,31 @@ def test_registered_builder_is_used(scifact_small, monkeypatch) -> None:
     )
 
 
+def test_judged_queries_without_results_follow_the_one_rule(scifact_small, monkeypatch) -> None:
+    """A retriever perfect on half the queries and silent on the rest: 0.5 under the zero rule, 1.0 when
+    skipping; each grade records the rule and the count."""
+
+    class HalfSilent:
+        def __init__(self, qrels):
+            self.qrels = qrels
+
+        def search(self, queries, k):
+            answered = list(queries)[::2]
+            return Run.from_scores({q: {next(iter(self.qrels[q])): 1.0} for q in answered})
+
+    monkeypatch.setitem(RETRIEVER_BUILDERS, "half", None)
+    register_builder("half", lambda spec, ds, options: (HalfSilent(ds.qrels), {"kind": "half"}))
+    table = ExpectedTable(
+        {"half": {"kind": "half"}},
+        [ExpectedScore("half", str(scifact_small), "test", "mrr@10", 0.5, "by construction")],
+    )
+    (zero,) = reproduce(table)
+    assert (zero.grade, zero.measured, zero.missing_queries, zero.missing_query_rule) == ("OK", 0.5, 10, "zero")
+    (skip,) = reproduce(table, skip_missing_queries=True)
+    assert (skip.grade, skip.measured, skip.missing_queries, skip.missing_query_rule) == ("OFF", 1.0, 10, "skip")
+    assert skip.to_json()["missing_query_rule"] == "skip"
+
+
 def test_cli_reproduce_exit_codes_and_formats(
     tiny_model, scifact_small, tiny_measured, tmp_path, capsys, monkeypatch
 ) -> None:

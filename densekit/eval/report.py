@@ -60,7 +60,19 @@ def eval_markdown(report: Mapping[str, Any], label: str | None = None) -> str:
     label = label or retriever_label(config)
     header = ["model / run", "dataset", "split", "queries", *metrics]
     row = [label, report["dataset"], report.get("split") or "-", report["queries"], *metrics.values()]
-    return markdown_table(header, [row])
+    return markdown_table(header, [row]) + missing_queries_note(report)
+
+
+def missing_queries_note(report: Mapping[str, Any]) -> str:
+    """A line under a results table saying how judged queries without results were scored, or ""."""
+    missing = report.get("missing_queries") or 0
+    if not missing:
+        return ""
+    if report.get("missing_query_rule", "zero") == "skip":
+        return (f"\n\n{missing} judged queries had no results and were left out of the average "
+                "(--skip-missing-queries, BEIR's convention).")
+    return (f"\n\n{missing} judged queries had no results and count as 0 in the average "
+            "(trec_eval -c, as Pyserini's published numbers).")
 
 
 def comparison_markdown(comparison: Mapping[str, Any]) -> str:
