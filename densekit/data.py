@@ -28,12 +28,12 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from densekit.errors import DensekitError, InputError, IntegrityError
-from densekit.io import atomic_dir, atomic_file, md5_file, open_text
+from densekit.io import atomic_dir, atomic_file, check_output_target, md5_file, open_text, safe_name
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
@@ -94,6 +94,22 @@ def _text_field(path: Path, number: int, obj: dict, key: str) -> str:
     return value
 
 
+def fingerprint(*columns: Sequence[str]) -> str:
+    """sha256 (hex) over the rows of parallel string columns: each string, UTF-8, then a NUL byte.
+
+    The one content fingerprint of the package: :meth:`Corpus.fingerprint` is
+    ``fingerprint(ids, titles, texts)``, a query set's ``fingerprint(query_ids, texts)``, a list of
+    texts ``fingerprint(texts)``. Embedding caches are keyed by these digests, so the byte layout must
+    never change (tests/test_data.py pins digests). Columns must have equal lengths.
+    """
+    digest = hashlib.sha256()
+    for row in zip(*columns, strict=True):
+        for part in row:
+            digest.update(part.encode("utf-8"))
+            digest.update(b"\x00")
+    return digest.hexdigest()
+
+
 def join_title_text(title: str, text: str) -> str:
     """Join a document's title and text the way BEIR's and MTEB's sentence-transformers models do."""
     return f"{title} {text}".strip() if title else text.strip()
@@ -131,13 +147,8 @@ class Corpus:
         return {"_id": doc_id, "title": self.titles[i], "text": self.body[i]}
 
     def fingerprint(self) -> str:
-        """sha256 over ids, titles and texts: identifies the corpus content for caches."""
-        digest = hashlib.sha256()
-        for doc_id, title, text in zip(self.ids, self.titles, self.body, strict=True):
-            for part in (doc_id, title, text):
-                digest.update(part.encode("utf-8"))
-                digest.update(b"\x00")
-        return digest.hexdigest()
+        """sha256 over ids, titles and texts (:func:`fingerprint`): identifies the corpus content for caches."""
+        return fingerprint(self.ids, self.titles, self.body)
 
     @classmethod
     def from_records(cls, records: Mapping[str, Mapping[str, str]] | list[dict]) -> Corpus:
@@ -240,6 +251,17 @@ def read_qrels(path: str | Path) -> Qrels:
     return qrels
 
 
+def qrels_path(root: str | Path, split: str) -> Path:
+    """The qrels file of `split` in a BEIR folder (`qrels/SPLIT.tsv` or `.tsv.gz`); an error naming the
+    available splits when there is none."""
+    root = Path(root)
+    found = _find_file(root / "qrels", f"{split}.tsv")
+    if found is None:
+        splits = ", ".join(available_splits(root)) or "none"
+        raise DensekitError(f"{root}: unknown split {split!r}; available splits: {splits}")
+    return found
+
+
 def available_splits(root: str | Path) -> list[str]:
     qrels_dir = Path(root) / "qrels"
     if not qrels_dir.is_dir():
@@ -303,10 +325,13 @@ def resolve_dataset(name_or_path: str | Path) -> Path:
         for base in data_dirs():
             if (base / name).is_dir():
                 return base / name
-    searched = ", ".join(str(d) for d in data_dirs()) or "$DENSEKIT_DATA is not set"
+    if data_dirs():
+        where = "not under " + ", ".join(str(d) for d in data_dirs()) + " ($DENSEKIT_DATA)"
+    else:
+        where = "and $DENSEKIT_DATA is not set, so names are not looked up anywhere"
     raise DensekitError(
-        f"dataset {name!r} not found: not a directory, and not under {searched}. "
-        f"Fetch it with `densekit data download {name}` or set DENSEKIT_DATA."
+        f"dataset {name!r} not found: {name!r} is not a directory, {where}. Give a BEIR folder's path, "
+        f"set DENSEKIT_DATA to the folder holding {name}/, or fetch it with `densekit data download {name}`."
     )
 
 
@@ -325,11 +350,7 @@ def load_dataset(name_or_path: str | Path, split: str | None = None, check: bool
         raise InputError(root / "queries.jsonl", "missing: a BEIR folder needs queries.jsonl (or .jsonl.gz)")
     qrels: Qrels = {}
     if split is not None:
-        qrels_path = _find_file(root / "qrels", f"{split}.tsv")
-        if qrels_path is None:
-            splits = ", ".join(available_splits(root)) or "none"
-            raise DensekitError(f"{root}: unknown split {split!r}; available splits: {splits}")
-        qrels = read_qrels(qrels_path)
+        qrels = read_qrels(qrels_path(root, split))
     corpus = read_corpus(corpus_path)
     queries = read_queries(queries_path)
     report = None
@@ -346,6 +367,28 @@ def load_dataset(name_or_path: str | Path, split: str | None = None, check: bool
     return BeirDataset(root.name, root, corpus, queries, qrels, split, report)
 
 
+def check_dataset(name_or_path: str | Path) -> dict[str, object]:
+    """`densekit data check`: every file of a BEIR folder read, and each split's qrels cross-checked
+    against corpus and queries (counts of unknown ids; `ok` when there are none)."""
+    root = resolve_dataset(name_or_path)
+    ds = load_dataset(root, split=None)
+    splits = {}
+    for split in available_splits(root):
+        report = check_qrels(read_qrels(qrels_path(root, split)), ds.queries, ds.corpus)
+        splits[split] = {**report.__dict__, "ok": report.ok}
+    return {"dataset": root.name, "path": str(root), "documents": len(ds.corpus), "queries": len(ds.queries),
+            "splits": splits, "ok": all(s["ok"] for s in splits.values())}
+
+
+def load_queries(source: str | Path, split: str | None = None) -> dict[str, str]:
+    """Queries from a plain queries.jsonl file, or from a BEIR folder/name (only those judged in `split`)."""
+    if Path(source).is_file():
+        if split is not None:
+            raise DensekitError(f"{source}: a queries file has no qrels, so --split does not apply to it")
+        return read_queries(source)
+    return load_dataset(source, split=split).queries
+
+
 def list_datasets() -> list[dict[str, object]]:
     """Every BEIR folder found under `$DENSEKIT_DATA`, with its splits."""
     found = []
@@ -360,17 +403,25 @@ def list_datasets() -> list[dict[str, object]]:
 
 def download_dataset(
     name: str,
-    dest: str | Path,
+    dest: str | Path | None = None,
     url: str | None = None,
     md5: str | None = None,
     verify: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Fetch a BEIR archive, verify its md5, and unpack it to `dest/name` atomically.
 
     `url` defaults to the official BEIR location and `md5` to the checksum the BEIR README publishes;
     a dataset without a known checksum needs `md5=` or an explicit `verify=False`. `url` may also be a
-    local path (used by the tests and for mirrors).
+    local path (used by the tests and for mirrors). `name` must be a plain name (no path separators,
+    no ``..``), so the dataset can only land in `dest`; an existing `dest/name` that densekit did not
+    download is refused unless `overwrite`. Nothing is left behind when a check fails.
     """
+    safe_name(name, "dataset name")
+    if dest is None:
+        if not data_dirs():
+            raise DensekitError("no --dest given and $DENSEKIT_DATA is not set: say where to unpack the dataset")
+        dest = data_dirs()[0]
     url = url or BEIR_URL.format(name=name)
     expected = md5 or BEIR_MD5.get(name)
     if verify and expected is None:
@@ -378,6 +429,7 @@ def download_dataset(
             f"no published md5 is known for {name!r}; pass --md5 HEX, or --no-verify to skip the check"
         )
     target = Path(dest) / name
+    check_output_target(target, "dataset", overwrite)
     with tempfile.TemporaryDirectory(prefix="densekit-dl-") as tmp:
         archive = Path(tmp) / f"{name}.zip"
         if Path(url).exists():
@@ -401,7 +453,7 @@ def download_dataset(
         inner = unpacked / name if (unpacked / name).is_dir() else unpacked
         if _find_file(inner, "corpus.jsonl") is None:
             raise IntegrityError(f"{url}: the archive holds no {name}/corpus.jsonl")
-        with atomic_dir(target) as staging:
+        with atomic_dir(target, kind="dataset", overwrite=overwrite) as staging:
             for item in inner.iterdir():
                 shutil.move(str(item), staging / item.name)
     return target

@@ -56,8 +56,10 @@ def test_damaged_cache_entry_is_refused(tiny_model: Path, small) -> None:
     data = bytearray(array_path.read_bytes())
     data[-1] ^= 0xFF
     array_path.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="damaged"):
-        load_cached(key, verify=True)
+    with pytest.raises(IntegrityError, match="damaged"):  # every read verifies, no flag needed
+        load_cached(key)
+    with pytest.raises(IntegrityError, match="--no-cache"):
+        encode_corpus(encoder, small.corpus)
 
 
 def test_saved_index_reopens_with_its_encoder(tiny_model: Path, small, tmp_path: Path) -> None:

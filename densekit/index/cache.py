@@ -1,9 +1,13 @@
-"""Embedding cache: corpus embeddings keyed by model (weights + encoding config) and corpus content.
+"""Embedding cache: corpus (and query) embeddings keyed by model (weights + encoding config) and content.
 
 Re-evaluating, re-indexing or mining with the same model over the same corpus reads the `.npy`
 (memory-mapped) instead of re-encoding. Entries live under `$DENSEKIT_HOME/embeddings/<key>/`
-(`embeddings.npy`, `meta.json` with the sha256 of the array); a damaged entry is refused, and
-`DENSEKIT_NO_CACHE=1` or `cache=False` turns the cache off.
+(`embeddings.npy`, `meta.json` with the array's shape and sha256). Every read verifies the entry: a
+missing or broken `meta.json`, a truncated array, a shape that differs from `meta.json` or a sha256
+that differs (a flipped value) is :class:`~densekit.errors.IntegrityError` saying to delete the entry
+or pass ``--no-cache``; a damaged entry is never used. The cache is optional: when an entry cannot
+be written (a full disk, a read-only `$DENSEKIT_HOME`), that is announced and the work goes on
+with the embeddings in memory. `DENSEKIT_NO_CACHE=1` or `cache=False` turns the cache off.
 """
 
 from __future__ import annotations
@@ -11,14 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from densekit.data import Corpus
-from densekit.errors import IntegrityError
-from densekit.io import atomic_dir, sha256_file
-from densekit.retriever.models import densekit_home
+from densekit.errors import DensekitError, IntegrityError
+from densekit.faults import fault_point
+from densekit.io import atomic_dir, read_json, read_lock, sha256_file
+from densekit.paths import embeddings_dir
+from densekit.progress import announce
+
+ARRAY_FILE = "embeddings.npy"
+META_FILE = "meta.json"
 
 
 def cache_enabled() -> bool:
@@ -30,35 +40,78 @@ def cache_key(encoder_fingerprint: str, corpus_fingerprint: str, role: str = "do
 
 
 def cache_root() -> Path:
-    return densekit_home() / "embeddings"
+    return embeddings_dir()
 
 
-def load_cached(key: str, verify: bool = False) -> np.ndarray | None:
-    """The cached array for `key` opened with mmap, or None when there is no entry."""
+def _damaged(entry: Path, why: str) -> IntegrityError:
+    return IntegrityError(f"{entry}: embedding cache entry is damaged ({why}); delete that folder or use --no-cache")
+
+
+def load_cached(key: str) -> np.ndarray | None:
+    """The cached array for `key`, verified and opened with mmap, or None when there is no entry."""
     entry = cache_root() / key
-    meta_path = entry / "meta.json"
-    if not meta_path.is_file():
+    meta_path = entry / META_FILE
+    if not entry.is_dir():
         return None
-    with open(meta_path, encoding="utf-8") as handle:
-        meta = json.load(handle)
-    array_path = entry / "embeddings.npy"
-    if verify and sha256_file(array_path) != meta["sha256"]:
-        raise IntegrityError(f"{array_path}: cache entry is damaged (sha256 mismatch); delete {entry}")
-    array = np.load(array_path, mmap_mode="r")
-    if list(array.shape) != meta["shape"]:
-        raise IntegrityError(f"{array_path}: shape {array.shape} differs from its meta.json {meta['shape']}")
+    with read_lock(entry):
+        if not meta_path.is_file():
+            raise _damaged(entry, f"no {META_FILE}")
+        try:
+            meta = read_json(meta_path, IntegrityError)
+            shape, digest = list(meta["shape"]), str(meta["sha256"])
+        except (IntegrityError, KeyError, TypeError) as exc:
+            raise _damaged(entry, f"{META_FILE} unreadable: {exc}") from None
+        array_path = entry / ARRAY_FILE
+        if not array_path.is_file():
+            raise _damaged(entry, f"no {ARRAY_FILE}")
+        if sha256_file(array_path) != digest:
+            raise _damaged(entry, f"{ARRAY_FILE} sha256 differs from {META_FILE}: the values were altered or cut")
+        try:
+            array = np.load(array_path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise _damaged(entry, f"{ARRAY_FILE} is not a readable array: {exc}") from None
+    if list(array.shape) != shape or array.dtype != np.float32:
+        raise _damaged(entry, f"shape {array.shape} / dtype {array.dtype} differ from {META_FILE}'s {shape}")
     return array
 
 
-def store(key: str, embeddings: np.ndarray, meta: dict) -> np.ndarray:
-    """Write an entry atomically and return it re-opened with mmap."""
+def store_with(key: str, shape: tuple[int, int], fill: Callable[[np.ndarray], None], meta: dict,
+               fallback: Callable[[], np.ndarray]) -> np.ndarray:
+    """Write an entry atomically by letting `fill` write rows into a memory-mapped array of `shape`.
+
+    Returns the entry re-opened with mmap. When the entry cannot be written (no space, no
+    permission), that is announced and `fallback()` computes the array in memory instead.
+    """
     entry = cache_root() / key
-    with atomic_dir(entry) as staging:
-        np.save(staging / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
-        full = {**meta, "shape": list(embeddings.shape), "sha256": sha256_file(staging / "embeddings.npy")}
-        with open(staging / "meta.json", "w", encoding="utf-8") as handle:
-            json.dump(full, handle, indent=2)
-    return np.load(entry / "embeddings.npy", mmap_mode="r")
+    try:
+        with atomic_dir(entry, kind="cache") as staging:
+            path = staging / ARRAY_FILE
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+            fill(array)
+            array.flush()
+            del array
+            fault_point("cache-store")
+            full = {**meta, "shape": list(shape), "sha256": sha256_file(path)}
+            with open(staging / META_FILE, "w", encoding="utf-8") as handle:
+                json.dump(full, handle, indent=2)
+    except OSError as exc:
+        announce(f"the embedding cache cannot be written at {entry} ({exc.strerror or exc}); "
+                 "going on without caching this entry")
+        return fallback()
+    return load_cached(key)  # type: ignore[return-value]
+
+
+def store(key: str, embeddings: np.ndarray, meta: dict) -> np.ndarray:
+    """Write an entry for `embeddings` and return it re-opened with mmap (or `embeddings` itself when
+    the cache cannot be written, announced)."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2:
+        raise DensekitError(f"cache entries are 2-D arrays, got shape {embeddings.shape}")
+
+    def fill(array: np.ndarray) -> None:
+        array[:] = embeddings
+
+    return store_with(key, embeddings.shape, fill, meta, lambda: embeddings)
 
 
 def encode_corpus(encoder, corpus: Corpus, cache: bool = True, show_progress: bool = True) -> np.ndarray:

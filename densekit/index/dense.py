@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,19 +39,26 @@ from densekit import __version__
 from densekit.errors import DensekitError, IntegrityError
 from densekit.index.factory import check_search_params, is_pqr, resolve
 from densekit.index.gpu import GPU_MAX_K, base_index, needs_cpu_search, parameter_space, place, to_cpu
-from densekit.io import atomic_dir, sha256_file, write_json
+from densekit.index.manifest import (
+    FORMAT_VERSION,
+    IDS_FILE,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    previous_manifest,
+    read_manifest,
+    timestamp,
+    verify_files,
+)
+from densekit.io import atomic_dir, read_json, read_lock, sha256_file, write_json, write_lock
 from densekit.progress import announce, progress_bar
 
-FORMAT_VERSION = 1
-INDEX_FILE = "index.faiss"
-IDS_FILE = "ids.json"
-MANIFEST_FILE = "manifest.json"
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 ADD_BLOCK = 65536
 UNIT_TOLERANCE = 1e-3  # float32 embeddings normalised by a model are within ~1e-6 of length 1
 
 __all__ = ["DenseIndex", "read_manifest", "verify_files", "describe_saved", "set_saved_search_params",
-           "remove_from_saved", "update_saved", "GPU_MAX_K"]
+           "remove_from_saved", "save_with_texts", "GPU_MAX_K", "FORMAT_VERSION", "IDS_FILE", "INDEX_FILE",
+           "MANIFEST_FILE"]
 
 
 def _as_float32(matrix: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -542,22 +548,23 @@ class DenseIndex:
             "count": len(self),
             "search_params": self.search_params,
             "edited": self.edited,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": timestamp(),
             "files": files,
         }
 
     # -- saving and loading --------------------------------------------------------------------------
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write the index directory atomically (see module docstring).
 
-        Saving over an existing index directory keeps the other files its manifest lists (a
+        Saving over an existing dense index directory keeps the other files its manifest lists (a
         document store beside the index, for instance) and the manifest entries densekit does not
-        write itself.
+        write itself. Anything else at `directory` is refused unless `overwrite`
+        (:func:`densekit.io.check_output_target`).
         """
         directory = Path(directory)
-        previous = _previous_manifest(directory)
-        with atomic_dir(directory) as staging:
+        with atomic_dir(directory, kind="index:dense", overwrite=overwrite) as staging:
+            previous = previous_manifest(directory) if not overwrite else {}
             faiss.write_index(to_cpu(self.index), str(staging / INDEX_FILE))
             with open(staging / IDS_FILE, "w", encoding="utf-8") as handle:
                 json.dump(self.ids, handle)
@@ -590,22 +597,21 @@ class DenseIndex:
         such an index is read-only.
         """
         directory = Path(directory)
-        manifest = read_manifest(directory)
-        if manifest.get("kind", "dense") != "dense":
-            raise DensekitError(f"{directory}: a {manifest.get('kind')} index, not a dense one")
-        if verify:
-            verify_files(directory, manifest)
-        flags = _mmap_flags(manifest["factory"]) if mmap else 0
-        try:
-            index = faiss.read_index(str(directory / INDEX_FILE), flags)
-        except RuntimeError as exc:
-            reason = str(exc).splitlines()[-1]
-            raise IntegrityError(f"{directory / INDEX_FILE}: FAISS cannot read it ({reason})") from None
-        try:
-            with open(directory / IDS_FILE, encoding="utf-8") as handle:
-                ids = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise IntegrityError(f"{directory / IDS_FILE}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        with read_lock(directory):
+            manifest = read_manifest(directory)
+            if manifest["kind"] != "dense":
+                raise DensekitError(f"{directory}: a {manifest['kind']} index, not a dense one")
+            if verify:
+                verify_files(directory, manifest)
+            flags = _mmap_flags(manifest["factory"]) if mmap else 0
+            try:
+                index = faiss.read_index(str(directory / INDEX_FILE), flags)
+            except RuntimeError as exc:
+                reason = str(exc).splitlines()[-1]
+                raise IntegrityError(f"{directory / INDEX_FILE}: FAISS cannot read it ({reason})") from None
+            ids = read_json(directory / IDS_FILE, IntegrityError)
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise IntegrityError(f"{directory / IDS_FILE}: expected a JSON list of document ids")
         if index.ntotal != manifest["count"] or len(ids) != manifest["count"] or index.d != manifest["dim"]:
             raise IntegrityError(
                 f"{directory}: manifest says {manifest['count']} vectors of dimension {manifest['dim']}, "
@@ -652,18 +658,24 @@ def _structure(index: faiss.Index) -> dict:
     return out
 
 
-def describe_saved(directory: str | Path) -> dict:
+def describe_saved(directory: str | Path, verify: bool = True) -> dict:
     """What `densekit index info` shows: type, vector count, dimension, memory, parameters, model.
 
-    Reads the manifest and opens the FAISS file memory-mapped (cheap for any size) for its structure;
-    ``index_bytes`` is the size of the FAISS file, which is what the index occupies in memory.
+    Reads the manifest (checked), verifies every listed file against its sha256 unless `verify` is
+    False (``verified`` in the result says which), and opens the FAISS file memory-mapped (cheap for
+    any size) for its structure; ``index_bytes`` is the size of the FAISS file, which is what the
+    index occupies in memory; ``bytes_on_disk`` counts every file under the directory.
     """
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    with read_lock(directory):
+        manifest = read_manifest(directory)
+        if verify:
+            verify_files(directory, manifest)
     info = {key: manifest.get(key) for key in ("kind", "factory", "preset", "metric", "count", "dim",
                                                 "train_sample", "search_params", "model", "densekit_version",
                                                 "created", "documents")}
-    info["bytes_on_disk"] = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+    info["verified"] = verify
+    info["bytes_on_disk"] = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
     if manifest.get("kind", "dense") != "dense" or not (directory / INDEX_FILE).is_file():
         return {**manifest, **info}
     size = (directory / INDEX_FILE).stat().st_size
@@ -682,13 +694,14 @@ def set_saved_search_params(directory: str | Path, params: dict) -> dict:
     directory = Path(directory)
     index = DenseIndex.load(directory, verify=False, mmap=True)
     index.set_search_params(params)
-    manifest = read_manifest(directory)
-    manifest["search_params"] = index.search_params
-    write_json(directory / MANIFEST_FILE, manifest)
+    with write_lock(directory):
+        manifest = read_manifest(directory)
+        manifest["search_params"] = index.search_params
+        write_json(directory / MANIFEST_FILE, manifest)
     return index.search_params
 
 
-def _save_with_texts(index: DenseIndex, directory: Path, dropped: set[str], added: list | None = None) -> None:
+def save_with_texts(index: DenseIndex, directory: Path, dropped: set[str], added: list | None = None) -> None:
     """Save `index` over `directory`, keeping its document store (docs.jsonl) in step: documents in
     `dropped` leave it, `added` (StoredDocument) join it. Atomic: the old directory or the new one."""
     from densekit.index.docstore import DocStore, save_with_documents
@@ -709,23 +722,8 @@ def remove_from_saved(directory: str | Path, ids: list[str], missing_ok: bool = 
     index = DenseIndex.load(directory)
     removed = index.remove(ids, missing_ok=missing_ok)
     if removed:
-        _save_with_texts(index, directory, set(ids))
+        save_with_texts(index, directory, set(ids))
     return removed
-
-
-def update_saved(directory: str | Path, corpus, device: str | None = None,
-                 show_progress: bool = True) -> tuple[int, int]:
-    """Insert or replace the documents of `corpus` (a :class:`~densekit.data.Corpus`) in a saved index,
-    encoding them with the model its manifest names; returns ``(replaced, added)``."""
-    from densekit.index.docstore import DocStore
-    from densekit.retriever.dense import DenseRetriever
-
-    directory = Path(directory)
-    retriever = DenseRetriever.load(directory, device=device)
-    embeddings = retriever.encoder.encode_documents(corpus.texts(), show_progress=show_progress)
-    counts = retriever.index.update(embeddings, list(corpus.ids))
-    _save_with_texts(retriever.index, directory, set(), list(DocStore.from_corpus(corpus)))
-    return counts
 
 
 def _compact_ivf_labels(ivf: faiss.IndexIVF, removed: np.ndarray) -> None:
@@ -743,44 +741,3 @@ def _compact_ivf_labels(ivf: faiss.IndexIVF, removed: np.ndarray) -> None:
         invlists.update_entries(list_no, 0, size, faiss.swig_ptr(new), faiss.swig_ptr(codes))
     if ivf.direct_map.type != faiss.DirectMap.NoMap:
         ivf.make_direct_map(True)
-
-
-def _previous_manifest(directory: Path) -> dict:
-    if not (directory / MANIFEST_FILE).is_file():
-        return {}
-    try:
-        with open(directory / MANIFEST_FILE, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def read_manifest(directory: str | Path) -> dict:
-    """The manifest of a saved index directory, with a clear error when it is missing or unreadable."""
-    directory = Path(directory)
-    path = directory / MANIFEST_FILE
-    if not directory.is_dir():
-        raise DensekitError(f"{directory}: no such index directory")
-    if not path.is_file():
-        raise IntegrityError(f"{path}: missing; {directory} is not a densekit index")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise IntegrityError(f"{path}: format_version {version!r}; this densekit reads version {FORMAT_VERSION}")
-    return manifest
-
-
-def verify_files(directory: Path, manifest: dict) -> None:
-    """Check every file the manifest lists against its sha256."""
-    for name, expected in manifest.get("files", {}).items():
-        path = directory / name
-        if not path.is_file():
-            raise IntegrityError(f"{path}: listed in the manifest but missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise IntegrityError(f"{path}: sha256 {actual[:12]}... differs from the manifest's {expected[:12]}... "
-                                 "(the file was altered or truncated)")

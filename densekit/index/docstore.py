@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from densekit.data import Corpus, join_title_text, parse_json_object
 from densekit.errors import DensekitError, InputError, IntegrityError
-from densekit.index.dense import MANIFEST_FILE, read_manifest
-from densekit.io import atomic_dir, atomic_file, sha256_file, write_json
+from densekit.index.manifest import MANIFEST_FILE, read_manifest
+from densekit.io import atomic_dir, atomic_file, read_lock, sha256_file, write_json, write_lock
 
 DOCS_FILE = "docs.jsonl"
 
@@ -72,7 +73,9 @@ class DocStore:
     """Look up documents by id, from memory or from a `docs.jsonl` read on demand.
 
     Opened from a file, the store keeps only each document's byte offset in memory and reads a
-    document when asked, so a large corpus costs one integer per document.
+    document when asked, so a large corpus costs one integer per document. It keeps the file open,
+    so the documents it serves stay the ones it checked even if the index directory is replaced
+    by a newer save meanwhile (the old file lives on until the store is closed).
     """
 
     def __init__(self, documents: Mapping[str, StoredDocument] | None = None,
@@ -80,6 +83,12 @@ class DocStore:
         self._documents = dict(documents or {})
         self._path = path
         self._offsets = offsets or {}
+        self._handle = open(path, "rb") if path is not None and offsets else None  # noqa: SIM115
+        self._lock = threading.Lock()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self._handle.close()
 
     @classmethod
     def from_documents(cls, documents: Iterable[StoredDocument]) -> DocStore:
@@ -116,16 +125,17 @@ class DocStore:
     def open(cls, directory: str | Path) -> DocStore | None:
         """The store of an index directory, checked against the manifest; None when it has none."""
         directory = Path(directory)
-        manifest = read_manifest(directory)
-        expected = manifest.get("files", {}).get(DOCS_FILE)
-        if expected is None:
-            return None
-        path = directory / DOCS_FILE
-        if not path.is_file():
-            raise IntegrityError(f"{path}: listed in the manifest but missing")
-        if sha256_file(path) != expected:
-            raise IntegrityError(f"{path}: sha256 differs from the manifest's (the file was altered)")
-        store = cls.read(path)
+        with read_lock(directory):
+            manifest = read_manifest(directory)
+            expected = manifest.get("files", {}).get(DOCS_FILE)
+            if expected is None:
+                return None
+            path = directory / DOCS_FILE
+            if not path.is_file():
+                raise IntegrityError(f"{path}: listed in the manifest but missing")
+            if sha256_file(path) != expected:
+                raise IntegrityError(f"{path}: sha256 differs from the manifest's (the file was altered)")
+            store = cls.read(path)
         count = manifest.get("documents", {}).get("count")
         if count is not None and count != len(store):
             raise IntegrityError(f"{path}: holds {len(store)} documents, the manifest says {count}")
@@ -143,11 +153,12 @@ class DocStore:
     def get(self, doc_id: str) -> StoredDocument:
         if doc_id in self._documents:
             return self._documents[doc_id]
-        if doc_id not in self._offsets or self._path is None:
+        if doc_id not in self._offsets or self._handle is None:
             raise IntegrityError(f"document {doc_id!r} is in the index but not in the document store")
-        with open(self._path, "rb") as handle:
-            handle.seek(self._offsets[doc_id])
-            return _parse_line(self._path, 0, handle.readline().decode("utf-8"))
+        with self._lock:
+            self._handle.seek(self._offsets[doc_id])
+            raw = self._handle.readline()
+        return _parse_line(self._path, 0, raw.decode("utf-8"))
 
     def __iter__(self):
         for doc_id in self.ids():
@@ -187,20 +198,24 @@ def attach_documents(directory: str | Path, documents: Corpus | Iterable[StoredD
         missing = [i for i in index_ids if i not in known]
         if missing:
             raise DensekitError(f"{len(missing)} indexed documents have no text, e.g. {missing[0]!r}")
-    count = write_docs_file(directory / DOCS_FILE, docs)
-    add_docs_to_manifest(directory, count)
+    with write_lock(directory):
+        count = write_docs_file(directory / DOCS_FILE, docs)
+        add_docs_to_manifest(directory, count)
     return count
 
 
-def save_with_documents(save_index, documents: Iterable[StoredDocument], directory: str | Path) -> Path:
+def save_with_documents(save_index, documents: Iterable[StoredDocument], directory: str | Path,
+                        kind: str = "index:dense", overwrite: bool = False) -> Path:
     """Save an index and its documents as one directory, atomically.
 
     `save_index(path)` writes the index directory (e.g. ``DenseRetriever.save``); it runs inside a
     staging directory, `docs.jsonl` is added beside it, and the whole is renamed into place only when
-    everything succeeded, so a reader never sees an index without its texts.
+    everything succeeded, so a reader never sees an index without its texts. `kind` is the index's
+    ("index:dense", "index:bm25"): an existing `directory` of another kind, or not written by densekit,
+    is refused unless `overwrite` (:func:`densekit.io.check_output_target`).
     """
     directory = Path(directory)
-    with atomic_dir(directory) as staging:
+    with atomic_dir(directory, kind=kind, overwrite=overwrite) as staging:
         inner = staging / "index"
         save_index(inner)
         for item in inner.iterdir():

