@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from densekit import __version__
-from densekit.data import BeirDataset
+from densekit.data import BeirDataset, fingerprint
 from densekit.errors import DensekitError, IntegrityError
 from densekit.io import write_json
 from densekit.mining.filters import (
@@ -54,7 +54,7 @@ from densekit.mining.filters import (
 )
 from densekit.mining.output import config_path, record_line, stats_path
 from densekit.mining.samplers import Sampler, TopSampler, query_rng
-from densekit.mining.sources import CandidateSource, DenseScorer, DenseSource, fuse, queries_fingerprint
+from densekit.mining.sources import CandidateSource, DenseScorer, DenseSource, fuse
 from densekit.mining.stats import MiningStats
 from densekit.progress import announce, progress_bar
 
@@ -145,7 +145,7 @@ class HardNegativeMiner:
                 "path": str(dataset.root),
                 "split": dataset.split,
                 "queries": len(query_ids),
-                "queries_sha256": queries_fingerprint(query_ids, [dataset.queries[q] for q in query_ids]),
+                "queries_sha256": fingerprint(query_ids, [dataset.queries[q] for q in query_ids]),
                 "documents": len(dataset.corpus),
                 "corpus_sha256": dataset.corpus.fingerprint(),
             },
