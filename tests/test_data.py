@@ -212,3 +212,18 @@ def test_copy_of_shared_data_is_not_modified(scifact_small: Path, tmp_path: Path
     load_dataset(scifact_small, split="test")
     assert sorted(p.name for p in scifact_small.rglob("*")) == before
     shutil.copytree(scifact_small, tmp_path / "copy")
+
+
+def test_fingerprint_digests_unchanged() -> None:
+    """Embedding caches are keyed by these digests: the values were computed with the three functions
+    that `densekit.data.fingerprint` replaced (Corpus.fingerprint, mining's queries_fingerprint and
+    the MTEB adapter's text digest), so a change here would orphan every existing cache."""
+    from densekit.data import Corpus, fingerprint
+
+    corpus = Corpus(["d1", "d2"], ["Title", ""], ["text one", "Lp[a] é"])
+    assert corpus.fingerprint() == "2d3d20755b215354bc973712e1b62c1316e38ba9451ec3f6b577ca89066ba476"
+    assert fingerprint(["q1", "q2"], ["what?", "ünïcode"]) == (
+        "8fb78a6ebe3d3b2a6304deb95881cd66132fc7a557e8f93673c12d9e58e15768")
+    assert fingerprint(["a", "b c", ""]) == "cdecc7ce15716cf7f3b637aef821efe6c2d1f69f2d21d088939ee7701a990bee"
+    with pytest.raises(ValueError):
+        fingerprint(["q1"], [])  # parallel columns must have equal lengths

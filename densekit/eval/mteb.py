@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from densekit.data import BeirDataset, Corpus, load_dataset
+from densekit.data import BeirDataset, Corpus, fingerprint, load_dataset
 from densekit.errors import DensekitError
 from densekit.index.cache import encode_corpus
 from densekit.progress import announce, is_quiet
@@ -103,14 +103,6 @@ def logging_quiet() -> None:
 # ----------------------------------------------------------------------------- model
 
 
-def _texts_digest(texts: Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8"))
-        digest.update(b"\x00")
-    return digest.hexdigest()
-
-
 def make_encoder_class():
     """Define :class:`DensekitMtebEncoder` on mteb's ``AbsEncoder`` (mteb is imported lazily)."""
     import_mteb()
@@ -140,7 +132,7 @@ def make_encoder_class():
             base = {"query": encoder.config.query_prompt, "document": encoder.config.document_prompt}
             self.model_prompts = {k: v for k, v in {**base, **(prompts or {})}.items() if v} or None
             self.cache = cache
-            self._corpora = {_texts_digest(c.texts()): c for c in corpora}
+            self._corpora = {fingerprint(c.texts()): c for c in corpora}
             self.cache_hits = 0
             self.mteb_model_meta = ModelMeta.create_empty(
                 overwrites=dict(
@@ -172,7 +164,7 @@ def make_encoder_class():
                 and prompt_type == PromptType.document
                 and prompt == self.model.config.document_prompt
             ):
-                corpus = self._corpora.get(_texts_digest(texts))
+                corpus = self._corpora.get(fingerprint(texts))
                 if corpus is not None:
                     self.cache_hits += 1
                     return np.asarray(encode_corpus(self.model, corpus, cache=True, show_progress=show))
@@ -420,7 +412,7 @@ def run_mteb(
             )
 
     if out is not None:
-        with atomic_dir(out) as staging:
+        with atomic_dir(out, kind="mteb-results") as staging:
             results = evaluate(staging)
     else:
         results = evaluate(None)
