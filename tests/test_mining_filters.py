@@ -235,8 +235,10 @@ def test_sampler_options() -> None:
 
 def test_rrf_fusion_hand_computed() -> None:
     fused = fuse([["a", "b", "c"], ["c", "d", "a"]], "rrf", depth=10)
-    # a: 1/61 + 1/63, c: 1/63 + 1/61 (tie, a first appeared first), b: 1/62, d: 1/62
+    # a: 1/61 + 1/63, c: 1/63 + 1/61 (tie: ordered by document id), b: 1/62, d: 1/62 (tie)
     assert fused == ["a", "c", "b", "d"]
+    # The one RRF breaks ties by document id, not by first appearance (mining's old rule gave b, a).
+    assert fuse([["b", "a"], ["a", "b"]], "rrf", depth=10) == ["a", "b"]
     assert fuse([["a", "b", "c"], ["c", "d", "a"]], "rrf", depth=2) == ["a", "c"]
     assert fuse([["x", "y"]], "rrf", depth=1) == ["x", "y"]  # one source is returned as is
 

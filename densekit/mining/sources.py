@@ -10,7 +10,8 @@
   the mmap; FAISS GPU's k <= 2048 limit is handled by :class:`~densekit.index.dense.DenseIndex`), and
   :class:`RetrieverSource` adapts anything that keeps the Retriever protocol (BM25, hybrid, ...).
 - :func:`fuse` combines several sources' lists: reciprocal rank fusion (Cormack et al., SIGIR 2009,
-  k = 60) truncated to the depth, or the union of all lists ordered by the teacher's score.
+  k = 60; the package's one implementation, in :mod:`densekit.retriever.hybrid`, ties by document id)
+  truncated to the depth, or the union of all lists ordered by the teacher's score.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from typing import Protocol
 import faiss
 import numpy as np
 
-from densekit.data import Corpus, fingerprint
+from densekit.data import Corpus, Run, fingerprint
 from densekit.errors import DensekitError
 from densekit.index.cache import cache_enabled, cache_key, encode_corpus, load_cached, store_with
 from densekit.index.dense import DenseIndex
 from densekit.index.gpu import place
 from densekit.retriever.base import Retriever
+from densekit.retriever.hybrid import reciprocal_rank_fusion
 
-RRF_K = 60
-FUSIONS = ("rrf", "union")
+CANDIDATE_FUSIONS = ("rrf", "union")
 
 
 class DenseScorer:
@@ -169,21 +170,18 @@ def fuse(lists: Sequence[Sequence[str]], method: str, depth: int,
          teacher_score: Callable[[list[str]], np.ndarray] | None = None) -> list[str]:
     """Combine ranked id lists into one candidate list.
 
-    One list is returned as is. `rrf`: sum of 1 / (60 + rank) over lists, best first, ties by first
-    appearance, cut at `depth`. `union`: every id of every list, ordered by `teacher_score`
-    (descending, ties by first appearance), not cut -- each source already returned `depth`.
+    One list is returned as is. `rrf`: :func:`~densekit.retriever.hybrid.reciprocal_rank_fusion`
+    (k = 60, equal weights; equal fused scores ordered by document id), cut at `depth`. `union`: every
+    id of every list, ordered by `teacher_score` (descending, ties by first appearance), not cut --
+    each source already returned `depth`.
     """
-    if method not in FUSIONS:
-        raise DensekitError(f"unknown fusion {method!r}; expected one of {', '.join(FUSIONS)}")
+    if method not in CANDIDATE_FUSIONS:
+        raise DensekitError(f"unknown fusion {method!r}; expected one of {', '.join(CANDIDATE_FUSIONS)}")
     if len(lists) == 1:
         return list(lists[0])
     if method == "rrf":
-        scores: dict[str, float] = {}
-        for ranked in lists:
-            for rank, doc_id in enumerate(ranked, start=1):
-                scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (RRF_K + rank)
-        order = sorted(scores, key=lambda d: -scores[d])  # sorted() is stable: ties keep first appearance
-        return order[:depth]
+        runs = [Run({"q": [(doc_id, 0.0) for doc_id in ranked]}) for ranked in lists]  # only ranks count
+        return [doc_id for doc_id, _ in reciprocal_rank_fusion(runs, depth=depth)["q"]]
     merged = list(dict.fromkeys(d for ranked in lists for d in ranked))
     if teacher_score is None:
         raise DensekitError("union fusion orders by the teacher's score: pass teacher_score")

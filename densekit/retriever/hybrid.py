@@ -55,7 +55,13 @@ def _ranked(scores: dict[str, float], k: int | None) -> list[tuple[str, float]]:
 
 def reciprocal_rank_fusion(runs: Sequence[Run], k: int = RRF_K, weights: Sequence[float] | None = None,
                            depth: int | None = None) -> Run:
-    """Fuse `runs` by RRF: sum_i w_i / (k + rank_i). Keeps the top `depth` per query (all when None)."""
+    """Fuse `runs` by RRF: sum_i w_i / (k + rank_i). Keeps the top `depth` per query (all when None).
+
+    Tie-break rule: documents with equal fused scores are ordered by ascending document id, so the
+    result depends neither on the order of the runs nor on how a run ordered its own ties. This is the
+    package's one RRF: hybrid retrieval and mining's candidate fusion
+    (:func:`densekit.mining.sources.fuse`) both call it.
+    """
     if k < 0:
         raise DensekitError(f"the RRF constant k must be >= 0, got {k}")
     weights = _weights(len(runs), weights)
