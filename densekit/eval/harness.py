@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from densekit import __version__
 from densekit.data import BeirDataset, Run
 from densekit.eval.metrics import DEFAULT_METRICS, EvalResult, evaluate
-from densekit.retriever.base import Retriever
+from densekit.protocols import Retriever
 
 DEFAULT_DEPTH = 1000
 

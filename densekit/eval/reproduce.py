@@ -42,7 +42,7 @@ from densekit.data import BeirDataset, load_dataset
 from densekit.errors import DensekitError, InputError
 from densekit.eval.metrics import evaluate, parse_metric
 from densekit.progress import announce
-from densekit.retriever.base import Retriever
+from densekit.protocols import Retriever
 
 EXPECTED_SCORES = Path(__file__).with_name("expected_scores.json")
 DEFAULT_TOLERANCE = 0.001

@@ -27,7 +27,7 @@ from densekit.errors import DensekitError
 from densekit.index.cache import cache_enabled, cache_key, encode_corpus, load_cached, store_with
 from densekit.index.dense import DenseIndex
 from densekit.index.gpu import place
-from densekit.retriever.base import Retriever
+from densekit.protocols import Retriever
 from densekit.retriever.hybrid import reciprocal_rank_fusion
 
 CANDIDATE_FUSIONS = ("rrf", "union")

@@ -1,18 +1,7 @@
-"""The one protocol every retriever keeps: dense, BM25, hybrid and reranking alike."""
+"""The Retriever protocol, re-exported from :mod:`densekit.protocols` (its home at the bottom layer)."""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from densekit.protocols import Retriever
 
-from densekit.data import Run
-
-
-@runtime_checkable
-class Retriever(Protocol):
-    """Anything that ranks documents for queries.
-
-    `search({query_id: text}, k)` returns a :class:`~densekit.data.Run` with at most `k` hits per
-    query, best first. Evaluation, mining, fusion and the LangChain adapter take any Retriever.
-    """
-
-    def search(self, queries: dict[str, str], k: int) -> Run: ...
+__all__ = ["Retriever"]
