@@ -224,20 +224,6 @@ FILTERS: dict[str, type] = {
 }
 
 
-def filter_from_config(config: dict) -> CandidateFilter:
-    """Rebuild a filter from its `describe()` dict, e.g. `{"name": "percpos", "percentage": 0.95}`."""
-    params = dict(config)
-    name = params.pop("name", None)
-    if name == "positives":
-        return ExcludePositives()
-    if name not in FILTERS:
-        raise DensekitError(f"unknown filter {name!r}; expected one of {', '.join(FILTERS)}")
-    try:
-        return FILTERS[name](**params)
-    except TypeError as exc:
-        raise DensekitError(f"filter {name!r}: {exc}") from None
-
-
 def apply_filters(
     candidates: Candidates, filters: list[CandidateFilter],
     removed_log: list[tuple[str, Candidates]] | None = None,

@@ -120,18 +120,6 @@ SAMPLERS: dict[str, type] = {
 }
 
 
-def sampler_from_config(config: dict) -> Sampler:
-    """Rebuild a sampler from its `describe()` dict, e.g. `{"name": "weighted", "temperature": 0.05}`."""
-    params = dict(config)
-    name = params.pop("name", None)
-    if name not in SAMPLERS:
-        raise DensekitError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
-    try:
-        return SAMPLERS[name](**params)
-    except TypeError as exc:
-        raise DensekitError(f"sampler {name!r}: {exc}") from None
-
-
 def sampler_from_options(name: str, temperature: float | None = None) -> Sampler:
     """The sampler called `name`; `temperature` only for "weighted" (default 0.05)."""
     if name not in SAMPLERS:

@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -334,10 +333,3 @@ def write_sentence_transformers_folder(folder: Path, model: torch.nn.Module, tok
     for name, content in files.items():
         with open(folder / name, "w", encoding="utf-8") as handle:
             json.dump(content, handle, indent=2)
-
-
-def set_threads(threads: int | None) -> None:
-    """Pin torch's intra-op threads (benchmarks compare libraries at the same thread count)."""
-    if threads:
-        torch.set_num_threads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -1,4 +1,4 @@
-"""Contrastive training of dual encoders (see DESIGN.md "Training").
+"""Contrastive training of dual encoders (the recipe and its measured numbers: docs/training.md).
 
 - :mod:`config`: the typed recipe (`TrainConfig`, `DataConfig`, `LossConfig`)
 - :mod:`data`: training tuples from a negatives file, the no-duplicates batch sampler, the collator
