@@ -256,6 +256,9 @@ def qrels_path(root: str | Path, split: str) -> Path:
     available splits when there is none."""
     root = Path(root)
     found = _find_file(root / "qrels", f"{split}.tsv")
+    for candidate in (root / "qrels" / f"{split}.tsv", root / "qrels" / f"{split}.tsv.gz"):
+        if found is None and candidate.exists():
+            raise InputError(candidate, "is not a regular file (expected the split's qrels TSV)")
     if found is None:
         splits = ", ".join(available_splits(root)) or "none"
         raise DensekitError(f"{root}: unknown split {split!r}; available splits: {splits}")
@@ -267,7 +270,7 @@ def available_splits(root: str | Path) -> list[str]:
     if not qrels_dir.is_dir():
         return []
     names = {p.name.removesuffix(".gz").removesuffix(".tsv") for p in qrels_dir.iterdir()}
-    return sorted(n for n in names if (qrels_dir / f"{n}.tsv").exists() or (qrels_dir / f"{n}.tsv.gz").exists())
+    return sorted(n for n in names if (qrels_dir / f"{n}.tsv").is_file() or (qrels_dir / f"{n}.tsv.gz").is_file())
 
 
 @dataclass

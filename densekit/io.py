@@ -75,10 +75,12 @@ class TextReader:
         if self.path.is_dir():
             raise InputError(self.path, "is a directory, expected a file")
         try:
+            # Binary, decoded line by line: a bad byte is reported on its own line, not on the line
+            # where a text wrapper's read-ahead buffer happened to start.
             if self.path.suffix == ".gz":
-                self._handle: IO[str] = gzip.open(self.path, "rt", encoding="utf-8")  # noqa: SIM115
+                self._handle: IO[bytes] = gzip.open(self.path, "rb")  # noqa: SIM115
             else:
-                self._handle = open(self.path, encoding="utf-8")  # noqa: SIM115
+                self._handle = open(self.path, "rb")  # noqa: SIM115
         except FileNotFoundError:
             raise InputError(self.path, "no such file") from None
         except OSError as exc:
@@ -107,12 +109,15 @@ class TextReader:
     def __iter__(self) -> Iterator[str]:
         while True:
             try:
-                line = self._handle.readline()
+                raw = self._handle.readline()
+                line = raw.decode("utf-8")
             except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
                 raise self._failure(exc) from None
-            if not line:
+            if not raw:
                 return
             self.line += 1
+            if line.endswith("\r\n"):
+                line = line[:-2] + "\n"
             yield line
 
     def read(self) -> str:

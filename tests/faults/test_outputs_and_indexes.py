@@ -102,11 +102,11 @@ def test_atomic_file_never_replaces_a_directory(tmp_path) -> None:
 # ----------------------------------------------------------------------------- 3. names that escape
 
 
-def _zip_of(folder: Path, archive: Path) -> Path:
+def _zip_of(folder: Path, archive: Path, inner: str = "scifact_small") -> Path:
     with zipfile.ZipFile(archive, "w") as zf:
         for path in folder.rglob("*"):
             if path.is_file():
-                zf.write(path, Path(folder.name) / path.relative_to(folder))
+                zf.write(path, Path(inner) / path.relative_to(folder))
     return archive
 
 
@@ -139,8 +139,10 @@ def test_download_refuses_a_foreign_folder_and_downloads_beside_it(scifact_small
     assert code == 2 and "--overwrite" in one_line_error(err)
     assert (dest / "scifact_small" / "thesis.tex").read_text() == "mine"
     shutil.rmtree(dest / "scifact_small")
-    assert run_cli(args, capsys, monkeypatch)[0] == 0
-    assert run_cli(args, capsys, monkeypatch)[0] == 0  # its own download: replaced
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err  # its own download: replaced
     assert (dest / "scifact_small" / "corpus.jsonl").is_file()
 
 
@@ -156,7 +158,7 @@ def test_damaged_cache_entries_are_refused_not_used(tiny_model, scifact_small, t
     code, out, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     clean = json.loads(out)["metrics"]["ndcg@10"]
-    (entry,) = list(embeddings_dir().iterdir())
+    (entry,) = [p for p in embeddings_dir().iterdir() if p.is_dir()]
     array = entry / "embeddings.npy"
     original = array.read_bytes()
 
