@@ -142,6 +142,8 @@ def check_training_folder(output: Path, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise DensekitError(f"{output}: --resume continues the run there and --overwrite starts it over; "
                             "pass one of them")
+    if overwrite:
+        _refuse_foreign_models(output)
     if resume or overwrite:
         return
     found = [f"{CHECKPOINTS}/"] if checkpoint_dirs(output) else []
@@ -153,6 +155,18 @@ def check_training_folder(output: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def _refuse_foreign_models(output: Path) -> list[Path]:
+    """The ``model/`` and ``best/`` folders of `output`; DensekitError if one was not written by densekit."""
+    models = [output / name for name in ("model", "best") if (output / name).exists() or (output / name).is_symlink()]
+    for folder in models:
+        real_dir = folder.is_dir() and not folder.is_symlink()
+        marker = read_marker(folder) if real_dir else None
+        ours = (marker or {}).get("kind") == "model" or (real_dir and (folder / TRAIN_CONFIG).is_file())
+        if not ours:
+            raise DensekitError(f"{folder} was not written by densekit train; move it away before --overwrite")
+    return models
+
+
 def clear_training_folder(output: Path) -> list[Path]:
     """Remove what `densekit train` wrote in `output` (for `overwrite`); return what was removed.
 
@@ -160,12 +174,7 @@ def clear_training_folder(output: Path) -> list[Path]:
     ``best/`` that densekit did not write is refused (DensekitError) before anything is removed, and
     other files under ``checkpoints/`` stay. The guide cache stays: it is keyed and verified.
     """
-    models = [output / name for name in ("model", "best") if (output / name).exists()]
-    for folder in models:
-        marker = read_marker(folder) if folder.is_dir() and not folder.is_symlink() else None
-        ours = (marker or {}).get("kind") == "model" or (folder.is_dir() and (folder / TRAIN_CONFIG).is_file())
-        if not ours:
-            raise DensekitError(f"{folder} was not written by densekit train; move it away before --overwrite")
+    models = _refuse_foreign_models(output)
     removed = [*checkpoint_dirs(output), *models]
     for path in removed:
         _remove_tree(path)

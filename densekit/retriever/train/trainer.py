@@ -250,9 +250,8 @@ class Trainer:
         rotate(self.output, self.config.keep_checkpoints, target)
         return target
 
-    def load_checkpoint(self) -> Path | None:
-        """Restore the newest checkpoint that decodes; refuse one written for another recipe or inputs."""
-        found = read_newest(self.output)
+    def load_checkpoint(self, found: tuple[Path, dict] | None) -> Path | None:
+        """Restore `found` (from `read_newest`); refuse a checkpoint written for another recipe or inputs."""
         if found is None:
             announce(f"--resume: no checkpoint under {self.output / 'checkpoints'}; starting from step 0")
             return None
@@ -336,6 +335,7 @@ class Trainer:
     def train(self) -> dict:
         """Train to the end of the schedule (or `stop_after_steps`); return the summary."""
         check_training_folder(self.output, self.resume, self.overwrite)  # every rank, before any barrier
+        found = read_newest(self.output) if self.resume else None  # read (and fail) before loading models
         self._setup()
         cfg = self.config
         if self.ctx.is_main:
@@ -343,7 +343,7 @@ class Trainer:
                 clear_training_folder(self.output)
             self.output.mkdir(parents=True, exist_ok=True)
         barrier(self.ctx)
-        resumed_from = self.load_checkpoint() if self.resume else None
+        resumed_from = self.load_checkpoint(found) if self.resume else None
         metrics_path = self.output / "metrics.jsonl"
         if self.ctx.is_main:
             trim_metrics(metrics_path, self.step)
