@@ -34,8 +34,8 @@ MARKER = re.compile(r"^<!--\s*(run|illustrative|tested-by:\s*(?P<tests>[^>]*?))\
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 COMMAND_LANGS = {"bash", "python"}
 NOT_COMMANDS = {"text", "json", "toml", "yaml", "diff"}
-# Pages the lead engineer writes after this file; a link to them may point nowhere until then.
-PENDING_PAGES = {REPO / "docs" / "guarantees.md"}
+# Pages written after this file; a link to them may point nowhere until then (none left).
+PENDING_PAGES: set[Path] = set()
 README_LIMIT = 10_000  # bytes: details belong in docs/
 
 
