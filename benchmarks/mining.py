@@ -144,7 +144,7 @@ def worker_densekit(args) -> dict:
     if args.mode == "warm":
         call()  # fills the embedding cache
     seconds, traced, _ = measure(call, args.mode)
-    negatives = {r["query_id"]: [n["id"] for n in r["negatives"]] for r in read_negatives(out)}
+    negatives = {r.query_id: [n.id for n in r.negatives] for r in read_negatives(out)}
     return {"seconds": seconds, "traced_peak_mb": traced, "negatives": negatives}
 
 

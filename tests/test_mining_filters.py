@@ -274,7 +274,7 @@ def _write(path: Path, records: list) -> Path:
 
 def test_read_negatives_accepts_valid_file(tmp_path: Path) -> None:
     path = _write(tmp_path / "n.jsonl", [_record(), _record(query_id="q2", negatives=[])])
-    assert [r["query_id"] for r in read_negatives(path)] == ["q1", "q2"]
+    assert [r.query_id for r in read_negatives(path)] == ["q1", "q2"]
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from densekit.mining import (
     stats_path,
 )
 from densekit.mining.miner import checkpoint_path, partial_path
+from densekit.negatives import NegativesRecord
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +39,21 @@ def tiny_teacher(tiny_model: Path, dataset):
     return DenseScorer(Encoder(tiny_model, device="cpu"), dataset.corpus, show_progress=False)
 
 
-def check_contract(path: Path, dataset, negatives: int) -> list[dict]:
+def check_contract(path: Path, dataset, negatives: int) -> list[NegativesRecord]:
     records = read_negatives(path)
     stats = json.loads(stats_path(path).read_text())
     assert len(records) == stats["queries_mined"] == len(dataset.queries) - stats["queries_without_positives"]
     short = 0
     for record in records:
-        positives = {d for d, rel in dataset.qrels[record["query_id"]].items() if rel > 0}
-        assert set(record["positives"]) == positives
-        assert not positives & {n["id"] for n in record["negatives"]}
-        assert record["query"] == dataset.queries[record["query_id"]]
-        ranks = [n["rank"] for n in record["negatives"]]
+        positives = {d for d, rel in dataset.qrels[record.query_id].items() if rel > 0}
+        assert set(record.positives) == positives
+        assert not positives & {n.id for n in record.negatives}
+        assert record.query == dataset.queries[record.query_id]
+        ranks = [n.rank for n in record.negatives]
         assert ranks == sorted(ranks)
-        short += len(record["negatives"]) < negatives
+        short += len(record.negatives) < negatives
     assert short == stats["queries_short"]
-    assert sum(len(r["negatives"]) for r in records) == stats["negatives_written"]
+    assert sum(len(r.negatives) for r in records) == stats["negatives_written"]
     return records
 
 
@@ -71,9 +72,9 @@ def test_mine_writes_the_contract_and_statistics(tiny_teacher, dataset, tmp_path
     assert not partial_path(out).exists() and not checkpoint_path(out).exists()
     # Every written negative passes PercPos against the lowest positive's teacher score.
     for record in records:
-        pos = min(record["positive_scores"].values())
-        assert all(n["teacher_score"] <= pos - 0.05 * abs(pos) + 1e-6 for n in record["negatives"])
-        assert all(n["guide_score"] is None for n in record["negatives"])
+        pos = min(record.positive_scores["positive_scores"].values())
+        assert all(n.teacher_score <= pos - 0.05 * abs(pos) + 1e-6 for n in record.negatives)
+        assert all(n.guide_score is None for n in record.negatives)
 
 
 def test_teacher_scores_are_the_models_cosine(tiny_teacher, dataset, tmp_path: Path) -> None:
@@ -81,14 +82,14 @@ def test_teacher_scores_are_the_models_cosine(tiny_teacher, dataset, tmp_path: P
     HardNegativeMiner(tiny_teacher, filters=[], depth=10).mine(dataset, out)
     record = read_negatives(out)[0]
     encoder = tiny_teacher.encoder
-    q = encoder.encode_queries([record["query"]], show_progress=False)[0]
-    docs = [dataset.corpus.texts()[dataset.corpus.position(n["id"])] for n in record["negatives"]]
+    q = encoder.encode_queries([record.query], show_progress=False)[0]
+    docs = [dataset.corpus.texts()[dataset.corpus.position(n.id)] for n in record.negatives]
     expected = encoder.encode_documents(docs, show_progress=False) @ q
-    got = np.array([n["teacher_score"] for n in record["negatives"]])
+    got = np.array([n.teacher_score for n in record.negatives])
     assert np.allclose(got, expected, atol=1e-5)
     # No filter and the top sampler: the negatives are the best-ranked candidates that are not positives.
-    ranks = [n["rank"] for n in record["negatives"]]
-    assert len(ranks) == 4 and ranks == sorted(ranks) and ranks[-1] <= 4 + len(record["positives"])
+    ranks = [n.rank for n in record.negatives]
+    assert len(ranks) == 4 and ranks == sorted(ranks) and ranks[-1] <= 4 + len(record.positives)
 
 
 def test_resume_after_interruption_writes_identical_file(tiny_teacher, dataset, tmp_path: Path) -> None:
@@ -153,8 +154,8 @@ def test_guide_filter_drops_what_the_guide_ranks_at_or_above_the_positive(tiny_t
     records = check_contract(out, dataset, 4)
     assert result.stats.removed["guide(0.0)"] > 0
     for record in records:
-        lowest = min(record["positive_guide_scores"].values())
-        assert all(n["guide_score"] < lowest for n in record["negatives"])
+        lowest = min(record.positive_scores["positive_guide_scores"].values())
+        assert all(n.guide_score < lowest for n in record.negatives)
     # The removed-candidates file holds exactly what each filter removed, with both scores.
     removed = [json.loads(line) for line in removed_out.read_text().splitlines()]
     by_filter: dict[str, int] = {}
@@ -268,6 +269,6 @@ def test_full_scifact_train_mining_via_cli(scifact_dir: Path, tmp_path: Path, ca
     assert stats["queries"] == len(dataset.queries) == 809
     records = check_contract(out, dataset, 4)
     assert len(records) + stats["queries_without_positives"] == 809
-    complete = sum(len(r["negatives"]) == 4 for r in records)
+    complete = sum(len(r.negatives) == 4 for r in records)
     assert complete + stats["queries_short"] == len(records)
     assert complete > 700

@@ -56,7 +56,7 @@ def test_same_negatives_as_sentence_transformers(scifact_train_small: Path, mini
     out = tmp_path / "neg.jsonl"
     HardNegativeMiner(DenseScorer(minilm, ds.corpus, show_progress=False), filters=[PercPosFilter(0.95)],
                       negatives=4, depth=depth).mine(ds, out)
-    ours = {r["query_id"]: [n["id"] for n in r["negatives"]] for r in read_negatives(out)}
+    ours = {r.query_id: [n.id for n in r.negatives] for r in read_negatives(out)}
 
     assert len(ours) == len(ds.queries) == 40
     same = [q for q in ours if set(ours[q]) == set(theirs.get(ds.queries[q], []))]

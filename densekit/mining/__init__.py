@@ -5,20 +5,15 @@ four negatives, candidate depth 100) and GISTEmbed (arXiv 2402.16829) for the gu
 
 Modules: :mod:`~densekit.mining.sources` (teacher/guide scoring, dense and Retriever sources, fusion),
 :mod:`~densekit.mining.filters`, :mod:`~densekit.mining.samplers`, :mod:`~densekit.mining.miner`
-(the driver, resumable), :mod:`~densekit.mining.output` (the file format and its reader),
-:mod:`~densekit.mining.stats`.
+(the driver, resumable), :mod:`~densekit.mining.output` (output paths), :mod:`~densekit.mining.stats`.
 
-The negatives file (read it with :func:`read_negatives`) is JSON lines, one query per line::
-
-    {"query_id": str, "query": str, "positives": [doc_id, ...], "positive_scores": {doc_id: teacher_score},
-     "positive_guide_scores": {doc_id: guide_score} | null,
-     "negatives": [{"id": doc_id, "rank": int, "teacher_score": float, "guide_score": float | null}, ...]}
-
-`rank` is the 1-based rank in the query's candidate list (the teacher's ranking when the teacher is
-the only source). Negatives are in rank order; a query may have fewer than asked (counted in the
-statistics). Beside `<out>`: `<out>.config.json` (models, sources, filters, sampler, seed, densekit
-version) and `<out>.stats.json` (candidates seen, removed per filter, queries short of negatives),
-both written atomically; the negatives file itself appears (by rename) only when mining finished.
+The negatives file is JSON lines, one query per line; its schema (what is required, which scores)
+and its one reader, :func:`read_negatives` (records as :class:`~densekit.negatives.NegativesRecord`),
+live in :mod:`densekit.negatives`, shared with the trainer. Negatives are in rank order; a query may
+have fewer than asked (counted in the statistics). Beside `<out>`: `<out>.config.json` (models,
+sources, filters, sampler, seed, densekit version) and `<out>.stats.json` (candidates seen, removed
+per filter, queries short of negatives), both written atomically; the negatives file itself appears
+(by rename) only when mining finished.
 """
 
 from densekit.mining.filters import (

@@ -52,7 +52,7 @@ from densekit.mining.filters import (
     PercPosFilter,
     apply_filters,
 )
-from densekit.mining.output import config_path, record_line, stats_path
+from densekit.mining.output import NegativesRecord, config_path, record_line, stats_path
 from densekit.mining.samplers import Sampler, TopSampler, query_rng
 from densekit.mining.sources import CandidateSource, DenseScorer, DenseSource, fuse
 from densekit.mining.stats import MiningStats
@@ -298,7 +298,7 @@ class HardNegativeMiner:
             record = self.mine_query(
                 query_id, texts[i], positives, [lists[i] for lists in per_source], teacher_vectors[i],
                 None if guide_vectors is None else guide_vectors[i], stats, removed)
-            lines.append(record_line(record))
+            lines.append(NegativesRecord.from_json(record).line())  # the schema the trainer reads
             if removed:
                 removed_lines.append(record_line({**{k: v for k, v in record.items() if k != "negatives"},
                                                   "removed": removed}))

@@ -1,10 +1,7 @@
 """Training tuples from a negatives file, a batch sampler without duplicate positives, a collator.
 
-The negatives file is the mining output (see ``densekit.mining``): JSON lines, one query per line::
-
-    {"query_id": "q1", "query": "text", "positives": ["d1", ...], "positive_scores": {...},
-     "negatives": [{"id": "d9", "rank": 3, "teacher_score": 0.71, "guide_score": 0.52}, ...], ...}
-
+The negatives file is the mining output, read through its one schema, :mod:`densekit.negatives`
+(JSON lines, one query per line: ids, positives, ranked negatives, optional scores).
 Each (query, positive) pair becomes one :class:`TrainingExample` holding the query's first
 `negatives_per_query` negatives in rank order. :class:`NoDuplicatesBatchSampler` deals examples into
 batches so that no batch holds the same query or the same positive document twice (a repeated
@@ -20,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from densekit.data import Corpus, iter_jsonl
+from densekit.data import Corpus
 from densekit.errors import InputError
+from densekit.negatives import iter_negatives
 from densekit.progress import announce
 
 
@@ -36,81 +34,29 @@ class TrainingExample:
     positive_ids: frozenset[str]  # every labelled positive of the query: never used as its negative
 
 
-def _expect(cond: bool, path: Path, line: int, message: str) -> None:
-    if not cond:
-        raise InputError(path, message, line)
-
-
 def read_training_examples(
     path: str | Path, corpus: Corpus, negatives_per_query: int
 ) -> list[TrainingExample]:
-    """Read a negatives file into examples, checking every field the trainer relies on.
+    """Read a negatives file (:func:`densekit.negatives.iter_negatives`, the schema mining writes) into
+    examples, negatives in rank order (equal ranks keep file order).
 
-    Raises InputError (file and line) for a missing or mistyped field, an id absent from `corpus`,
-    or a negative that is a positive. A query with fewer negatives than asked (the miner's filters
-    can leave too few) keeps those it has; how many such queries there are is announced.
+    Raises InputError (file and line) for anything the schema refuses and for an id absent from
+    `corpus`. A query with fewer negatives than asked (the miner's filters can leave too few) keeps
+    those it has; how many such queries there are is announced.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "negatives file not found (write one with `densekit mine`)")
     examples: list[TrainingExample] = []
-    seen: dict[str, int] = {}
     short = 0
-    for line, obj in iter_jsonl(path):
-        query_id = obj.get("query_id")
-        _expect(
-            isinstance(query_id, (str, int)) and str(query_id) != "",
-            path,
-            line,
-            'expected "query_id" (a non-empty string)',
-        )
-        query_id = str(query_id)
-        _expect(
-            query_id not in seen,
-            path,
-            line,
-            f"query {query_id!r} repeated (first on line {seen.get(query_id)})",
-        )
-        seen[query_id] = line
-        query = obj.get("query")
-        _expect(
-            isinstance(query, str) and query.strip() != "", path, line, 'expected "query" (non-empty text)'
-        )
-        positives = obj.get("positives")
-        _expect(
-            isinstance(positives, list) and len(positives) > 0,
-            path,
-            line,
-            'expected "positives" (a non-empty list of document ids)',
-        )
-        positives = [str(p) for p in positives]
-        negatives = obj.get("negatives")
-        _expect(
-            isinstance(negatives, list), path, line, 'expected "negatives" (a list of {"id", "rank", ...})'
-        )
-        parsed: list[tuple[float, int, str]] = []
-        for order, neg in enumerate(negatives):
-            _expect(isinstance(neg, dict) and "id" in neg, path, line, f'negative #{order + 1} has no "id"')
-            rank = neg.get("rank", order)
-            _expect(
-                isinstance(rank, (int, float)) and not isinstance(rank, bool),
-                path,
-                line,
-                f'negative #{order + 1}: "rank" must be a number, got {rank!r}',
-            )
-            parsed.append((float(rank), order, str(neg["id"])))
-        negative_ids = [doc_id for _, _, doc_id in sorted(parsed)]
+    for line, record in iter_negatives(path):
+        negative_ids = [n.id for n in sorted(record.negatives, key=lambda n: n.rank)]
         if len(negative_ids) < negatives_per_query:
             short += 1
-        for doc_id in positives + negative_ids:
-            _expect(
-                doc_id in corpus, path, line, f"document {doc_id!r} is not in the corpus {corpus.path or ''}"
-            )
-        overlap = set(positives) & set(negative_ids)
-        _expect(not overlap, path, line, f"documents {sorted(overlap)} are both positive and negative")
+        for doc_id in (*record.positives, *negative_ids):
+            if doc_id not in corpus:
+                raise InputError(path, f"document {doc_id!r} is not in the corpus {corpus.path or ''}", line)
         chosen = tuple(negative_ids[:negatives_per_query])
-        for positive in positives:
-            examples.append(TrainingExample(query_id, query, positive, chosen, frozenset(positives)))
+        for positive in record.positives:
+            examples.append(TrainingExample(record.query_id, record.query, positive, chosen,
+                                            frozenset(record.positives)))
     if not examples:
         raise InputError(path, "no training examples (the file is empty)")
     if short:
