@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from densekit.errors import DensekitError
+from densekit.errors import DensekitError, IntegrityError
 from densekit.io import atomic_dir, sha256_file, write_json
 from densekit.progress import announce, progress_bar
 from densekit.retriever.encoder import Encoder, write_sentence_transformers_folder
@@ -256,8 +256,12 @@ class Trainer:
             announce(f"--resume: no checkpoint under {self.output / 'checkpoints'}; starting from step 0")
             return None
         path, state = found
-        # A setting added after the checkpoint was written counts as its default there.
-        saved, current = TrainConfig.from_json(state["recipe"]).recipe(), self.config.recipe()
+        try:  # a state that decodes but is not what densekit writes is damage, not a traceback
+            saved = TrainConfig.from_json(state["recipe"]).recipe()  # a later-added setting counts as its default
+            saved_inputs = state["recipe"].get("inputs") or {}
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{path}: the checkpoint's recipe is malformed ({exc}); delete it") from None
+        current = self.config.recipe()
         if saved != current:
             changed = sorted(k for k in current if saved.get(k) != current[k])
             raise DensekitError(
@@ -265,7 +269,6 @@ class Trainer:
                 f"resume with the same recipe or start a new output folder"
             )
         # Checkpoints from before content hashes were recorded resume as before.
-        saved_inputs = state["recipe"].get("inputs") or {}
         what = {"negatives_sha256": f"the negatives file {self.config.data.negatives}",
                 "corpus_fingerprint": f"the corpus {self.config.data.corpus}"}
         changed = [what[k] for k in what if k in saved_inputs and saved_inputs[k] != self.inputs[k]]
@@ -274,14 +277,18 @@ class Trainer:
                 f"{path}: {' and '.join(changed)} changed since the checkpoint was written (content hash "
                 "differs); resume with the same inputs, or start over with --overwrite or another --output"
             )
-        self.model.load_state_dict(state["model"])
-        self.loss_fn.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        position = state["position"]
-        self.step, self.epoch, self.batch_in_epoch = position["step"], position["epoch"], position["batch"]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.loss_fn.load_state_dict(state["loss"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            position = state["position"]
+            self.step, self.epoch, self.batch_in_epoch = (int(position[k]) for k in ("step", "epoch", "batch"))
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise IntegrityError(f"{path}: the checkpoint does not fit this run ({first}); delete it") from None
         self.best = state["best"]
         return path
 
