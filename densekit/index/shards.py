@@ -38,6 +38,7 @@ import numpy as np
 
 from densekit.data import Corpus
 from densekit.errors import DensekitError, IntegrityError
+from densekit.faults import fault_point
 from densekit.index.dense import DenseIndex, sample_rows
 from densekit.io import atomic_file, sha256_file, write_json
 from densekit.progress import announce, progress_bar
@@ -144,6 +145,7 @@ def encode_shards(
         rows = plan.rows(shard)
         embeddings = encoder.encode_documents(texts[rows.start : rows.stop], show_progress=False)
         _write_shard(directory, shard, corpus.ids[rows.start : rows.stop], embeddings)
+        fault_point("shard-written")
         if bar is not None:
             bar.update(len(rows))
     if bar is not None:

@@ -43,6 +43,7 @@ import numpy as np
 from densekit import __version__
 from densekit.data import BeirDataset, fingerprint
 from densekit.errors import DensekitError, IntegrityError
+from densekit.faults import fault_point
 from densekit.io import write_json
 from densekit.mining.filters import (
     CandidateFilter,
@@ -258,6 +259,7 @@ class HardNegativeMiner:
             write_json(checkpoint, {"config": config, "queries_done": done, "bytes": size,
                                     "removed_out": None if removed_out is None else str(removed_out),
                                     "removed_bytes": removed_bytes, "stats": stats.to_json()})
+            fault_point("mining-chunk")
             bar.update(len(chunk))
             if on_chunk is not None:
                 on_chunk(done)
