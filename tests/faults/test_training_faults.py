@@ -8,7 +8,7 @@
   and the result is bit-identical to an uninterrupted run;
 - kill -9 in the middle of writing a checkpoint, then resume: bit-identical final weights.
 
-One tiny random BERT on the SciFact subset, 4 steps of batch 4; a stopped run (2 of 4 steps,
+One tiny random BERT on the SciFact subset, 3 steps of batch 4; a stopped run (2 of 3 steps,
 checkpoints step-1 and step-2) is trained once and restored before each test that needs it.
 """
 
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(tiny_model: Path, negatives: Path, corpus: Path, output: Path, **run) -> TrainConfig:
-    settings = {"max_steps": 4, "save_steps": 1, "keep_checkpoints": 3, "batch_size": 4, "learning_rate": 1e-3,
+    settings = {"max_steps": 3, "save_steps": 1, "keep_checkpoints": 3, "batch_size": 4, "learning_rate": 1e-3,
                 "max_length": 32, "device": "cpu", "seed": 7, **run}
     return TrainConfig(
         model=str(tiny_model), output=output,
@@ -101,7 +101,7 @@ def straight(config, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stopped(config, tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Path]:
-    """Returns a function that puts back, at one fixed path, a run stopped after 2 of 4 steps."""
+    """Returns a function that puts back, at one fixed path, a run stopped after 2 of 3 steps."""
     root = tmp_path_factory.mktemp("fault_stopped")
     out, saved = root / "run", root / "saved"
     summary = train(config(out, stop_after_steps=2))
@@ -135,7 +135,7 @@ def test_crafted_checkpoint_pickle_is_never_loaded(
     _craft_pickle(legacy / "checkpoints" / "step-3" / "state.pt", marker)
     code, _, err = run_cli([
         "train", "--model", str(tiny_model), "--negatives", str(negatives), "--corpus", str(scifact_small),
-        "--output", str(legacy), "--max-steps", "4", "--batch-size", "4", "--device", "cpu", "--resume",
+        "--output", str(legacy), "--max-steps", "3", "--batch-size", "4", "--device", "cpu", "--resume",
         "--quiet"], capsys, monkeypatch)
     assert code == 2 and not marker.exists()
     last = err.strip().splitlines()[-1]
