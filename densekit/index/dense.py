@@ -24,12 +24,8 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -37,7 +33,20 @@ import numpy as np
 
 from densekit import __version__
 from densekit.errors import DensekitError, IntegrityError
+from densekit.index.exact_rerank import ExactRerank
 from densekit.index.factory import check_search_params, is_pqr, resolve
+from densekit.index.faiss_ops import (
+    ADD_BLOCK,
+    METRICS,
+    as_float32,
+    compact_ivf_labels,
+    is_ivf,
+    mmap_flags,
+    rebuilt_hnsw_without,
+    sample_rows,
+    skip_polysemous_training,
+    train_index,
+)
 from densekit.index.gpu import GPU_MAX_K, base_index, needs_cpu_search, parameter_space, place, to_cpu
 from densekit.index.manifest import (
     FORMAT_VERSION,
@@ -49,90 +58,16 @@ from densekit.index.manifest import (
     timestamp,
     verify_files,
 )
-from densekit.io import atomic_dir, read_json, read_lock, sha256_file, write_json, write_lock
+from densekit.io import atomic_dir, read_json, read_lock, sha256_file
 from densekit.progress import announce, progress_bar
 
-METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-ADD_BLOCK = 65536
 UNIT_TOLERANCE = 1e-3  # float32 embeddings normalised by a model are within ~1e-6 of length 1
 
-__all__ = ["DenseIndex", "read_manifest", "verify_files", "describe_saved", "set_saved_search_params",
-           "remove_from_saved", "save_with_texts", "GPU_MAX_K", "FORMAT_VERSION", "IDS_FILE", "INDEX_FILE",
-           "MANIFEST_FILE"]
+__all__ = ["DenseIndex", "read_manifest", "verify_files", "sample_rows", "train_index", "GPU_MAX_K",
+           "FORMAT_VERSION", "IDS_FILE", "INDEX_FILE", "MANIFEST_FILE"]
 
 
-def _as_float32(matrix: np.ndarray, dim: int | None = None) -> np.ndarray:
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    if matrix.ndim != 2:
-        raise DensekitError(f"embeddings must be a 2-D array, got shape {matrix.shape}")
-    if dim is not None and matrix.shape[1] != dim:
-        raise DensekitError(f"embeddings have dimension {matrix.shape[1]}, the index has {dim}")
-    return matrix
-
-
-@contextlib.contextmanager
-def _captured_native_stderr() -> Iterator[list[str]]:
-    """Capture what FAISS's C++ code prints on fd 2 (k-means prints one warning per OPQ iteration)."""
-    lines: list[str] = []
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real fd 2 (embedded interpreters): nothing to capture
-        yield lines
-        return
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines.extend(sink.read().decode("utf-8", "replace").splitlines())
-
-
-def train_index(index: faiss.Index, sample: np.ndarray) -> None:
-    """Train `index` on `sample`, turning FAISS's repeated k-means warnings into one announcement."""
-    with _captured_native_stderr() as lines:
-        try:
-            index.train(_as_float32(sample))
-        except RuntimeError as exc:
-            reason = str(exc).splitlines()[-1].split("failed: ")[-1]
-            raise DensekitError(f"training the index on {len(sample)} vectors failed: {reason} "
-                                "(use a larger --train-sample or fewer lists / PQ centroids)") from None
-    warnings = [line for line in lines if line.startswith("WARNING clustering")]
-    if warnings:
-        announce(f"FAISS: {warnings[0].removeprefix('WARNING ')} "
-                 f"({len(warnings)} such warning(s); recall may suffer: use a larger --train-sample "
-                 "or fewer lists / PQ centroids)")
-    others = [line for line in lines if not line.startswith("WARNING clustering") and line.strip()]
-    for line in others:
-        announce(f"FAISS: {line}")
-
-
-def sample_rows(n: int, size: int | None, seed: int = 0) -> np.ndarray | None:
-    """Sorted row numbers of a seeded sample of `size` out of `n` (None: take every row)."""
-    if size is None or size >= n:
-        return None
-    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-
-
-def _skip_polysemous_training(index: faiss.Index) -> None:
-    """Turn off FAISS's polysemous training of PQ codes (on by default for IndexPQ / IndexIVFPQ).
-
-    It reorders the centroids so that Hamming distances between codes approximate PQ distances;
-    only polysemous filtering (``polysemous_ht``) uses that, which densekit never sets, and it
-    costs minutes (tens of seconds on a 2,000-vector sample).
-    """
-    base = base_index(index)
-    if hasattr(base, "do_polysemous_training"):
-        base.do_polysemous_training = False
-
-
-def _is_ivf(index: faiss.Index) -> bool:
-    return faiss.try_extract_index_ivf(index) is not None
-
-
-class DenseIndex:
+class DenseIndex(ExactRerank):
     """FAISS vectors with string ids. Build with :meth:`build`, reopen with :meth:`load`."""
 
     def __init__(
@@ -201,7 +136,7 @@ class DenseIndex:
             index = faiss.index_factory(dim, spec.factory, faiss_metric)
         except RuntimeError as exc:
             raise DensekitError(f"invalid FAISS factory string {spec.factory!r}: {str(exc).splitlines()[0]}") from None
-        _skip_polysemous_training(index)
+        skip_polysemous_training(index)
         params = {**spec.search_params, **check_search_params(search_params or {})}
         return cls(index, [], spec.factory, metric, model, "cpu", params, spec.preset, spec.train_sample)
 
@@ -230,7 +165,7 @@ class DenseIndex:
 
     def train(self, sample: np.ndarray) -> None:
         """Train the (empty) index on `sample` vectors."""
-        sample = _as_float32(sample, self.dim)
+        sample = as_float32(sample, self.dim)
         if len(sample) == 0:
             raise DensekitError("cannot train an index on zero vectors")
         if self._ip_over_l2:
@@ -319,7 +254,7 @@ class DenseIndex:
             raise DensekitError(f"{len(clash)} ids already in the index, e.g. {clash[0]!r} (use update)")
         if len(set(ids)) != len(ids):
             raise DensekitError("document ids must be unique")
-        embeddings = _as_float32(embeddings, self.dim)
+        embeddings = as_float32(embeddings, self.dim)
         if self._ip_over_l2:
             self._check_unit_length(embeddings, "the added embeddings'")
         self.index.add(embeddings)
@@ -340,7 +275,7 @@ class DenseIndex:
         cpu = to_cpu(self.index)
         base = base_index(cpu)
         if isinstance(base, faiss.IndexHNSW):
-            cpu = self._rebuilt_hnsw_without(cpu, labels)
+            cpu = rebuilt_hnsw_without(cpu, labels, self.factory, self.metric)
         else:
             try:
                 removed = cpu.remove_ids(faiss.IDSelectorBatch(labels))
@@ -349,27 +284,13 @@ class DenseIndex:
                                     f"{str(exc).splitlines()[-1]}") from None
             if removed != len(labels):
                 raise IntegrityError(f"FAISS removed {removed} vectors, expected {len(labels)}")
-            if _is_ivf(cpu):
-                _compact_ivf_labels(faiss.extract_index_ivf(cpu), labels)
+            if is_ivf(cpu):
+                compact_ivf_labels(faiss.extract_index_ivf(cpu), labels)
         drop = set(labels.tolist())
         self.ids = [doc_id for i, doc_id in enumerate(self.ids) if i not in drop]
         self.edited = True
         self._replace_index(cpu)
         return len(labels)
-
-    def _rebuilt_hnsw_without(self, index: faiss.Index, labels: np.ndarray) -> faiss.Index:
-        announce(f"HNSW cannot delete vectors in place: rebuilding the graph over {index.ntotal - len(labels)} "
-                 "vectors")
-        keep = np.setdiff1d(np.arange(index.ntotal, dtype=np.int64), labels)
-        vectors = index.reconstruct_batch(keep) if len(keep) else np.empty((0, self.dim), np.float32)
-        rebuilt = faiss.index_factory(self.dim, self.factory, METRICS[self.metric])
-        hnsw = base_index(rebuilt)
-        hnsw.hnsw.efConstruction = base_index(index).hnsw.efConstruction
-        if not rebuilt.is_trained:
-            train_index(rebuilt, vectors)
-        for start in range(0, len(vectors), ADD_BLOCK):
-            rebuilt.add(vectors[start : start + ADD_BLOCK])
-        return rebuilt
 
     def _replace_index(self, cpu_index: faiss.Index) -> None:
         placement = self.placement
@@ -413,7 +334,7 @@ class DenseIndex:
         """
         if k <= 0:
             raise DensekitError(f"k must be positive, got {k}")
-        queries = _as_float32(queries, self.dim)
+        queries = as_float32(queries, self.dim)
         k = min(k, len(self))
         if k == 0:
             return np.empty((len(queries), 0), np.float32), [[] for _ in range(len(queries))]
@@ -425,7 +346,7 @@ class DenseIndex:
     def search_labels(self, queries: np.ndarray, k: int, batch_size: int = 4096,
                       params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search`, but FAISS labels (positions in ``ids``; -1 pads a short row)."""
-        queries = _as_float32(queries, self.dim)
+        queries = as_float32(queries, self.dim)
         effective = {**self.search_params, **check_search_params(params or {})}
         searcher = self.index
         if self.device != "cpu":
@@ -448,66 +369,6 @@ class DenseIndex:
         if not all_scores:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         return np.vstack(all_scores), np.vstack(all_labels)
-
-    def use_reranking(self, vectors, candidates: int = 100) -> None:
-        """Make :meth:`search` re-rank its top `candidates` exactly against `vectors` (see
-        :meth:`search_reranked`); `vectors` None turns it off.
-
-        `vectors` is an (n, dim) array in label order (a memory-mapped `.npy` of the embeddings the
-        index was built from) or :class:`~densekit.index.shards.ShardedEmbeddings`, whose ids are
-        checked against the index's. A bare array cannot prove its order, so an index edited by
-        remove/update (labels moved) refuses one.
-        """
-        if vectors is None:
-            self._rerank = None
-            return
-        if candidates <= 0:
-            raise DensekitError(f"re-rank candidates must be positive, got {candidates}")
-        ids = getattr(vectors, "ids", None)
-        if callable(ids):
-            if ids() != self.ids:
-                raise DensekitError("the shards' document ids differ from the index's (order or content): "
-                                    "they cannot re-rank it")
-        elif self.edited:
-            raise DensekitError("documents were removed or updated since the index was built, so its labels no "
-                                "longer follow the vectors file; re-rank from a shard directory or rebuild")
-        if len(vectors) != len(self) or vectors.shape[1] != self.dim:
-            raise DensekitError(f"re-ranking needs the ({len(self)}, {self.dim}) vectors in label order, "
-                                f"got shape {tuple(vectors.shape)}")
-        self._rerank = (vectors, candidates)
-
-    def search_reranked(self, queries: np.ndarray, k: int, vectors: np.ndarray, candidates: int = 100,
-                        params: dict | None = None) -> tuple[np.ndarray, list[list[str]]]:
-        """Top-`k` after re-scoring the index's top-`candidates` exactly against `vectors`.
-
-        `vectors` holds the full float32 embeddings in label order (row i is ``ids[i]``), typically
-        memory-mapped from disk (the cache's or the shards' `.npy`): a compressed index (IVF-PQ) stays
-        in memory and only the candidates' rows are read. This is the re-ranking step of Jegou et al.,
-        "Searching in one billion vectors: re-rank with source coding" (ICASSP 2011), with the source
-        itself as the refinement. Returns what :meth:`search` returns, with exact scores.
-        """
-        if len(vectors) != len(self) or getattr(vectors, "ndim", 2) != 2 or vectors.shape[1] != self.dim:
-            raise DensekitError(f"re-ranking needs the ({len(self)}, {self.dim}) vectors in label order, "
-                                f"got shape {getattr(vectors, 'shape', None)}")
-        if k <= 0:
-            raise DensekitError(f"k must be positive, got {k}")
-        queries = _as_float32(queries, self.dim)
-        k = min(k, len(self))
-        _, labels = self.search_labels(queries, min(max(candidates, k), len(self)), params=params)
-        out_scores = np.full((len(queries), k), np.nan, dtype=np.float32)
-        out_ids: list[list[str]] = []
-        for i, row in enumerate(labels):
-            rows = np.sort(row[row >= 0])  # ascending: sequential reads from a memory map
-            candidates_matrix = np.asarray(vectors[rows], dtype=np.float32)
-            if self.metric == "ip":
-                exact = candidates_matrix @ queries[i]
-                order = np.argsort(-exact, kind="stable")[:k]
-            else:
-                exact = ((candidates_matrix - queries[i]) ** 2).sum(axis=1)
-                order = np.argsort(exact, kind="stable")[:k]
-            out_scores[i, : len(order)] = exact[order]
-            out_ids.append([self.ids[j] for j in rows[order]])
-        return out_scores, out_ids
 
     def set_search_params(self, params: dict) -> None:
         """Change the default search parameters (nprobe, efSearch) that :meth:`save` writes to the
@@ -603,7 +464,7 @@ class DenseIndex:
                 raise DensekitError(f"{directory}: a {manifest['kind']} index, not a dense one")
             if verify:
                 verify_files(directory, manifest)
-            flags = _mmap_flags(manifest["factory"]) if mmap else 0
+            flags = mmap_flags(manifest["factory"]) if mmap else 0
             try:
                 index = faiss.read_index(str(directory / INDEX_FILE), flags)
             except RuntimeError as exc:
@@ -628,116 +489,3 @@ class DenseIndex:
         return loaded
 
 
-def _mmap_flags(factory: str) -> int:
-    # Inverted lists map through OnDiskInvertedLists; flat code arrays through MMAP_IFC.
-    # The two flags cannot be combined for IVF files.
-    return faiss.IO_FLAG_MMAP if "IVF" in factory else faiss.IO_FLAG_MMAP_IFC
-
-
-def _structure(index: faiss.Index) -> dict:
-    """FAISS classes from the outside in, and the build parameters that matter for memory and recall."""
-    out: dict = {"faiss_classes": []}
-    root = index  # owns the C++ object: the downcast wrappers below do not, and must not outlive it
-    index = faiss.downcast_index(root)
-    while True:
-        out["faiss_classes"].append(type(index).__name__)
-        if isinstance(index, faiss.IndexPreTransform):
-            out["transforms"] = [type(faiss.downcast_VectorTransform(index.chain.at(i))).__name__
-                                 for i in range(index.chain.size())]
-            index = faiss.downcast_index(index.index)
-            continue
-        break
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        out["nlist"] = int(ivf.nlist)
-    pq = getattr(index, "pq", None)
-    if pq is not None:
-        out["pq"] = {"M": int(pq.M), "nbits": int(pq.nbits)}
-    if isinstance(index, faiss.IndexHNSW):
-        out["hnsw"] = {"M": int(index.hnsw.nb_neighbors(1)), "efConstruction": int(index.hnsw.efConstruction)}
-    return out
-
-
-def describe_saved(directory: str | Path, verify: bool = True) -> dict:
-    """What `densekit index info` shows: type, vector count, dimension, memory, parameters, model.
-
-    Reads the manifest (checked), verifies every listed file against its sha256 unless `verify` is
-    False (``verified`` in the result says which), and opens the FAISS file memory-mapped (cheap for
-    any size) for its structure; ``index_bytes`` is the size of the FAISS file, which is what the
-    index occupies in memory; ``bytes_on_disk`` counts every file under the directory.
-    """
-    directory = Path(directory)
-    with read_lock(directory):
-        manifest = read_manifest(directory)
-        if verify:
-            verify_files(directory, manifest)
-    info = {key: manifest.get(key) for key in ("kind", "factory", "preset", "metric", "count", "dim",
-                                                "train_sample", "search_params", "model", "densekit_version",
-                                                "created", "documents")}
-    info["verified"] = verify
-    info["bytes_on_disk"] = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
-    if manifest.get("kind", "dense") != "dense" or not (directory / INDEX_FILE).is_file():
-        return {**manifest, **info}
-    size = (directory / INDEX_FILE).stat().st_size
-    count, dim = manifest["count"], manifest["dim"]
-    info.update(index_bytes=size, bytes_per_vector=round(size / max(count, 1), 1),
-                flat_bytes=count * dim * 4, fraction_of_flat=round(size / max(count * dim * 4, 1), 4))
-    try:
-        info.update(_structure(faiss.read_index(str(directory / INDEX_FILE), _mmap_flags(manifest["factory"]))))
-    except RuntimeError as exc:
-        raise IntegrityError(f"{directory / INDEX_FILE}: FAISS cannot read it ({str(exc).splitlines()[-1]})") from None
-    return info
-
-
-def set_saved_search_params(directory: str | Path, params: dict) -> dict:
-    """Change the default search parameters in a saved index's manifest; returns the new defaults."""
-    directory = Path(directory)
-    index = DenseIndex.load(directory, verify=False, mmap=True)
-    index.set_search_params(params)
-    with write_lock(directory):
-        manifest = read_manifest(directory)
-        manifest["search_params"] = index.search_params
-        write_json(directory / MANIFEST_FILE, manifest)
-    return index.search_params
-
-
-def save_with_texts(index: DenseIndex, directory: Path, dropped: set[str], added: list | None = None) -> None:
-    """Save `index` over `directory`, keeping its document store (docs.jsonl) in step: documents in
-    `dropped` leave it, `added` (StoredDocument) join it. Atomic: the old directory or the new one."""
-    from densekit.index.docstore import DocStore, save_with_documents
-
-    store = DocStore.open(directory)
-    if store is None:
-        index.save(directory)
-        return
-    added = added or []
-    replaced = dropped | {doc.id for doc in added}
-    documents = [doc for doc in store if doc.id not in replaced] + added
-    save_with_documents(index.save, documents, directory)
-
-
-def remove_from_saved(directory: str | Path, ids: list[str], missing_ok: bool = False) -> int:
-    """Remove documents by id from a saved index (and its document store); returns how many."""
-    directory = Path(directory)
-    index = DenseIndex.load(directory)
-    removed = index.remove(ids, missing_ok=missing_ok)
-    if removed:
-        save_with_texts(index, directory, set(ids))
-    return removed
-
-
-def _compact_ivf_labels(ivf: faiss.IndexIVF, removed: np.ndarray) -> None:
-    """After `remove_ids`, renumber the labels in every inverted list so they are 0..n-1 again,
-    keeping their order (label j becomes j minus the number of removed labels below j)."""
-    invlists = ivf.invlists
-    code_size = invlists.code_size
-    for list_no in range(ivf.nlist):
-        size = invlists.list_size(list_no)
-        if size == 0:
-            continue
-        old = faiss.rev_swig_ptr(invlists.get_ids(list_no), size).copy()
-        codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * code_size).copy()
-        new = old - np.searchsorted(removed, old)
-        invlists.update_entries(list_no, 0, size, faiss.swig_ptr(new), faiss.swig_ptr(codes))
-    if ivf.direct_map.type != faiss.DirectMap.NoMap:
-        ivf.make_direct_map(True)

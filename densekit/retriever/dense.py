@@ -21,7 +21,8 @@ from pathlib import Path
 from densekit.data import Corpus, Run
 from densekit.errors import DensekitError, IntegrityError
 from densekit.index.cache import encode_corpus
-from densekit.index.dense import DenseIndex, read_manifest, save_with_texts
+from densekit.index.dense import DenseIndex, read_manifest
+from densekit.index.saved import save_with_texts
 from densekit.progress import announce
 from densekit.retriever.encoder import Encoder
 
