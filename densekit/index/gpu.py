@@ -36,10 +36,6 @@ def gpu_count() -> int:
     return int(get()) if get is not None else 0
 
 
-def gpu_k_limit() -> int:
-    return GPU_MAX_K
-
-
 def parse_device(device: str) -> list[int] | None:
     """GPU ids a device string names (None for "cpu"); "auto" and "gpu" name every visible GPU."""
     device = device.strip().lower()
