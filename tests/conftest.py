@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -177,15 +178,35 @@ def train_negatives(scifact_small: Path, tmp_path_factory: pytest.TempPathFactor
     return path
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """Run `densekit ARGS` in-process through the real entry point; return (exit code, stdout, stderr)."""
+def run_cli(args: list[str], capsys: pytest.CaptureFixture | None = None,
+            monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[int, str, str]:
+    """Run `densekit ARGS` in-process through the real entry point; return (exit code, stdout, stderr).
+
+    The one in-process CLI helper of the tests. Without `capsys` (e.g. in a module-scoped fixture) the
+    output is not captured and comes back as "", "".
+    """
     from densekit.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["densekit", *args])
+    patch = monkeypatch or pytest.MonkeyPatch()
+    patch.setattr(sys, "argv", ["densekit", *args])
     code = 0
     try:
         main()
     except SystemExit as exc:
         code = int(exc.code or 0)
-    out, err = capsys.readouterr()
+    finally:
+        if monkeypatch is None:
+            patch.undo()
+    out, err = capsys.readouterr() if capsys is not None else ("", "")
     return code, out, err
+
+
+DENSEKIT = str(Path(sys.executable).with_name("densekit"))  # the installed console script
+
+
+def run_cli_subprocess(args: list[str], env: dict[str, str] | None = None, timeout: float = 600,
+                       check: bool = False) -> subprocess.CompletedProcess:
+    """Run `densekit ARGS` as a real process (the installed console script), from the repository root,
+    with `env` added to the environment; output captured as text. The one subprocess CLI helper."""
+    return subprocess.run([DENSEKIT, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=REPO, timeout=timeout, check=check)

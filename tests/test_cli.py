@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_cli_subprocess
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +109,7 @@ def test_malformed_corpus_through_real_entry_point(tmp_path: Path) -> None:
     (root / "corpus.jsonl").write_text('{"_id": "d1", "text": "ok"}\n{"_id": "d2", "text": \n')
     (root / "queries.jsonl").write_text('{"_id": "q1", "text": "q"}\n')
     (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    done = subprocess.run([sys.executable, "-m", "densekit.cli", "index", "build", str(root), "--out",
-                           str(tmp_path / "idx")], capture_output=True, text=True)
+    done = run_cli_subprocess(["index", "build", str(root), "--out", str(tmp_path / "idx")])
     assert done.returncode == 2
     assert f"{root / 'corpus.jsonl'}:2: malformed JSON" in done.stderr
     assert not (tmp_path / "idx").exists()

@@ -4,14 +4,12 @@ and `--format markdown` showing the same numbers as the JSON."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import run_cli
 
-from densekit.cli import main
 from densekit.data import load_dataset
 from densekit.eval.report import (
     eval_markdown,
@@ -26,15 +24,10 @@ from densekit.eval.report import (
 def results(tiny_model: Path, scifact_small: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """`densekit eval --model tiny --out results.json --run-out run.trec` on the SciFact subset."""
     work = tmp_path_factory.mktemp("eval_report")
-    monkeypatch = pytest.MonkeyPatch()
-    try:
-        monkeypatch.setattr(sys, "argv", ["densekit", "eval", str(scifact_small), "--model", str(tiny_model),
-                                          "--metrics", "ndcg@10,recall@100,mrr@10", "--out",
-                                          str(work / "results.json"), "--run-out", str(work / "run.trec"),
-                                          "--quiet"])
-        main()
-    finally:
-        monkeypatch.undo()
+    code, _, _ = run_cli(["eval", str(scifact_small), "--model", str(tiny_model), "--metrics",
+                          "ndcg@10,recall@100,mrr@10", "--out", str(work / "results.json"), "--run-out",
+                          str(work / "run.trec"), "--quiet"])
+    assert code == 0
     return json.loads((work / "results.json").read_text()), work
 
 

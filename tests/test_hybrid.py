@@ -4,11 +4,10 @@ BM25 and a real (tiny) dense retriever, and the CLI's hybrid evaluation."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
+from conftest import run_cli
 
-from densekit.cli import main
 from densekit.data import Run, load_dataset
 from densekit.errors import DensekitError
 from densekit.retriever.base import Retriever
@@ -82,11 +81,11 @@ def test_hybrid_retriever_fuses_its_retrievers_runs(small_retrievers, fusion) ->
 
 
 def test_cli_hybrid_eval(scifact_small, tiny_model, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(sys, "argv", ["densekit", "eval", str(scifact_small), "--model", str(tiny_model), "--bm25",
-                                      "--backend", "bm25s", "--fusion", "interpolate", "--normalization", "minmax",
-                                      "--weights", "0.7,0.3", "--no-cache", "--json"])
-    main()
-    result = json.loads(capsys.readouterr().out)
+    code, out, err = run_cli(["eval", str(scifact_small), "--model", str(tiny_model), "--bm25", "--backend", "bm25s",
+                              "--fusion", "interpolate", "--normalization", "minmax", "--weights", "0.7,0.3",
+                              "--no-cache", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads(out)
     config = result["config"]
     assert config["fusion"] == "interpolate" and config["weights"] == [0.7, 0.3]
     assert config["bm25"]["bm25_backend"] == "bm25s" and config["dense"]["model"] == str(tiny_model)
@@ -104,7 +103,5 @@ def test_cli_hybrid_eval(scifact_small, tiny_model, monkeypatch, capsys) -> None
     ],
 )
 def test_cli_rejects_inconsistent_options(args, message, scifact_small, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(sys, "argv", ["densekit", "eval", str(scifact_small), *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    code, _, err = run_cli(["eval", str(scifact_small), *args], capsys, monkeypatch)
+    assert code == 2 and message in err

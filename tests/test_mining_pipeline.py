@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -233,17 +232,14 @@ def test_cli_mine_json_and_errors(tiny_model: Path, scifact_small: Path, tmp_pat
 
 def test_cli_mines_from_teacher_fused_with_a_saved_bm25_index(tiny_model: Path, scifact_small: Path,
                                                               tmp_path: Path, capsys, monkeypatch) -> None:
-    from densekit.cli import main
-
     index = tmp_path / "bm25.idx"
     for args in (["index", "build", str(scifact_small), "--bm25", "--backend", "bm25s", "--out", str(index),
                   "--quiet"],
                  ["mine", str(scifact_small), "--split", "test", "--teacher", str(tiny_model), "--source",
                   "teacher", "--source", str(index), "--fusion", "union", "--depth", "15", "--out",
                   str(tmp_path / "neg.jsonl"), "--json"]):
-        monkeypatch.setattr(sys, "argv", ["densekit", *args])
-        main()
-        printed = capsys.readouterr().out
+        code, printed, err = run_cli(args, capsys, monkeypatch)
+        assert code == 0, err
     info = json.loads(printed)
     check_contract(tmp_path / "neg.jsonl", load_dataset(scifact_small, split="test"), 4)
     config = json.loads(config_path(tmp_path / "neg.jsonl").read_text())
@@ -257,14 +253,12 @@ def test_full_scifact_train_mining_via_cli(scifact_dir: Path, tmp_path: Path, ca
     """`densekit mine scifact --split train --teacher all-MiniLM-L6-v2 --method percpos --percentage 0.95
     --negatives 4`: every one of the 809 queries has its negatives or is counted short in the statistics,
     and no negative is a labelled positive."""
-    from densekit.cli import main
-
     out = tmp_path / "neg.jsonl"
-    monkeypatch.setattr(sys, "argv", ["densekit", "mine", str(scifact_dir), "--split", "train", "--teacher",
-                                      "all-MiniLM-L6-v2", "--method", "percpos", "--percentage", "0.95",
-                                      "--negatives", "4", "--out", str(out), "--json"])
-    main()
-    stats = json.loads(capsys.readouterr().out)["stats"]
+    code, printed, err = run_cli(["mine", str(scifact_dir), "--split", "train", "--teacher", "all-MiniLM-L6-v2",
+                                  "--method", "percpos", "--percentage", "0.95", "--negatives", "4", "--out",
+                                  str(out), "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    stats = json.loads(printed)["stats"]
     dataset = load_dataset(scifact_dir, split="train")
     assert stats["queries"] == len(dataset.queries) == 809
     records = check_contract(out, dataset, 4)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli_subprocess
 
 pytest.importorskip("mteb")
 
@@ -107,21 +106,12 @@ def test_mteb_task_without_cached_data_is_a_clear_offline_error(monkeypatch, tmp
 @pytest.mark.slow
 def test_mteb_cli_agrees_with_densekit_eval_on_scifact(scifact_dir, tmp_path):
     """`densekit mteb scifact` and `densekit eval scifact` with all-MiniLM-L6-v2: ndcg@10 within 1e-4."""
-    env = {**os.environ, "DENSEKIT_DATA": str(scifact_dir.parent)}
-    cli = [sys.executable, "-m", "densekit.cli"]
-    evaluated = subprocess.run(
-        [*cli, "eval", "scifact", "--model", "all-MiniLM-L6-v2", "--metrics", "ndcg@10", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
+    env = {"DENSEKIT_DATA": str(scifact_dir.parent)}
+    evaluated = run_cli_subprocess(
+        ["eval", "scifact", "--model", "all-MiniLM-L6-v2", "--metrics", "ndcg@10", "--json"], env, check=True
     )
-    mteb_out = subprocess.run(
-        [*cli, "mteb", "scifact", "--model", "all-MiniLM-L6-v2", "--out", str(tmp_path / "mteb"), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
+    mteb_out = run_cli_subprocess(
+        ["mteb", "scifact", "--model", "all-MiniLM-L6-v2", "--out", str(tmp_path / "mteb"), "--json"], env, check=True
     )
     ndcg_eval = json.loads(evaluated.stdout)["metrics"]["ndcg@10"]
     summary = json.loads(mteb_out.stdout)

@@ -7,11 +7,9 @@ Runs the real CLI (`densekit eval DATA --model M --split test --json`) on the sh
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-
-from densekit.cli import main
+from conftest import run_cli
 
 PUBLISHED = [("scifact", 0.6451), ("nfcorpus", 0.3159)]
 
@@ -19,8 +17,8 @@ PUBLISHED = [("scifact", 0.6451), ("nfcorpus", 0.3159)]
 @pytest.mark.slow
 @pytest.mark.parametrize(("dataset", "expected"), PUBLISHED)
 def test_minilm_reproduces_mteb(dataset, expected, beir_root, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["densekit", "eval", dataset, "--model", "all-MiniLM-L6-v2",
-                                      "--split", "test", "--json"])
-    main()
-    result = json.loads(capsys.readouterr().out)
+    code, out, err = run_cli(["eval", dataset, "--model", "all-MiniLM-L6-v2", "--split", "test", "--json"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads(out)
     assert abs(result["metrics"]["ndcg@10"] - expected) <= 0.002, result["metrics"]

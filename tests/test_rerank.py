@@ -5,13 +5,12 @@ randomly initialised BERT sequence classifier (MiniLM's tokenizer): they check t
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
-from densekit.cli import main
 from densekit.data import join_title_text, load_dataset
 from densekit.errors import DensekitError
 from densekit.retriever.base import Retriever
@@ -99,10 +98,10 @@ def test_not_a_model_folder_is_an_error(small, tmp_path) -> None:
 
 
 def test_cli_eval_with_rerank(scifact_small, cross_encoder, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(sys, "argv", ["densekit", "eval", str(scifact_small), "--bm25", "--backend", "bm25s",
-                                      "--rerank", str(cross_encoder), "--rerank-depth", "5", "--json"])
-    main()
-    result = json.loads(capsys.readouterr().out)
+    code, out, err = run_cli(["eval", str(scifact_small), "--bm25", "--backend", "bm25s", "--rerank",
+                              str(cross_encoder), "--rerank-depth", "5", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads(out)
     assert result["config"]["rerank_depth"] == 5 and result["config"]["first_stage"]["bm25_backend"] == "bm25s"
     # Reranking permutes BM25's top 5 only, so recall@100 is at most BM25's recall@5 (<= 1).
     assert 0 < result["metrics"]["recall@100"] <= 1
