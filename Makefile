@@ -36,6 +36,7 @@ test: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check densekit tests benchmarks notebooks
+	$(VENV)/bin/ruff format --check densekit tests benchmarks notebooks
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/encode.py
