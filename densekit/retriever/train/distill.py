@@ -1,0 +1,107 @@
+"""Distillation losses: a teacher's scores of each query's positive and mined negatives teach the student.
+
+Both losses read the student's similarities of query i to its own candidates (its positive, then its
+mined negatives, as columns of the batch's document embeddings) and the teacher's scores of the same
+pairs (e.g. a cross-encoder's, stored in the negatives file). A query with fewer negatives than the
+batch's widest has its missing candidates masked out.
+
+- :class:`MarginMSELoss` -- Hofstaetter et al., "Improving Efficient Neural Ranking Models with
+  Cross-Architecture Knowledge Distillation", arXiv 2010.02666: mean squared error between the
+  student's margins ``s(q, p) - s(q, n_j)`` and the teacher's ``t(q, p) - t(q, n_j)``. Equals
+  sentence-transformers' ``MarginMSELoss`` (labels as ``[t_p, t_n1, ...]``).
+- :class:`ListwiseKLLoss` -- listwise distillation (Lin et al., "In-Batch Negatives for Knowledge
+  Distillation with Tightly-Coupled Teachers", arXiv 2010.11386): KL(teacher || student) between the
+  softmax of the teacher's scores over [positive, negatives] (``teacher_temperature``) and the
+  student's (``student_temperature``), averaged over queries and multiplied by the student
+  temperature squared (Hinton et al.). Equals sentence-transformers' ``DistillKLDivLoss``.
+
+Each is used alone or added to InfoNCE with a weight (:class:`WeightedSum`).
+
+Example::
+
+    inputs = DistillInputs(columns=torch.tensor([[0, 2, 3], [1, 4, 5]]),
+                           teacher=torch.tensor([[9.0, 2.0, 1.0], [7.0, 6.0, 0.0]]))
+    loss = MarginMSELoss()(query_emb, doc_emb, inputs)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class DistillInputs:
+    """The candidates of each query and the teacher's scores of them.
+
+    columns: (B, 1 + n) long; column 0 is the query's positive among the batch's documents, then its
+        negatives; -1 where the query has fewer candidates.
+    teacher: (B, 1 + n) float; the teacher's score of each (query, candidate) pair (ignored where
+        `columns` is -1).
+    """
+
+    columns: torch.Tensor
+    teacher: torch.Tensor
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.columns >= 0
+
+
+def student_scores(query_emb: torch.Tensor, doc_emb: torch.Tensor, inputs: DistillInputs) -> torch.Tensor:
+    """(B, 1 + n) dot products of each query with its own candidates (0 where a candidate is missing)."""
+    columns = inputs.columns.to(doc_emb.device).clamp(min=0)
+    candidates = doc_emb.float()[columns]  # (B, 1 + n, d)
+    return torch.einsum("bd,bkd->bk", query_emb.float(), candidates)
+
+
+class MarginMSELoss(nn.Module):
+    """MSE between student and teacher margins of positive over each negative (see the module docstring)."""
+
+    def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, inputs: DistillInputs) -> torch.Tensor:
+        scores = student_scores(query_emb, doc_emb, inputs)
+        teacher = inputs.teacher.to(scores.device).float()
+        valid = inputs.valid.to(scores.device)[:, 1:] & inputs.valid.to(scores.device)[:, :1]
+        student_margin = scores[:, :1] - scores[:, 1:]
+        teacher_margin = teacher[:, :1] - teacher[:, 1:]
+        if not bool(valid.any()):
+            return scores.sum() * 0.0
+        return ((student_margin - teacher_margin)[valid] ** 2).mean()
+
+
+class ListwiseKLLoss(nn.Module):
+    """KL(teacher softmax || student softmax) over each query's [positive, negatives] (module docstring)."""
+
+    def __init__(self, temperature: float = 1.0, student_temperature: float | None = None,
+                 teacher_temperature: float | None = None) -> None:
+        super().__init__()
+        self.student_temperature = student_temperature or temperature
+        self.teacher_temperature = teacher_temperature or temperature
+        if self.student_temperature <= 0 or self.teacher_temperature <= 0:
+            raise ValueError("distillation temperatures must be positive")
+
+    def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, inputs: DistillInputs) -> torch.Tensor:
+        scores = student_scores(query_emb, doc_emb, inputs)
+        valid = inputs.valid.to(scores.device)
+        teacher = inputs.teacher.to(scores.device).float()
+        student_log = torch.log_softmax((scores / self.student_temperature).masked_fill(~valid, float("-inf")), 1)
+        teacher_prob = torch.softmax((teacher / self.teacher_temperature).masked_fill(~valid, float("-inf")), 1)
+        terms = torch.xlogy(teacher_prob, teacher_prob) - teacher_prob * student_log.masked_fill(~valid, 0.0)
+        return terms.sum() / scores.shape[0] * self.student_temperature**2
+
+
+class WeightedSum(nn.Module):
+    """``contrastive(q, d, contrastive_inputs) + weight * distill(q, d, distill_inputs)``."""
+
+    def __init__(self, contrastive: nn.Module, distill: nn.Module, weight: float = 1.0) -> None:
+        super().__init__()
+        self.contrastive = contrastive
+        self.distill = distill
+        self.weight = weight
+
+    def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, contrastive_inputs,
+                distill_inputs: DistillInputs) -> torch.Tensor:
+        return (self.contrastive(query_emb, doc_emb, contrastive_inputs)
+                + self.weight * self.distill(query_emb, doc_emb, distill_inputs))
