@@ -13,11 +13,11 @@ import pytest
 from densekit.data import (
     DataWarning,
     Run,
-    download_dataset,
     load_dataset,
     read_qrels,
     resolve_dataset,
 )
+from densekit.download import download_dataset
 from densekit.errors import DensekitError, InputError, IntegrityError
 from densekit.io import md5_file
 
