@@ -380,8 +380,16 @@ def run_mteb(
     batch_size: int = 64,
     cache: bool = True,
     language: str = "eng-Latn",
+    overwrite: bool = False,
 ) -> MtebSummary:
-    """Evaluate `encoder` with mteb on each named task; write MTEB results under `out` if given."""
+    """Evaluate `encoder` with mteb on each named task; write MTEB results under `out` if given.
+
+    An existing `out` must be an MTEB results folder densekit wrote (or empty) unless `overwrite`;
+    that is checked before any encoding."""
+    from densekit.io import check_output_target
+
+    if out is not None:
+        check_output_target(out, "mteb-results", overwrite)
     mteb = import_mteb()
     from densekit.io import atomic_dir
 
@@ -412,7 +420,7 @@ def run_mteb(
             )
 
     if out is not None:
-        with atomic_dir(out, kind="mteb-results") as staging:
+        with atomic_dir(out, kind="mteb-results", overwrite=overwrite) as staging:
             results = evaluate(staging)
     else:
         results = evaluate(None)
