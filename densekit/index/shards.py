@@ -13,7 +13,8 @@ leaves finished shards and nothing half-written; running the same command again 
 shards. A plan that differs (another model, corpus or shard size) is refused instead of mixing
 embeddings. Under torchrun, rank r of w encodes shards r, r + w, r + 2w, ... into the same directory
 (a shared file system), waits for the others, and rank 0 merges the shards into one index: the
-embeddings are the same as one process would write, so is the index.
+embeddings are the same as one process would write, so is the index. Joining the torchrun group and
+the barrier are :mod:`densekit.distributed`'s.
 
 Building (:func:`build_from_shards`) draws the training sample across shards with the same seeded
 row choice as :meth:`DenseIndex.build`, trains once, then adds the shards one after the other,
@@ -29,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -253,36 +253,3 @@ def build_from_shards(
     if bar is not None:
         bar.close()
     return index
-
-
-# -- torchrun ----------------------------------------------------------------------------------------
-
-
-def distributed_context() -> tuple[int, int]:
-    """`(rank, world_size)` from torchrun's environment, joining a gloo process group when > 1.
-
-    gloo works on CPU and GPU alike, and encoding only needs barriers, not collectives on tensors.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def barrier(world_size: int) -> None:
-    if world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def finish_distributed(world_size: int) -> None:
-    if world_size > 1:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()

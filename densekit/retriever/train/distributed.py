@@ -5,43 +5,22 @@ rank's loss sees every rank's negatives. Its backward sums the incoming gradient
 returns the local slice: rank r's embeddings get the gradient of every rank's loss, and after DDP
 averages parameter gradients the update equals one process training on the combined batch
 (the equivalence `tests/test_train_distributed.py` checks with 2 gloo processes).
+
+Joining the group, barriers and broadcasts are the package's one implementation in
+:mod:`densekit.distributed`, re-exported here for the trainer.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
+from densekit.distributed import DistributedContext, barrier, broadcast_object, init_distributed
 
-@dataclass(frozen=True)
-class DistributedContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_type: str) -> DistributedContext:
-    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK); a no-op alone.
-
-    Backend: NCCL on CUDA, gloo on CPU.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistributedContext()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+__all__ = [
+    "DistributedContext", "all_reduce_mean", "average_gradients", "barrier", "broadcast_object",
+    "gather_with_grad", "init_distributed",
+]
 
 
 def _all_gather_padded(tensor: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
@@ -101,17 +80,3 @@ def average_gradients(parameters, ctx: DistributedContext) -> None:
     for grad in grads:
         grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
         offset += grad.numel()
-
-
-def barrier(ctx: DistributedContext) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
-
-def broadcast_object(obj, ctx: DistributedContext):
-    """Rank 0's `obj` on every rank."""
-    if not ctx.enabled:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
