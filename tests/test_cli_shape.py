@@ -67,3 +67,51 @@ def test_readme_commands_keep_their_json_keys(tiny_model, scifact_small, tmp_pat
         KEYS_FILE.write_text(json.dumps(seen, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     recorded = json.loads(KEYS_FILE.read_text(encoding="utf-8"))
     assert seen == recorded
+
+
+def test_every_cli_module_is_small() -> None:
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (REPO / "densekit" / "cli").glob("*.py")}
+    assert sizes and all(n <= 250 for n in sizes.values()), sizes
+
+
+def test_square_brackets_survive_in_text_output(tiny_model, scifact_small, tmp_path, capsys, monkeypatch) -> None:
+    idx = tmp_path / "idx"
+    assert run_cli(["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(idx), "-q"],
+                   capsys, monkeypatch)[0] == 0
+    code, out, _ = run_cli(["search", str(idx), "Lp[a] and pip install 'densekit[lucene]'", "-k", "2"],
+                           capsys, monkeypatch)
+    flat = " ".join(out.split())  # rich may wrap the title
+    assert code == 0 and "Lp[a]" in flat and "densekit[lucene]" in flat
+
+
+def test_version(capsys, monkeypatch) -> None:
+    from densekit import __version__
+
+    code, out, _ = run_cli(["--version"], capsys, monkeypatch)
+    assert code == 0 and out.strip() == f"densekit {__version__}"
+
+
+_PROBE = """
+import sys
+from densekit.cli import main
+sys.argv = ["densekit", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    print("loaded:", "transformers" in sys.modules, "torch" in sys.modules, file=sys.stderr)
+    raise
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["search", "/no/such/index", "a query"],
+    ["eval", "scifact", "--index", "/no/such/index"],
+    ["mine", "scifact", "--out", "neg.jsonl", "--negatives", "-1"],
+    ["mine", "scifact", "--out", "neg.jsonl", "--guide-margin", "0.1"],
+])
+def test_bad_options_fail_before_any_model_loads(args, tmp_path) -> None:
+    result = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "DENSEKIT_HOME": str(tmp_path)}, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines[0].startswith("densekit: error: ") and lines[-1] == "loaded: False False", result.stderr

@@ -47,30 +47,10 @@ from densekit.errors import DensekitError
 from densekit.index.dense import read_manifest
 from densekit.index.docstore import DocStore, StoredDocument, save_with_documents
 from densekit.retriever.base import Retriever
+from densekit.retriever.compose import open_index
 
 MetadataFilter = dict[str, Any] | Callable[[dict[str, Any]], bool]
 _QUERY_ID = "q"
-
-
-def open_index(directory: str | Path, model: str | None = None, device: str | None = None) -> Retriever:
-    """Open a saved index directory as a Retriever, choosing the loader from the manifest's `kind`.
-
-    `model` overrides the encoder the manifest names (dense and hybrid indexes).
-    """
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    kind = manifest.get("kind", "dense")
-    if kind == "dense":
-        from densekit.retriever.dense import DenseRetriever
-
-        return DenseRetriever.load(directory, device=device, model=model)
-    if kind == "bm25":
-        from densekit.retriever.bm25 import BM25Retriever
-
-        if model is not None:
-            raise DensekitError(f"{directory}: a BM25 index has no encoder; model={model!r} does not apply")
-        return BM25Retriever.load(directory)
-    raise DensekitError(f"{directory}: index kind {kind!r} is not supported; expected one of: dense, bm25")
 
 
 def indexed_ids(retriever: Any) -> list[str] | None:

@@ -19,24 +19,23 @@ PRECISIONS = ("no", "bf16", "fp16")
 
 @dataclass
 class LossConfig:
-    """Which contrastive loss, and its knobs.
+    """Which contrastive loss, and its knobs (each field's help says what it does)."""
 
-    name: "infonce" (in-batch + mined negatives) or "gist" (the same, with a guide model's mask).
-    temperature: softmax temperature; 0.05 equals sentence-transformers' scale 20.
-    learnable_temperature: learn log(1/temperature) with the model (CLIP style).
-    symmetric: add the document->query InfoNCE term over the batch's queries.
-    guide: model whose similarities GIST uses to mask probable false negatives.
-    gist_margin: mask candidates the guide scores above (guide positive score - margin).
-    temperature_lr: learning rate of a learnable temperature (the model's is too small to move it).
-    """
-
-    name: str = "infonce"
-    temperature: float = 0.05
-    learnable_temperature: bool = False
-    symmetric: bool = False
-    guide: str | None = None
-    gist_margin: float = 0.0
-    temperature_lr: float = 1e-3
+    name: str = field(default="infonce", metadata={
+        "flags": ("--loss",),
+        "help": "infonce (in-batch + mined negatives) or gist (the same, masked by a guide model, GISTEmbed)."})
+    temperature: float = field(default=0.05, metadata={
+        "help": "Softmax temperature (0.05 = sentence-transformers' scale 20)."})
+    learnable_temperature: bool = field(default=False, metadata={
+        "help": "Learn log(1/temperature) with the model (CLIP style)."})
+    symmetric: bool = field(default=False, metadata={
+        "help": "Add the document->query InfoNCE term over the batch's queries."})
+    guide: str | None = field(default=None, metadata={
+        "help": "GIST guide model (with --loss gist): its similarities mask probable false negatives."})
+    gist_margin: float = field(default=0.0, metadata={
+        "help": "GIST: mask candidates the guide scores above (guide positive score - margin)."})
+    temperature_lr: float = field(default=1e-3, metadata={
+        "help": "Learning rate of a learnable temperature (the model's is too small to move it)."})
 
     def validate(self) -> None:
         if self.name not in LOSSES:
@@ -53,19 +52,18 @@ class LossConfig:
 class DataConfig:
     """Where the training tuples come from.
 
-    negatives: the mining output (JSON lines, one query per line).
-    corpus: BEIR folder or dataset name whose corpus.jsonl holds the documents the file names.
-    negatives_per_query: mined negatives per example, taken in rank order (0 = in-batch only).
-    positives: "all" makes every (query, positive) pair one example of every epoch; "one" gives
-    each query one example per epoch, its positive drawn afresh each epoch (DPR/Tevatron style:
-    an epoch is a pass over the queries, which keeps datasets with many positives per query,
-    such as NFCorpus's 42.7, from being dominated by their most-labelled queries).
+    `positives="one"` follows DPR/Tevatron (an epoch is a pass over the queries), which keeps datasets
+    with many positives per query, such as NFCorpus's 42.7, from being dominated by their most-labelled
+    queries.
     """
 
-    negatives: Path
-    corpus: str
-    negatives_per_query: int = 1
-    positives: str = "all"
+    negatives: Path = field(metadata={"help": "Negatives file from `densekit mine` (JSON lines, one query a line)."})
+    corpus: str = field(metadata={"help": "BEIR folder or name whose corpus.jsonl holds the documents the file "
+                                          "names."})
+    negatives_per_query: int = field(default=1, metadata={
+        "help": "Mined negatives per example, taken in rank order (0 = in-batch only)."})
+    positives: str = field(default="all", metadata={
+        "help": "all: every (query, positive) pair each epoch; one: one pair per query, drawn afresh each epoch."})
 
     def validate(self) -> None:
         if self.negatives_per_query < 0:
@@ -78,47 +76,45 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The full recipe of one training run.
+    """The full recipe of one training run; `densekit train` has one option per field (help on the field).
 
-    model: starting encoder (folder or name). output: folder for the model, checkpoints and logs.
-    batch_size: examples per optimizer step over all processes together.
-    chunk_size: GradCache chunk (texts per forward pass); None embeds the whole batch at once.
-    forward_batch_size: rows per transformer call within one embedding pass, longest texts
-    grouped together (see `densekit.retriever.train.model`); None picks 8 on CPU (a SciFact step
-    about 2x faster there than one call over the batch) and one call on CUDA; 0 always one call.
-    max_length / query_max_length: token limits (default the model's).
-    eval_data/eval_split: BEIR dataset and split scored (ndcg@10) every `eval_steps` and at the end.
-    save_steps: checkpoint period (0 = only at the end). stop_after_steps: stop early, as if
-    interrupted, while the schedule still plans `max_steps`/epochs (resume continues it).
+    forward_batch_size None picks 8 on CPU (a SciFact step about 2x faster there than one call over
+    the batch, see `densekit.retriever.train.model`) and one call on CUDA.
     """
 
-    model: str
-    output: Path
+    model: str = field(metadata={"flags": ("--model", "-m"), "help": "Starting encoder (folder or name)."})
+    output: Path = field(metadata={"flags": ("--output", "-o"), "help": "Folder for model, checkpoints, logs."})
     data: DataConfig
     loss: LossConfig = field(default_factory=LossConfig)
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 32
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    chunk_size: int | None = None
-    forward_batch_size: int | None = None
-    max_length: int | None = None
-    query_max_length: int | None = None
-    precision: str = "no"
-    gradient_checkpointing: bool = False
-    separate_towers: bool = False
-    eval_data: str | None = None
-    eval_split: str = "dev"
-    eval_steps: int = 0
-    save_steps: int = 0
-    keep_checkpoints: int = 2
-    stop_after_steps: int | None = None
-    device: str | None = None
-    log_steps: int = 1
+    epochs: int = field(default=1, metadata={"help": "Passes over the examples."})
+    max_steps: int | None = field(default=None, metadata={"help": "Stop the schedule after this many steps."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per optimizer step, all processes together."})
+    learning_rate: float = field(default=2e-5, metadata={"flags": ("--lr",), "help": "Peak learning rate (AdamW)."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps of linear warmup."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off)."})
+    seed: int = field(default=42, metadata={"help": "Seed for data order, dropout and init."})
+    chunk_size: int | None = field(default=None, metadata={
+        "help": "GradCache chunk (texts per forward pass); default: the whole batch at once."})
+    forward_batch_size: int | None = field(default=None, metadata={
+        "help": "Rows per transformer call, length-sorted (default 8 on CPU, all on CUDA; 0 = all)."})
+    max_length: int | None = field(default=None, metadata={"help": "Document token limit (default the model's)."})
+    query_max_length: int | None = field(default=None, metadata={"help": "Query token limit (default the "
+                                                                         "model's)."})
+    precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (CUDA only)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+    separate_towers: bool = field(default=False, metadata={"help": "Separate query and document encoders."})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "BEIR dataset scored (ndcg@10) during training and at the end."})
+    eval_split: str = field(default="dev", metadata={"help": "Its split."})
+    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end)."})
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end)."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "Newest checkpoints kept."})
+    stop_after_steps: int | None = field(default=None, metadata={
+        "help": "Stop early, as if interrupted, while the schedule still plans --max-steps/--epochs; --resume "
+                "continues."})
+    device: str | None = field(default=None, metadata={"help": "Torch device (default: cuda if available)."})
+    log_steps: int = field(default=1, metadata={"help": "Log the loss every N steps."})
 
     def validate(self) -> None:
         self.loss.validate()

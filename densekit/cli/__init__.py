@@ -1,0 +1,12 @@
+"""The `densekit` command line: a Typer app (app.py), shared options (options.py), output (render.py)
+and one thin module per command group. A command parses, builds a config, calls one library function
+and renders the result.
+"""
+
+from densekit.cli import data, evaluate, index, mine, models, reports, search, shards, train  # noqa: F401 (registers)
+from densekit.cli.app import app, main
+
+__all__ = ["app", "main"]
+
+if __name__ == "__main__":
+    main()

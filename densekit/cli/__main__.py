@@ -1,0 +1,5 @@
+"""`python -m densekit.cli`."""
+
+from densekit.cli import main
+
+main()

@@ -1,0 +1,40 @@
+"""`densekit train`: contrastive training of a dual encoder; one option per TrainConfig field."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated
+
+import typer
+
+from densekit.cli import render
+from densekit.cli.app import app
+from densekit.cli.options import JsonOpt, QuietOpt, config_options
+from densekit.retriever.train.config import TrainConfig
+
+
+@app.command("train")
+@config_options(TrainConfig)
+def train_cmd(
+    config: TrainConfig,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a dual encoder contrastively on mined negatives (InfoNCE or GIST; GradCache; torchrun)."""
+    render.setup(as_json, quiet)
+    config.validate()  # before any model loads
+    from densekit.retriever.train import train
+
+    summary = train(config, resume=resume)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if as_json:
+        render.emit(summary)
+        return
+    rows = [[key, summary[key]] for key in ("examples_this_run", "train_seconds", "examples_per_s", "final_loss",
+                                            "temperature", "model")]
+    if summary["best"]:
+        rows.append(["best", json.dumps(summary["best"])])
+    render.table(f"training summary ({summary['steps']}/{summary['total_steps']} steps)", ["", ""], rows)

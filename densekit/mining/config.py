@@ -1,0 +1,137 @@
+"""`MiningConfig`: one hard-negative mining run, with the help text of `densekit mine` on its fields.
+
+`build_miner(config, corpus)` turns it into a :class:`~densekit.mining.miner.HardNegativeMiner`
+(teacher, candidate sources, positive-aware filters of NV-Retriever arXiv 2407.15831, the GIST guide
+of arXiv 2402.16829, the sampler); `mine(config, ...)` is the one library call behind `densekit mine`.
+`validate()` checks everything that needs no model, so a wrong option fails before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from densekit.errors import DensekitError
+
+if TYPE_CHECKING:
+    from densekit.data import BeirDataset, Corpus
+    from densekit.mining.miner import HardNegativeMiner, MiningResult
+
+
+@dataclass
+class MiningConfig:
+    """Teacher, guide, filters, sampler and sources of a mining run (NV-Retriever's best is the default:
+    TopK-PercPos 95%, four negatives)."""
+
+    teacher: str = field(default="all-MiniLM-L6-v2", metadata={"help": "Teacher encoder that scores candidates."})
+    guide: str | None = field(default=None, metadata={"help": "GIST guide encoder (adds the guide filter last)."})
+    guide_margin: float | None = field(default=None, metadata={
+        "help": "Guide filter: drop if guide >= guide_pos - m."})
+    method: str = field(default="percpos", metadata={"help": "Filters in order, comma-separated: naive, shift, "
+                                                             "abs, margin, percpos."})
+    percentage: float | None = field(default=None, metadata={"help": "percpos: drop if s > pos - (1-p)|pos| "
+                                                                     "(0.95)."})
+    margin: float | None = field(default=None, metadata={"help": "margin: drop if score > pos - margin."})
+    threshold: float | None = field(default=None, metadata={"help": "abs: drop if score > threshold."})
+    shift: int | None = field(default=None, metadata={"help": "shift: skip the top N non-positive candidates."})
+    negatives: int = field(default=4, metadata={"help": "Negatives per query."})
+    depth: int = field(default=100, metadata={"help": "Candidates per source."})
+    sampler: str = field(default="top", metadata={"help": "top, uniform, weighted or top1+sampled."})
+    temperature: float | None = field(default=None, metadata={"help": "weighted: softmax temperature (0.05)."})
+    sources: list[str] = field(default_factory=lambda: ["teacher"], metadata={
+        "help": "Candidate source, repeatable: 'teacher', a saved index directory (dense or BM25), or another "
+                "dense model. Default: teacher."})
+    fusion: str = field(default="rrf", metadata={"help": "Several sources: rrf or union."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random samplers."})
+    chunk_size: int = field(default=1024, metadata={"help": "Queries per step and checkpoint."})
+    min_relevance: int = field(default=1, metadata={"help": "qrels at or above it are positives."})
+    device: str | None = field(default=None, metadata={"help": "Torch device for the encoders (default: cuda if "
+                                                               "available)."})
+    index_device: str = field(default="cpu", metadata={"help": "Where FAISS searches: cpu, gpu, gpu:N, auto."})
+    batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch."})
+    cache: bool = field(default=True, metadata={"help": "Reuse cached embeddings."})
+
+    def methods(self) -> list[str]:
+        return [m.strip().lower() for m in self.method.split(",") if m.strip()]
+
+    def make_filters(self) -> list:
+        from densekit.mining.filters import filters_from_options
+
+        return filters_from_options(self.methods(), self.percentage, self.margin, self.threshold, self.shift)
+
+    def make_sampler(self):
+        from densekit.mining.samplers import sampler_from_options
+
+        return sampler_from_options(self.sampler, self.temperature)
+
+    def validate(self) -> None:
+        """Every check that needs no model (the miner repeats the numeric ones)."""
+        for name in ("negatives", "depth", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise DensekitError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise DensekitError(f"--seed must be >= 0, got {self.seed}")
+        if self.guide_margin is not None and self.guide is None:
+            raise DensekitError("--guide-margin is given but no --guide model")
+        if self.fusion not in ("rrf", "union"):
+            raise DensekitError(f"--fusion must be rrf or union, got {self.fusion!r}")
+        self.make_filters()
+        self.make_sampler()
+        for spec in self.sources:
+            path = Path(spec)
+            if path.is_dir() and (path / "manifest.json").is_file():
+                from densekit.retriever.compose import check_index_dir
+
+                check_index_dir(path)
+
+
+def mining_source(spec: str, teacher, corpus: Corpus, config: MiningConfig):
+    """A candidate source: `teacher`, a saved index directory (any kind :func:`open_index` opens), or another
+    dense model encoded now."""
+    from densekit.mining.sources import DenseScorer, DenseSource, RetrieverSource
+
+    if spec == "teacher":
+        return DenseSource(teacher, name="teacher")
+    path = Path(spec)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        from densekit.retriever.compose import open_index
+
+        return RetrieverSource(open_index(path, device=config.device), name=spec, details={"index": str(path)})
+    scorer = DenseScorer(_encoder(spec, config), corpus, cache=config.cache, index_device=config.index_device)
+    return DenseSource(scorer, name=spec)
+
+
+def _encoder(model: str, config: MiningConfig):
+    from densekit.retriever.encoder import Encoder
+
+    return Encoder(model, device=config.device, batch_size=config.batch_size)
+
+
+def build_miner(config: MiningConfig, corpus: Corpus) -> HardNegativeMiner:
+    """The miner `config` describes over `corpus`: teacher (and guide) scorers, sources, filters, sampler."""
+    from densekit.mining.miner import HardNegativeMiner
+    from densekit.mining.sources import DenseScorer
+
+    config.validate()
+    teacher = DenseScorer(_encoder(config.teacher, config), corpus, cache=config.cache,
+                          index_device=config.index_device)
+    guide = None
+    if config.guide is not None:
+        guide = DenseScorer(_encoder(config.guide, config), corpus, cache=config.cache)
+    sources = [mining_source(spec, teacher, corpus, config) for spec in (config.sources or ["teacher"])]
+    return HardNegativeMiner(teacher, sources, config.make_filters(), config.make_sampler(),
+                             negatives=config.negatives, depth=config.depth, fusion=config.fusion, guide=guide,
+                             guide_margin=config.guide_margin or 0.0, seed=config.seed,
+                             chunk_size=config.chunk_size, min_relevance=config.min_relevance)
+
+
+def mine(config: MiningConfig, data: str | Path, split: str, out: str | Path, resume: bool = False,
+         removed_out: str | Path | None = None) -> tuple[MiningResult, BeirDataset]:
+    """`densekit mine`: mine the judged queries of `data`'s `split` into the negatives file `out`."""
+    from densekit.data import load_dataset
+
+    config.validate()
+    ds = load_dataset(data, split=split)
+    miner = build_miner(config, ds.corpus)
+    return miner.mine(ds, out, resume=resume, removed_out=removed_out), ds
