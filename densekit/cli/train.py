@@ -19,6 +19,9 @@ from densekit.retriever.train.config import TrainConfig
 def train_cmd(
     config: TrainConfig,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Start over in an output folder that holds a run (its checkpoints, model/, best/ "
+        "and metrics are removed first).")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -27,7 +30,7 @@ def train_cmd(
     config.validate()  # before any model loads
     from densekit.retriever.train import train
 
-    summary = train(config, resume=resume)
+    summary = train(config, resume=resume, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":
         return
     if as_json:

@@ -186,8 +186,15 @@ def test_new_run_into_a_run_folder_is_refused_and_overwrite_starts_over(
     names = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
     assert names == ["notes.txt", "step-1", "step-2"]  # nothing removed
 
-    summary = train(config(out, learning_rate=5e-4, max_steps=2, keep_checkpoints=1), overwrite=True)
+    code, stdout, err = run_cli([
+        "train", "--model", str(tiny_model), "--negatives", str(negatives), "--corpus", str(scifact_small),
+        "--output", str(out), "--batch-size", "4", "--lr", "5e-4", "--max-steps", "2", "--max-length", "32",
+        "--save-steps", "1", "--keep-checkpoints", "1", "--device", "cpu", "--overwrite", "--json", "--quiet"],
+        capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads(stdout)
     assert summary["finished"] and summary["steps"] == 2 and summary["resumed_from"] is None
+    assert "--overwrite: removed the previous run" in err
     kept = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
     assert kept == ["notes.txt", "step-2"]  # the new run's newest; a file densekit did not write stays
     assert [step for step, _ in _losses(out)] == [1, 2]
