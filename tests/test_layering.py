@@ -20,7 +20,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "densekit"
 
 BOTTOM = {"densekit", "densekit.data", "densekit.io", "densekit.paths", "densekit.errors", "densekit.progress",
-          "densekit.protocols", "densekit.negatives", "densekit.distributed", "densekit.faults"}
+          "densekit.protocols", "densekit.negatives", "densekit.distributed", "densekit.faults",
+          "densekit.serialize"}
 ABOVE_INDEX = ("densekit.retriever", "densekit.mining", "densekit.eval", "densekit.cli", "densekit.integrations")
 
 # eval modules that drive retrievers and may therefore import densekit.retriever; the trainer imports
