@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -59,7 +60,7 @@ from densekit.index.manifest import (
     verify_files,
 )
 from densekit.io import atomic_dir, read_json, read_lock, sha256_file
-from densekit.progress import announce, progress_bar
+from densekit.progress import announce, progress_bar, stage
 
 UNIT_TOLERANCE = 1e-3  # float32 embeddings normalised by a model are within ~1e-6 of length 1
 
@@ -170,7 +171,8 @@ class DenseIndex(ExactRerank):
             raise DensekitError("cannot train an index on zero vectors")
         if self._ip_over_l2:
             self._check_unit_length(sample, "the training sample's")
-        train_index(self.index, sample)
+        with stage(f"training {self.factory} on {len(sample)} vectors"):
+            train_index(self.index, sample)
 
     @classmethod
     def build(
@@ -205,10 +207,12 @@ class DenseIndex(ExactRerank):
         index = cls.create(int(embeddings.shape[1]), len(embeddings), factory, metric, model, train_sample,
                            search_params)
         index.to_device(device, shard=shard, float16=float16)
+        long_add = index.needs_training or len(ids) > ADD_BLOCK  # quantising codes or many blocks: say so
         if index.needs_training:
             rows = sample_rows(len(embeddings), index.train_sample, seed)
             index.train(embeddings if rows is None else embeddings[rows])
-        index.add_blocks(embeddings, list(ids), show_progress=show_progress)
+        with stage(f"adding {len(ids)} vectors to {index.factory}") if long_add else contextlib.nullcontext():
+            index.add_blocks(embeddings, list(ids), show_progress=show_progress)
         return index
 
     def add_blocks(self, embeddings: np.ndarray, ids: list[str], block: int = ADD_BLOCK,

@@ -159,6 +159,19 @@ def lucene_problem() -> str | None:
     return None
 
 
+def _quiet_options(home: Path) -> list[str]:
+    """Under --quiet/--json: JVM options that silence SLF4J's start-up line, log4j below ERROR and
+    Java 23+'s sun.misc.Unsafe warning (errors still print)."""
+    from densekit.progress import is_quiet
+
+    if not is_quiet():
+        return []
+    options = ["-Dslf4j.internal.verbosity=ERROR", "-Dlog4j2.level=ERROR"]
+    if (java_major(home) or 0) >= 23:
+        options.append("--sun-misc-unsafe-memory-access=allow")
+    return options
+
+
 def start_jvm() -> None:
     """Start the JVM for pyserini (idempotent). See the module docstring for why each step is here."""
     global _started
@@ -175,6 +188,7 @@ def start_jvm() -> None:
         jnius_config.add_classpath(str(anserini_jar()))
         if VECTOR_MODULE in java_release(home).get("MODULES", "").split():  # (2)
             jnius_config.add_options(f"--add-modules={VECTOR_MODULE}")
+        jnius_config.add_options(*_quiet_options(home))
     try:
         import jnius  # starts the JVM
 
