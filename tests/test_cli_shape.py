@@ -115,3 +115,76 @@ def test_bad_options_fail_before_any_model_loads(args, tmp_path) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert lines[0].startswith("densekit: error: ") and lines[-1] == "loaded: False False", result.stderr
+
+
+def test_index_build_config_is_shared_by_both_builders() -> None:
+    import inspect
+    from dataclasses import fields
+
+    from densekit.index.config import IndexBuildConfig
+    from densekit.index.dense import DenseIndex
+    from densekit.index.shards import build_from_shards
+
+    names = {f.name for f in fields(IndexBuildConfig)}
+    for builder in (DenseIndex.build, build_from_shards):
+        assert names <= set(inspect.signature(builder).parameters), builder
+
+
+def test_train_has_one_option_per_config_field() -> None:
+    from dataclasses import fields
+
+    import typer
+
+    from densekit.cli import app
+    from densekit.retriever.train.config import DataConfig, LossConfig, TrainConfig
+
+    train = typer.main.get_command(app).commands["train"]
+    options = {opt: param for param in train.params for opt in param.opts}
+    for cls in (TrainConfig, DataConfig, LossConfig):
+        for f in fields(cls):
+            if f.name in ("data", "loss"):
+                continue
+            flag = (f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),))[0]
+            assert flag in options and options[flag].help == f.metadata["help"], f.name
+    assert options["--lr"].default == 2e-5 and options["--loss"].default == "infonce"
+    assert options["--model"].required and "-m" in options["--model"].opts
+
+
+def test_search_takes_a_plain_queries_file_and_reports_the_index(tiny_model, scifact_small, tmp_path, capsys,
+                                                                 monkeypatch) -> None:
+    idx = tmp_path / "idx"
+    assert run_cli(["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(idx), "-q"],
+                   capsys, monkeypatch)[0] == 0
+    code, out, err = run_cli(["search", str(idx), "--queries", str(scifact_small / "queries.jsonl"), "-k", "3",
+                              "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert len(json.loads(out)["results"]) == 20
+    code, out, _ = run_cli(["search", str(idx), "vitamin d", "-k", "1", "--json"], capsys, monkeypatch)
+    found = json.loads(out)
+    assert found["index"] == str(idx) and found["corpus"] == str(idx / "docs.jsonl")
+    code, out, _ = run_cli(["index", "info", str(idx)], capsys, monkeypatch)
+    assert code == 0 and "bytes_on_disk" in out and "{'" not in out
+
+
+def test_compare_plot_without_matplotlib_keeps_the_comparison(scifact_small, tmp_path) -> None:
+    run = tmp_path / "a.trec"
+    judged = [line.split("\t")[:2] for line in (scifact_small / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    run.write_text("".join(f"{q} Q0 {d} 1 1.0 x\n" for q, d in judged), encoding="utf-8")
+    blocked = ("import sys; sys.modules['matplotlib'] = None\nfrom densekit.cli import main\n"
+               "sys.argv = ['densekit', *sys.argv[1:]]\nmain()")
+    result = subprocess.run([sys.executable, "-c", blocked, "compare", str(run), str(run), "--data",
+                             str(scifact_small), "--trials", "50", "--plot", str(tmp_path / "p.png"), "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ndcg@10" in json.loads(result.stdout)["metrics"] and "plot skipped" in result.stderr
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_miner_from_config(tiny_model, scifact_small) -> None:
+    from densekit.data import load_dataset
+    from densekit.mining.config import MiningConfig
+    from densekit.mining.miner import HardNegativeMiner
+
+    config = MiningConfig(teacher=str(tiny_model), negatives=2, depth=10, device="cpu")
+    miner = HardNegativeMiner.from_config(config, load_dataset(scifact_small).corpus)
+    assert (miner.negatives, miner.depth, miner.fusion) == (2, 10, "rrf")
