@@ -72,16 +72,24 @@ def metrics_table(title: str, metrics: dict[str, float]) -> None:
     table(title, list(metrics), [[f"{v:.4f}" for v in metrics.values()]], right=list(metrics))
 
 
-def key_values(rows: dict[str, Any], title: str | None = None) -> None:
-    """A two-column table of names and values; nested dicts are shown as `key=value` lists."""
+def key_values(rows: dict[str, Any], title: str | None = None, width: int = 100) -> None:
+    """A two-column table of names and values (no raw dicts): a nested dict becomes `key.sub` rows, a list
+    a comma-separated line, a long value is cut at `width` characters (the JSON output has it whole)."""
     def show(value: Any) -> str:
-        if isinstance(value, dict):
-            return ", ".join(f"{k}={show(v)}" for k, v in value.items() if v is not None) or "-"
-        if isinstance(value, list | tuple):
-            return ", ".join(show(v) for v in value) or "-"
-        return str(value)
+        text = ", ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+        return text if len(text) <= width else text[: width - 3] + "..."
 
-    table(title or "", ["", ""], [[key, show(value)] for key, value in rows.items() if value is not None])
+    view = Table(title=escape(title or ""), show_header=False)
+    view.add_column(style="bold")
+    view.add_column()
+    for key, value in rows.items():
+        if isinstance(value, dict):
+            for sub, inner in value.items():
+                if inner not in (None, ""):
+                    view.add_row(escape(f"{key}.{sub}"), escape(show(inner)))
+        elif value is not None:
+            view.add_row(escape(key), escape(show(value)))
+    console.print(view)
 
 
 def rich(renderable: Any) -> None:

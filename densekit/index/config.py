@@ -29,3 +29,16 @@ class IndexBuildConfig:
     def options(self) -> dict:
         """As keyword arguments of :meth:`DenseIndex.build` / :func:`build_from_shards`."""
         return asdict(self)
+
+    def validate(self) -> None:
+        """What can be checked before any vector exists (so a mistake fails before encoding, not after)."""
+        from densekit.errors import DensekitError
+        from densekit.index.factory import check_search_params
+
+        if not self.factory.strip():
+            raise DensekitError("--factory is empty")
+        if self.metric not in ("ip", "l2"):
+            raise DensekitError(f"metric must be ip or l2, got {self.metric!r}")
+        if self.train_sample is not None and self.train_sample <= 0:
+            raise DensekitError(f"--train-sample must be positive, got {self.train_sample}")
+        check_search_params(dict(self.search_params or {}))

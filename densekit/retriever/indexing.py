@@ -32,15 +32,21 @@ def build_dense_index_dir(data: str | Path, out: str | Path, model: str, config:
     """`densekit index build`: encode a BEIR corpus with `model`, index it as `config` says, save it to `out`
     (with the texts when `store_texts`); returns what was built."""
     from densekit.data import load_dataset
+    from densekit.index.dense import DenseIndex
     from densekit.retriever.dense import DenseRetriever
     from densekit.retriever.encoder import Encoder
 
     config = config or IndexBuildConfig()
+    config.validate()
     check_output_target(out, "index:dense", overwrite)  # before minutes of encoding, not after
     ds = load_dataset(data)
     options = {k: v for k, v in config.options().items() if k not in ("factory", "device", "metric")}
-    retriever = DenseRetriever.build(Encoder(model, device=device, batch_size=batch_size), ds.corpus,
-                                     factory=config.factory, device=config.device, cache=cache, **options)
+    encoder = Encoder(model, device=device, batch_size=batch_size)
+    # FAISS parses the factory string for this dimension now: a typo fails before the corpus is encoded.
+    DenseIndex.create(encoder.dim, len(ds.corpus), config.factory, config.metric, None, config.train_sample,
+                      config.search_params)
+    retriever = DenseRetriever.build(encoder, ds.corpus, factory=config.factory, device=config.device, cache=cache,
+                                     **options)
     save_dense_index(retriever, out, ds.corpus, store_texts, overwrite)
     return {"index": str(out), "dataset": ds.name, "documents": len(ds.corpus), "model": model,
             "dim": retriever.index.dim, "factory": config.factory}
@@ -83,6 +89,11 @@ def encode_shards_dir(data: str | Path, out: str | Path, model: str, shard_size:
     from densekit.index import shards as sharding
     from densekit.retriever.encoder import Encoder
 
+    (config or IndexBuildConfig()).validate()
+    if shard_size < 1:
+        from densekit.errors import DensekitError
+
+        raise DensekitError(f"--shard-size must be >= 1, got {shard_size}")
     group = init_distributed("cpu")  # gloo: encoding needs only a barrier, even on GPUs
     rank, world = group.rank, group.world_size
     ds = load_dataset(data)
@@ -108,7 +119,9 @@ def index_from_shards_dir(shards: str | Path, out: str | Path, config: IndexBuil
     texts of the BEIR corpus `texts` when given)."""
     from densekit.index.shards import build_from_shards
 
-    built = build_from_shards(shards, **(config or IndexBuildConfig()).options(), show_progress=True)
+    config = config or IndexBuildConfig()
+    config.validate()
+    built = build_from_shards(shards, **config.options(), show_progress=True)
     if texts is not None:
         from densekit.data import load_dataset
 
