@@ -182,9 +182,10 @@ def test_compare_plot_without_matplotlib_keeps_the_comparison(scifact_small, tmp
 
 def test_miner_from_config(tiny_model, scifact_small) -> None:
     from densekit.data import load_dataset
-    from densekit.mining.config import MiningConfig
-    from densekit.mining.miner import HardNegativeMiner
+    from densekit.mining.config import MiningConfig, build_miner
+    from densekit.mining.filters import PercPosFilter
 
     config = MiningConfig(teacher=str(tiny_model), negatives=2, depth=10, device="cpu")
-    miner = HardNegativeMiner.from_config(config, load_dataset(scifact_small).corpus)
+    miner = build_miner(config, load_dataset(scifact_small).corpus)
     assert (miner.negatives, miner.depth, miner.fusion) == (2, 10, "rrf")
+    assert any(isinstance(f, PercPosFilter) for f in miner.filters)

@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,10 +58,6 @@ from densekit.mining.samplers import Sampler, TopSampler, query_rng
 from densekit.mining.sources import CandidateSource, DenseScorer, DenseSource, fuse
 from densekit.mining.stats import MiningStats
 from densekit.progress import announce, progress_bar
-
-if TYPE_CHECKING:
-    from densekit.data import Corpus
-    from densekit.mining.config import MiningConfig
 
 
 @dataclass
@@ -138,13 +133,6 @@ class HardNegativeMiner:
         self.chunk_size = chunk_size
         self.min_relevance = min_relevance
         fuse([["x"]], fusion, depth)  # validates the fusion name early
-
-    @classmethod
-    def from_config(cls, config: MiningConfig, corpus: Corpus) -> HardNegativeMiner:
-        """The miner a :class:`~densekit.mining.config.MiningConfig` describes (encoders load here)."""
-        from densekit.mining.config import build_miner
-
-        return build_miner(config, corpus)
 
     # -- configuration -------------------------------------------------------------------------------
 
