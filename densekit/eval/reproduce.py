@@ -161,19 +161,17 @@ def build_dense(
     spec: dict[str, Any], dataset: BeirDataset, options: dict[str, Any]
 ) -> tuple[Retriever, dict]:
     """An Encoder over a flat inner-product index (exact search), as MTEB evaluates dense models."""
-    from densekit.retriever.dense import DenseRetriever
-    from densekit.retriever.encoder import Encoder
+    from densekit.retriever.compose import RetrieverSpec, build_retriever
     from densekit.retriever.models import resolve_model
 
     try:
         resolve_model(spec["model"])
     except DensekitError as exc:
         raise RetrieverUnavailable(str(exc)) from None
-    encoder = Encoder(spec["model"], device=options.get("device"), batch_size=options.get("batch_size", 64))
-    retriever = DenseRetriever.build(
-        encoder, dataset.corpus, factory=spec.get("factory", "Flat"), cache=options.get("cache", True)
-    )
-    return retriever, {"kind": "dense", **encoder.describe(), "factory": spec.get("factory", "Flat")}
+    wanted = RetrieverSpec(model=spec["model"], factory=spec.get("factory", "Flat"), device=options.get("device"),
+                           batch_size=options.get("batch_size", 64), cache=options.get("cache", True))
+    retriever, config = build_retriever(wanted, dataset.corpus)
+    return retriever, {"kind": "dense", **config}
 
 
 def build_bm25(spec: dict[str, Any], dataset: BeirDataset, options: dict[str, Any]) -> tuple[Retriever, dict]:
