@@ -163,7 +163,7 @@ class RetrieverSpec:
             raise DensekitError(f"--depth must be positive, got {self.depth}")
         if self.index is not None:
             check_index_dir(self.index)
-        if self.model is None and not self.search.is_default() and self.index is None:
+        if self.index is None and not self.search.is_default():
             raise DensekitError("--nprobe, --ef-search, --rerank-vectors and --index-device need --index")
 
     @property
