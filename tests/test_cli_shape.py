@@ -108,6 +108,8 @@ except SystemExit as exc:
     ["eval", "scifact", "--index", "/no/such/index"],
     ["mine", "scifact", "--out", "neg.jsonl", "--negatives", "-1"],
     ["mine", "scifact", "--out", "neg.jsonl", "--guide-margin", "0.1"],
+    ["eval", "scifact", "--model", "all-MiniLM-L6-v2", "--nprobe", "4"],
+    ["index", "build", "scifact", "--out", "idx", "--train-sample", "0"],
 ])
 def test_bad_options_fail_before_any_model_loads(args, tmp_path) -> None:
     result = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, cwd=tmp_path,

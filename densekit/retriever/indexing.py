@@ -31,14 +31,14 @@ def build_dense_index_dir(data: str | Path, out: str | Path, model: str, config:
                           store_texts: bool = True, overwrite: bool = False) -> dict:
     """`densekit index build`: encode a BEIR corpus with `model`, index it as `config` says, save it to `out`
     (with the texts when `store_texts`); returns what was built."""
+    config = config or IndexBuildConfig()
+    config.validate()  # before torch is even imported
+    check_output_target(out, "index:dense", overwrite)  # before minutes of encoding, not after
     from densekit.data import load_dataset
     from densekit.index.dense import DenseIndex
     from densekit.retriever.dense import DenseRetriever
     from densekit.retriever.encoder import Encoder
 
-    config = config or IndexBuildConfig()
-    config.validate()
-    check_output_target(out, "index:dense", overwrite)  # before minutes of encoding, not after
     ds = load_dataset(data)
     options = {k: v for k, v in config.options().items() if k not in ("factory", "device", "metric")}
     encoder = Encoder(model, device=device, batch_size=batch_size)
