@@ -74,3 +74,16 @@ def test_dimension_mismatch_is_an_error(tiny_model: Path, minilm: Encoder, small
     index = DenseRetriever.build(Encoder(tiny_model, device="cpu"), small.corpus).index
     with pytest.raises(DensekitError, match="dimension 384 differs"):
         DenseRetriever(minilm, index)
+
+
+def test_python_save_keeps_texts_like_the_cli(tiny_model: Path, small, tmp_path: Path) -> None:
+    from densekit.index.docstore import DocStore
+
+    retriever = DenseRetriever.build(Encoder(tiny_model, device="cpu"), small.corpus)
+    retriever.save(tmp_path / "with")
+    store = DocStore.open(tmp_path / "with")
+    assert store is not None and len(store) == len(small.corpus)
+    doc_id = small.corpus.ids[3]
+    assert store.get(doc_id).text == small.corpus.document(doc_id)["text"]
+    retriever.save(tmp_path / "without", store_texts=False)
+    assert DocStore.open(tmp_path / "without") is None

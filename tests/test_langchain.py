@@ -121,10 +121,10 @@ def test_minilm_finds_the_judged_scifact_documents(minilm_retriever: DensekitRet
 
 def test_page_content_joins_title_and_text_for_a_beir_corpus(tiny_model: Path, scifact_small: Path,
                                                              tmp_path: Path) -> None:
-    """An index built like `densekit index build` has no texts; a BEIR corpus supplies them."""
+    """An index saved without texts (`--no-store-texts`); a BEIR corpus supplies them."""
     corpus = load_dataset(scifact_small).corpus
     encoder = Encoder(tiny_model, device="cpu")
-    DenseRetriever.build(encoder, corpus, show_progress=False).save(tmp_path / "idx")
+    DenseRetriever.build(encoder, corpus, show_progress=False).save(tmp_path / "idx", store_texts=False)
     with pytest.raises(DensekitError, match="holds no document texts"):
         DensekitRetriever(index_path=str(tmp_path / "idx"))
     retriever = DensekitRetriever(index_path=str(tmp_path / "idx"), corpus=str(scifact_small), k=3)

@@ -32,12 +32,14 @@ class DenseRetriever:
 
     index_kind = "dense"
 
-    def __init__(self, encoder: Encoder, index: DenseIndex, query_batch: int = 1024) -> None:
+    def __init__(self, encoder: Encoder, index: DenseIndex, query_batch: int = 1024,
+                 corpus: Corpus | None = None) -> None:
         if encoder.dim != index.dim:
             raise DensekitError(f"encoder dimension {encoder.dim} differs from the index's {index.dim}")
         self.encoder = encoder
         self.index = index
         self.query_batch = query_batch
+        self.corpus = corpus  # the texts :meth:`save` stores beside the index (set by :meth:`build`)
 
     @classmethod
     def build(
@@ -55,7 +57,7 @@ class DenseRetriever:
         embeddings = encode_corpus(encoder, corpus, cache=cache, show_progress=show_progress)
         index = DenseIndex.build(embeddings, corpus.ids, factory=factory, metric="ip",
                                  model=encoder.describe(), device=device, **index_options)
-        return cls(encoder, index)
+        return cls(encoder, index, corpus=corpus)
 
     def search(self, queries: dict[str, str], k: int, show_progress: bool = False) -> Run:
         query_ids = list(queries)
@@ -70,7 +72,14 @@ class DenseRetriever:
                 run[query_id] = [(doc_id, float(s)) for doc_id, s in hits]
         return run
 
-    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+    def save(self, directory: str | Path, overwrite: bool = False, store_texts: bool = True) -> Path:
+        """Save the index; with `store_texts` (default) and a corpus (from :meth:`build`), its texts too
+        (`docs.jsonl`), as `densekit index build` does, so the saved index serves RAG without `corpus=`."""
+        if store_texts and self.corpus is not None:
+            from densekit.index.docstore import DocStore, save_with_documents
+
+            return save_with_documents(self.index.save, DocStore.from_corpus(self.corpus), directory,
+                                       overwrite=overwrite)
         return self.index.save(directory, overwrite=overwrite)
 
     @classmethod
