@@ -7,6 +7,3 @@ from densekit.cli import data, evaluate, index, mine, models, reports, search, s
 from densekit.cli.app import app, main
 
 __all__ = ["app", "main"]
-
-if __name__ == "__main__":
-    main()
