@@ -113,3 +113,11 @@ def test_malformed_corpus_through_real_entry_point(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"{root / 'corpus.jsonl'}:2: malformed JSON" in done.stderr
     assert not (tmp_path / "idx").exists()
+
+
+def test_index_build_no_store_texts_writes_no_texts(tiny_model, scifact_small, tmp_path, capsys, monkeypatch):
+    args = ["index", "build", str(scifact_small), "--model", str(tiny_model), "--quiet"]
+    assert run_cli([*args, "--out", str(tmp_path / "bare"), "--no-store-texts"], capsys, monkeypatch)[0] == 0
+    assert not (tmp_path / "bare" / "docs.jsonl").exists()
+    assert run_cli([*args, "--out", str(tmp_path / "full")], capsys, monkeypatch)[0] == 0
+    assert (tmp_path / "full" / "docs.jsonl").is_file()

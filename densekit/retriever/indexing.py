@@ -19,11 +19,12 @@ def save_dense_index(index: Any, out: str | Path, corpus: Corpus | None, store_t
     """Save a DenseIndex (or DenseRetriever) to `out`, with the documents' texts (docs.jsonl) when asked.
 
     An existing `out` that is not a dense index densekit wrote is refused unless `overwrite`."""
+    dense_index = getattr(index, "index", index)  # a DenseRetriever's own save adds texts by itself
     if store_texts and corpus is not None:
         from densekit.index.docstore import DocStore, save_with_documents
 
-        return save_with_documents(index.save, DocStore.from_corpus(corpus), Path(out), overwrite=overwrite)
-    return index.save(out, overwrite=overwrite)
+        return save_with_documents(dense_index.save, DocStore.from_corpus(corpus), Path(out), overwrite=overwrite)
+    return dense_index.save(out, overwrite=overwrite)
 
 
 def build_dense_index_dir(data: str | Path, out: str | Path, model: str, config: IndexBuildConfig | None = None,
