@@ -57,6 +57,8 @@ def eval_cmd(
     metrics: Annotated[str | None, typer.Option(help=help_of(EvalConfig, "metrics"))] = None,
     depth: Annotated[int, typer.Option(help=_spec("depth"))] = 1000,
     ignore_identical_ids: Annotated[bool, typer.Option(help=help_of(EvalConfig, "ignore_identical_ids"))] = False,
+    skip_missing_queries: Annotated[bool, typer.Option("--skip-missing-queries",
+                                                       help=help_of(EvalConfig, "skip_missing_queries"))] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help=help_of(EvalConfig, "out"))] = None,
     run_out: Annotated[Path | None, typer.Option("--run-out", help=help_of(EvalConfig, "run_out"))] = None,
     factory: Annotated[str, typer.Option(help=_spec("factory"))] = "Flat",
@@ -96,7 +98,7 @@ def eval_cmd(
                          rerank=rerank, rerank_depth=rerank_depth, search=search)
     config = EvalConfig(data=data, split=split, metrics=parse_metrics(metrics),
                         ignore_identical_ids=ignore_identical_ids, run=run_file, retriever=spec, out=out,
-                        run_out=run_out)
+                        run_out=run_out, skip_missing_queries=skip_missing_queries)
     report = evaluate(config)
     if as_json:
         render.emit(report.to_json())
@@ -105,7 +107,8 @@ def eval_cmd(
 
         render.markdown(eval_markdown(report.to_json()))
     else:
-        render.metrics_table(f"{report.dataset} / {split} ({report.result.queries} queries)", report.result.metrics)
+        render.metrics_table(f"{report.dataset} / {split} ({report.result.describe_queries()})",
+                             report.result.metrics)
 
 
 @app.command("mteb")

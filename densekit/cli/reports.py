@@ -46,7 +46,10 @@ def compare_cmd(
 
         render.markdown(comparison_markdown(result))
     else:
-        render.table(f"{result['dataset']} / {split}: B={run_b.name} vs A={run_a.name} ({comparison.queries} queries)",
+        missing = (f"; without results, counted as 0: A {comparison.missing_a}, B {comparison.missing_b}"
+                   if comparison.missing_a or comparison.missing_b else "")
+        render.table(f"{result['dataset']} / {split}: B={run_b.name} vs A={run_a.name} "
+                     f"({comparison.queries} queries{missing})",
                      ["metric", "A", "B", "B - A", "t-test p", "randomisation p", "wins/ties/losses"],
                      [[name, f"{m.mean_a:.4f}", f"{m.mean_b:.4f}", f"{m.delta:+.4f}", f"{m.t_p_value:.3g}",
                        f"{m.randomization_p_value:.3g}", f"{m.wins}/{m.ties}/{m.losses}"]
@@ -66,6 +69,10 @@ def reproduce_cmd(
     device: DeviceOpt = None,
     batch_size: BatchOpt = 64,
     cache: CacheOpt = True,
+    skip_missing_queries: Annotated[bool, typer.Option(
+        "--skip-missing-queries", help="Average only over judged queries with results (BEIR's convention); by "
+                                       "default a judged query without results counts as 0 (trec_eval -c, "
+                                       "as Pyserini's published numbers).")] = False,
     fmt: FormatOpt = "text",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -82,7 +89,8 @@ def reproduce_cmd(
 
     table = load_expected(expected or EXPECTED_SCORES)
     grades = reproduce(table, only=only, datasets=dataset, tolerance=tolerance,
-                       options={"device": device, "batch_size": batch_size, "cache": cache})
+                       options={"device": device, "batch_size": batch_size, "cache": cache},
+                       skip_missing_queries=skip_missing_queries)
     rows = [g.to_json() for g in grades]
     counts = {name: sum(1 for g in grades if g.grade == name) for name in ("OK", "OFF", "SKIPPED", "ERROR")}
     summary = {"expected": str(table.path), "counts": counts, "grades": rows}
@@ -97,11 +105,14 @@ def reproduce_cmd(
 
         render.markdown(reproduction_markdown(rows))
     else:
-        render.table(f"reproductions ({', '.join(f'{k} {v}' for k, v in counts.items() if v)})",
-                     ["retriever", "dataset", "metric", "expected", "measured", "diff", "grade"],
+        rule = "skipped" if skip_missing_queries else "counted as 0"
+        render.table(f"reproductions ({', '.join(f'{k} {v}' for k, v in counts.items() if v)}; judged queries "
+                     f"without results {rule})",
+                     ["retriever", "dataset", "metric", "expected", "measured", "diff", "no results", "grade"],
                      [[g.retriever, g.dataset, g.metric, f"{g.expected:.4f}",
                        "-" if g.measured is None else f"{g.measured:.4f}",
                        "-" if g.difference is None else f"{g.difference:+.4f}",
+                       "-" if g.missing_queries is None else str(g.missing_queries),
                        g.grade + (f": {g.reason}" if g.reason else "")] for g in grades])
     if counts["OFF"] or counts["ERROR"]:
         # SystemExit, not typer.Exit: under standalone_mode=False click turns Exit into a return value.

@@ -77,18 +77,25 @@ def search(
                       for row in rows])
         return
     from densekit.data import load_queries
+    from densekit.eval.metrics import queries_without_results
 
+    query_set = load_queries(queries, split)
     start = time.perf_counter()
-    result = search_index(directory, load_queries(queries, split), k, options, device=device, run_out=out,
-                          model=model)
+    result = search_index(directory, query_set, k, options, device=device, run_out=out, model=model)
     elapsed = time.perf_counter() - start
-    info = {"queries": len(result["hits"]), "k": k, "run": str(out) if out else None, "seconds": round(elapsed, 3)}
+    # A TREC run has no line for a query without hits; evaluation counts such a judged query as 0.
+    no_hits = len(queries_without_results(query_set, result["hits"]))
+    info = {"queries": len(result["hits"]), "queries_without_hits": no_hits, "k": k,
+            "run": str(out) if out else None, "seconds": round(elapsed, 3)}
     if as_json:
         if out is None:
             info["results"] = {q: [[h["doc_id"], h["score"]] for h in hits] for q, hits in result["hits"].items()}
         render.emit(info)
     else:
-        render.say(f"searched {info['queries']} queries (k={k}) in {elapsed:.2f} s" + (f" -> {out}" if out else ""))
+        missing = (f"; {no_hits} {'query' if no_hits == 1 else 'queries'} without hits"
+                   + (" (no line in the run file)" if out else "")) if no_hits else ""
+        render.say(f"searched {info['queries']} queries (k={k}) in {elapsed:.2f} s" + (f" -> {out}" if out else "")
+                   + missing)
 
 
 def _snippet(row: dict, width: int = 160) -> str:

@@ -37,6 +37,9 @@ class EvalConfig:
         "help": "Comma-separated, e.g. ndcg@10,recall@100."})
     ignore_identical_ids: bool = field(default=False, metadata={"help": "Drop hits whose id equals the query id "
                                                                         "(BEIR)."})
+    skip_missing_queries: bool = field(default=False, metadata={
+        "help": "Average only over judged queries that have results (BEIR's convention); by default a judged "
+                "query without results counts as 0 (trec_eval -c, Pyserini's published numbers)."})
     run: Path | None = field(default=None, metadata={"help": "Evaluate an existing TREC run file."})
     retriever: RetrieverSpec | None = None
     out: Path | None = field(default=None, metadata={"help": "Write results JSON (with per-query values)."})
@@ -69,13 +72,14 @@ def evaluate(config: EvalConfig) -> EvalReport:
     ds = load_dataset(config.data, split=config.split)
     if config.run is not None:
         report = evaluate_run(Run.read_trec(config.run), ds, config.metrics, config.ignore_identical_ids,
-                              config={"run": str(config.run)})
+                              config={"run": str(config.run)}, skip_missing_queries=config.skip_missing_queries)
     else:
         spec = config.retriever
         start = time.perf_counter()
         retriever, described = build_retriever(spec, ds.corpus)
         report = evaluate_retriever(retriever, ds, config.metrics, spec.depth, config.ignore_identical_ids,
-                                    {**described, "depth": spec.depth}, {"index": time.perf_counter() - start})
+                                    {**described, "depth": spec.depth}, {"index": time.perf_counter() - start},
+                                    skip_missing_queries=config.skip_missing_queries)
     if config.run_out is not None:
         report.run.write_trec(config.run_out)
     if config.out is not None:
