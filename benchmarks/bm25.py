@@ -83,8 +83,10 @@ def synthetic(n_docs: int, n_queries: int, vocab: int, seed: int = 0):
     ids = [f"d{i}" for i in range(n_docs)]
     corpus = Corpus(ids, [""] * n_docs, body)
     rare = weights[50:] / weights[50:].sum()
-    queries = {f"q{i}": " ".join(words[50 + rng.choice(vocab - 50, size=int(rng.integers(2, 6)), p=rare)])
-               for i in range(n_queries)}
+    queries = {
+        f"q{i}": " ".join(words[50 + rng.choice(vocab - 50, size=int(rng.integers(2, 6)), p=rare)])
+        for i in range(n_queries)
+    }
     return corpus, queries, None
 
 
@@ -141,9 +143,17 @@ def measure(args: argparse.Namespace) -> dict:
     search_s = time.perf_counter() - start
 
     result = {
-        "corpus": args.corpus, "backend": args.backend, "documents": len(corpus), "queries": len(queries),
-        "searched": searched, "partial": searched < len(queries), "build_s": build_s, "search_s": search_s,
-        "qps": searched / search_s, "rss_before_mb": before_mb, "peak_after_build_mb": after_build_mb,
+        "corpus": args.corpus,
+        "backend": args.backend,
+        "documents": len(corpus),
+        "queries": len(queries),
+        "searched": searched,
+        "partial": searched < len(queries),
+        "build_s": build_s,
+        "search_s": search_s,
+        "qps": searched / search_s,
+        "rss_before_mb": before_mb,
+        "peak_after_build_mb": after_build_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "hits_per_query": sum(len(h) for h in run.values()) / max(1, len(run)),
     }
@@ -158,15 +168,36 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def run_child(corpus: str, backend: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--child", "--corpus", corpus, "--backend", backend,
-               "--data", args.data, "--docs", str(args.docs), "--queries", str(args.queries),
-               "--vocab", str(args.vocab), "--seed", str(args.seed), "--search-budget", str(args.search_budget)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--corpus",
+        corpus,
+        "--backend",
+        backend,
+        "--data",
+        args.data,
+        "--docs",
+        str(args.docs),
+        "--queries",
+        str(args.queries),
+        "--vocab",
+        str(args.vocab),
+        "--seed",
+        str(args.seed),
+        "--search-budget",
+        str(args.search_budget),
+    ]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
-        return {"corpus": corpus, "backend": backend, "error": f"did not finish within {args.timeout} s "
-                f"(killed after {time.perf_counter() - started:.0f} s)"}
+        return {
+            "corpus": corpus,
+            "backend": backend,
+            "error": f"did not finish within {args.timeout} s (killed after {time.perf_counter() - started:.0f} s)",
+        }
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -185,18 +216,22 @@ def report(results: list[dict]) -> None:
         ok = [r for r in rows if "error" not in r]
         size = f"{ok[0]['documents']:,} documents, {ok[0]['queries']:,} queries" if ok else ""
         print(f"\n{corpus} ({size}); ratios against {ANCHOR} in this run")
-        print(f"{'backend':<10} {'build s':>9} {'x':>7} {'QPS':>9} {'x':>8} {'peak RSS MB':>12} {'x':>6} "
-              f"{'index MB':>9} {'nDCG@10':>8}")
+        print(
+            f"{'backend':<10} {'build s':>9} {'x':>7} {'QPS':>9} {'x':>8} {'peak RSS MB':>12} {'x':>6} "
+            f"{'index MB':>9} {'nDCG@10':>8}"
+        )
         for r in rows:
             if "error" in r:
                 print(f"{r['backend']:<10} {r['error']}")
                 continue
             qps = f"{r['qps']:.1f}" + ("*" if r["partial"] else "")
             ndcg = f"{r['ndcg@10']:.4f}" if "ndcg@10" in r else "-"
-            print(f"{r['backend']:<10} {r['build_s']:>9.1f} {ratio(r['build_s'], anchor.get('build_s')):>7} "
-                  f"{qps:>9} {ratio(r['qps'], anchor.get('qps')):>8} {r['peak_rss_mb']:>12.0f} "
-                  f"{ratio(r['peak_rss_mb'], anchor.get('peak_rss_mb')):>6} "
-                  f"{r['peak_rss_mb'] - r['rss_before_mb']:>9.0f} {ndcg:>8}")
+            print(
+                f"{r['backend']:<10} {r['build_s']:>9.1f} {ratio(r['build_s'], anchor.get('build_s')):>7} "
+                f"{qps:>9} {ratio(r['qps'], anchor.get('qps')):>8} {r['peak_rss_mb']:>12.0f} "
+                f"{ratio(r['peak_rss_mb'], anchor.get('peak_rss_mb')):>6} "
+                f"{r['peak_rss_mb'] - r['rss_before_mb']:>9.0f} {ndcg:>8}"
+            )
             if r["partial"]:
                 print(f"{'':<10} * search budget spent: QPS over {r['searched']:,} of {r['queries']:,} queries")
 
@@ -224,8 +259,12 @@ def main() -> None:
     backends = args.backends.split(",")
     if ANCHOR not in backends:
         parser.error(f"the anchor backend {ANCHOR} must be measured too")
-    machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
-               "load_before": os.getloadavg()}
+    machine = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_before": os.getloadavg(),
+    }
     print(f"machine: {machine}", flush=True)
     results = []
     for corpus in args.corpora.split(","):
@@ -235,8 +274,13 @@ def main() -> None:
             results.append(result)
     report(results)
     if args.out:
-        args.out.write_text(json.dumps({"machine": machine, "args": vars(args) | {"out": str(args.out)},
-                                        "results": results}, indent=2, default=str))
+        args.out.write_text(
+            json.dumps(
+                {"machine": machine, "args": vars(args) | {"out": str(args.out)}, "results": results},
+                indent=2,
+                default=str,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -81,8 +81,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{len(texts)} {args.data} documents, {args.model}, batch {args.batch_size}, {args.threads} threads, "
-          f"{args.device}, median of {args.rounds} alternating rounds")
+    print(
+        f"{len(texts)} {args.data} documents, {args.model}, batch {args.batch_size}, {args.threads} threads, "
+        f"{args.device}, median of {args.rounds} alternating rounds"
+    )
     for name, rate in median.items():
         print(f"  {name:<22} {rate:8.2f} docs/s   rounds: {rates[name]}")
     print(f"  ratio densekit / sentence-transformers: {result['ratio_densekit_vs_st']:.3f}x")

@@ -99,8 +99,12 @@ def ndcg_at_10(index: DenseIndex, queries: np.ndarray, extra: dict, params: dict
     from densekit.eval.metrics import evaluate
 
     scores, found = index.search(queries, 10, params=params)
-    run = Run({q: [(d, float(s)) for d, s in zip(ids, row, strict=False)]
-               for q, ids, row in zip(extra["query_ids"], found, scores, strict=True)})
+    run = Run(
+        {
+            q: [(d, float(s)) for d, s in zip(ids, row, strict=False)]
+            for q, ids, row in zip(extra["query_ids"], found, scores, strict=True)
+        }
+    )
     return round(evaluate(extra["qrels"], run, ["ndcg@10"]).metrics["ndcg@10"], 4)
 
 
@@ -128,8 +132,9 @@ def _log(row: dict) -> None:
         print("   ", json.dumps(point), file=sys.stderr, flush=True)
 
 
-def reranked_row(row: dict, index: DenseIndex, queries: np.ndarray, on_disk: np.ndarray, flat: dict,
-                 extra: dict) -> dict:
+def reranked_row(
+    row: dict, index: DenseIndex, queries: np.ndarray, on_disk: np.ndarray, flat: dict, extra: dict
+) -> dict:
     """The same compressed index, its top-RERANK re-scored exactly from the vectors memory-mapped on disk."""
     search = lambda q: index.search_reranked(q, 10, on_disk, candidates=RERANK)  # noqa: E731
     before = rss()  # pages of the memory map that the re-ranking touches count as resident
@@ -143,17 +148,36 @@ def reranked_row(row: dict, index: DenseIndex, queries: np.ndarray, on_disk: np.
         from densekit.data import Run
         from densekit.eval.metrics import evaluate
 
-        run = Run({q: [(d, float(s)) for d, s in zip(ids, r, strict=False)]
-                   for q, ids, r in zip(extra["query_ids"], found, scores, strict=True)})
+        run = Run(
+            {
+                q: [(d, float(s)) for d, s in zip(ids, r, strict=False)]
+                for q, ids, r in zip(extra["query_ids"], found, scores, strict=True)
+            }
+        )
         ndcg = round(evaluate(extra["qrels"], run, ["ndcg@10"]).metrics["ndcg@10"], 4)
-    return {**row, "index": f"{row['index']} + exact re-rank of {RERANK} (vectors mmap on disk)",
-            "build_s": 0.0, "rss_growth_mb": round(grown / 2**20, 1),
-            **recall_fields(found, flat["exact"]),
-            "qps": round(qps, 1), "qps_vs_flat": round(qps / flat["qps"], 2), "ndcg@10": ndcg, "sweep": []}
+    return {
+        **row,
+        "index": f"{row['index']} + exact re-rank of {RERANK} (vectors mmap on disk)",
+        "build_s": 0.0,
+        "rss_growth_mb": round(grown / 2**20, 1),
+        **recall_fields(found, flat["exact"]),
+        "qps": round(qps, 1),
+        "qps_vs_flat": round(qps / flat["qps"], 2),
+        "ndcg@10": ndcg,
+        "sweep": [],
+    }
 
 
-def bench_dataset(name: str, vectors: np.ndarray, ids: list[str], queries: np.ndarray, extra: dict,
-                  factories: list[str], device: str, workdir: str) -> dict:
+def bench_dataset(
+    name: str,
+    vectors: np.ndarray,
+    ids: list[str],
+    queries: np.ndarray,
+    extra: dict,
+    factories: list[str],
+    device: str,
+    workdir: str,
+) -> dict:
     n, dim = vectors.shape
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "vectors.npy")
@@ -175,13 +199,19 @@ def bench_dataset(name: str, vectors: np.ndarray, ids: list[str], queries: np.nd
         if flat is None:
             flat = {"bytes": index_bytes, "qps": qps, "exact": found}
         row = {
-            "index": factory, "factory": index.factory, "train_sample": index.train_sample,
-            "search_params": index.search_params, "build_s": round(build_s, 1),
-            "index_mb": round(index_bytes / 2**20, 1), "rss_growth_mb": round(grown / 2**20, 1),
+            "index": factory,
+            "factory": index.factory,
+            "train_sample": index.train_sample,
+            "search_params": index.search_params,
+            "build_s": round(build_s, 1),
+            "index_mb": round(index_bytes / 2**20, 1),
+            "rss_growth_mb": round(grown / 2**20, 1),
             "memory_vs_flat": round(index_bytes / flat["bytes"], 4),
             **recall_fields(found, flat["exact"]),
-            "qps": round(qps, 1), "qps_vs_flat": round(qps / flat["qps"], 2),
-            "ndcg@10": ndcg_at_10(index, queries, extra), "sweep": sweep(index, queries, flat["exact"]),
+            "qps": round(qps, 1),
+            "qps_vs_flat": round(qps / flat["qps"], 2),
+            "ndcg@10": ndcg_at_10(index, queries, extra),
+            "sweep": sweep(index, queries, flat["exact"]),
         }
         rows.append(row)
         _log(row)
@@ -194,17 +224,28 @@ def bench_dataset(name: str, vectors: np.ndarray, ids: list[str], queries: np.nd
 
 def markdown(result: dict) -> str:
     has_ndcg = result["rows"][0]["ndcg@10"] is not None
-    lines = [f"### {result['dataset']}: {result['vectors']:,} vectors x {result['dim']}, {result['queries']} queries",
-             "",
-             "| index | factory | train sample | search | build s | memory MB | memory / Flat | recall@10 "
-             "| 1-recall@10 | QPS | QPS / Flat |" + (" nDCG@10 |" if has_ndcg else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if has_ndcg else "")]
+    lines = [
+        f"### {result['dataset']}: {result['vectors']:,} vectors x {result['dim']}, {result['queries']} queries",
+        "",
+        "| index | factory | train sample | search | build s | memory MB | memory / Flat | recall@10 "
+        "| 1-recall@10 | QPS | QPS / Flat |" + (" nDCG@10 |" if has_ndcg else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if has_ndcg else ""),
+    ]
     for r in result["rows"]:
         params = ", ".join(f"{k}={v}" for k, v in r["search_params"].items()) or "-"
-        cells = [r["index"], f"`{r['factory']}`", str(r["train_sample"] or "-"), params, f"{r['build_s']}",
-                 f"{r['index_mb']}", f"{r['memory_vs_flat']:.3f}", f"{r['recall@10']:.3f}",
-                 f"{r['1-recall@10']:.3f}", f"{r['qps']:.0f}",
-                 f"{r['qps_vs_flat']:.2f}"]
+        cells = [
+            r["index"],
+            f"`{r['factory']}`",
+            str(r["train_sample"] or "-"),
+            params,
+            f"{r['build_s']}",
+            f"{r['index_mb']}",
+            f"{r['memory_vs_flat']:.3f}",
+            f"{r['recall@10']:.3f}",
+            f"{r['1-recall@10']:.3f}",
+            f"{r['qps']:.0f}",
+            f"{r['qps_vs_flat']:.2f}",
+        ]
         if r["ndcg@10"] is not None:
             cells.append(f"{r['ndcg@10']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -212,8 +253,12 @@ def markdown(result: dict) -> str:
     if sweeps:
         lines += ["", "Search-parameter sweeps (recall@10 / QPS):", ""]
         for r in sweeps:
-            points = "; ".join(f"{k}={p[k]}: {p['recall@10']:.3f} / {p['qps']:.0f}"
-                               for p in r["sweep"] for k in ("nprobe", "efSearch", "k_factor") if k in p)
+            points = "; ".join(
+                f"{k}={p[k]}: {p['recall@10']:.3f} / {p['qps']:.0f}"
+                for p in r["sweep"]
+                for k in ("nprobe", "efSearch", "k_factor")
+                if k in p
+            )
             lines.append(f"- `{r['factory']}`: {points}")
     return "\n".join(lines)
 
@@ -224,24 +269,38 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors")
     parser.add_argument("--queries", type=int, default=1000, help="synthetic queries")
     parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--factory", action="append", help="preset or factory string (repeatable; {nlist} "
-                        "becomes the preset's list count for the corpus size); "
-                        f"default: {' '.join(DEFAULT_FACTORIES)}")
+    parser.add_argument(
+        "--factory",
+        action="append",
+        help="preset or factory string (repeatable; {nlist} "
+        "becomes the preset's list count for the corpus size); "
+        f"default: {' '.join(DEFAULT_FACTORIES)}",
+    )
     parser.add_argument("--device", default="cpu", help="FAISS device: cpu, gpu, gpu:N")
     parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: all)")
     parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--workdir", default="/tmp/densekit-index-bench", help="where the vectors are written "
-                        "for memory-mapped re-ranking")
+    parser.add_argument(
+        "--workdir",
+        default="/tmp/densekit-index-bench",
+        help="where the vectors are written for memory-mapped re-ranking",
+    )
     args = parser.parse_args()
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     factories = args.factory or DEFAULT_FACTORIES
     for factory in factories:  # fail early on a bad factory string, not after an hour of building
         resolve(factory.format(nlist=ivf_lists(args.n)), args.n, args.dim)
-    results = {"machine": {"python": platform.python_version(), "faiss": faiss.__version__,
-                           "cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
-                           "platform": platform.platform()},
-               "command": " ".join(sys.argv), "datasets": []}
+    results = {
+        "machine": {
+            "python": platform.python_version(),
+            "faiss": faiss.__version__,
+            "cpus": os.cpu_count(),
+            "faiss_threads": faiss.omp_get_max_threads(),
+            "platform": platform.platform(),
+        },
+        "command": " ".join(sys.argv),
+        "datasets": [],
+    }
     for name in args.datasets.split(","):
         if name == "synthetic":
             data = synthetic(args.n, args.queries, args.dim)

@@ -105,9 +105,18 @@ def worker_sentence_transformers(args) -> dict:
     cache = args.workdir / "st-cache" if args.mode == "warm" else None
 
     def call():
-        return mine_hard_negatives(pairs, model, corpus=corpus, relative_margin=0.05, sampling_strategy="top",
-                                   num_negatives=4, use_faiss=True, batch_size=args.batch_size,
-                                   verbose=False, cache_folder=str(cache) if cache else None)
+        return mine_hard_negatives(
+            pairs,
+            model,
+            corpus=corpus,
+            relative_margin=0.05,
+            sampling_strategy="top",
+            num_negatives=4,
+            use_faiss=True,
+            batch_size=args.batch_size,
+            verbose=False,
+            cache_folder=str(cache) if cache else None,
+        )
 
     if args.mode == "warm":
         call()  # fills cache_folder
@@ -151,10 +160,30 @@ def worker_densekit(args) -> dict:
 def run_worker(args, library: str, workdir: Path, depth: int) -> dict:
     """One measurement in a fresh process; returns its result with the process's peak RSS."""
     result_file = workdir / f"{library}-{depth}-{time.monotonic_ns()}.json"
-    command = [sys.executable, __file__, "--worker", library, "--workdir", str(workdir),
-               "--depth", str(depth), "--result", str(result_file), "--mode", args.mode,
-               "--data", args.data, "--split", args.split,
-               "--model", args.model, "--threads", str(args.threads), "--batch-size", str(args.batch_size)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        library,
+        "--workdir",
+        str(workdir),
+        "--depth",
+        str(depth),
+        "--result",
+        str(result_file),
+        "--mode",
+        args.mode,
+        "--data",
+        args.data,
+        "--split",
+        args.split,
+        "--model",
+        args.model,
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     if args.home:
         command += ["--home", str(args.home)]
     subprocess.run(command, check=True)
@@ -170,14 +199,17 @@ def agreement(a: dict[str, list[str]], b: dict[str, list[str]]) -> dict:
     queries = sorted(set(a) | set(b))
     same_set = [q for q in queries if set(a.get(q, [])) == set(b.get(q, []))]
     same_list = [q for q in queries if a.get(q, []) == b.get(q, [])]
-    return {"queries": len(queries), "same_ids": len(same_set),
-            "same_ids_share": len(same_set) / len(queries), "same_order": len(same_list),
-            "differing": [q for q in queries if q not in set(same_set)]}
+    return {
+        "queries": len(queries),
+        "same_ids": len(same_set),
+        "same_ids_share": len(same_set) / len(queries),
+        "same_order": len(same_list),
+        "differing": [q for q in queries if q not in set(same_set)],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="scifact")
     parser.add_argument("--split", default="train")
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
@@ -186,8 +218,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--home", type=Path, help="DENSEKIT_HOME for densekit's embedding cache in warm mode "
-                        "(default: a fresh one, filled by an untimed first run)")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="DENSEKIT_HOME for densekit's embedding cache in warm mode "
+        "(default: a fresh one, filled by an untimed first run)",
+    )
     parser.add_argument("--worker", choices=("densekit", "sentence-transformers"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--depth", type=int, help=argparse.SUPPRESS)
@@ -219,11 +255,17 @@ def main() -> None:
     st, dk = statistics.median(times["sentence-transformers"]), statistics.median(times["densekit"])
     agree = agreement(last["sentence-transformers"]["negatives"], last["densekit"]["negatives"])
     summary = {
-        "mode": args.mode, "data": f"{args.data}/{args.split}", "model": args.model, "threads": args.threads,
-        "batch_size": args.batch_size, "rounds": args.rounds, "depth": depth, "machine": platform.processor()
-        or platform.machine(), "cpus": os.cpu_count(),
-        "seconds": {k: v for k, v in times.items()}, "median_seconds": {"sentence-transformers": st,
-                                                                           "densekit": dk},
+        "mode": args.mode,
+        "data": f"{args.data}/{args.split}",
+        "model": args.model,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "depth": depth,
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "seconds": {k: v for k, v in times.items()},
+        "median_seconds": {"sentence-transformers": st, "densekit": dk},
         "ratio_densekit_over_st": dk / st,
         "peak_rss_mb": {k: max(m[0] for m in v) for k, v in memory.items()},
         "peak_rss_mb_runs": {k: [round(m[0]) for m in v] for k, v in memory.items()},
@@ -231,24 +273,33 @@ def main() -> None:
         "agreement": agree,
     }
     if default_depth is not None:
-        summary["agreement_at_depth_100"] = agreement(last["sentence-transformers"]["negatives"],
-                                                      default_depth["negatives"])
-    print(f"{args.data}/{args.split}, {args.model}, mode {args.mode}, {args.threads} threads, "
-          f"batch {args.batch_size}, {args.rounds} rounds, depth {depth}")
+        summary["agreement_at_depth_100"] = agreement(
+            last["sentence-transformers"]["negatives"], default_depth["negatives"]
+        )
+    print(
+        f"{args.data}/{args.split}, {args.model}, mode {args.mode}, {args.threads} threads, "
+        f"batch {args.batch_size}, {args.rounds} rounds, depth {depth}"
+    )
     print("| library | median s | runs (s) | peak RSS MB | peak traced MB |")
     print("|---|---:|---|---:|---:|")
     for library in ("sentence-transformers", "densekit"):
         runs = ", ".join(f"{t:.2f}" for t in times[library])
-        print(f"| {library} | {statistics.median(times[library]):.2f} | {runs} | "
-              f"{summary['peak_rss_mb'][library]:.0f} | {_mb(summary['traced_peak_mb'][library])} |")
+        print(
+            f"| {library} | {statistics.median(times[library]):.2f} | {runs} | "
+            f"{summary['peak_rss_mb'][library]:.0f} | {_mb(summary['traced_peak_mb'][library])} |"
+        )
     print(f"ratio densekit / sentence-transformers: {dk / st:.3f} (<= 1.0: densekit at least as fast)")
     share = 100 * agree["same_ids_share"]
-    print(f"same negative ids: {agree['same_ids']}/{agree['queries']} ({share:.2f}%), "
-          f"same order: {agree['same_order']}; differing queries: {agree['differing']}")
+    print(
+        f"same negative ids: {agree['same_ids']}/{agree['queries']} ({share:.2f}%), "
+        f"same order: {agree['same_order']}; differing queries: {agree['differing']}"
+    )
     if default_depth is not None:
         a100 = summary["agreement_at_depth_100"]
-        print(f"at densekit's default depth 100: same ids {a100['same_ids']}/{a100['queries']}; "
-              f"differing: {a100['differing']}")
+        print(
+            f"at densekit's default depth 100: same ids {a100['same_ids']}/{a100['queries']}; "
+            f"differing: {a100['differing']}"
+        )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

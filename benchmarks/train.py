@@ -93,11 +93,19 @@ def train_densekit(args, negatives: Path, out: Path) -> dict:
     from densekit.retriever.train import DataConfig, LossConfig, TrainConfig, train
 
     config = TrainConfig(
-        model=args.model, output=out,
+        model=args.model,
+        output=out,
         data=DataConfig(negatives=negatives, corpus=args.data, negatives_per_query=args.negatives),
         loss=LossConfig(name=args.loss, guide=args.guide, symmetric=args.symmetric),
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=args.warmup_ratio,
-        weight_decay=0.0, seed=args.seed, chunk_size=args.chunk_size, max_length=args.max_length, device="cpu",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_ratio=args.warmup_ratio,
+        weight_decay=0.0,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+        max_length=args.max_length,
+        device="cpu",
         forward_batch_size=args.forward_batch_size,
         max_steps=args.max_steps,
     )
@@ -125,28 +133,51 @@ def train_sentence_transformers(args, negatives: Path, out: Path) -> dict:
         doc = corpus.document(doc_id)
         return join_title_text(doc["title"], doc["text"])
 
-    columns: dict[str, list[str]] = {"anchor": [e.query for e in examples],
-                                     "positive": [text(e.positive_id) for e in examples]}
+    columns: dict[str, list[str]] = {
+        "anchor": [e.query for e in examples],
+        "positive": [text(e.positive_id) for e in examples],
+    }
     for i in range(args.negatives):
         columns[f"negative_{i + 1}"] = [text(e.negative_ids[i]) for e in examples]
     model = SentenceTransformer(str(resolve_model(args.model)), device="cpu")
     if args.max_length:
         model.max_seq_length = args.max_length
     training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(out / "trainer"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, warmup_ratio=args.warmup_ratio, seed=args.seed, data_seed=args.seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", report_to="none", logging_steps=1,
-        use_cpu=True, dataloader_drop_last=False, max_steps=args.max_steps or -1,
+        output_dir=str(out / "trainer"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_ratio=args.warmup_ratio,
+        seed=args.seed,
+        data_seed=args.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        use_cpu=True,
+        dataloader_drop_last=False,
+        max_steps=args.max_steps or -1,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_dict(columns),
-                                         loss=MultipleNegativesRankingLoss(model))
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=Dataset.from_dict(columns),
+        loss=MultipleNegativesRankingLoss(model),
+    )
     result = trainer.train()
     model.save(str(out / "model"))
     if args.max_steps:
-        return {"steps": args.max_steps, "train_seconds": result.metrics["train_runtime"],
-                "examples_per_s": result.metrics["train_samples_per_second"]}
-    return {"examples": len(examples), "train_seconds": result.metrics["train_runtime"],
-            "examples_per_s": result.metrics["train_samples_per_second"], "final_loss": result.training_loss}
+        return {
+            "steps": args.max_steps,
+            "train_seconds": result.metrics["train_runtime"],
+            "examples_per_s": result.metrics["train_samples_per_second"],
+        }
+    return {
+        "examples": len(examples),
+        "train_seconds": result.metrics["train_runtime"],
+        "examples_per_s": result.metrics["train_samples_per_second"],
+        "final_loss": result.training_loss,
+    }
 
 
 def gradcache_step(args) -> dict:
@@ -181,13 +212,27 @@ def gradcache_step(args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
-    out = contrastive_step(model, InfoNCELoss(0.05), batch.query_features[0], batch.document_features[0],
-                           inputs, DistributedContext(), device, args.chunk_size or None)
+    out = contrastive_step(
+        model,
+        InfoNCELoss(0.05),
+        batch.query_features[0],
+        batch.document_features[0],
+        inputs,
+        DistributedContext(),
+        device,
+        args.chunk_size or None,
+    )
     seconds = time.perf_counter() - t0
     grad_norm = float(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in model.parameters() if p.grad is not None)))
-    result = {"chunk_size": args.chunk_size or None, "batch": len(examples), "loss": float(out.loss),
-              "seconds": seconds, "grad_norm": grad_norm, "before_step_mib": before / 2**20,
-              "tokens": int(sum(f["attention_mask"].sum() for f in batch.query_features + batch.document_features))}
+    result = {
+        "chunk_size": args.chunk_size or None,
+        "batch": len(examples),
+        "loss": float(out.loss),
+        "seconds": seconds,
+        "grad_norm": grad_norm,
+        "before_step_mib": before / 2**20,
+        "tokens": int(sum(f["attention_mask"].sum() for f in batch.query_features + batch.document_features)),
+    }
     if device.type == "cuda":
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
@@ -215,9 +260,22 @@ def gradcache_memory_main(argv: list[str]) -> None:
         return
     rows = {}
     for chunk in (None, args.chunk_size):
-        cmd = [sys.executable, __file__, "gradcache-memory", "--one-step", "--data", args.data,
-               "--negatives-file", str(args.negatives_file), "--model", args.model,
-               "--batch-size", str(args.batch_size), "--device", args.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "gradcache-memory",
+            "--one-step",
+            "--data",
+            args.data,
+            "--negatives-file",
+            str(args.negatives_file),
+            "--model",
+            args.model,
+            "--batch-size",
+            str(args.batch_size),
+            "--device",
+            args.device,
+        ]
         cmd += ["--chunk-size", str(chunk or 0)]  # 0: the whole batch in one pass
         cmd += ["--max-length", str(args.max_length)] if args.max_length else []
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -232,12 +290,16 @@ def gradcache_memory_main(argv: list[str]) -> None:
         print(json.dumps(row), flush=True)
     whole, cached = rows["whole_batch"], rows["gradcache"]
     key = "peak_cuda_mib" if "peak_cuda_mib" in whole else "step_peak_rss_mib"
-    summary = {"measure": key, "whole_batch": round(whole[key], 1), "gradcache": round(cached[key], 1),
-               "ratio_gradcache_over_whole": round(cached[key] / whole[key], 3),
-               "process_peak_ratio": round(cached["peak_rss_mib"] / whole["peak_rss_mib"], 3),
-               "step_time_ratio": round(cached["seconds"] / whole["seconds"], 3),
-               "loss_equal": abs(whole["loss"] - cached["loss"]) < 1e-5,
-               "grad_norm_rel_diff": abs(whole["grad_norm"] - cached["grad_norm"]) / whole["grad_norm"]}
+    summary = {
+        "measure": key,
+        "whole_batch": round(whole[key], 1),
+        "gradcache": round(cached[key], 1),
+        "ratio_gradcache_over_whole": round(cached[key] / whole[key], 3),
+        "process_peak_ratio": round(cached["peak_rss_mib"] / whole["peak_rss_mib"], 3),
+        "step_time_ratio": round(cached["seconds"] / whole["seconds"], 3),
+        "loss_equal": abs(whole["loss"] - cached["loss"]) < 1e-5,
+        "grad_norm_rel_diff": abs(whole["grad_norm"] - cached["grad_norm"]) / whole["grad_norm"],
+    }
     print(json.dumps(summary, indent=2))
 
 
@@ -267,9 +329,16 @@ def forward_groups_main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tuples = Path(tmp) / "tuples.jsonl"
         write_tuples_file(args.negatives_file, tuples, 1)
-        config = TrainConfig(model=args.model, output=Path(tmp) / "out", batch_size=args.batch_size,
-                             data=DataConfig(negatives=tuples, corpus=args.data, negatives_per_query=1),
-                             max_length=args.max_length, device="cpu", seed=args.seed, forward_batch_size=0)
+        config = TrainConfig(
+            model=args.model,
+            output=Path(tmp) / "out",
+            batch_size=args.batch_size,
+            data=DataConfig(negatives=tuples, corpus=args.data, negatives_per_query=1),
+            max_length=args.max_length,
+            device="cpu",
+            seed=args.seed,
+            forward_batch_size=0,
+        )
         trainer = Trainer(config)
         trainer._setup()
     model, ctx, device = trainer.model, DistributedContext(), torch.device("cpu")
@@ -309,10 +378,14 @@ def forward_groups_main(argv: list[str]) -> None:
             tokens[size] += padded_tokens(batch.document_features[0], size)
         print(json.dumps({"batch": number, **{size: seconds[size][-1] for size in sizes}}), flush=True)
     anchor = sum(seconds["0"]) / len(seconds["0"]) if "0" in seconds else None
-    summary = {size: {"mean_seconds": round(sum(v) / len(v), 3),
-                      "document_padding": round(tokens[size] / real - 1, 4),
-                      **({"speedup_vs_one_call": round(anchor / (sum(v) / len(v)), 3)} if anchor else {})}
-               for size, v in seconds.items()}
+    summary = {
+        size: {
+            "mean_seconds": round(sum(v) / len(v), 3),
+            "document_padding": round(tokens[size] / real - 1, 4),
+            **({"speedup_vs_one_call": round(anchor / (sum(v) / len(v)), 3)} if anchor else {}),
+        }
+        for size, v in seconds.items()
+    }
     print(json.dumps(summary, indent=2))
 
 
@@ -334,9 +407,13 @@ def throughput(args, tuples: Path, results: dict) -> None:
         else:
             st = train_sentence_transformers(args, tuples, args.out / f"throughput-st-{r}")
             dk = train_densekit(args, tuples, args.out / f"throughput-densekit-{r}")
-        row = {"round": r, "first": "densekit" if r % 2 == 0 else "sentence-transformers",
-               "densekit_examples_per_s": dk["examples_per_s"], "st_examples_per_s": st["examples_per_s"],
-               "ratio": round(dk["examples_per_s"] / st["examples_per_s"], 3)}
+        row = {
+            "round": r,
+            "first": "densekit" if r % 2 == 0 else "sentence-transformers",
+            "densekit_examples_per_s": dk["examples_per_s"],
+            "st_examples_per_s": st["examples_per_s"],
+            "ratio": round(dk["examples_per_s"] / st["examples_per_s"], 3),
+        }
         print(json.dumps(row), flush=True)
         rounds.append(row)
     dk_total = sum(r["densekit_examples_per_s"] for r in rounds)
@@ -363,18 +440,30 @@ def main() -> None:
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--chunk-size", type=int, default=None)
-    parser.add_argument("--forward-batch-size", type=int, default=None,
-                        help="densekit's rows per transformer call (default: the trainer's, 8 on CPU; 0 = all)")
+    parser.add_argument(
+        "--forward-batch-size",
+        type=int,
+        default=None,
+        help="densekit's rows per transformer call (default: the trainer's, 8 on CPU; 0 = all)",
+    )
     parser.add_argument("--loss", default="infonce")
     parser.add_argument("--guide", default=None)
     parser.add_argument("--symmetric", action="store_true")
     parser.add_argument("--split", default="test")
     parser.add_argument("--skip-st", action="store_true", help="densekit only (e.g. the GIST variant)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop both trainers after this many steps")
-    parser.add_argument("--throughput-rounds", type=int, default=0,
-                        help="examples/s only: alternate both trainers this many rounds of --max-steps steps")
-    parser.add_argument("--densekit-result", type=Path, default=None,
-                        help="JSON of an earlier run's densekit half: train sentence-transformers only")
+    parser.add_argument(
+        "--throughput-rounds",
+        type=int,
+        default=0,
+        help="examples/s only: alternate both trainers this many rounds of --max-steps steps",
+    )
+    parser.add_argument(
+        "--densekit-result",
+        type=Path,
+        default=None,
+        help="JSON of an earlier run's densekit half: train sentence-transformers only",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tuples = args.out / "tuples.neg.jsonl"

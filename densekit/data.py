@@ -368,8 +368,14 @@ def check_dataset(name_or_path: str | Path) -> dict[str, object]:
     for split in available_splits(root):
         report = check_qrels(read_qrels(qrels_path(root, split)), ds.queries, ds.corpus)
         splits[split] = {**report.__dict__, "ok": report.ok}
-    return {"dataset": root.name, "path": str(root), "documents": len(ds.corpus), "queries": len(ds.queries),
-            "splits": splits, "ok": all(s["ok"] for s in splits.values())}
+    return {
+        "dataset": root.name,
+        "path": str(root),
+        "documents": len(ds.corpus),
+        "queries": len(ds.queries),
+        "splits": splits,
+        "ok": all(s["ok"] for s in splits.values()),
+    }
 
 
 def load_queries(source: str | Path, split: str | None = None) -> dict[str, str]:

@@ -49,9 +49,7 @@ def download_dataset(
     url = url or BEIR_URL.format(name=name)
     expected = md5 or BEIR_MD5.get(name)
     if verify and expected is None:
-        raise DensekitError(
-            f"no published md5 is known for {name!r}; pass --md5 HEX, or --no-verify to skip the check"
-        )
+        raise DensekitError(f"no published md5 is known for {name!r}; pass --md5 HEX, or --no-verify to skip the check")
     target = Path(dest) / name
     check_output_target(target, "dataset", overwrite)
     with tempfile.TemporaryDirectory(prefix="densekit-dl-") as tmp:

@@ -98,11 +98,11 @@ class TextReader:
 
     def _failure(self, exc: BaseException) -> InputError:
         if isinstance(exc, UnicodeDecodeError):
-            return InputError(self.path, f"not valid UTF-8 ({exc.reason}, byte 0x{exc.object[exc.start]:02x})",
-                              self.line + 1)
+            return InputError(
+                self.path, f"not valid UTF-8 ({exc.reason}, byte 0x{exc.object[exc.start]:02x})", self.line + 1
+            )
         if isinstance(exc, (EOFError, gzip.BadGzipFile, zlib.error)):
-            return InputError(self.path, f"truncated or corrupt gzip data ({exc or type(exc).__name__})",
-                              self.line + 1)
+            return InputError(self.path, f"truncated or corrupt gzip data ({exc or type(exc).__name__})", self.line + 1)
         reason = getattr(exc, "strerror", None) or str(exc)
         return InputError(self.path, f"read failed ({reason})", self.line + 1)
 
@@ -162,8 +162,9 @@ def safe_name(name: str, what: str = "name") -> str:
     before they touch the file system, so ``../x``, ``/abs`` or ``a/b`` can never leave their folder.
     """
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
-        raise DensekitError(f"{what} {name!r} is not a plain name: use letters, digits, '.', '_', '+' and '-' "
-                            "(no '/', no '..')")
+        raise DensekitError(
+            f"{what} {name!r} is not a plain name: use letters, digits, '.', '_', '+' and '-' (no '/', no '..')"
+        )
     return name
 
 
@@ -210,8 +211,10 @@ def check_output_target(path: str | Path, kind: str, overwrite: bool = False) ->
     if overwrite or not (path.exists() or path.is_symlink()):
         return
     if path.is_symlink() or not path.is_dir():
-        raise DensekitError(f"{path} exists and is not a directory densekit wrote; choose another output path "
-                            "or pass --overwrite to replace it")
+        raise DensekitError(
+            f"{path} exists and is not a directory densekit wrote; choose another output path "
+            "or pass --overwrite to replace it"
+        )
     marker = read_marker(path)
     found = marker.get("kind") if marker else _legacy_kind(path)
     if found == kind:
@@ -254,9 +257,10 @@ def _flock(path: Path, mode: int, create: bool) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise DensekitError(f"{path} is locked by another densekit process ({lock}) for more than "
-                                        f"{timeout:g} s; wait for it to finish (the lock ends with the process)") \
-                        from None
+                    raise DensekitError(
+                        f"{path} is locked by another densekit process ({lock}) for more than "
+                        f"{timeout:g} s; wait for it to finish (the lock ends with the process)"
+                    ) from None
                 if not announced and time.monotonic() > deadline - timeout + 1.0:
                     from densekit.progress import announce
 
@@ -453,4 +457,3 @@ def map_os_error(exc: OSError) -> str:
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = " (the folder is not writable: choose another output or DENSEKIT_HOME)"
     return f"{where}: {reason}{hint}"
-

@@ -186,8 +186,9 @@ def iter_negatives(path: str | Path) -> Iterator[tuple[int, NegativesRecord]]:
         record = NegativesRecord.from_json(obj, path, number)
         if record.query_id in seen:
             first = seen[record.query_id]
-            raise InputError(path, f"query {record.query_id!r} repeated: it appears twice (first on line {first})",
-                             number)
+            raise InputError(
+                path, f"query {record.query_id!r} repeated: it appears twice (first on line {first})", number
+            )
         seen[record.query_id] = number
         yield number, record
 

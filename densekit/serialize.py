@@ -116,8 +116,7 @@ def save_state(directory: str | Path, obj: Any) -> None:
     data = save_tensors(encoder.tensors)
     with atomic_file(directory / TENSORS_FILE, "wb") as handle:
         handle.write(data)
-    header = {"format": FORMAT, "version": VERSION, "tensors_sha256": hashlib.sha256(data).hexdigest(),
-              "object": body}
+    header = {"format": FORMAT, "version": VERSION, "tensors_sha256": hashlib.sha256(data).hexdigest(), "object": body}
     with atomic_file(directory / JSON_FILE) as handle:
         json.dump(header, handle, allow_nan=False)
         handle.write("\n")

@@ -15,8 +15,13 @@ from pathlib import Path
 from densekit.data import available_splits, load_dataset, resolve_dataset
 
 
-def beir_subset(name: str, dest: str | Path, test_queries: int | None = 50, train_queries: int | None = 0,
-                distractors: int | None = 500) -> Path:
+def beir_subset(
+    name: str,
+    dest: str | Path,
+    test_queries: int | None = 50,
+    train_queries: int | None = 0,
+    distractors: int | None = 500,
+) -> Path:
     """Write the subset of dataset `name` (a path, or a name under $DENSEKIT_DATA) to `dest`."""
     source = resolve_dataset(name)
     wanted = {"test": test_queries, "train": train_queries}

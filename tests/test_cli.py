@@ -21,8 +21,11 @@ def built_index(tiny_model: Path, scifact_small: Path, tmp_path_factory: pytest.
 
 
 def test_index_build_json(tiny_model, scifact_small, tmp_path, capsys, monkeypatch) -> None:
-    code, out, _ = run_cli(["index", "build", str(scifact_small), "--model", str(tiny_model),
-                            "--out", str(tmp_path / "i"), "--json"], capsys, monkeypatch)
+    code, out, _ = run_cli(
+        ["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(tmp_path / "i"), "--json"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0
     info = json.loads(out)
     assert info["documents"] == len((scifact_small / "corpus.jsonl").read_text().splitlines())
@@ -34,8 +37,9 @@ def test_index_build_json(tiny_model, scifact_small, tmp_path, capsys, monkeypat
 
 
 def test_search_single_query_json(built_index, capsys, monkeypatch) -> None:
-    code, out, _ = run_cli(["search", str(built_index), "vitamin d and multiple sclerosis", "-k", "5", "--json"],
-                           capsys, monkeypatch)
+    code, out, _ = run_cli(
+        ["search", str(built_index), "vitamin d and multiple sclerosis", "-k", "5", "--json"], capsys, monkeypatch
+    )
     assert code == 0
     hits = json.loads(out)["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
@@ -44,15 +48,31 @@ def test_search_single_query_json(built_index, capsys, monkeypatch) -> None:
 
 def test_search_queries_to_run_then_eval_run(built_index, scifact_small, tmp_path, capsys, monkeypatch) -> None:
     run_path = tmp_path / "run.trec"
-    code, _, _ = run_cli(["search", str(built_index), "--queries", str(scifact_small), "--split", "test",
-                          "-k", "100", "--out", str(run_path), "--json"], capsys, monkeypatch)
+    code, _, _ = run_cli(
+        [
+            "search",
+            str(built_index),
+            "--queries",
+            str(scifact_small),
+            "--split",
+            "test",
+            "-k",
+            "100",
+            "--out",
+            str(run_path),
+            "--json",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0
     lines = run_path.read_text().splitlines()
     assert len(lines) == 20 * 100 and lines[0].split()[3] == "1"
     code, out, _ = run_cli(["eval", str(scifact_small), "--run", str(run_path), "--json"], capsys, monkeypatch)
     from_run = json.loads(out)
-    code2, out2, _ = run_cli(["eval", str(scifact_small), "--index", str(built_index), "--depth", "100", "--json"],
-                             capsys, monkeypatch)
+    code2, out2, _ = run_cli(
+        ["eval", str(scifact_small), "--index", str(built_index), "--depth", "100", "--json"], capsys, monkeypatch
+    )
     from_index = json.loads(out2)
     assert code == code2 == 0
     assert set(from_run["metrics"]) == {"ndcg@10", "recall@100", "map@10", "mrr@10", "p@10"}
@@ -63,8 +83,23 @@ def test_search_queries_to_run_then_eval_run(built_index, scifact_small, tmp_pat
 
 def test_eval_model_writes_results_with_per_query(tiny_model, scifact_small, tmp_path, capsys, monkeypatch) -> None:
     out_path = tmp_path / "results.json"
-    code, out, _ = run_cli(["eval", str(scifact_small), "--model", str(tiny_model), "--split", "test",
-                            "--out", str(out_path), "--metrics", "ndcg@10,recall@100", "--json"], capsys, monkeypatch)
+    code, out, _ = run_cli(
+        [
+            "eval",
+            str(scifact_small),
+            "--model",
+            str(tiny_model),
+            "--split",
+            "test",
+            "--out",
+            str(out_path),
+            "--metrics",
+            "ndcg@10,recall@100",
+            "--json",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0
     printed = json.loads(out)
     saved = json.loads(out_path.read_text())

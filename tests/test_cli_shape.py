@@ -43,15 +43,45 @@ def readme_commands(model: Path, small: Path, work: Path) -> dict[str, list[str]
         "index build --bm25": ["index", "build", str(small), "--bm25", "--backend", "bm25s", "--out", str(bm25)],
         "index info": ["index", "info", str(idx)],
         "search": ["search", str(idx), "vitamin d", "-k", "3"],
-        "search --queries --out": ["search", str(idx), "--queries", str(small), "--split", "test", "-k", "100",
-                                   "--out", str(run_a)],
-        "search bm25 --out": ["search", str(bm25), "--queries", str(small), "--split", "test", "-k", "100",
-                              "--out", str(run_b)],
+        "search --queries --out": [
+            "search",
+            str(idx),
+            "--queries",
+            str(small),
+            "--split",
+            "test",
+            "-k",
+            "100",
+            "--out",
+            str(run_a),
+        ],
+        "search bm25 --out": [
+            "search",
+            str(bm25),
+            "--queries",
+            str(small),
+            "--split",
+            "test",
+            "-k",
+            "100",
+            "--out",
+            str(run_b),
+        ],
         "eval --index": ["eval", str(small), "--index", str(idx), "--depth", "100"],
         "eval --run": ["eval", str(small), "--run", str(run_a)],
         "eval --bm25": ["eval", str(small), "--bm25", "--backend", "bm25s", "--depth", "100"],
-        "mine": ["mine", str(small), "--split", "test", "--teacher", str(model), "--out", str(work / "neg.jsonl"),
-                 "--depth", "20"],
+        "mine": [
+            "mine",
+            str(small),
+            "--split",
+            "test",
+            "--teacher",
+            str(model),
+            "--out",
+            str(work / "neg.jsonl"),
+            "--depth",
+            "20",
+        ],
         "compare": ["compare", str(run_a), str(run_b), "--data", str(small), "--trials", "200"],
     }
 
@@ -76,10 +106,17 @@ def test_every_cli_module_is_small() -> None:
 
 def test_square_brackets_survive_in_text_output(tiny_model, scifact_small, tmp_path, capsys, monkeypatch) -> None:
     idx = tmp_path / "idx"
-    assert run_cli(["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(idx), "-q"],
-                   capsys, monkeypatch)[0] == 0
-    code, out, _ = run_cli(["search", str(idx), "Lp[a] and pip install 'densekit[lucene]'", "-k", "2"],
-                           capsys, monkeypatch)
+    assert (
+        run_cli(
+            ["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(idx), "-q"],
+            capsys,
+            monkeypatch,
+        )[0]
+        == 0
+    )
+    code, out, _ = run_cli(
+        ["search", str(idx), "Lp[a] and pip install 'densekit[lucene]'", "-k", "2"], capsys, monkeypatch
+    )
     flat = " ".join(out.split())  # rich may wrap the title
     assert code == 0 and "Lp[a]" in flat and "densekit[lucene]" in flat
 
@@ -103,17 +140,26 @@ except SystemExit as exc:
 """
 
 
-@pytest.mark.parametrize("args", [
-    ["search", "/no/such/index", "a query"],
-    ["eval", "scifact", "--index", "/no/such/index"],
-    ["mine", "scifact", "--out", "neg.jsonl", "--negatives", "-1"],
-    ["mine", "scifact", "--out", "neg.jsonl", "--guide-margin", "0.1"],
-    ["eval", "scifact", "--model", "all-MiniLM-L6-v2", "--nprobe", "4"],
-    ["index", "build", "scifact", "--out", "idx", "--train-sample", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "/no/such/index", "a query"],
+        ["eval", "scifact", "--index", "/no/such/index"],
+        ["mine", "scifact", "--out", "neg.jsonl", "--negatives", "-1"],
+        ["mine", "scifact", "--out", "neg.jsonl", "--guide-margin", "0.1"],
+        ["eval", "scifact", "--model", "all-MiniLM-L6-v2", "--nprobe", "4"],
+        ["index", "build", "scifact", "--out", "idx", "--train-sample", "0"],
+    ],
+)
 def test_bad_options_fail_before_any_model_loads(args, tmp_path) -> None:
-    result = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "DENSEKIT_HOME": str(tmp_path)}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "DENSEKIT_HOME": str(tmp_path)},
+        timeout=120,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert lines[0].startswith("densekit: error: ") and lines[-1] == "loaded: False False", result.stderr
@@ -152,13 +198,23 @@ def test_train_has_one_option_per_config_field() -> None:
     assert options["--model"].required and "-m" in options["--model"].opts
 
 
-def test_search_takes_a_plain_queries_file_and_reports_the_index(tiny_model, scifact_small, tmp_path, capsys,
-                                                                 monkeypatch) -> None:
+def test_search_takes_a_plain_queries_file_and_reports_the_index(
+    tiny_model, scifact_small, tmp_path, capsys, monkeypatch
+) -> None:
     idx = tmp_path / "idx"
-    assert run_cli(["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(idx), "-q"],
-                   capsys, monkeypatch)[0] == 0
-    code, out, err = run_cli(["search", str(idx), "--queries", str(scifact_small / "queries.jsonl"), "-k", "3",
-                              "--json"], capsys, monkeypatch)
+    assert (
+        run_cli(
+            ["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(idx), "-q"],
+            capsys,
+            monkeypatch,
+        )[0]
+        == 0
+    )
+    code, out, err = run_cli(
+        ["search", str(idx), "--queries", str(scifact_small / "queries.jsonl"), "-k", "3", "--json"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert len(json.loads(out)["results"]) == 20
     code, out, _ = run_cli(["search", str(idx), "vitamin d", "-k", "1", "--json"], capsys, monkeypatch)
@@ -172,11 +228,30 @@ def test_compare_plot_without_matplotlib_keeps_the_comparison(scifact_small, tmp
     run = tmp_path / "a.trec"
     judged = [line.split("\t")[:2] for line in (scifact_small / "qrels" / "test.tsv").read_text().splitlines()[1:]]
     run.write_text("".join(f"{q} Q0 {d} 1 1.0 x\n" for q, d in judged), encoding="utf-8")
-    blocked = ("import sys; sys.modules['matplotlib'] = None\nfrom densekit.cli import main\n"
-               "sys.argv = ['densekit', *sys.argv[1:]]\nmain()")
-    result = subprocess.run([sys.executable, "-c", blocked, "compare", str(run), str(run), "--data",
-                             str(scifact_small), "--trials", "50", "--plot", str(tmp_path / "p.png"), "--json"],
-                            capture_output=True, text=True, timeout=120)
+    blocked = (
+        "import sys; sys.modules['matplotlib'] = None\nfrom densekit.cli import main\n"
+        "sys.argv = ['densekit', *sys.argv[1:]]\nmain()"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            blocked,
+            "compare",
+            str(run),
+            str(run),
+            "--data",
+            str(scifact_small),
+            "--trials",
+            "50",
+            "--plot",
+            str(tmp_path / "p.png"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "ndcg@10" in json.loads(result.stdout)["metrics"] and "plot skipped" in result.stderr
     assert not (tmp_path / "p.png").exists()

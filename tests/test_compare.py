@@ -27,9 +27,7 @@ def two_runs(tiny_model: Path, scifact_small: Path, tmp_path_factory: pytest.Tem
     runs = []
     for max_length in (512, 8):
         encoder = Encoder(tiny_model, device="cpu", max_length=max_length)
-        runs.append(
-            DenseRetriever.build(encoder, ds.corpus, cache=False, show_progress=False).search(ds.queries, 100)
-        )
+        runs.append(DenseRetriever.build(encoder, ds.corpus, cache=False, show_progress=False).search(ds.queries, 100))
     folder = tmp_path_factory.mktemp("runs")
     runs[0].write_trec(folder / "long.trec")
     runs[1].write_trec(folder / "short.trec")
@@ -96,9 +94,7 @@ def test_wins_ties_losses_and_missing_queries() -> None:
         {"q1": {"d1": 1.0, "x": 0.5}, "q2": {"x": 1.0, "d2": 0.5}, "q3": {"d3": 1.0}, "q4": {"d4": 1.0}}
     )
     # q1 tie, q2 win (d2 moves to rank 1), q3 loss (d3 to rank 2), q4 missing from B -> scores 0 -> loss
-    run_b = Run.from_scores(
-        {"q1": {"d1": 1.0, "x": 0.5}, "q2": {"d2": 1.0, "x": 0.5}, "q3": {"x": 1.0, "d3": 0.5}}
-    )
+    run_b = Run.from_scores({"q1": {"d1": 1.0, "x": 0.5}, "q2": {"d2": 1.0, "x": 0.5}, "q3": {"x": 1.0, "d3": 0.5}})
     cmp = compare_runs(run_a, run_b, qrels, ["mrr@10"], trials=200)
     m = cmp.metrics["mrr@10"]
     assert (m.wins, m.ties, m.losses) == (1, 1, 2)
@@ -118,8 +114,10 @@ def test_pairs_are_the_judged_queries_under_evaluate_s_zero_rule() -> None:
     run_b = Run.from_scores({"q1": {"x": 1.0, "d1": 0.5}, "q2": {"d2": 1.0}})
     cmp = compare_runs(run_a, run_b, qrels, ["mrr@10", "ndcg@10"], trials=100)
     assert cmp.queries == 4 and (cmp.missing_a, cmp.missing_b) == (2, 2)
-    assert cmp.per_query_a == {q: {"mrr@10": v, "ndcg@10": pytest.approx(n)} for q, v, n in
-                               [("q1", 1.0, 1.0), ("q2", 0.0, 0.0), ("q3", 0.5, 1 / np.log2(3)), ("q4", 0.0, 0.0)]}
+    assert cmp.per_query_a == {
+        q: {"mrr@10": v, "ndcg@10": pytest.approx(n)}
+        for q, v, n in [("q1", 1.0, 1.0), ("q2", 0.0, 0.0), ("q3", 0.5, 1 / np.log2(3)), ("q4", 0.0, 0.0)]
+    }
     assert cmp.deltas("mrr@10") == pytest.approx({"q1": -0.5, "q2": 1.0, "q3": -0.5, "q4": 0.0})
     for run, mean in ((run_a, "mean_a"), (run_b, "mean_b")):
         expected = evaluate(qrels, run, ["mrr@10", "ndcg@10"]).metrics

@@ -22,21 +22,34 @@ from densekit.errors import DensekitError, InputError, IntegrityError
 from densekit.io import md5_file
 
 
-def make_beir(root: Path, corpus: list[str] | None = None, queries: list[str] | None = None,
-              qrels: str | None = None, split: str = "test") -> Path:
+def make_beir(
+    root: Path,
+    corpus: list[str] | None = None,
+    queries: list[str] | None = None,
+    qrels: str | None = None,
+    split: str = "test",
+) -> Path:
     """Write a small BEIR folder from raw lines (so malformed content can be written verbatim)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "qrels").mkdir(exist_ok=True)
-    corpus = corpus if corpus is not None else [
-        json.dumps({"_id": "d1", "title": "Scurvy", "text": "Vitamin C deficiency causes scurvy."}),
-        json.dumps({"_id": "d2", "title": "", "text": "Rickets comes from a lack of vitamin D."}),
-        json.dumps({"_id": "d3", "title": "Iron", "text": "Anaemia follows iron deficiency."}),
-    ]
-    queries = queries if queries is not None else [
-        json.dumps({"_id": "q1", "text": "what causes scurvy"}),
-        json.dumps({"_id": "q2", "text": "vitamin D and bones"}),
-        json.dumps({"_id": "q3", "text": "unjudged query"}),
-    ]
+    corpus = (
+        corpus
+        if corpus is not None
+        else [
+            json.dumps({"_id": "d1", "title": "Scurvy", "text": "Vitamin C deficiency causes scurvy."}),
+            json.dumps({"_id": "d2", "title": "", "text": "Rickets comes from a lack of vitamin D."}),
+            json.dumps({"_id": "d3", "title": "Iron", "text": "Anaemia follows iron deficiency."}),
+        ]
+    )
+    queries = (
+        queries
+        if queries is not None
+        else [
+            json.dumps({"_id": "q1", "text": "what causes scurvy"}),
+            json.dumps({"_id": "q2", "text": "vitamin D and bones"}),
+            json.dumps({"_id": "q3", "text": "unjudged query"}),
+        ]
+    )
     qrels = qrels if qrels is not None else "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n"
     (root / "corpus.jsonl").write_text("\n".join(corpus) + "\n")
     (root / "queries.jsonl").write_text("\n".join(queries) + "\n")
@@ -68,7 +81,7 @@ def test_gzipped_files_load(tmp_path: Path) -> None:
     [
         ('{"_id": "d9", "text": "unterminated', "malformed JSON"),
         ('{"title": "no id", "text": "x"}', 'missing "_id"'),
-        ('{"_id": "d1", "text": "again"}', 'duplicate "_id" \'d1\' (first on line 1)'),
+        ('{"_id": "d1", "text": "again"}', "duplicate \"_id\" 'd1' (first on line 1)"),
         ('["a", "list"]', "expected a JSON object"),
         ('{"_id": "d9", "text": 42}', '"text" must be a string'),
     ],
@@ -85,8 +98,9 @@ def test_bad_corpus_line_names_file_and_line(tmp_path: Path, corpus_line: str, e
 
 
 def test_duplicate_query_id(tmp_path: Path) -> None:
-    root = make_beir(tmp_path / "dupq", queries=[json.dumps({"_id": "q1", "text": "a"}),
-                                                  json.dumps({"_id": "q1", "text": "b"})])
+    root = make_beir(
+        tmp_path / "dupq", queries=[json.dumps({"_id": "q1", "text": "a"}), json.dumps({"_id": "q1", "text": "b"})]
+    )
     with pytest.raises(InputError, match=r"queries.jsonl:2: duplicate"):
         load_dataset(root)
 
@@ -223,7 +237,8 @@ def test_fingerprint_digests_unchanged() -> None:
     corpus = Corpus(["d1", "d2"], ["Title", ""], ["text one", "Lp[a] é"])
     assert corpus.fingerprint() == "2d3d20755b215354bc973712e1b62c1316e38ba9451ec3f6b577ca89066ba476"
     assert fingerprint(["q1", "q2"], ["what?", "ünïcode"]) == (
-        "8fb78a6ebe3d3b2a6304deb95881cd66132fc7a557e8f93673c12d9e58e15768")
+        "8fb78a6ebe3d3b2a6304deb95881cd66132fc7a557e8f93673c12d9e58e15768"
+    )
     assert fingerprint(["a", "b c", ""]) == "cdecc7ce15716cf7f3b637aef821efe6c2d1f69f2d21d088939ee7701a990bee"
     with pytest.raises(ValueError):
         fingerprint(["q1"], [])  # parallel columns must have equal lengths

@@ -74,7 +74,7 @@ def parse_blocks(page: Path, text: str | None = None) -> tuple[list[Block], list
         marker = MARKER.match(above)
         kind = None if marker is None else marker.group(1).split(":")[0].strip()
         tests = tuple(t.strip() for t in (marker.group("tests") or "").split(",") if t.strip()) if marker else ()
-        blocks.append(Block(page, start + 1, lang, kind, tests, "\n".join(lines[start + 1:end])))
+        blocks.append(Block(page, start + 1, lang, kind, tests, "\n".join(lines[start + 1 : end])))
         i = end + 1
     return blocks, problems
 
@@ -138,10 +138,10 @@ def densekit_invocations(body: str) -> list[list[str]]:
     for tokens in command_lines(body):
         for i, token in enumerate(tokens):
             if token == "densekit" or token.endswith("/densekit"):
-                found.append(tokens[i + 1:])
+                found.append(tokens[i + 1 :])
                 break
             if token == "-m" and i + 1 < len(tokens) and tokens[i + 1] == "densekit.cli":
-                found.append(tokens[i + 2:])
+                found.append(tokens[i + 2 :])
                 break
     return found
 
@@ -184,8 +184,11 @@ def index_test_file(path: str) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             names.add(node.name)
         elif isinstance(node, ast.ClassDef):
-            names.update(f"{node.name}::{item.name}" for item in node.body
-                         if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef))
+            names.update(
+                f"{node.name}::{item.name}"
+                for item in node.body
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+            )
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             words.update(node.value.split())
@@ -218,8 +221,10 @@ def test_every_command_block_has_a_marker() -> None:
             elif block.lang in {"sh", "shell", "console", "py"}:
                 problems.append(f"{block.where}: write ```{'python' if block.lang == 'py' else 'bash'}")
             elif block.lang in COMMAND_LANGS and block.marker is None:
-                problems.append(f"{block.where}: {block.lang} block without <!-- run -->, "
-                                "<!-- tested-by: ... --> or <!-- illustrative --> on the line above")
+                problems.append(
+                    f"{block.where}: {block.lang} block without <!-- run -->, "
+                    "<!-- tested-by: ... --> or <!-- illustrative --> on the line above"
+                )
             elif block.lang not in COMMAND_LANGS | NOT_COMMANDS:
                 problems.append(f"{block.where}: unexpected fence language {block.lang!r}")
             if block.marker == "run" and block.lang != "bash":
@@ -261,16 +266,23 @@ def test_every_densekit_command_and_option_exists() -> None:
 
 def test_the_checker_catches_wrong_commands_and_options() -> None:
     assert check_invocation(["index", "build", "scifact", "--out", "x", "[--factory", "Flat]"]) == (
-        ["index", "build"], None)
+        ["index", "build"],
+        None,
+    )
     assert "no such command" in check_invocation(["index", "frobnicate"])[1]
     assert "no such command" in check_invocation(["frobnicate", "scifact"])[1]
     assert "no option --frobnicate" in check_invocation(["eval", "scifact", "--frobnicate", "1"])[1]
     assert densekit_invocations("A=1 densekit eval x \\\n  --json  # c\ntorchrun -m densekit.cli index info d") == [
-        ["eval", "x", "--json"], ["index", "info", "d"]]
+        ["eval", "x", "--json"],
+        ["index", "info", "d"],
+    ]
     text = "<!-- run -->\n```\ndensekit x\n```\n\n```bash\nls\n```\n<!-- tested-by: tests/a.py::b, c -->\n```bash\n```"
     blocks, problems = parse_blocks(REPO / "probe.md", text)
     assert [(b.lang, b.marker, b.tests) for b in blocks] == [
-        ("", "run", ()), ("bash", None, ()), ("bash", "tested-by", ("tests/a.py::b", "c"))]
+        ("", "run", ()),
+        ("bash", None, ()),
+        ("bash", "tested-by", ("tests/a.py::b", "c")),
+    ]
     assert not problems and resolve_test("c") and resolve_test("tests/test_docs.py::nope")
     assert resolve_test("tests/test_docs.py::test_links_point_at_files_that_exist") is None
 
@@ -301,9 +313,19 @@ RUN_BLOCKS = [b for b in bash_blocks() if b.marker == "run"]
 
 @pytest.mark.parametrize("block", RUN_BLOCKS, ids=[b.where for b in RUN_BLOCKS])
 def test_run_blocks_execute(block: Block, beir_root: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "DENSEKIT_DATA": str(beir_root), "DENSEKIT_QUIET": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.body], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "DENSEKIT_DATA": str(beir_root),
+        "DENSEKIT_QUIET": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block.body],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, f"{block.where} exited {done.returncode}:\n{done.stderr[-2000:]}"
     assert done.stdout.strip(), f"{block.where} printed nothing"

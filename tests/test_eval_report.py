@@ -24,9 +24,21 @@ from densekit.eval.report import (
 def results(tiny_model: Path, scifact_small: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """`densekit eval --model tiny --out results.json --run-out run.trec` on the SciFact subset."""
     work = tmp_path_factory.mktemp("eval_report")
-    code, _, _ = run_cli(["eval", str(scifact_small), "--model", str(tiny_model), "--metrics",
-                          "ndcg@10,recall@100,mrr@10", "--out", str(work / "results.json"), "--run-out",
-                          str(work / "run.trec"), "--quiet"])
+    code, _, _ = run_cli(
+        [
+            "eval",
+            str(scifact_small),
+            "--model",
+            str(tiny_model),
+            "--metrics",
+            "ndcg@10,recall@100,mrr@10",
+            "--out",
+            str(work / "results.json"),
+            "--run-out",
+            str(work / "run.trec"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return json.loads((work / "results.json").read_text()), work
 
@@ -61,8 +73,20 @@ def test_results_json_has_per_query_metrics_config_versions_and_timings(results,
 
 def test_markdown_table_shows_the_json_numbers(results, scifact_small, capsys, monkeypatch):
     saved, work = results
-    code, out, _ = run_cli(["eval", str(scifact_small), "--run", str(work / "run.trec"), "--metrics",
-                            "ndcg@10,recall@100,mrr@10", "--format", "markdown"], capsys, monkeypatch)
+    code, out, _ = run_cli(
+        [
+            "eval",
+            str(scifact_small),
+            "--run",
+            str(work / "run.trec"),
+            "--metrics",
+            "ndcg@10,recall@100,mrr@10",
+            "--format",
+            "markdown",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0
     header, rule, row = out.strip().splitlines()
     assert header == "| model / run | dataset | split | queries | ndcg@10 | recall@100 | mrr@10 |"
@@ -90,12 +114,23 @@ def test_format_json_equals_json_flag_and_bad_format_is_an_error(results, scifac
 def test_markdown_helpers_escape_pipes_and_mark_missing_values():
     table = markdown_table(["name", "score"], [["a|b", 0.5], ["c", None]], [False, True])
     assert table.splitlines() == ["| name | score |", "|---|---:|", "| a\\|b | 0.5000 |", "| c | - |"]
-    grade = {"retriever": "bm25-flat", "dataset": "scifact", "metric": "ndcg@10", "expected": 0.6789,
-             "measured": None, "difference": None, "tolerance": 0.001, "grade": "SKIPPED", "reason": "no Java",
-             "source": "Pyserini"}
+    grade = {
+        "retriever": "bm25-flat",
+        "dataset": "scifact",
+        "metric": "ndcg@10",
+        "expected": 0.6789,
+        "measured": None,
+        "difference": None,
+        "tolerance": 0.001,
+        "grade": "SKIPPED",
+        "reason": "no Java",
+        "source": "Pyserini",
+    }
     assert "| SKIPPED (no Java) |" in reproduction_markdown([grade])
-    summary = {"model": "m", "tasks": [{"task": "SciFact", "split": "test", "main_score": 0.64508,
-                                        "scores": {"ndcg_at_10": 0.64508}}]}
+    summary = {
+        "model": "m",
+        "tasks": [{"task": "SciFact", "split": "test", "main_score": 0.64508, "scores": {"ndcg_at_10": 0.64508}}],
+    }
     assert mteb_markdown(summary).splitlines()[-1] == "| m | SciFact | test | 0.6451 | 0.6451 | - |"
     report = {"dataset": "d", "split": None, "queries": 3, "metrics": {"ndcg@10": 0.25}, "config": {}}
     assert eval_markdown(report, label="x").splitlines()[-1] == "| x | d | - | 3 | 0.2500 |"

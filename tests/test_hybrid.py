@@ -37,8 +37,9 @@ def test_interpolation_minmax_and_zscore() -> None:
     assert [d for d, _ in fused["q"]] == ["d1", "d3", "d2", "d4"]
     z = interpolate([A, B], normalization="zscore")
     za = normalize(A["q"], "zscore")
-    assert za["d1"] == pytest.approx((10 - 20 / 3) / ((((10 - 20 / 3) ** 2 + (8 - 20 / 3) ** 2 + (2 - 20 / 3) ** 2)
-                                                       / 3) ** 0.5))
+    assert za["d1"] == pytest.approx(
+        (10 - 20 / 3) / ((((10 - 20 / 3) ** 2 + (8 - 20 / 3) ** 2 + (2 - 20 / 3) ** 2) / 3) ** 0.5)
+    )
     assert dict(z["q"])["d1"] == pytest.approx(za["d1"] + -1.0)  # d1 missing from B: B's minimum z (-1)
     assert normalize([("x", 3.0), ("y", 3.0)], "minmax") == {"x": 1.0, "y": 1.0}
     assert normalize([("x", 3.0), ("y", 3.0)], "zscore") == {"x": 0.0, "y": 0.0}
@@ -75,15 +76,34 @@ def test_hybrid_retriever_fuses_its_retrievers_runs(small_retrievers, fusion) ->
     assert isinstance(hybrid, Retriever)
     run = hybrid.search(ds.queries, 10)
     runs = [bm25.search(ds.queries, 50), dense.search(ds.queries, 50)]
-    expected = (reciprocal_rank_fusion(runs, 60, [2, 1], 10) if fusion == "rrf"
-                else interpolate(runs, [2, 1], "zscore", 10))
+    expected = (
+        reciprocal_rank_fusion(runs, 60, [2, 1], 10) if fusion == "rrf" else interpolate(runs, [2, 1], "zscore", 10)
+    )
     assert run == expected and all(len(hits) == 10 for hits in run.values())
 
 
 def test_cli_hybrid_eval(scifact_small, tiny_model, monkeypatch, capsys) -> None:
-    code, out, err = run_cli(["eval", str(scifact_small), "--model", str(tiny_model), "--bm25", "--backend", "bm25s",
-                              "--fusion", "interpolate", "--normalization", "minmax", "--weights", "0.7,0.3",
-                              "--no-cache", "--json"], capsys, monkeypatch)
+    code, out, err = run_cli(
+        [
+            "eval",
+            str(scifact_small),
+            "--model",
+            str(tiny_model),
+            "--bm25",
+            "--backend",
+            "bm25s",
+            "--fusion",
+            "interpolate",
+            "--normalization",
+            "minmax",
+            "--weights",
+            "0.7,0.3",
+            "--no-cache",
+            "--json",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     result = json.loads(out)
     config = result["config"]

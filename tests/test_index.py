@@ -150,8 +150,9 @@ def test_manifest_search_defaults_and_overrides(corpus, queries, exact, tmp_path
     with pytest.raises(DensekitError, match="efSearch=16 does not apply"):
         index.search(queries, 10, params={"efSearch": 16})
     hnsw = DenseIndex.build(vectors, ids, "hnsw")
-    assert recall_at(10, hnsw.search(queries, 10, params={"efSearch": 10})[1], exact) <= \
-        recall_at(10, hnsw.search(queries, 10, params={"efSearch": 200})[1], exact)
+    assert recall_at(10, hnsw.search(queries, 10, params={"efSearch": 10})[1], exact) <= recall_at(
+        10, hnsw.search(queries, 10, params={"efSearch": 200})[1], exact
+    )
 
 
 def test_training_sample_is_seeded_and_too_small_samples_are_announced(corpus, queries, capfd):
@@ -192,8 +193,10 @@ def test_exact_rerank_from_memory_mapped_vectors(corpus, queries, exact, tmp_pat
     with pytest.raises(DensekitError, match="label order"):
         index.search_reranked(queries, 10, on_disk[:10])
     index.use_reranking(on_disk, candidates=100)  # search() re-ranks from now on
-    assert index.search(queries, 10, params=every_list)[1] == index.search_reranked(queries, 10, on_disk, 100,
-                                                                                    every_list)[1]
+    assert (
+        index.search(queries, 10, params=every_list)[1]
+        == index.search_reranked(queries, 10, on_disk, 100, every_list)[1]
+    )
     index.remove(["doc0"])
     with pytest.raises(DensekitError, match="removed or updated since the index was built"):
         index.use_reranking(np.load(tmp_path / "vectors.npy", mmap_mode="r")[1:])

@@ -130,10 +130,36 @@ def test_torchrun_two_processes_encode_and_merge(tiny_model, subset, corpus, ref
     """`densekit index encode` under torchrun: ranks 0 and 1 encode alternate shards, rank 0 builds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DENSEKIT_QUIET": "1"}
     out, idx = tmp_path / "shards", tmp_path / "idx"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "densekit.cli", "index", "encode", str(subset), "--model", str(tiny_model), "--out", str(out),
-           "--shard-size", str(SHARD), "--device", "cpu", "--batch-size", "32",
-           "--index", str(idx), "--factory", "IVF8,Flat", "--train-sample", "200", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "densekit.cli",
+        "index",
+        "encode",
+        str(subset),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(out),
+        "--shard-size",
+        str(SHARD),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "32",
+        "--index",
+        str(idx),
+        "--factory",
+        "IVF8,Flat",
+        "--train-sample",
+        "200",
+        "--json",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)  # only rank 0 prints

@@ -30,8 +30,11 @@ def scifact_documents(folder: Path) -> list[Document]:
     """SciFact subset documents as LangChain documents, with metadata to filter on."""
     corpus = load_dataset(folder).corpus
     return [
-        Document(id=doc_id, page_content=text,
-                 metadata={"title": title, "parity": "even" if i % 2 == 0 else "odd", "position": i})
+        Document(
+            id=doc_id,
+            page_content=text,
+            metadata={"title": title, "parity": "even" if i % 2 == 0 else "odd", "position": i},
+        )
         for i, (doc_id, title, text) in enumerate(zip(corpus.ids, corpus.titles, corpus.body, strict=True))
     ]
 
@@ -50,8 +53,9 @@ def tiny_index(tiny_model: Path, documents: list[Document], tmp_path_factory: py
 
 
 @pytest.fixture(scope="session")
-def minilm_retriever(minilm: Encoder, documents: list[Document],
-                     tmp_path_factory: pytest.TempPathFactory) -> DensekitRetriever:
+def minilm_retriever(
+    minilm: Encoder, documents: list[Document], tmp_path_factory: pytest.TempPathFactory
+) -> DensekitRetriever:
     """The SciFact subset encoded with the real all-MiniLM-L6-v2, saved to disk."""
     path = tmp_path_factory.mktemp("lc") / "minilm.idx"
     return DensekitRetriever.from_documents(documents, model=minilm, path=path, k=5)
@@ -91,8 +95,9 @@ class TestDensekitRetrieverStandard(RetrieversIntegrationTests):
 # ---- documents and ranking
 
 
-def test_documents_carry_id_content_and_metadata(minilm_retriever: DensekitRetriever,
-                                                 documents: list[Document]) -> None:
+def test_documents_carry_id_content_and_metadata(
+    minilm_retriever: DensekitRetriever, documents: list[Document]
+) -> None:
     by_id = {d.id: d for d in documents}
     found = minilm_retriever.invoke(QUERY)
     assert len(found) == 5
@@ -108,8 +113,7 @@ def test_documents_carry_id_content_and_metadata(minilm_retriever: DensekitRetri
         assert doc.metadata["parity"] == source.metadata["parity"]
 
 
-def test_minilm_finds_the_judged_scifact_documents(minilm_retriever: DensekitRetriever,
-                                                   scifact_small: Path) -> None:
+def test_minilm_finds_the_judged_scifact_documents(minilm_retriever: DensekitRetriever, scifact_small: Path) -> None:
     """Real retrieval, not just plumbing: most judged documents come back in the top 10."""
     ds = load_dataset(scifact_small, split="test")
     found = 0
@@ -119,8 +123,9 @@ def test_minilm_finds_the_judged_scifact_documents(minilm_retriever: DensekitRet
     assert found >= 0.8 * len(ds.queries)
 
 
-def test_page_content_joins_title_and_text_for_a_beir_corpus(tiny_model: Path, scifact_small: Path,
-                                                             tmp_path: Path) -> None:
+def test_page_content_joins_title_and_text_for_a_beir_corpus(
+    tiny_model: Path, scifact_small: Path, tmp_path: Path
+) -> None:
     """An index saved without texts (`--no-store-texts`); a BEIR corpus supplies them."""
     corpus = load_dataset(scifact_small).corpus
     encoder = Encoder(tiny_model, device="cpu")
@@ -234,20 +239,25 @@ def test_saved_index_reloads_in_a_new_process(minilm_retriever: DensekitRetrieve
         "r = DensekitRetriever(index_path=sys.argv[1], k=5)\n"
         "print(json.dumps(documents_to_json(r.invoke(sys.argv[2]))))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, minilm_retriever.index_path, QUERY],
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script, minilm_retriever.index_path, QUERY],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     reloaded = json.loads(done.stdout)
     assert [d["id"] for d in reloaded] == [d["id"] for d in expected]
     for got, want in zip(reloaded, expected, strict=True):
         assert got["page_content"] == want["page_content"]
         assert got["metadata"]["score"] == pytest.approx(want["metadata"]["score"], abs=1e-5)
-        assert {k: v for k, v in got["metadata"].items() if k != "score"} == \
-               {k: v for k, v in want["metadata"].items() if k != "score"}
+        assert {k: v for k, v in got["metadata"].items() if k != "score"} == {
+            k: v for k, v in want["metadata"].items() if k != "score"
+        }
 
 
-def test_in_memory_retriever_saves_and_reloads(tiny_model: Path, documents: list[Document],
-                                               tmp_path: Path) -> None:
+def test_in_memory_retriever_saves_and_reloads(tiny_model: Path, documents: list[Document], tmp_path: Path) -> None:
     memory = DensekitRetriever.from_documents(documents[:30], model=str(tiny_model), k=3)
     assert memory.index_path is None and memory.invoke(QUERY)[0].metadata["index"] == "memory"
     memory.save(tmp_path / "saved.idx")
@@ -286,8 +296,9 @@ def test_bm25_index_returns_documents_with_bm25_scores(bm25_index: Path, scifact
     expected = BM25Retriever.load(bm25_index).search({"q": QUERY}, 4)["q"]
     assert [(d.id, d.metadata["score"]) for d in found] == [(i, pytest.approx(s)) for i, s in expected]
     corpus = load_dataset(scifact_small).corpus
-    assert found[0].page_content == join_title_text(corpus.document(found[0].id)["title"],
-                                                    corpus.document(found[0].id)["text"])
+    assert found[0].page_content == join_title_text(
+        corpus.document(found[0].id)["title"], corpus.document(found[0].id)["text"]
+    )
     assert found[0].metadata["index"] == "bm25.idx"
 
 
@@ -324,15 +335,13 @@ def test_bad_construction_is_a_clear_error(tiny_index: Path, tiny_model: Path) -
     with pytest.raises(TypeError):
         DensekitRetriever(index_path=str(tiny_index)).invoke(QUERY, top_k=3)
     with pytest.raises(DensekitError, match="JSON-serialisable"):
-        DensekitRetriever.from_documents([Document(page_content="x", metadata={"f": object()})],
-                                         model=str(tiny_model))
+        DensekitRetriever.from_documents([Document(page_content="x", metadata={"f": object()})], model=str(tiny_model))
     with pytest.raises(DensekitError, match="duplicate document id"):
         twins = [Document(id="a", page_content="x"), Document(id="a", page_content="y")]
         DensekitRetriever.from_documents(twins, model=str(tiny_model))
 
 
-def test_texts_that_do_not_match_the_index_are_refused(tiny_index: Path, tmp_path: Path,
-                                                       scifact_small: Path) -> None:
+def test_texts_that_do_not_match_the_index_are_refused(tiny_index: Path, tmp_path: Path, scifact_small: Path) -> None:
     other = tmp_path / "corpus.jsonl"
     other.write_text(json.dumps({"_id": "x1", "title": "", "text": "unrelated"}) + "\n")
     with pytest.raises(DensekitError, match="have no text in the document store"):

@@ -19,9 +19,19 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "densekit"
 
-BOTTOM = {"densekit", "densekit.data", "densekit.io", "densekit.paths", "densekit.errors", "densekit.progress",
-          "densekit.protocols", "densekit.negatives", "densekit.distributed", "densekit.faults",
-          "densekit.serialize"}
+BOTTOM = {
+    "densekit",
+    "densekit.data",
+    "densekit.io",
+    "densekit.paths",
+    "densekit.errors",
+    "densekit.progress",
+    "densekit.protocols",
+    "densekit.negatives",
+    "densekit.distributed",
+    "densekit.faults",
+    "densekit.serialize",
+}
 ABOVE_INDEX = ("densekit.retriever", "densekit.mining", "densekit.eval", "densekit.cli", "densekit.integrations")
 
 # eval modules that drive retrievers and may therefore import densekit.retriever; the trainer imports
@@ -59,8 +69,9 @@ def import_graph() -> dict[str, set[str]]:
                     source = ".".join(base + ([node.module] if node.module else []))
                 else:
                     source = node.module or ""
-                targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source
-                           for alias in node.names]
+                targets = [
+                    f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source for alias in node.names
+                ]
             else:
                 continue
             for target in targets:
@@ -150,7 +161,8 @@ def test_graph_sees_function_level_and_relative_imports() -> None:
 def test_no_import_cycle() -> None:
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(
-        f"{' -> '.join(cycle)}  (all of: {', '.join(members)})" for members, cycle in cycles)
+        f"{' -> '.join(cycle)}  (all of: {', '.join(members)})" for members, cycle in cycles
+    )
 
 
 def test_bottom_layer_imports_only_the_bottom_layer() -> None:

@@ -64,7 +64,7 @@ def test_hand_computed_values() -> None:
     qrels = {"q": {"a": 1, "c": 2}}
     run = Run.from_scores({"q": {"b": 3.0, "a": 2.0, "x": 1.5, "c": 1.0}})
     result = evaluate(qrels, run, ["ndcg@3", "mrr@10", "p@2", "recall@3", "map@10"])
-    dcg = 1 / math.log2(3)                 # a at rank 2; c (gain 2) at rank 4 is cut off
+    dcg = 1 / math.log2(3)  # a at rank 2; c (gain 2) at rank 4 is cut off
     idcg = (2**2 - 1) / math.log2(2) + 1 / math.log2(3)
     # trec_eval's ndcg_cut uses gain = relevance (not 2^rel - 1)
     idcg_trec = 2 / math.log2(2) + 1 / math.log2(3)

@@ -36,10 +36,15 @@ from densekit.mining.samplers import sampler_from_options
 def make(scores, positives=(0.5,), doc_ids=None, positive_ids=None, guide=None, guide_pos=None) -> Candidates:
     doc_ids = doc_ids or [f"d{i}" for i in range(len(scores))]
     positive_ids = positive_ids or [f"p{i}" for i in range(len(positives))]
-    return Candidates("q", list(doc_ids), np.array(scores, np.float32), list(positive_ids),
-                      np.array(positives, np.float32),
-                      guide_scores=None if guide is None else np.array(guide, np.float32),
-                      positive_guide_scores=None if guide_pos is None else np.array(guide_pos, np.float32))
+    return Candidates(
+        "q",
+        list(doc_ids),
+        np.array(scores, np.float32),
+        list(positive_ids),
+        np.array(positives, np.float32),
+        guide_scores=None if guide is None else np.array(guide, np.float32),
+        positive_guide_scores=None if guide_pos is None else np.array(guide_pos, np.float32),
+    )
 
 
 def kept(candidate_filter, candidates: Candidates) -> list[bool]:
@@ -128,9 +133,14 @@ def test_guide_filter_at_or_above_lowest_guide_positive() -> None:
 
 
 def test_apply_filters_in_order_counts_each_removal_once() -> None:
-    c = make([0.875, 0.75, 0.5, 0.4375, 0.375, 0.25, -0.25], positives=(0.5,),
-             doc_ids=list("abcdefg"), positive_ids=["c"], guide=[0.1, 0.9, 0.9, 0.2, 0.95, 0.3, 0.1],
-             guide_pos=[0.9])
+    c = make(
+        [0.875, 0.75, 0.5, 0.4375, 0.375, 0.25, -0.25],
+        positives=(0.5,),
+        doc_ids=list("abcdefg"),
+        positive_ids=["c"],
+        guide=[0.1, 0.9, 0.9, 0.2, 0.95, 0.3, 0.1],
+        guide_pos=[0.9],
+    )
     chain = [ExcludePositives(), PercPosFilter(0.75), GuideFilter(), AbsFilter(0.3)]
     survivors, removed = apply_filters(c, chain)
     # percpos threshold 0.375: a, b, d dropped (c is the positive); guide drops e (0.95 >= 0.9);
@@ -142,14 +152,16 @@ def test_apply_filters_in_order_counts_each_removal_once() -> None:
     log: list = []
     apply_filters(c, chain, removed_log=log)
     assert [(label, gone.doc_ids, gone.ranks.tolist()) for label, gone in log] == [
-        ("positives", ["c"], [3]), ("percpos(0.75)", ["a", "b", "d"], [1, 2, 4]), ("guide(0.0)", ["e"], [5])]
+        ("positives", ["c"], [3]),
+        ("percpos(0.75)", ["a", "b", "d"], [1, 2, 4]),
+        ("guide(0.0)", ["e"], [5]),
+    ]
     assert log[2][1].guide_scores.tolist() == [np.float32(0.95)]
 
 
 def test_filters_from_options() -> None:
     filters = filters_from_options(["shift", "percpos"], shift=3)
-    assert [f.describe() for f in filters] == [{"name": "shift", "n": 3},
-                                               {"name": "percpos", "percentage": 0.95}]
+    assert [f.describe() for f in filters] == [{"name": "shift", "n": 3}, {"name": "percpos", "percentage": 0.95}]
     assert filters_from_options(["naive"]) == []
     with pytest.raises(DensekitError, match="--threshold is given"):
         filters_from_options(["percpos"], threshold=0.5)
@@ -245,8 +257,9 @@ def test_rrf_fusion_hand_computed() -> None:
 
 def test_union_fusion_orders_by_teacher_score() -> None:
     scores = {"a": 0.1, "b": 0.9, "c": -0.2, "d": 0.5}
-    fused = fuse([["a", "b"], ["c", "d", "a"]], "union", depth=2,
-                 teacher_score=lambda ids: np.array([scores[i] for i in ids]))
+    fused = fuse(
+        [["a", "b"], ["c", "d", "a"]], "union", depth=2, teacher_score=lambda ids: np.array([scores[i] for i in ids])
+    )
     assert fused == ["b", "d", "a", "c"]
     with pytest.raises(DensekitError, match="unknown fusion"):
         fuse([["a"], ["b"]], "max", depth=2)
@@ -260,9 +273,14 @@ def _neg(doc_id="n1", rank=1, teacher=0.4, guide=None) -> dict:
 
 
 def _record(**override) -> dict:
-    record = {"query_id": "q1", "query": "text", "positives": ["p1"], "positive_scores": {"p1": 0.5},
-              "positive_guide_scores": None,
-              "negatives": [{"id": "n1", "rank": 2, "teacher_score": 0.4, "guide_score": None}]}
+    record = {
+        "query_id": "q1",
+        "query": "text",
+        "positives": ["p1"],
+        "positive_scores": {"p1": 0.5},
+        "positive_guide_scores": None,
+        "negatives": [{"id": "n1", "rank": 2, "teacher_score": 0.4, "guide_score": None}],
+    }
     record.update(override)
     return record
 

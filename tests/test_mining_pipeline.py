@@ -93,8 +93,15 @@ def test_teacher_scores_are_the_models_cosine(tiny_teacher, dataset, tmp_path: P
 
 def test_resume_after_interruption_writes_identical_file(tiny_teacher, dataset, tmp_path: Path) -> None:
     def miner() -> HardNegativeMiner:
-        return HardNegativeMiner(tiny_teacher, filters=[ShiftFilter(1), PercPosFilter(0.9)],
-                                 sampler=UniformSampler(), negatives=3, depth=25, seed=11, chunk_size=6)
+        return HardNegativeMiner(
+            tiny_teacher,
+            filters=[ShiftFilter(1), PercPosFilter(0.9)],
+            sampler=UniformSampler(),
+            negatives=3,
+            depth=25,
+            seed=11,
+            chunk_size=6,
+        )
 
     whole = tmp_path / "whole.jsonl"
     miner().mine(dataset, whole, removed_out=tmp_path / "whole.removed.jsonl")
@@ -144,12 +151,14 @@ def test_restart_without_resume_discards_partial(tiny_teacher, dataset, tmp_path
     check_contract(out, dataset, 4)
 
 
-def test_guide_filter_drops_what_the_guide_ranks_at_or_above_the_positive(tiny_teacher, minilm, dataset,
-                                                                         tmp_path: Path) -> None:
+def test_guide_filter_drops_what_the_guide_ranks_at_or_above_the_positive(
+    tiny_teacher, minilm, dataset, tmp_path: Path
+) -> None:
     guide = DenseScorer(minilm, dataset.corpus, show_progress=False)
     out, removed_out = tmp_path / "gist.jsonl", tmp_path / "gist.removed.jsonl"
-    result = HardNegativeMiner(tiny_teacher, filters=[], guide=guide, depth=50).mine(dataset, out,
-                                                                                     removed_out=removed_out)
+    result = HardNegativeMiner(tiny_teacher, filters=[], guide=guide, depth=50).mine(
+        dataset, out, removed_out=removed_out
+    )
     records = check_contract(out, dataset, 4)
     assert result.stats.removed["guide(0.0)"] > 0
     for record in records:
@@ -186,8 +195,12 @@ class Bm25sRetriever:
 
         tokens = bm25s.tokenize(list(queries.values()), stopwords="en", show_progress=False)
         docs, scores = self.model.retrieve(tokens, k=k, show_progress=False)
-        return Run({q: [(self.ids[d], float(s)) for d, s in zip(docs[i], scores[i], strict=True)]
-                    for i, q in enumerate(queries)})
+        return Run(
+            {
+                q: [(self.ids[d], float(s)) for d, s in zip(docs[i], scores[i], strict=True)]
+                for i, q in enumerate(queries)
+            }
+        )
 
 
 @pytest.mark.parametrize("fusion", ["rrf", "union"])
@@ -208,36 +221,71 @@ def test_bm25_and_dense_sources_fused(tiny_teacher, dataset, tmp_path: Path, fus
     assert [s["name"] for s in config["sources"]] == ["teacher", "bm25"] and config["fusion"] == fusion
 
 
-def test_cli_mine_json_and_errors(tiny_model: Path, scifact_small: Path, tmp_path: Path, capsys,
-                                  monkeypatch) -> None:
+def test_cli_mine_json_and_errors(tiny_model: Path, scifact_small: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     def run(args: list[str]) -> tuple[int, str, str]:
         return run_cli(args, capsys, monkeypatch)
 
     out = tmp_path / "neg.jsonl"
     base = ["mine", str(scifact_small), "--split", "test", "--teacher", str(tiny_model), "--out", str(out)]
-    code, stdout, _ = run([*base, "--method", "shift,percpos", "--shift", "2", "--sampler", "weighted",
-                           "--temperature", "0.1", "--depth", "30", "--seed", "3", "--json"])
+    code, stdout, _ = run(
+        [
+            *base,
+            "--method",
+            "shift,percpos",
+            "--shift",
+            "2",
+            "--sampler",
+            "weighted",
+            "--temperature",
+            "0.1",
+            "--depth",
+            "30",
+            "--seed",
+            "3",
+            "--json",
+        ]
+    )
     assert code == 0
     info = json.loads(stdout)
     assert info["stats"]["queries"] == 20 and info["stats"]["removed"]["shift(2)"] > 0
     assert json.loads(config_path(out).read_text())["sampler"] == {"name": "weighted", "temperature": 0.1}
     check_contract(out, load_dataset(scifact_small, split="test"), 4)
-    for bad, message in ([["--threshold", "0.3"], "--threshold is given"],
-                         [["--sampler", "best"], "unknown sampler"],
-                         [["--guide-margin", "0.1"], "no --guide"],
-                         [["--no-such-option"], "No such option"]):
+    for bad, message in (
+        [["--threshold", "0.3"], "--threshold is given"],
+        [["--sampler", "best"], "unknown sampler"],
+        [["--guide-margin", "0.1"], "no --guide"],
+        [["--no-such-option"], "No such option"],
+    ):
         code, _, err = run([*base, *bad])
         assert code == 2 and message in err and err.count("\n") == 1
 
 
-def test_cli_mines_from_teacher_fused_with_a_saved_bm25_index(tiny_model: Path, scifact_small: Path,
-                                                              tmp_path: Path, capsys, monkeypatch) -> None:
+def test_cli_mines_from_teacher_fused_with_a_saved_bm25_index(
+    tiny_model: Path, scifact_small: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     index = tmp_path / "bm25.idx"
-    for args in (["index", "build", str(scifact_small), "--bm25", "--backend", "bm25s", "--out", str(index),
-                  "--quiet"],
-                 ["mine", str(scifact_small), "--split", "test", "--teacher", str(tiny_model), "--source",
-                  "teacher", "--source", str(index), "--fusion", "union", "--depth", "15", "--out",
-                  str(tmp_path / "neg.jsonl"), "--json"]):
+    for args in (
+        ["index", "build", str(scifact_small), "--bm25", "--backend", "bm25s", "--out", str(index), "--quiet"],
+        [
+            "mine",
+            str(scifact_small),
+            "--split",
+            "test",
+            "--teacher",
+            str(tiny_model),
+            "--source",
+            "teacher",
+            "--source",
+            str(index),
+            "--fusion",
+            "union",
+            "--depth",
+            "15",
+            "--out",
+            str(tmp_path / "neg.jsonl"),
+            "--json",
+        ],
+    ):
         code, printed, err = run_cli(args, capsys, monkeypatch)
         assert code == 0, err
     info = json.loads(printed)
@@ -254,9 +302,27 @@ def test_full_scifact_train_mining_via_cli(scifact_dir: Path, tmp_path: Path, ca
     --negatives 4`: every one of the 809 queries has its negatives or is counted short in the statistics,
     and no negative is a labelled positive."""
     out = tmp_path / "neg.jsonl"
-    code, printed, err = run_cli(["mine", str(scifact_dir), "--split", "train", "--teacher", "all-MiniLM-L6-v2",
-                                  "--method", "percpos", "--percentage", "0.95", "--negatives", "4", "--out",
-                                  str(out), "--json"], capsys, monkeypatch)
+    code, printed, err = run_cli(
+        [
+            "mine",
+            str(scifact_dir),
+            "--split",
+            "train",
+            "--teacher",
+            "all-MiniLM-L6-v2",
+            "--method",
+            "percpos",
+            "--percentage",
+            "0.95",
+            "--negatives",
+            "4",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     stats = json.loads(printed)["stats"]
     dataset = load_dataset(scifact_dir, split="train")

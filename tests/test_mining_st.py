@@ -22,8 +22,9 @@ from densekit.mining import DenseScorer, HardNegativeMiner, PercPosFilter, read_
 def scifact_train_small(scifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from conftest import write_subset
 
-    return write_subset(scifact_dir, tmp_path_factory.mktemp("scifact_train_small"), n_queries=40,
-                        n_distractors=160, split="train")
+    return write_subset(
+        scifact_dir, tmp_path_factory.mktemp("scifact_train_small"), n_queries=40, n_distractors=160, split="train"
+    )
 
 
 @pytest.mark.slow
@@ -42,9 +43,16 @@ def test_same_negatives_as_sentence_transformers(scifact_train_small: Path, mini
             positives.append(texts[ds.corpus.position(doc_id)])
             per_text[text] += 1
     model = SentenceTransformer(str(minilm.folder), device="cpu")
-    mined = mine_hard_negatives(Dataset.from_dict({"query": anchors, "positive": positives}), model,
-                                corpus=texts, relative_margin=0.05, sampling_strategy="top", num_negatives=4,
-                                use_faiss=True, verbose=False)
+    mined = mine_hard_negatives(
+        Dataset.from_dict({"query": anchors, "positive": positives}),
+        model,
+        corpus=texts,
+        relative_margin=0.05,
+        sampling_strategy="top",
+        num_negatives=4,
+        use_faiss=True,
+        verbose=False,
+    )
     text_to_id = dict(zip(texts, ds.corpus.ids, strict=True))
     theirs: dict[str, list[str]] = defaultdict(list)
     for row in mined:
@@ -54,8 +62,9 @@ def test_same_negatives_as_sentence_transformers(scifact_train_small: Path, mini
 
     depth = 10 * 4 + 2 * max(per_text.values())
     out = tmp_path / "neg.jsonl"
-    HardNegativeMiner(DenseScorer(minilm, ds.corpus, show_progress=False), filters=[PercPosFilter(0.95)],
-                      negatives=4, depth=depth).mine(ds, out)
+    HardNegativeMiner(
+        DenseScorer(minilm, ds.corpus, show_progress=False), filters=[PercPosFilter(0.95)], negatives=4, depth=depth
+    ).mine(ds, out)
     ours = {r.query_id: [n.id for n in r.negatives] for r in read_negatives(out)}
 
     assert len(ours) == len(ds.queries) == 40

@@ -37,11 +37,37 @@ def bm25_run(with_unanswerable: Path, tmp_path_factory: pytest.TempPathFactory) 
     work = tmp_path_factory.mktemp("bm25_run")
     monkeypatch = pytest.MonkeyPatch()
     try:
-        code, _, err = _cli(["index", "build", str(with_unanswerable), "--bm25", "--backend", "bm25s",
-                             "--out", str(work / "idx"), "--quiet"], monkeypatch)
+        code, _, err = _cli(
+            [
+                "index",
+                "build",
+                str(with_unanswerable),
+                "--bm25",
+                "--backend",
+                "bm25s",
+                "--out",
+                str(work / "idx"),
+                "--quiet",
+            ],
+            monkeypatch,
+        )
         assert code == 0, err
-        code, out, err = _cli(["search", str(work / "idx"), "--queries", str(with_unanswerable), "--split", "test",
-                               "-k", "1000", "--out", str(work / "run.trec"), "--json"], monkeypatch)
+        code, out, err = _cli(
+            [
+                "search",
+                str(work / "idx"),
+                "--queries",
+                str(with_unanswerable),
+                "--split",
+                "test",
+                "-k",
+                "1000",
+                "--out",
+                str(work / "run.trec"),
+                "--json",
+            ],
+            monkeypatch,
+        )
         assert code == 0, err
     finally:
         monkeypatch.undo()
@@ -67,22 +93,37 @@ def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, st
     return code, out.getvalue(), err.getvalue()
 
 
-def test_search_out_writes_nothing_for_a_query_without_hits_and_says_so(bm25_run, with_unanswerable, capsys,
-                                                                        monkeypatch) -> None:
+def test_search_out_writes_nothing_for_a_query_without_hits_and_says_so(
+    bm25_run, with_unanswerable, capsys, monkeypatch
+) -> None:
     run_file, info = bm25_run
     assert info["queries_without_hits"] == 1
     query_ids = {line.split()[0] for line in run_file.read_text(encoding="utf-8").splitlines()}
     assert len(query_ids) == 20 and NO_HIT_QUERY["_id"] not in query_ids
-    code, out, err = run_cli(["search", str(run_file.parent / "idx"), "--queries", str(with_unanswerable),
-                              "--split", "test", "-k", "10", "--out", str(run_file.parent / "run10.trec")],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        [
+            "search",
+            str(run_file.parent / "idx"),
+            "--queries",
+            str(with_unanswerable),
+            "--split",
+            "test",
+            "-k",
+            "10",
+            "--out",
+            str(run_file.parent / "run10.trec"),
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert "1 query without hits" in out + err
 
 
 def _eval(args: list[str], capsys, monkeypatch) -> dict:
-    code, out, err = run_cli(["eval", *args, "--split", "test", "--metrics", "ndcg@10,recall@100", "--json"],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["eval", *args, "--split", "test", "--metrics", "ndcg@10,recall@100", "--json"], capsys, monkeypatch
+    )
     assert code == 0, err
     return json.loads(out)
 
@@ -104,11 +145,15 @@ def test_run_file_and_in_process_bm25_give_one_number(bm25_run, with_unanswerabl
 
 def test_eval_text_output_names_the_rule(bm25_run, with_unanswerable, capsys, monkeypatch) -> None:
     run_file, _ = bm25_run
-    code, out, err = run_cli(["eval", str(with_unanswerable), "--run", str(run_file), "--split", "test"],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["eval", str(with_unanswerable), "--run", str(run_file), "--split", "test"], capsys, monkeypatch
+    )
     assert code == 0, err
     assert "21 queries, 1 without results counted as 0" in " ".join(out.split())
-    code, out, err = run_cli(["eval", str(with_unanswerable), "--run", str(run_file), "--split", "test",
-                              "--skip-missing-queries"], capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["eval", str(with_unanswerable), "--run", str(run_file), "--split", "test", "--skip-missing-queries"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert "20 queries, 1 without results skipped" in " ".join(out.split())

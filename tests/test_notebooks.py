@@ -29,15 +29,19 @@ def notebook_path(name: str) -> Path:
 def test_notebook_is_committed_without_outputs(name: str) -> None:
     book = nbformat.read(notebook_path(name), as_version=4)
     nbformat.validate(book)
-    dirty = [i for i, c in enumerate(book.cells)
-             if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    dirty = [
+        i
+        for i, c in enumerate(book.cells)
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
     assert not dirty, f"{name}: cells {dirty} hold outputs; run `python notebooks/strip_outputs.py`"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_executes(name: str, beir_root: Path, densekit_home: Path, tmp_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_executes(
+    name: str, beir_root: Path, densekit_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -50,8 +54,7 @@ def test_notebook_executes(name: str, beir_root: Path, densekit_home: Path, tmp_
     monkeypatch.setenv("DENSEKIT_HOME", str(densekit_home))
     monkeypatch.setenv("DENSEKIT_QUIET", "1")
     book = nbformat.read(notebook_path(name), as_version=4)
-    client = NotebookClient(book, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
     try:
         client.execute(env=dict(os.environ))
     except CellExecutionError as exc:

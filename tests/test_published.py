@@ -17,8 +17,9 @@ PUBLISHED = [("scifact", 0.6451), ("nfcorpus", 0.3159)]
 @pytest.mark.slow
 @pytest.mark.parametrize(("dataset", "expected"), PUBLISHED)
 def test_minilm_reproduces_mteb(dataset, expected, beir_root, capsys, monkeypatch) -> None:
-    code, out, err = run_cli(["eval", dataset, "--model", "all-MiniLM-L6-v2", "--split", "test", "--json"],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["eval", dataset, "--model", "all-MiniLM-L6-v2", "--split", "test", "--json"], capsys, monkeypatch
+    )
     assert code == 0, err
     result = json.loads(out)
     assert abs(result["metrics"]["ndcg@10"] - expected) <= 0.002, result["metrics"]

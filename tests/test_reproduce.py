@@ -97,9 +97,7 @@ def _table(tiny_model: Path, scifact_small: Path, tiny_value: float) -> Expected
     )
 
 
-def test_reproduce_grades_ok_off_skipped_and_error(
-    tiny_model, scifact_small, tiny_measured, monkeypatch
-) -> None:
+def test_reproduce_grades_ok_off_skipped_and_error(tiny_model, scifact_small, tiny_measured, monkeypatch) -> None:
     # BM25 without Java (or without the BM25 module) is skipped with a reason, never OK.
     try:
         import densekit.retriever.java as java
@@ -112,9 +110,7 @@ def test_reproduce_grades_ok_off_skipped_and_error(
     grades = reproduce(_table(tiny_model, scifact_small, tiny_measured))
     by_key = {(g.retriever, g.metric): g for g in grades}
     ok = by_key[("tiny", "ndcg@10")]
-    assert (
-        ok.grade == "OK" and ok.measured == pytest.approx(tiny_measured) and ok.difference == pytest.approx(0)
-    )
+    assert ok.grade == "OK" and ok.measured == pytest.approx(tiny_measured) and ok.difference == pytest.approx(0)
     off = by_key[("tiny", "recall@100")]
     assert off.grade == "OFF" and off.measured > 0.1
     skipped = by_key[("absent-model", "ndcg@10")]
@@ -206,17 +202,13 @@ def test_cli_reproduce_exit_codes_and_formats(
     result = json.loads(out)
     assert code == 0 and result["counts"]["OK"] == 1
     assert json.loads((tmp_path / "g.json").read_text())["grades"][0]["grade"] == "OK"
-    code, out, _ = run_cli(
-        ["reproduce", "--expected", str(path), "--format", "markdown"], capsys, monkeypatch
-    )
+    code, out, _ = run_cli(["reproduce", "--expected", str(path), "--format", "markdown"], capsys, monkeypatch)
     assert code == 0 and out.startswith("| retriever |") and "| OK |" in out
     table["expected"][0]["value"] = 0.0
     path.write_text(json.dumps(table))
     code, out, _ = run_cli(["reproduce", "--expected", str(path)], capsys, monkeypatch)
     assert code == 1 and "OFF" in out
-    code, _, err = run_cli(
-        ["reproduce", "--expected", str(path), "--only", "nothing-matches"], capsys, monkeypatch
-    )
+    code, _, err = run_cli(["reproduce", "--expected", str(path), "--only", "nothing-matches"], capsys, monkeypatch)
     assert code == 2 and "no expected score matches" in err
 
 

@@ -23,8 +23,15 @@ def _tiny_classifier(folder: Path, minilm_folder: Path, num_labels: int) -> Path
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(minilm_folder)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, num_labels=num_labels)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=num_labels,
+    )
     BertForSequenceClassification(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -73,8 +80,12 @@ def test_reranker_rescores_the_first_stage_candidates(small, cross_encoder) -> N
 def test_batch_size_does_not_change_scores(small, cross_encoder) -> None:
     ds, bm25 = small
     queries = dict(list(ds.queries.items())[:2])
-    one, many = (CrossEncoderReranker(bm25, cross_encoder, ds.corpus, depth=10, batch_size=size, device="cpu")
-                 .search(queries, 10) for size in (1, 16))
+    one, many = (
+        CrossEncoderReranker(bm25, cross_encoder, ds.corpus, depth=10, batch_size=size, device="cpu").search(
+            queries, 10
+        )
+        for size in (1, 16)
+    )
     for query_id in queries:
         assert [d for d, _ in one[query_id]] == [d for d, _ in many[query_id]]
         assert [s for _, s in one[query_id]] == pytest.approx([s for _, s in many[query_id]], abs=1e-4)
@@ -98,8 +109,22 @@ def test_not_a_model_folder_is_an_error(small, tmp_path) -> None:
 
 
 def test_cli_eval_with_rerank(scifact_small, cross_encoder, monkeypatch, capsys) -> None:
-    code, out, err = run_cli(["eval", str(scifact_small), "--bm25", "--backend", "bm25s", "--rerank",
-                              str(cross_encoder), "--rerank-depth", "5", "--json"], capsys, monkeypatch)
+    code, out, err = run_cli(
+        [
+            "eval",
+            str(scifact_small),
+            "--bm25",
+            "--backend",
+            "bm25s",
+            "--rerank",
+            str(cross_encoder),
+            "--rerank-depth",
+            "5",
+            "--json",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["config"]["rerank_depth"] == 5 and result["config"]["first_stage"]["bm25_backend"] == "bm25s"

@@ -46,8 +46,13 @@ def test_round_trip_of_every_encoded_type(tmp_path: Path) -> None:
         "scalars": [None, True, False, 0, -(2**40), "text", np.float32(2.5), np.int64(7)],
         "keys": {1: "int", (2, "a"): "tuple", None: "none", 2.5: "float", "__densekit__": "tag as a key"},
         "nested": ((1, (2,)), [[]], {}),
-        "dtypes": [torch.zeros(2, dtype=torch.bfloat16), torch.tensor([True, False]), torch.zeros(0, 4),
-                   np.arange(4, dtype=np.uint32), np.ones((2, 2), dtype=np.float16)],
+        "dtypes": [
+            torch.zeros(2, dtype=torch.bfloat16),
+            torch.tensor([True, False]),
+            torch.zeros(0, 4),
+            np.arange(4, dtype=np.uint32),
+            np.ones((2, 2), dtype=np.float16),
+        ],
         # a view and its base share memory; safetensors needs them apart
         "shared": [weight, weight[0], weight.t()],
     }
@@ -77,8 +82,9 @@ def test_unsupported_types_are_refused_when_saving(tmp_path: Path) -> None:
         save_state(tmp_path, {"x": np.array([object()])})
 
 
-@pytest.mark.parametrize("damage", ["truncate-tensors", "flip-tensor-byte", "truncate-json", "unknown-tag",
-                                    "missing-key", "missing-json"])
+@pytest.mark.parametrize(
+    "damage", ["truncate-tensors", "flip-tensor-byte", "truncate-json", "unknown-tag", "missing-key", "missing-json"]
+)
 def test_damaged_state_is_an_integrity_error_naming_the_file(tmp_path: Path, damage: str) -> None:
     save_state(tmp_path, {"w": torch.arange(100, dtype=torch.float32), "t": (1, 2)})
     tensors, header = tmp_path / TENSORS_FILE, tmp_path / JSON_FILE

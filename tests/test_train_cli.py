@@ -15,12 +15,45 @@ def test_train_gist_evaluates_and_saves_a_sentence_transformers_folder(
     tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     out = tmp_path / "run"
-    code, stdout, stderr = run_cli([
-        "train", "--model", str(tiny_model), "--negatives", str(train_negatives), "--corpus", str(scifact_small),
-        "--output", str(out), "--loss", "gist", "--guide", str(tiny_model), "--negatives-per-query", "2",
-        "--batch-size", "4", "--max-steps", "3", "--max-length", "48", "--lr", "1e-3",
-        "--eval-data", str(scifact_small), "--eval-split", "test", "--eval-steps", "2", "--device", "cpu",
-        "--json", "--quiet"], capsys, monkeypatch)
+    code, stdout, stderr = run_cli(
+        [
+            "train",
+            "--model",
+            str(tiny_model),
+            "--negatives",
+            str(train_negatives),
+            "--corpus",
+            str(scifact_small),
+            "--output",
+            str(out),
+            "--loss",
+            "gist",
+            "--guide",
+            str(tiny_model),
+            "--negatives-per-query",
+            "2",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "3",
+            "--max-length",
+            "48",
+            "--lr",
+            "1e-3",
+            "--eval-data",
+            str(scifact_small),
+            "--eval-split",
+            "test",
+            "--eval-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["finished"] and summary["steps"] == 3 and summary["examples_this_run"] == 12
@@ -45,8 +78,9 @@ def test_train_gist_evaluates_and_saves_a_sentence_transformers_folder(
     start = Encoder(str(tiny_model), device="cpu").encode_documents(texts)
     assert not np.allclose(ours, start, atol=1e-4)  # the saved weights are the trained ones
 
-    code, stdout, stderr = run_cli(["eval", str(scifact_small), "--model", str(model), "--json", "--quiet"],
-                                   capsys, monkeypatch)
+    code, stdout, stderr = run_cli(
+        ["eval", str(scifact_small), "--model", str(model), "--json", "--quiet"], capsys, monkeypatch
+    )
     assert code == 0, stderr
     assert 0 <= json.loads(stdout)["metrics"]["ndcg@10"] <= 1
 
@@ -73,7 +107,11 @@ def test_train_bad_input_exits_2_naming_the_file(
 
 
 def test_guide_cache_reuses_corpus_embeddings(
-    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path, capsys,
+    tiny_model: Path,
+    train_negatives: Path,
+    scifact_small: Path,
+    tmp_path: Path,
+    capsys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With the guide's corpus embeddings cached, GIST's guide cache takes its document rows from there."""

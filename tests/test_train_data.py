@@ -19,10 +19,15 @@ CORPUS = Corpus.from_records({f"d{i}": {"title": f"t{i}", "text": f"text {i}"} f
 
 
 def _record(query_id: str, positives: list[str], negatives: list[str]) -> dict:
-    return {"query_id": query_id, "query": f"query {query_id}", "positives": positives,
-            "positive_scores": {p: 0.9 for p in positives},
-            "negatives": [{"id": n, "rank": r + 1, "teacher_score": 0.5, "guide_score": None}
-                          for r, n in enumerate(negatives)]}
+    return {
+        "query_id": query_id,
+        "query": f"query {query_id}",
+        "positives": positives,
+        "positive_scores": {p: 0.9 for p in positives},
+        "negatives": [
+            {"id": n, "rank": r + 1, "teacher_score": 0.5, "guide_score": None} for r, n in enumerate(negatives)
+        ],
+    }
 
 
 def _write(path: Path, records: list) -> Path:
@@ -35,19 +40,25 @@ def test_one_example_per_positive_with_negatives_in_rank_order(tmp_path: Path) -
     rec["negatives"][0]["rank"], rec["negatives"][2]["rank"] = 9, 1  # out of order in the file
     examples = read_training_examples(_write(tmp_path / "n.jsonl", [rec, _record("q2", ["d2"], [])]), CORPUS, 2)
     assert [(e.query_id, e.positive_id, e.negative_ids) for e in examples] == [
-        ("q1", "d0", ("d7", "d6")), ("q1", "d1", ("d7", "d6")), ("q2", "d2", ())]
+        ("q1", "d0", ("d7", "d6")),
+        ("q1", "d1", ("d7", "d6")),
+        ("q2", "d2", ()),
+    ]
     assert examples[0].positive_ids == frozenset({"d0", "d1"})
 
 
-@pytest.mark.parametrize(("record", "message", "line"), [
-    ('{"query_id": "q9"', "malformed JSON", 2),
-    ({"query_id": "q9", "positives": ["d0"], "negatives": []}, '"query"', 2),
-    ({**_record("q9", ["d0"], []), "positives": []}, '"positives"', 2),
-    (_record("q9", ["d0"], ["nope"]), "'nope' is not in the corpus", 2),
-    (_record("q9", ["d0"], ["d0"]), "both positive and negative", 2),
-    (_record("q1", ["d3"], []), "repeated", 2),
-    ({**_record("q9", ["d0"], []), "negatives": [{"rank": 1}]}, 'no "id"', 2),
-])
+@pytest.mark.parametrize(
+    ("record", "message", "line"),
+    [
+        ('{"query_id": "q9"', "malformed JSON", 2),
+        ({"query_id": "q9", "positives": ["d0"], "negatives": []}, '"query"', 2),
+        ({**_record("q9", ["d0"], []), "positives": []}, '"positives"', 2),
+        (_record("q9", ["d0"], ["nope"]), "'nope' is not in the corpus", 2),
+        (_record("q9", ["d0"], ["d0"]), "both positive and negative", 2),
+        (_record("q1", ["d3"], []), "repeated", 2),
+        ({**_record("q9", ["d0"], []), "negatives": [{"rank": 1}]}, 'no "id"', 2),
+    ],
+)
 def test_bad_records_name_file_and_line(tmp_path: Path, record, message: str, line: int) -> None:
     path = _write(tmp_path / "bad.jsonl", [_record("q1", ["d1"], ["d2"]), record])
     with pytest.raises(InputError, match=message) as info:
@@ -152,8 +163,12 @@ def test_collator_counts_a_repeated_document_once(tmp_path: Path, minilm_folder:
     from transformers import AutoTokenizer
 
     # q1 and q2 mined the same negative d5; q1's negative d3 is q3's positive (a later shard)
-    records = [_record("q1", ["d0"], ["d5", "d3"]), _record("q2", ["d1"], ["d5"]),
-               _record("q3", ["d3"], ["d6"]), _record("q4", ["d4"], ["d7"])]
+    records = [
+        _record("q1", ["d0"], ["d5", "d3"]),
+        _record("q2", ["d1"], ["d5"]),
+        _record("q3", ["d3"], ["d6"]),
+        _record("q4", ["d4"], ["d7"]),
+    ]
     examples = read_training_examples(_write(tmp_path / "n.jsonl", records), CORPUS, 2)
     collator = ContrastiveCollator(AutoTokenizer.from_pretrained(minilm_folder), CORPUS, 32, 16)
     batch = collator(examples, shards=2)
@@ -161,8 +176,7 @@ def test_collator_counts_a_repeated_document_once(tmp_path: Path, minilm_folder:
     assert batch.positive_index.tolist() == [0, 1, 5, 6]
     # q1's negative d3 (column 3) is q3's positive: masked for q3; q3's own positive column 5 is
     # a repeat of d3, masked for everyone else; the second d5 (column 4) is masked for all
-    assert batch.exclude.nonzero().tolist() == [
-        [0, 4], [0, 5], [1, 4], [1, 5], [2, 3], [2, 4], [3, 4], [3, 5]]
+    assert batch.exclude.nonzero().tolist() == [[0, 4], [0, 5], [1, 4], [1, 5], [2, 3], [2, 4], [3, 4], [3, 5]]
     for i in range(4):  # every document id counts once per query
         kept = [d for j, d in enumerate(batch.document_ids) if not batch.exclude[i, j]]
         assert len(kept) == len(set(kept)) == 7

@@ -85,8 +85,9 @@ def test_missing_candidates_are_masked(batch) -> None:
     # query 1 with one negative scores like its first two columns alone
     kl = ListwiseKLLoss()
     rows = [kl(q[i : i + 1], d, DistillInputs(short.columns[i : i + 1], short.teacher[i : i + 1])) for i in range(3)]
-    assert float(rows[1]) == pytest.approx(float(kl(q[1:2], d, DistillInputs(only_two.columns[1:2],
-                                                                               only_two.teacher[1:2]))), rel=1e-6)
+    assert float(rows[1]) == pytest.approx(
+        float(kl(q[1:2], d, DistillInputs(only_two.columns[1:2], only_two.teacher[1:2]))), rel=1e-6
+    )
     assert math.isfinite(float(MarginMSELoss()(q, d, short)))
     assert math.isfinite(float(kl(q, d, short)))
 

@@ -17,11 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
-QUERIES = [f"question {i} about {topic}" for i, topic in enumerate(
-    ["scurvy", "coffee", "vaccines", "the sky", "chocolate", "dark matter", "sleep", "insulin"])]
+QUERIES = [
+    f"question {i} about {topic}"
+    for i, topic in enumerate(
+        ["scurvy", "coffee", "vaccines", "the sky", "chocolate", "dark matter", "sleep", "insulin"]
+    )
+]
 WORDS = ["evidence", "trial", "cohort", "protein", "gene"]
-DOCS = {f"d{i}": {"title": f"title {i}", "text": " ".join(WORDS[: 1 + i % 5]) + f" result {i}" * (1 + i % 4)}
-        for i in range(30)}
+DOCS = {
+    f"d{i}": {"title": f"title {i}", "text": " ".join(WORDS[: 1 + i % 5]) + f" result {i}" * (1 + i % 4)}
+    for i in range(30)
+}
 NEGATIVES = [2, 0, 1, 3, 1, 2, 0, 2]  # per query: uneven shards
 
 
@@ -58,8 +64,16 @@ def compute(model_dir: str, world: int, rank: int, chunk: int | None) -> tuple[f
     batch = collator(_examples(), shards=world)
     per = batch.size // world
     inputs = LossInputs(batch.positive_index, batch.exclude, slice(rank * per, (rank + 1) * per))
-    out = contrastive_step(train_model, InfoNCELoss(0.05, symmetric=True), batch.query_features[rank],
-                           batch.document_features[rank], inputs, ctx, torch.device("cpu"), chunk)
+    out = contrastive_step(
+        train_model,
+        InfoNCELoss(0.05, symmetric=True),
+        batch.query_features[rank],
+        batch.document_features[rank],
+        inputs,
+        ctx,
+        torch.device("cpu"),
+        chunk,
+    )
     loss = all_reduce_mean(out.loss.clone(), ctx)
     return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -78,8 +92,17 @@ def _worker(model_dir: str, out: str) -> None:
 def test_two_processes_equal_one_process_on_the_combined_batch(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "dist.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           __file__, str(tiny_model), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        str(tiny_model),
+        str(out),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     distributed = torch.load(out)
@@ -96,9 +119,17 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tiny_model: Path,
 def _trainer_config(model_dir: str, negatives: str, corpus: str, output: str):
     from densekit.retriever.train import DataConfig, TrainConfig
 
-    return TrainConfig(model=model_dir, output=Path(output),
-                       data=DataConfig(negatives=Path(negatives), corpus=corpus, negatives_per_query=2),
-                       batch_size=4, max_steps=3, learning_rate=1e-3, max_length=48, device="cpu", seed=3)
+    return TrainConfig(
+        model=model_dir,
+        output=Path(output),
+        data=DataConfig(negatives=Path(negatives), corpus=corpus, negatives_per_query=2),
+        batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        max_length=48,
+        device="cpu",
+        seed=3,
+    )
 
 
 def _trainer_worker(model_dir: str, negatives: str, corpus: str, output: str) -> None:
@@ -127,8 +158,20 @@ def test_trainer_under_torchrun_keeps_ranks_in_step(
     (model / "config.json").write_text(json.dumps(config))
     two, one = tmp_path / "two", tmp_path / "one"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           __file__, "--trainer", str(model), str(train_negatives), str(scifact_small), str(two)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        "--trainer",
+        str(model),
+        str(train_negatives),
+        str(scifact_small),
+        str(two),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = torch.load(two / "rank0.pt"), torch.load(two / "rank1.pt")

@@ -23,9 +23,7 @@ def _reference_infonce(q: torch.Tensor, d: torch.Tensor, pos: list[int], scale: 
     """-mean_i log softmax(scale * q_i . d)[pos_i], written out with python floats."""
     total = 0.0
     for i, p in enumerate(pos):
-        logits = [
-            scale * float(q[i] @ d[j]) for j in range(d.shape[0]) if drop is None or j == p or not drop[i][j]
-        ]
+        logits = [scale * float(q[i] @ d[j]) for j in range(d.shape[0]) if drop is None or j == p or not drop[i][j]]
         target = scale * float(q[i] @ d[p])
         total += math.log(sum(math.exp(x) for x in logits)) - target
     return total / len(pos)
@@ -101,9 +99,7 @@ def test_gist_masks_what_the_guide_ranks_at_or_above_the_positive() -> None:
 
 def test_gist_needs_guide_scores() -> None:
     with pytest.raises(ValueError, match="guide_scores"):
-        GISTLoss()(
-            _unit(2, 4, 0), _unit(4, 4, 1), LossInputs(torch.arange(2), torch.zeros(2, 4, dtype=torch.bool))
-        )
+        GISTLoss()(_unit(2, 4, 0), _unit(4, 4, 1), LossInputs(torch.arange(2), torch.zeros(2, 4, dtype=torch.bool)))
 
 
 # ---------------------------------------------------------------- GradCache
@@ -248,9 +244,7 @@ def test_gradcache_replays_dropout(tiny_model, forward_batch_size: int | None) -
     """In train mode the graph-free pass and the re-run must see the same dropout masks."""
     from transformers import AutoModel, AutoTokenizer
 
-    backbone = AutoModel.from_pretrained(
-        tiny_model, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3
-    )
+    backbone = AutoModel.from_pretrained(tiny_model, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
     model = DualEncoder(backbone, "mean", True, forward_batch_size=forward_batch_size).train()
     tok = AutoTokenizer.from_pretrained(tiny_model)
     inputs = LossInputs(torch.arange(len(QUERIES)), torch.zeros(len(QUERIES), len(DOCS), dtype=torch.bool))

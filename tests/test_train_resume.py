@@ -23,9 +23,16 @@ def _config(
     tiny_model: Path, negatives: Path, corpus: Path, output: Path, positives: str = "all", **run
 ) -> TrainConfig:
     return TrainConfig(
-        model=str(tiny_model), output=output,
+        model=str(tiny_model),
+        output=output,
         data=DataConfig(negatives=negatives, corpus=str(corpus), negatives_per_query=2, positives=positives),
-        epochs=2, batch_size=4, learning_rate=1e-3, max_length=48, device="cpu", seed=5, **run,
+        epochs=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        max_length=48,
+        device="cpu",
+        seed=5,
+        **run,
     )
 
 
@@ -43,12 +50,12 @@ def test_resume_reproduces_the_uninterrupted_run(
     assert straight["examples"] > queries  # some queries have several positives
     assert straight["examples_per_epoch"] == (queries if positives == "one" else straight["examples"])
 
-    stopped = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split", positives,
-                            stop_after_steps=3))
+    stopped = train(
+        _config(tiny_model, train_negatives, scifact_small, tmp_path / "split", positives, stop_after_steps=3)
+    )
     assert not stopped["finished"] and stopped["steps"] == 3 and stopped["model"] is None
     assert (tmp_path / "split" / "checkpoints" / "step-3" / "state.safetensors").is_file()
-    resumed = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split", positives),
-                    resume=True)
+    resumed = train(_config(tiny_model, train_negatives, scifact_small, tmp_path / "split", positives), resume=True)
     assert resumed["finished"] and resumed["resumed_from"].endswith("step-3")
     assert resumed["steps_this_run"] == straight["steps"] - 3
 

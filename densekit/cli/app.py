@@ -45,8 +45,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print densekit's version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print densekit's version and exit."),
+    ] = False,
 ) -> None:
     """Dense retrieval toolkit: index, search, evaluate, mine hard negatives, train."""
 

@@ -24,8 +24,10 @@ def data_list(as_json: JsonOpt = False, quiet: QuietOpt = False) -> None:
         return
     if not found:
         where = ", ".join(str(d) for d in data_dirs()) or "$DENSEKIT_DATA is not set"
-        render.say(f"no datasets found ({where}); point DENSEKIT_DATA at a folder of BEIR datasets "
-                   "or run `densekit data download NAME --dest DIR`")
+        render.say(
+            f"no datasets found ({where}); point DENSEKIT_DATA at a folder of BEIR datasets "
+            "or run `densekit data download NAME --dest DIR`"
+        )
     for entry in found:
         render.say(f"{entry['name']:<20} splits: {', '.join(entry['splits']) or '-'}   {entry['path']}")
 
@@ -43,8 +45,10 @@ def data_check(data: DataArg, as_json: JsonOpt = False, quiet: QuietOpt = False)
     render.say(f"{summary['dataset']}: {summary['documents']} documents, {summary['queries']} queries")
     for split, s in summary["splits"].items():
         status = "OK" if s["ok"] else "WARN"
-        render.say(f"  {status:<5}{split}: {s['judgements']} judgements over {s['queries_judged']} queries; "
-                   f"unknown queries {s['unknown_queries']}, unknown documents {s['unknown_docs']}")
+        render.say(
+            f"  {status:<5}{split}: {s['judgements']} judgements over {s['queries_judged']} queries; "
+            f"unknown queries {s['unknown_queries']}, unknown documents {s['unknown_docs']}"
+        )
 
 
 @data_app.command("download")

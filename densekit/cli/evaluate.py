@@ -57,8 +57,9 @@ def eval_cmd(
     metrics: Annotated[str | None, typer.Option(help=help_of(EvalConfig, "metrics"))] = None,
     depth: Annotated[int, typer.Option(help=_spec("depth"))] = 1000,
     ignore_identical_ids: Annotated[bool, typer.Option(help=help_of(EvalConfig, "ignore_identical_ids"))] = False,
-    skip_missing_queries: Annotated[bool, typer.Option("--skip-missing-queries",
-                                                       help=help_of(EvalConfig, "skip_missing_queries"))] = False,
+    skip_missing_queries: Annotated[
+        bool, typer.Option("--skip-missing-queries", help=help_of(EvalConfig, "skip_missing_queries"))
+    ] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help=help_of(EvalConfig, "out"))] = None,
     run_out: Annotated[Path | None, typer.Option("--run-out", help=help_of(EvalConfig, "run_out"))] = None,
     factory: Annotated[str, typer.Option(help=_spec("factory"))] = "Flat",
@@ -90,15 +91,45 @@ def eval_cmd(
     render.setup(as_json, quiet)
     from densekit.eval.config import evaluate
 
-    search = SearchOptions(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor, rerank_vectors=rerank_vectors,
-                           rerank_candidates=rerank_candidates)
-    spec = RetrieverSpec(model=model, index=index, factory=factory, batch_size=batch_size, cache=cache,
-                         device=device, bm25=bm25, backend=backend, k1=k1, b=b, threads=threads, fusion=fusion,
-                         weights=parse_weights(weights), rrf_k=rrf_k, normalization=normalization, depth=depth,
-                         rerank=rerank, rerank_depth=rerank_depth, search=search)
-    config = EvalConfig(data=data, split=split, metrics=parse_metrics(metrics),
-                        ignore_identical_ids=ignore_identical_ids, run=run_file, retriever=spec, out=out,
-                        run_out=run_out, skip_missing_queries=skip_missing_queries)
+    search = SearchOptions(
+        nprobe=nprobe,
+        ef_search=ef_search,
+        k_factor=k_factor,
+        rerank_vectors=rerank_vectors,
+        rerank_candidates=rerank_candidates,
+    )
+    spec = RetrieverSpec(
+        model=model,
+        index=index,
+        factory=factory,
+        batch_size=batch_size,
+        cache=cache,
+        device=device,
+        bm25=bm25,
+        backend=backend,
+        k1=k1,
+        b=b,
+        threads=threads,
+        fusion=fusion,
+        weights=parse_weights(weights),
+        rrf_k=rrf_k,
+        normalization=normalization,
+        depth=depth,
+        rerank=rerank,
+        rerank_depth=rerank_depth,
+        search=search,
+    )
+    config = EvalConfig(
+        data=data,
+        split=split,
+        metrics=parse_metrics(metrics),
+        ignore_identical_ids=ignore_identical_ids,
+        run=run_file,
+        retriever=spec,
+        out=out,
+        run_out=run_out,
+        skip_missing_queries=skip_missing_queries,
+    )
     report = evaluate(config)
     if as_json:
         render.emit(report.to_json())
@@ -107,8 +138,7 @@ def eval_cmd(
 
         render.markdown(eval_markdown(report.to_json()))
     else:
-        render.metrics_table(f"{report.dataset} / {split} ({report.result.describe_queries()})",
-                             report.result.metrics)
+        render.metrics_table(f"{report.dataset} / {split} ({report.result.describe_queries()})", report.result.metrics)
 
 
 @app.command("mteb")
@@ -136,8 +166,17 @@ def mteb_cmd(
 
     prompt_map = read_prompt_file(prompts) if prompts is not None else None
     encoder = Encoder(model, device=device, batch_size=batch_size)
-    summary = run_mteb(encoder, data, out=out, split=split, prompts=prompt_map, batch_size=batch_size,
-                       cache=cache, language=language, overwrite=overwrite)
+    summary = run_mteb(
+        encoder,
+        data,
+        out=out,
+        split=split,
+        prompts=prompt_map,
+        batch_size=batch_size,
+        cache=cache,
+        language=language,
+        overwrite=overwrite,
+    )
     if as_json:
         render.emit(summary.to_json())
         return
@@ -148,7 +187,8 @@ def mteb_cmd(
         return
     shown = ("ndcg_at_10", "recall_at_100", "map_at_10", "mrr_at_10")
     for task in summary.tasks:
-        render.metrics_table(f"{task.task} / {task.split} (mteb, {summary.model})",
-                             {k: v for k, v in task.scores.items() if k in shown})
+        render.metrics_table(
+            f"{task.task} / {task.split} (mteb, {summary.model})", {k: v for k, v in task.scores.items() if k in shown}
+        )
     if out is not None:
         render.say(f"MTEB results -> {out}")

@@ -43,8 +43,9 @@ from densekit.retriever.compose import SearchOptions
 def index_build(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Encoder: folder or known name "
-                                                                    "(default all-MiniLM-L6-v2).")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Encoder: folder or known name (default all-MiniLM-L6-v2).")
+    ] = None,
     factory: FactoryOpt = "Flat",
     train_sample: TrainSampleOpt = None,
     nprobe: NprobeOpt = None,
@@ -81,21 +82,39 @@ def index_build(
         if as_json:
             render.emit(info)
         else:
-            render.say(f"indexed {info['documents']} documents of {info['dataset']} with BM25 "
-                       f"({info['bm25_backend']}, k1={k1}, b={b}) -> {out} ({info['seconds']} s)")
+            render.say(
+                f"indexed {info['documents']} documents of {info['dataset']} with BM25 "
+                f"({info['bm25_backend']}, k1={k1}, b={b}) -> {out} ({info['seconds']} s)"
+            )
         return
     model = model or "all-MiniLM-L6-v2"
     params = SearchOptions(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor).params()
-    config = IndexBuildConfig(factory=factory, train_sample=train_sample, search_params=params,
-                              device=index_device, shard=shard_gpus, float16=float16)
-    info = build_dense_index_dir(data, out, model, config, device=device, batch_size=batch_size, cache=cache,
-                                 store_texts=store_texts, overwrite=overwrite)
+    config = IndexBuildConfig(
+        factory=factory,
+        train_sample=train_sample,
+        search_params=params,
+        device=index_device,
+        shard=shard_gpus,
+        float16=float16,
+    )
+    info = build_dense_index_dir(
+        data,
+        out,
+        model,
+        config,
+        device=device,
+        batch_size=batch_size,
+        cache=cache,
+        store_texts=store_texts,
+        overwrite=overwrite,
+    )
     info["seconds"] = round(time.perf_counter() - start, 2)
     if as_json:
         render.emit(info)
     else:
-        render.say(f"indexed {info['documents']} documents of {info['dataset']} with {model} -> {out} "
-                   f"({info['seconds']} s)")
+        render.say(
+            f"indexed {info['documents']} documents of {info['dataset']} with {model} -> {out} ({info['seconds']} s)"
+        )
 
 
 @index_app.command("info")

@@ -37,11 +37,12 @@ def mine_cmd(
     source: Annotated[list[str] | None, typer.Option("--source", help=_m("sources"))] = None,
     fusion: Annotated[str, typer.Option(help=_m("fusion"))] = "rrf",
     seed: Annotated[int, typer.Option(help=_m("seed"))] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same --out.")]
-    = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same --out.")] = False,
     chunk_size: Annotated[int, typer.Option(help=_m("chunk_size"))] = 1024,
-    removed_out: Annotated[Path | None, typer.Option(
-        "--removed-out", help="Also write what each filter removed (JSON lines, one query a line).")] = None,
+    removed_out: Annotated[
+        Path | None,
+        typer.Option("--removed-out", help="Also write what each filter removed (JSON lines, one query a line)."),
+    ] = None,
     device: DeviceOpt = None,
     index_device: Annotated[str, typer.Option(help=_m("index_device"))] = "cpu",
     batch_size: BatchOpt = 64,
@@ -51,20 +52,44 @@ def mine_cmd(
 ) -> None:
     """Mine hard negatives (NV-Retriever positive-aware filters, optional GIST guide) into JSON lines."""
     render.setup(as_json, quiet)
-    config = MiningConfig(teacher=teacher, guide=guide, guide_margin=guide_margin, method=method,
-                          percentage=percentage, margin=margin, threshold=threshold, shift=shift,
-                          negatives=negatives, depth=depth, sampler=sampler, temperature=temperature,
-                          sources=list(source or ["teacher"]), fusion=fusion, seed=seed, chunk_size=chunk_size,
-                          device=device, index_device=index_device, batch_size=batch_size, cache=cache)
+    config = MiningConfig(
+        teacher=teacher,
+        guide=guide,
+        guide_margin=guide_margin,
+        method=method,
+        percentage=percentage,
+        margin=margin,
+        threshold=threshold,
+        shift=shift,
+        negatives=negatives,
+        depth=depth,
+        sampler=sampler,
+        temperature=temperature,
+        sources=list(source or ["teacher"]),
+        fusion=fusion,
+        seed=seed,
+        chunk_size=chunk_size,
+        device=device,
+        index_device=index_device,
+        batch_size=batch_size,
+        cache=cache,
+    )
     config.validate()  # before any model loads
     from densekit.mining.config import mine
     from densekit.mining.output import config_path, stats_path
 
     result, ds = mine(config, data, split, out, resume=resume, removed_out=removed_out)
     if as_json:
-        render.emit({"out": str(out), "config": str(config_path(out)), "stats_file": str(stats_path(out)),
-                     "removed_out": None if removed_out is None else str(removed_out),
-                     "resumed_at": result.resumed_at, "stats": result.stats.to_json()})
+        render.emit(
+            {
+                "out": str(out),
+                "config": str(config_path(out)),
+                "stats_file": str(stats_path(out)),
+                "removed_out": None if removed_out is None else str(removed_out),
+                "resumed_at": result.resumed_at,
+                "stats": result.stats.to_json(),
+            }
+        )
         return
     render.rich(result.stats.table(f"{ds.name}/{split}: {teacher}" + (f", guide {guide}" if guide else "")))
     render.say(f"-> {out} (configuration in {config_path(out)}, statistics in {stats_path(out)})")

@@ -28,9 +28,14 @@ def help_of(cls: type, name: str) -> str:
 # -- every command -----------------------------------------------------------------------------------
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or library log lines.")]
-OverwriteOpt = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace the output even if densekit did not write it (a folder of other files, a file, "
-                        "another kind of output).")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace the output even if densekit did not write it (a folder of other files, a file, "
+        "another kind of output).",
+    ),
+]
 FormatOpt = Annotated[str, typer.Option("--format", help="Output: text, markdown (a README table) or json.")]
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -55,19 +60,25 @@ TrainSampleOpt = Annotated[int | None, typer.Option("--train-sample", help=help_
 BuildDeviceOpt = Annotated[str, typer.Option("--index-device", help=help_of(IndexBuildConfig, "device"))]
 ShardGpusOpt = Annotated[bool, typer.Option("--shard-gpus/--replicate-gpus", help=help_of(IndexBuildConfig, "shard"))]
 Float16Opt = Annotated[bool, typer.Option("--float16/--float32", help=help_of(IndexBuildConfig, "float16"))]
-StoreTextsOpt = Annotated[bool, typer.Option("--store-texts/--no-store-texts",
-                                             help="Keep the document texts in the index (docs.jsonl) for search "
-                                                  "output and RAG.")]
+StoreTextsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--store-texts/--no-store-texts",
+        help="Keep the document texts in the index (docs.jsonl) for search output and RAG.",
+    ),
+]
 
 # -- searching FAISS indexes -------------------------------------------------------------------------
 NprobeOpt = Annotated[int | None, typer.Option("--nprobe", help=help_of(SearchOptions, "nprobe"))]
 EfSearchOpt = Annotated[int | None, typer.Option("--ef-search", help=help_of(SearchOptions, "ef_search"))]
 KFactorOpt = Annotated[int | None, typer.Option("--k-factor", help=help_of(SearchOptions, "k_factor"))]
 SearchDeviceOpt = Annotated[str, typer.Option("--index-device", help=help_of(SearchOptions, "index_device"))]
-RerankVectorsOpt = Annotated[Path | None, typer.Option("--rerank-vectors",
-                                                       help=help_of(SearchOptions, "rerank_vectors"))]
-RerankCandidatesOpt = Annotated[int, typer.Option("--rerank-candidates",
-                                                  help=help_of(SearchOptions, "rerank_candidates"))]
+RerankVectorsOpt = Annotated[
+    Path | None, typer.Option("--rerank-vectors", help=help_of(SearchOptions, "rerank_vectors"))
+]
+RerankCandidatesOpt = Annotated[
+    int, typer.Option("--rerank-candidates", help=help_of(SearchOptions, "rerank_candidates"))
+]
 
 
 # -- Typer options from a dataclass --------------------------------------------------------------------
@@ -89,18 +100,30 @@ def _parameters(cls: type) -> list[tuple[str, inspect.Parameter]]:
         flags = f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),)
         if hint is bool and len(flags) == 1 and "/" not in flags[0]:
             flags = (f"{flags[0]}/--no-{flags[0][2:]}",)
-        default = f.default if f.default is not MISSING else (
-            f.default_factory() if f.default_factory is not MISSING else inspect.Parameter.empty)
+        default = (
+            f.default
+            if f.default is not MISSING
+            else (f.default_factory() if f.default_factory is not MISSING else inspect.Parameter.empty)
+        )
         option = typer.Option(*flags, help=f.metadata.get("help", ""))
-        out.append((f.name, inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                              annotation=Annotated[hint, option])))
+        out.append(
+            (
+                f.name,
+                inspect.Parameter(
+                    f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[hint, option]
+                ),
+            )
+        )
     return out
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
-    kwargs = {f.name: _build(hints[f.name], values) if is_dataclass(hints[f.name]) else values[f.name]
-              for f in fields(cls) if is_dataclass(hints[f.name]) or f.name in values}
+    kwargs = {
+        f.name: _build(hints[f.name], values) if is_dataclass(hints[f.name]) else values[f.name]
+        for f in fields(cls)
+        if is_dataclass(hints[f.name]) or f.name in values
+    }
     return cls(**kwargs)
 
 
@@ -124,8 +147,9 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
             config = _build(cls, {name: kwargs.pop(name) for name in names})
             return func(config, **kwargs)
 
-        signature = [p for _, p in params] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY,
-                                                        annotation=own_hints[p.name]) for p in own]
+        signature = [p for _, p in params] + [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=own_hints[p.name]) for p in own
+        ]
         command.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in signature}
         del command.__wrapped__  # Typer must read the signature above, not func's

@@ -56,8 +56,7 @@ def markdown(text: str) -> None:
     print(text)
 
 
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
-          right: Sequence[str] = ()) -> None:
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], right: Sequence[str] = ()) -> None:
     """Print a rich table; every title and cell is escaped. Columns named in `right` are right-aligned."""
     view = Table(title=escape(title))
     for column in columns:
@@ -75,6 +74,7 @@ def metrics_table(title: str, metrics: dict[str, float]) -> None:
 def key_values(rows: dict[str, Any], title: str | None = None, width: int = 100) -> None:
     """A two-column table of names and values (no raw dicts): a nested dict becomes `key.sub` rows, a list
     a comma-separated line, a long value is cut at `width` characters (the JSON output has it whole)."""
+
     def show(value: Any) -> str:
         text = ", ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
         return text if len(text) <= width else text[: width - 3] + "..."

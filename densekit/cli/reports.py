@@ -25,8 +25,9 @@ def compare_cmd(
     trials: Annotated[int, typer.Option(help="Random sign assignments of the randomisation test.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed of the randomisation test.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the comparison JSON.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Write a PNG of per-query deltas (first metric; needs "
-                                                   "matplotlib).")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of per-query deltas (first metric; needs matplotlib).")
+    ] = None,
     fmt: FormatOpt = "text",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -37,8 +38,9 @@ def compare_cmd(
     from densekit.eval.config import compare_run_files
     from densekit.progress import announce
 
-    comparison, result = compare_run_files(run_a, run_b, data, split, parse_metrics(metrics), trials=trials,
-                                           seed=seed, out=out, plot=plot)
+    comparison, result = compare_run_files(
+        run_a, run_b, data, split, parse_metrics(metrics), trials=trials, seed=seed, out=out, plot=plot
+    )
     if as_json:
         render.emit(result)
     elif fmt == "markdown":
@@ -46,15 +48,28 @@ def compare_cmd(
 
         render.markdown(comparison_markdown(result))
     else:
-        missing = (f"; without results, counted as 0: A {comparison.missing_a}, B {comparison.missing_b}"
-                   if comparison.missing_a or comparison.missing_b else "")
-        render.table(f"{result['dataset']} / {split}: B={run_b.name} vs A={run_a.name} "
-                     f"({comparison.queries} queries{missing})",
-                     ["metric", "A", "B", "B - A", "t-test p", "randomisation p", "wins/ties/losses"],
-                     [[name, f"{m.mean_a:.4f}", f"{m.mean_b:.4f}", f"{m.delta:+.4f}", f"{m.t_p_value:.3g}",
-                       f"{m.randomization_p_value:.3g}", f"{m.wins}/{m.ties}/{m.losses}"]
-                      for name, m in comparison.metrics.items()],
-                     right=["A", "B", "B - A", "t-test p", "randomisation p"])
+        missing = (
+            f"; without results, counted as 0: A {comparison.missing_a}, B {comparison.missing_b}"
+            if comparison.missing_a or comparison.missing_b
+            else ""
+        )
+        render.table(
+            f"{result['dataset']} / {split}: B={run_b.name} vs A={run_a.name} ({comparison.queries} queries{missing})",
+            ["metric", "A", "B", "B - A", "t-test p", "randomisation p", "wins/ties/losses"],
+            [
+                [
+                    name,
+                    f"{m.mean_a:.4f}",
+                    f"{m.mean_b:.4f}",
+                    f"{m.delta:+.4f}",
+                    f"{m.t_p_value:.3g}",
+                    f"{m.randomization_p_value:.3g}",
+                    f"{m.wins}/{m.ties}/{m.losses}",
+                ]
+                for name, m in comparison.metrics.items()
+            ],
+            right=["A", "B", "B - A", "t-test p", "randomisation p"],
+        )
     if result.get("plot_skipped"):
         announce(f"--plot skipped: {result['plot_skipped']}")
 
@@ -69,10 +84,15 @@ def reproduce_cmd(
     device: DeviceOpt = None,
     batch_size: BatchOpt = 64,
     cache: CacheOpt = True,
-    skip_missing_queries: Annotated[bool, typer.Option(
-        "--skip-missing-queries", help="Average only over judged queries with results (BEIR's convention); by "
-                                       "default a judged query without results counts as 0 (trec_eval -c, "
-                                       "as Pyserini's published numbers).")] = False,
+    skip_missing_queries: Annotated[
+        bool,
+        typer.Option(
+            "--skip-missing-queries",
+            help="Average only over judged queries with results (BEIR's convention); by "
+            "default a judged query without results counts as 0 (trec_eval -c, "
+            "as Pyserini's published numbers).",
+        ),
+    ] = False,
     fmt: FormatOpt = "text",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -88,9 +108,14 @@ def reproduce_cmd(
     from densekit.eval.reproduce import EXPECTED_SCORES, load_expected, reproduce
 
     table = load_expected(expected or EXPECTED_SCORES)
-    grades = reproduce(table, only=only, datasets=dataset, tolerance=tolerance,
-                       options={"device": device, "batch_size": batch_size, "cache": cache},
-                       skip_missing_queries=skip_missing_queries)
+    grades = reproduce(
+        table,
+        only=only,
+        datasets=dataset,
+        tolerance=tolerance,
+        options={"device": device, "batch_size": batch_size, "cache": cache},
+        skip_missing_queries=skip_missing_queries,
+    )
     rows = [g.to_json() for g in grades]
     counts = {name: sum(1 for g in grades if g.grade == name) for name in ("OK", "OFF", "SKIPPED", "ERROR")}
     summary = {"expected": str(table.path), "counts": counts, "grades": rows}
@@ -106,14 +131,24 @@ def reproduce_cmd(
         render.markdown(reproduction_markdown(rows))
     else:
         rule = "skipped" if skip_missing_queries else "counted as 0"
-        render.table(f"reproductions ({', '.join(f'{k} {v}' for k, v in counts.items() if v)}; judged queries "
-                     f"without results {rule})",
-                     ["retriever", "dataset", "metric", "expected", "measured", "diff", "no results", "grade"],
-                     [[g.retriever, g.dataset, g.metric, f"{g.expected:.4f}",
-                       "-" if g.measured is None else f"{g.measured:.4f}",
-                       "-" if g.difference is None else f"{g.difference:+.4f}",
-                       "-" if g.missing_queries is None else str(g.missing_queries),
-                       g.grade + (f": {g.reason}" if g.reason else "")] for g in grades])
+        render.table(
+            f"reproductions ({', '.join(f'{k} {v}' for k, v in counts.items() if v)}; judged queries "
+            f"without results {rule})",
+            ["retriever", "dataset", "metric", "expected", "measured", "diff", "no results", "grade"],
+            [
+                [
+                    g.retriever,
+                    g.dataset,
+                    g.metric,
+                    f"{g.expected:.4f}",
+                    "-" if g.measured is None else f"{g.measured:.4f}",
+                    "-" if g.difference is None else f"{g.difference:+.4f}",
+                    "-" if g.missing_queries is None else str(g.missing_queries),
+                    g.grade + (f": {g.reason}" if g.reason else ""),
+                ]
+                for g in grades
+            ],
+        )
     if counts["OFF"] or counts["ERROR"]:
         # SystemExit, not typer.Exit: under standalone_mode=False click turns Exit into a return value.
         raise SystemExit(1)

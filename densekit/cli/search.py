@@ -33,13 +33,19 @@ def search(
     directory: IndexDirArg,
     query: Annotated[str | None, typer.Argument(help="A query text (or use --queries).")] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Hits per query.")] = 10,
-    queries: Annotated[str | None, typer.Option(help="Queries to run: a queries.jsonl file, or a BEIR folder or "
-                                                     "dataset name.")] = None,
+    queries: Annotated[
+        str | None, typer.Option(help="Queries to run: a queries.jsonl file, or a BEIR folder or dataset name.")
+    ] = None,
     split: Annotated[str | None, typer.Option(help="Only the queries judged in this split.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="TREC run file to write.")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Embed the queries with this encoder instead of "
-                                                                    "the one that built the index (announced).")]
-    = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Embed the queries with this encoder instead of the one that built the index (announced).",
+        ),
+    ] = None,
     device: DeviceOpt = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
@@ -58,9 +64,16 @@ def search(
         raise DensekitError("give either a QUERY text or --queries DATA, not both or neither")
     if k <= 0:
         raise DensekitError(f"-k must be positive, got {k}")
-    options = SearchOptions(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor, rerank_vectors=rerank_vectors,
-                            rerank_candidates=rerank_candidates, index_device=index_device,
-                            shard_gpus=shard_gpus, float16=float16)
+    options = SearchOptions(
+        nprobe=nprobe,
+        ef_search=ef_search,
+        k_factor=k_factor,
+        rerank_vectors=rerank_vectors,
+        rerank_candidates=rerank_candidates,
+        index_device=index_device,
+        shard_gpus=shard_gpus,
+        float16=float16,
+    )
     options.params()  # checked before anything loads
     check_index_dir(directory)
     from densekit.retriever.compose import search_index
@@ -72,9 +85,14 @@ def search(
             render.emit({"query": query, "hits": rows, **result})
             return
         with_texts = any("text" in row for row in rows)
-        render.table(f"top {k} for: {query}", ["rank", "doc_id", "score"] + (["title / text"] if with_texts else []),
-                     [[row["rank"], row["doc_id"], f"{row['score']:.4f}"] + ([_snippet(row)] if with_texts else [])
-                      for row in rows])
+        render.table(
+            f"top {k} for: {query}",
+            ["rank", "doc_id", "score"] + (["title / text"] if with_texts else []),
+            [
+                [row["rank"], row["doc_id"], f"{row['score']:.4f}"] + ([_snippet(row)] if with_texts else [])
+                for row in rows
+            ],
+        )
         return
     from densekit.data import load_queries
     from densekit.eval.metrics import queries_without_results
@@ -85,17 +103,29 @@ def search(
     elapsed = time.perf_counter() - start
     # A TREC run has no line for a query without hits; evaluation counts such a judged query as 0.
     no_hits = len(queries_without_results(query_set, result["hits"]))
-    info = {"queries": len(result["hits"]), "queries_without_hits": no_hits, "k": k,
-            "run": str(out) if out else None, "seconds": round(elapsed, 3)}
+    info = {
+        "queries": len(result["hits"]),
+        "queries_without_hits": no_hits,
+        "k": k,
+        "run": str(out) if out else None,
+        "seconds": round(elapsed, 3),
+    }
     if as_json:
         if out is None:
             info["results"] = {q: [[h["doc_id"], h["score"]] for h in hits] for q, hits in result["hits"].items()}
         render.emit(info)
     else:
-        missing = (f"; {no_hits} {'query' if no_hits == 1 else 'queries'} without hits"
-                   + (" (no line in the run file)" if out else "")) if no_hits else ""
-        render.say(f"searched {info['queries']} queries (k={k}) in {elapsed:.2f} s" + (f" -> {out}" if out else "")
-                   + missing)
+        missing = (
+            (
+                f"; {no_hits} {'query' if no_hits == 1 else 'queries'} without hits"
+                + (" (no line in the run file)" if out else "")
+            )
+            if no_hits
+            else ""
+        )
+        render.say(
+            f"searched {info['queries']} queries (k={k}) in {elapsed:.2f} s" + (f" -> {out}" if out else "") + missing
+        )
 
 
 def _snippet(row: dict, width: int = 160) -> str:

@@ -39,16 +39,18 @@ def index_encode(
     shard_size: Annotated[int, typer.Option(help="Documents per .npy shard.")] = 100_000,
     device: DeviceOpt = None,
     batch_size: BatchOpt = 64,
-    index: Annotated[Path | None, typer.Option("--index", help="Then build this index directory from the "
-                                                               "shards.")] = None,
+    index: Annotated[
+        Path | None, typer.Option("--index", help="Then build this index directory from the shards.")
+    ] = None,
     factory: FactoryOpt = "Flat",
     train_sample: TrainSampleOpt = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
     k_factor: KFactorOpt = None,
     index_device: BuildDeviceOpt = "cpu",
-    store_texts: Annotated[bool, typer.Option("--store-texts/--no-store-texts",
-                                              help="Keep the document texts in the index.")] = True,
+    store_texts: Annotated[
+        bool, typer.Option("--store-texts/--no-store-texts", help="Keep the document texts in the index.")
+    ] = True,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -63,16 +65,27 @@ def index_encode(
     from densekit.retriever.indexing import encode_shards_dir
 
     start = time.perf_counter()
-    info = encode_shards_dir(data, out, model, shard_size, device=device, batch_size=batch_size, index=index,
-                             config=config, store_texts=store_texts)
+    info = encode_shards_dir(
+        data,
+        out,
+        model,
+        shard_size,
+        device=device,
+        batch_size=batch_size,
+        index=index,
+        config=config,
+        store_texts=store_texts,
+    )
     if info is None:  # not rank 0
         return
     info["seconds"] = round(time.perf_counter() - start, 2)
     if as_json:
         render.emit(info)
     else:
-        render.say(f"encoded {info['documents']} documents of {info['dataset']} into {info['shards']} shard(s) in "
-                   f"{out}" + (f"; index -> {index}" if index else "") + f" ({info['seconds']} s)")
+        render.say(
+            f"encoded {info['documents']} documents of {info['dataset']} into {info['shards']} shard(s) in "
+            f"{out}" + (f"; index -> {index}" if index else "") + f" ({info['seconds']} s)"
+        )
 
 
 @index_app.command("from-shards")
@@ -95,8 +108,15 @@ def index_from_shards(
     """Build an index from encoded shards: train on a sample, then add shard by shard (mmap)."""
     render.setup(as_json, quiet)
     params = SearchOptions(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor).params()
-    config = IndexBuildConfig(factory=factory, train_sample=train_sample, seed=seed, search_params=params,
-                              device=index_device, shard=shard_gpus, float16=float16)
+    config = IndexBuildConfig(
+        factory=factory,
+        train_sample=train_sample,
+        seed=seed,
+        search_params=params,
+        device=index_device,
+        shard=shard_gpus,
+        float16=float16,
+    )
     from densekit.retriever.indexing import index_from_shards_dir
 
     start = time.perf_counter()

@@ -19,9 +19,14 @@ from densekit.retriever.train.config import TrainConfig
 def train_cmd(
     config: TrainConfig,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Start over in an output folder that holds a run (its checkpoints, model/, best/ "
-        "and metrics are removed first).")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Start over in an output folder that holds a run (its checkpoints, model/, best/ "
+            "and metrics are removed first).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -36,8 +41,10 @@ def train_cmd(
     if as_json:
         render.emit(summary)
         return
-    rows = [[key, summary[key]] for key in ("examples_this_run", "train_seconds", "examples_per_s", "final_loss",
-                                            "temperature", "model")]
+    rows = [
+        [key, summary[key]]
+        for key in ("examples_this_run", "train_seconds", "examples_per_s", "final_loss", "temperature", "model")
+    ]
     if summary["best"]:
         rows.append(["best", json.dumps(summary["best"])])
     render.table(f"training summary ({summary['steps']}/{summary['total_steps']} steps)", ["", ""], rows)

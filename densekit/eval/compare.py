@@ -133,14 +133,10 @@ class Comparison:
             "missing_query_rule": "zero",
             "randomization": {"trials": self.trials, "seed": self.seed},
             "tie_tolerance": TIE_TOLERANCE,
-            "metrics": {
-                name: {**asdict(m), "relative_delta": m.relative_delta} for name, m in self.metrics.items()
-            },
+            "metrics": {name: {**asdict(m), "relative_delta": m.relative_delta} for name, m in self.metrics.items()},
         }
         if per_query:
-            out["per_query"] = {
-                q: {"a": self.per_query_a[q], "b": self.per_query_b[q]} for q in self.per_query_a
-            }
+            out["per_query"] = {q: {"a": self.per_query_a[q], "b": self.per_query_b[q]} for q in self.per_query_a}
         return out
 
 
@@ -192,9 +188,7 @@ def compare_runs(
             ties=int(np.count_nonzero(np.abs(diff) <= TIE_TOLERANCE)),
             losses=int(np.count_nonzero(diff < -TIE_TOLERANCE)),
         )
-    return Comparison(
-        name_a, name_b, len(query_ids), results, values_a, values_b, missing_a, missing_b, trials, seed
-    )
+    return Comparison(name_a, name_b, len(query_ids), results, values_a, values_b, missing_a, missing_b, trials, seed)
 
 
 def plot_deltas(comparison: Comparison, metric: str, path: str | Path) -> Path:
@@ -215,18 +209,12 @@ def plot_deltas(comparison: Comparison, metric: str, path: str | Path) -> Path:
         raise DensekitError(f"metric {metric!r} was not compared; compared: {', '.join(comparison.metrics)}")
     deltas = np.sort(np.array(list(comparison.deltas(metric).values())))[::-1]
     summary = comparison.metrics[metric]
-    colors = [
-        "#2a9d8f" if d > TIE_TOLERANCE else "#e76f51" if d < -TIE_TOLERANCE else "#8d99ae" for d in deltas
-    ]
+    colors = ["#2a9d8f" if d > TIE_TOLERANCE else "#e76f51" if d < -TIE_TOLERANCE else "#8d99ae" for d in deltas]
     fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
     ax.bar(np.arange(deltas.size), deltas, width=1.0, color=colors, linewidth=0)
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.axhline(
-        summary.delta, color="#264653", linewidth=1.0, linestyle="--", label=f"mean {summary.delta:+.4f}"
-    )
-    ax.set_xlabel(
-        f"queries sorted by delta ({summary.wins} wins, {summary.ties} ties, {summary.losses} losses)"
-    )
+    ax.axhline(summary.delta, color="#264653", linewidth=1.0, linestyle="--", label=f"mean {summary.delta:+.4f}")
+    ax.set_xlabel(f"queries sorted by delta ({summary.wins} wins, {summary.ties} ties, {summary.losses} losses)")
     ax.set_ylabel(f"{metric}: B - A")
     ax.set_title(
         f"{comparison.name_b} vs {comparison.name_a}: t-test p={summary.t_p_value:.3g}, "

@@ -33,13 +33,19 @@ class EvalConfig:
 
     data: str = field(metadata={"help": "BEIR folder or dataset name."})
     split: str = field(default="test", metadata={"help": "qrels split."})
-    metrics: tuple[str, ...] = field(default=DEFAULT_METRICS, metadata={
-        "help": "Comma-separated, e.g. ndcg@10,recall@100."})
-    ignore_identical_ids: bool = field(default=False, metadata={"help": "Drop hits whose id equals the query id "
-                                                                        "(BEIR)."})
-    skip_missing_queries: bool = field(default=False, metadata={
-        "help": "Average only over judged queries that have results (BEIR's convention); by default a judged "
-                "query without results counts as 0 (trec_eval -c, Pyserini's published numbers)."})
+    metrics: tuple[str, ...] = field(
+        default=DEFAULT_METRICS, metadata={"help": "Comma-separated, e.g. ndcg@10,recall@100."}
+    )
+    ignore_identical_ids: bool = field(
+        default=False, metadata={"help": "Drop hits whose id equals the query id (BEIR)."}
+    )
+    skip_missing_queries: bool = field(
+        default=False,
+        metadata={
+            "help": "Average only over judged queries that have results (BEIR's convention); by default a judged "
+            "query without results counts as 0 (trec_eval -c, Pyserini's published numbers)."
+        },
+    )
     run: Path | None = field(default=None, metadata={"help": "Evaluate an existing TREC run file."})
     retriever: RetrieverSpec | None = None
     out: Path | None = field(default=None, metadata={"help": "Write results JSON (with per-query values)."})
@@ -51,8 +57,9 @@ class EvalConfig:
         given = [s for s in (self.run, spec and spec.model, spec and spec.index) if s is not None]
         bm25 = bool(spec and spec.bm25)
         if len(given) + int(bm25) == 0 or len(given) > 1:
-            raise DensekitError("give exactly one of --model, --index or --run (or --bm25, alone or with "
-                                "--model/--index)")
+            raise DensekitError(
+                "give exactly one of --model, --index or --run (or --bm25, alone or with --model/--index)"
+            )
         if self.run is not None and spec is not None and (spec.bm25 or spec.fusion or spec.rerank):
             raise DensekitError("--run evaluates a run file as it is; --bm25, --fusion and --rerank need retrievers")
         for name in self.metrics:
@@ -71,15 +78,28 @@ def evaluate(config: EvalConfig) -> EvalReport:
     config.validate()
     ds = load_dataset(config.data, split=config.split)
     if config.run is not None:
-        report = evaluate_run(Run.read_trec(config.run), ds, config.metrics, config.ignore_identical_ids,
-                              config={"run": str(config.run)}, skip_missing_queries=config.skip_missing_queries)
+        report = evaluate_run(
+            Run.read_trec(config.run),
+            ds,
+            config.metrics,
+            config.ignore_identical_ids,
+            config={"run": str(config.run)},
+            skip_missing_queries=config.skip_missing_queries,
+        )
     else:
         spec = config.retriever
         start = time.perf_counter()
         retriever, described = build_retriever(spec, ds.corpus)
-        report = evaluate_retriever(retriever, ds, config.metrics, spec.depth, config.ignore_identical_ids,
-                                    {**described, "depth": spec.depth}, {"index": time.perf_counter() - start},
-                                    skip_missing_queries=config.skip_missing_queries)
+        report = evaluate_retriever(
+            retriever,
+            ds,
+            config.metrics,
+            spec.depth,
+            config.ignore_identical_ids,
+            {**described, "depth": spec.depth},
+            {"index": time.perf_counter() - start},
+            skip_missing_queries=config.skip_missing_queries,
+        )
     if config.run_out is not None:
         report.run.write_trec(config.run_out)
     if config.out is not None:
@@ -104,9 +124,17 @@ def read_prompt_file(path: Path) -> dict[str, str]:
     return prompts
 
 
-def compare_run_files(run_a: Path, run_b: Path, data: str, split: str = "test",
-                      metrics: tuple[str, ...] = DEFAULT_METRICS, trials: int = 10_000, seed: int = 0,
-                      out: Path | None = None, plot: Path | None = None) -> tuple[object, dict]:
+def compare_run_files(
+    run_a: Path,
+    run_b: Path,
+    data: str,
+    split: str = "test",
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    trials: int = 10_000,
+    seed: int = 0,
+    out: Path | None = None,
+    plot: Path | None = None,
+) -> tuple[object, dict]:
     """`densekit compare`: two TREC runs judged by `data`'s `split` qrels, per query (paired tests).
 
     Returns the :class:`~densekit.eval.compare.Comparison` and its JSON summary. `out` gets the
@@ -120,8 +148,16 @@ def compare_run_files(run_a: Path, run_b: Path, data: str, split: str = "test",
 
     root = resolve_dataset(data)
     qrels = read_qrels(qrels_path(root, split))
-    comparison = compare_runs(Run.read_trec(run_a), Run.read_trec(run_b), qrels, metrics, trials=trials,
-                              seed=seed, name_a=run_a.name, name_b=run_b.name)
+    comparison = compare_runs(
+        Run.read_trec(run_a),
+        Run.read_trec(run_b),
+        qrels,
+        metrics,
+        trials=trials,
+        seed=seed,
+        name_a=run_a.name,
+        name_b=run_b.name,
+    )
     result = comparison.to_json(per_query=False)
     result.update(dataset=root.name, split=split)
     if out is not None:

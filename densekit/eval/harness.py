@@ -56,8 +56,12 @@ def library_versions() -> dict[str, str]:
     import numpy
     import pytrec_eval  # noqa: F401
 
-    versions = {"densekit": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-                "faiss": getattr(faiss, "__version__", "?")}
+    versions = {
+        "densekit": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "faiss": getattr(faiss, "__version__", "?"),
+    }
     try:
         import torch
         import transformers
@@ -82,8 +86,15 @@ def evaluate_retriever(
     start = time.perf_counter()
     run = retriever.search(dataset.queries, depth)
     search_s = time.perf_counter() - start
-    return evaluate_run(run, dataset, metrics, ignore_identical_ids, config,
-                        {**(timings or {}), "search": search_s}, skip_missing_queries=skip_missing_queries)
+    return evaluate_run(
+        run,
+        dataset,
+        metrics,
+        ignore_identical_ids,
+        config,
+        {**(timings or {}), "search": search_s},
+        skip_missing_queries=skip_missing_queries,
+    )
 
 
 def evaluate_run(
@@ -97,14 +108,22 @@ def evaluate_run(
 ) -> EvalReport:
     """Score an existing run (e.g. read from a TREC file) against `dataset.qrels`."""
     start = time.perf_counter()
-    result = evaluate(dataset.qrels, run, metrics, ignore_identical_ids=ignore_identical_ids,
-                      skip_missing_queries=skip_missing_queries)
+    result = evaluate(
+        dataset.qrels,
+        run,
+        metrics,
+        ignore_identical_ids=ignore_identical_ids,
+        skip_missing_queries=skip_missing_queries,
+    )
     return EvalReport(
         dataset=dataset.name,
         split=dataset.split,
         result=result,
         run=run,
-        config={**(config or {}), "ignore_identical_ids": ignore_identical_ids,
-                "missing_query_rule": result.missing_query_rule},
+        config={
+            **(config or {}),
+            "ignore_identical_ids": ignore_identical_ids,
+            "missing_query_rule": result.missing_query_rule,
+        },
         timings={**(timings or {}), "evaluate": time.perf_counter() - start},
     )

@@ -82,9 +82,7 @@ def import_mteb():
     try:
         import mteb
     except ImportError as exc:
-        raise DensekitError(
-            f"the mteb package is not installed ({exc}); pip install 'densekit[mteb]'"
-        ) from None
+        raise DensekitError(f"the mteb package is not installed ({exc}); pip install 'densekit[mteb]'") from None
     logging_quiet()
     return mteb
 
@@ -159,11 +157,7 @@ def make_encoder_class():
             texts = [text for batch in inputs for text in batch["text"]]
             prompt = self.prompt_for(task_metadata, prompt_type)
             show = bool(kwargs.get("show_progress_bar", True)) and not is_quiet()
-            if (
-                self.cache
-                and prompt_type == PromptType.document
-                and prompt == self.model.config.document_prompt
-            ):
+            if self.cache and prompt_type == PromptType.document and prompt == self.model.config.document_prompt:
                 corpus = self._corpora.get(fingerprint(texts))
                 if corpus is not None:
                     self.cache_hits += 1
@@ -196,9 +190,7 @@ def official_task_class(name: str):
     try:
         task = mteb.get_task(name)
     except (KeyError, ValueError):
-        matches = [
-            t for t in mteb.get_tasks(task_types=["Retrieval"]) if t.metadata.name.lower() == name.lower()
-        ]
+        matches = [t for t in mteb.get_tasks(task_types=["Retrieval"]) if t.metadata.name.lower() == name.lower()]
         if not matches:
             return None
         task = matches[0]
@@ -244,9 +236,7 @@ def local_retrieval_task(dataset: BeirDataset, language: str = "eng-Latn"):
         )
         base = AbsTaskRetrieval
 
-    corpus = Dataset.from_dict(
-        {"id": dataset.corpus.ids, "title": dataset.corpus.titles, "text": dataset.corpus.body}
-    )
+    corpus = Dataset.from_dict({"id": dataset.corpus.ids, "title": dataset.corpus.titles, "text": dataset.corpus.body})
     queries = Dataset.from_dict({"id": list(dataset.queries), "text": list(dataset.queries.values())})
     split_data = {"corpus": corpus, "queries": queries, "relevant_docs": dataset.qrels, "top_ranked": None}
 
@@ -267,8 +257,7 @@ def mteb_task(name: str):
         task = mteb.get_task(name)
     except (KeyError, ValueError) as exc:
         raise DensekitError(
-            f"{name!r} is neither a BEIR folder (path or name under $DENSEKIT_DATA) "
-            f"nor an mteb task name ({exc})"
+            f"{name!r} is neither a BEIR folder (path or name under $DENSEKIT_DATA) nor an mteb task name ({exc})"
         ) from None
     try:
         task.load_data()
@@ -282,9 +271,7 @@ def mteb_task(name: str):
     return task
 
 
-def resolve_tasks(
-    names: Sequence[str], split: str, language: str = "eng-Latn"
-) -> tuple[list, list[BeirDataset]]:
+def resolve_tasks(names: Sequence[str], split: str, language: str = "eng-Latn") -> tuple[list, list[BeirDataset]]:
     """Each name as a local BEIR task when it resolves to a folder, else as an mteb task."""
     from densekit.data import resolve_dataset
 

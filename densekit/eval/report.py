@@ -69,10 +69,14 @@ def missing_queries_note(report: Mapping[str, Any]) -> str:
     if not missing:
         return ""
     if report.get("missing_query_rule", "zero") == "skip":
-        return (f"\n\n{missing} judged queries had no results and were left out of the average "
-                "(--skip-missing-queries, BEIR's convention).")
-    return (f"\n\n{missing} judged queries had no results and count as 0 in the average "
-            "(trec_eval -c, as Pyserini's published numbers).")
+        return (
+            f"\n\n{missing} judged queries had no results and were left out of the average "
+            "(--skip-missing-queries, BEIR's convention)."
+        )
+    return (
+        f"\n\n{missing} judged queries had no results and count as 0 in the average "
+        "(trec_eval -c, as Pyserini's published numbers)."
+    )
 
 
 def comparison_markdown(comparison: Mapping[str, Any]) -> str:

@@ -91,8 +91,17 @@ class Grade:
     @classmethod
     def of(cls, expected: ExpectedScore, grade: str, **details) -> Grade:
         """The grade of `expected`, copying its identity, value, tolerance and source."""
-        return cls(expected.retriever, expected.dataset, expected.split, expected.metric, expected.value,
-                   expected.tolerance, grade, source=expected.source, **details)
+        return cls(
+            expected.retriever,
+            expected.dataset,
+            expected.split,
+            expected.metric,
+            expected.value,
+            expected.tolerance,
+            grade,
+            source=expected.source,
+            **details,
+        )
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -157,9 +166,7 @@ def load_expected(path: str | Path = EXPECTED_SCORES) -> ExpectedTable:
 RetrieverBuilder = Callable[[dict[str, Any], BeirDataset, dict[str, Any]], tuple[Retriever, dict]]
 
 
-def build_dense(
-    spec: dict[str, Any], dataset: BeirDataset, options: dict[str, Any]
-) -> tuple[Retriever, dict]:
+def build_dense(spec: dict[str, Any], dataset: BeirDataset, options: dict[str, Any]) -> tuple[Retriever, dict]:
     """An Encoder over a flat inner-product index (exact search), as MTEB evaluates dense models."""
     from densekit.retriever.compose import RetrieverSpec, build_retriever
     from densekit.retriever.models import resolve_model
@@ -168,8 +175,13 @@ def build_dense(
         resolve_model(spec["model"])
     except DensekitError as exc:
         raise RetrieverUnavailable(str(exc)) from None
-    wanted = RetrieverSpec(model=spec["model"], factory=spec.get("factory", "Flat"), device=options.get("device"),
-                           batch_size=options.get("batch_size", 64), cache=options.get("cache", True))
+    wanted = RetrieverSpec(
+        model=spec["model"],
+        factory=spec.get("factory", "Flat"),
+        device=options.get("device"),
+        batch_size=options.get("batch_size", 64),
+        cache=options.get("cache", True),
+    )
     retriever, config = build_retriever(wanted, dataset.corpus)
     return retriever, {"kind": "dense", **config}
 
@@ -283,11 +295,17 @@ def reproduce(
         for ignore_ids in sorted({e.ignore_identical_ids for e in group}):
             metrics = [e.metric for e in group if e.ignore_identical_ids == ignore_ids]
             try:
-                result = evaluate(dataset.qrels, run, metrics, ignore_identical_ids=ignore_ids,
-                                  skip_missing_queries=skip_missing_queries)
+                result = evaluate(
+                    dataset.qrels,
+                    run,
+                    metrics,
+                    ignore_identical_ids=ignore_ids,
+                    skip_missing_queries=skip_missing_queries,
+                )
             except DensekitError as exc:
-                grades.extend(Grade.of(e, "ERROR", reason=str(exc)) for e in group
-                              if e.ignore_identical_ids == ignore_ids)
+                grades.extend(
+                    Grade.of(e, "ERROR", reason=str(exc)) for e in group if e.ignore_identical_ids == ignore_ids
+                )
                 continue
             for e in (e for e in group if e.ignore_identical_ids == ignore_ids):
                 measured = result.metrics[e.metric]

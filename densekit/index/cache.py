@@ -75,8 +75,9 @@ def load_cached(key: str) -> np.ndarray | None:
     return array
 
 
-def store_with(key: str, shape: tuple[int, int], fill: Callable[[np.ndarray], None], meta: dict,
-               fallback: Callable[[], np.ndarray]) -> np.ndarray:
+def store_with(
+    key: str, shape: tuple[int, int], fill: Callable[[np.ndarray], None], meta: dict, fallback: Callable[[], np.ndarray]
+) -> np.ndarray:
     """Write an entry atomically by letting `fill` write rows into a memory-mapped array of `shape`.
 
     Returns the entry re-opened with mmap. When the entry cannot be written (no space, no
@@ -95,8 +96,10 @@ def store_with(key: str, shape: tuple[int, int], fill: Callable[[np.ndarray], No
             with open(staging / META_FILE, "w", encoding="utf-8") as handle:
                 json.dump(full, handle, indent=2)
     except OSError as exc:
-        announce(f"the embedding cache cannot be written at {entry} ({exc.strerror or exc}); "
-                 "going on without caching this entry")
+        announce(
+            f"the embedding cache cannot be written at {entry} ({exc.strerror or exc}); "
+            "going on without caching this entry"
+        )
         return fallback()
     return load_cached(key)  # type: ignore[return-value]
 

@@ -12,18 +12,26 @@ from dataclasses import asdict, dataclass, field
 class IndexBuildConfig:
     """Index type, its training sample, default search parameters and FAISS placement while building."""
 
-    factory: str = field(default="Flat", metadata={
-        "help": "Index preset (flat, ivf-flat, ivf-pq, ivf-pqr, hnsw, sq8, fp16) or FAISS factory string, "
-                "e.g. OPQ96,IVF1024,PQ96."})
+    factory: str = field(
+        default="Flat",
+        metadata={
+            "help": "Index preset (flat, ivf-flat, ivf-pq, ivf-pqr, hnsw, sq8, fp16) or FAISS factory string, "
+            "e.g. OPQ96,IVF1024,PQ96."
+        },
+    )
     metric: str = field(default="ip", metadata={"help": "ip (inner product; cosine on normalised vectors) or l2."})
-    train_sample: int | None = field(default=None, metadata={
-        "help": "Vectors drawn to train IVF/PQ/SQ (default: the preset's)."})
+    train_sample: int | None = field(
+        default=None, metadata={"help": "Vectors drawn to train IVF/PQ/SQ (default: the preset's)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the training sample."})
-    search_params: dict | None = field(default=None, metadata={
-        "help": "Default search parameters stored in the manifest (nprobe, efSearch, k_factor)."})
+    search_params: dict | None = field(
+        default=None,
+        metadata={"help": "Default search parameters stored in the manifest (nprobe, efSearch, k_factor)."},
+    )
     device: str = field(default="cpu", metadata={"help": "Where FAISS builds: cpu, gpu, gpu:N, gpu:0,1, auto."})
-    shard: bool = field(default=False, metadata={
-        "help": "On several GPUs: split the vectors (capacity) or copy them (throughput)."})
+    shard: bool = field(
+        default=False, metadata={"help": "On several GPUs: split the vectors (capacity) or copy them (throughput)."}
+    )
     float16: bool = field(default=False, metadata={"help": "GPU: half-precision vectors / PQ tables."})
 
     def options(self) -> dict:

@@ -4,16 +4,12 @@ A saved index directory holds::
 
     index.faiss     the FAISS index (always written from a CPU copy)
     ids.json        the document id of each vector, in FAISS label order
-    manifest.json   format version, densekit version, model and encoding config, dimension, metric,
-                    factory string (and preset), training-sample size, vector count, search
-                    parameters (nprobe / efSearch defaults), and the sha256 of each file
+    manifest.json   versions, model (with its fingerprint) and encoding config, dimension, metric, factory,
+                    training-sample size, count, search parameters, sha256 of each file (index/manifest.py)
 
-Loading checks the manifest against the files (sha256, count, dimension); any mismatch raises
-:class:`~densekit.errors.IntegrityError` instead of serving wrong answers. Saving is atomic.
-
-FAISS labels are always the positions 0..n-1 of ``ids``: removing documents compacts the labels
-(FAISS's flat indexes do so themselves; inverted lists are renumbered; HNSW, which cannot delete, is
-rebuilt from its stored vectors, announced), so the id list and the FAISS file never disagree.
+Loading checks the manifest and the files (sha256, count, dimension): a mismatch is an IntegrityError,
+never a wrong answer. Saving is atomic (densekit.io.atomic_dir). FAISS labels are always the positions
+0..n-1 of ``ids``: removing documents compacts them (index/faiss_ops.py: without_labels).
 
 Example::
 
@@ -40,15 +36,13 @@ from densekit.index.faiss_ops import (
     ADD_BLOCK,
     METRICS,
     as_float32,
-    compact_ivf_labels,
-    is_ivf,
     mmap_flags,
-    rebuilt_hnsw_without,
     sample_rows,
     skip_polysemous_training,
     train_index,
+    without_labels,
 )
-from densekit.index.gpu import GPU_MAX_K, base_index, needs_cpu_search, parameter_space, place, to_cpu
+from densekit.index.gpu import GPU_MAX_K, needs_cpu_search, parameter_space, place, to_cpu
 from densekit.index.manifest import (
     FORMAT_VERSION,
     IDS_FILE,
@@ -64,8 +58,8 @@ from densekit.progress import announce, progress_bar, stage
 
 UNIT_TOLERANCE = 1e-3  # float32 embeddings normalised by a model are within ~1e-6 of length 1
 
-__all__ = ["DenseIndex", "read_manifest", "verify_files", "sample_rows", "train_index", "GPU_MAX_K",
-           "FORMAT_VERSION", "IDS_FILE", "INDEX_FILE", "MANIFEST_FILE"]
+# Re-exported for callers that open an index through this module.
+__all__ = ["DenseIndex", "read_manifest", "verify_files", "sample_rows", "train_index", "GPU_MAX_K"]
 
 
 class DenseIndex(ExactRerank):
@@ -158,7 +152,8 @@ class DenseIndex(ExactRerank):
                 f"{self.factory} serves inner-product search through FAISS's L2-only IVFPQR, which ranks "
                 f"like the inner product only for unit-length vectors; {what} row {int(bad[0])} has norm "
                 f"{norms[bad[0]]:.4f} ({len(bad)} rows off by more than {UNIT_TOLERANCE}). Normalise the "
-                "embeddings (e.g. a model ending in a Normalize layer) or choose another index")
+                "embeddings (e.g. a model ending in a Normalize layer) or choose another index"
+            )
 
     @property
     def needs_training(self) -> bool:
@@ -204,8 +199,9 @@ class DenseIndex(ExactRerank):
             raise DensekitError(f"embeddings must be a 2-D array, got shape {embeddings.shape}")
         if len(embeddings) == 0:
             raise DensekitError("cannot build an index from zero embeddings")
-        index = cls.create(int(embeddings.shape[1]), len(embeddings), factory, metric, model, train_sample,
-                           search_params)
+        index = cls.create(
+            int(embeddings.shape[1]), len(embeddings), factory, metric, model, train_sample, search_params
+        )
         index.to_device(device, shard=shard, float16=float16)
         long_add = index.needs_training or len(ids) > ADD_BLOCK  # quantising codes or many blocks: say so
         if index.needs_training:
@@ -215,8 +211,9 @@ class DenseIndex(ExactRerank):
             index.add_blocks(embeddings, list(ids), show_progress=show_progress)
         return index
 
-    def add_blocks(self, embeddings: np.ndarray, ids: list[str], block: int = ADD_BLOCK,
-                   show_progress: bool = False) -> None:
+    def add_blocks(
+        self, embeddings: np.ndarray, ids: list[str], block: int = ADD_BLOCK, show_progress: bool = False
+    ) -> None:
         """:meth:`add` `embeddings` block by block (an mmap never has to fit in memory)."""
         if len(ids) != len(embeddings):
             raise DensekitError(f"{len(embeddings)} embeddings but {len(ids)} ids")
@@ -232,8 +229,9 @@ class DenseIndex(ExactRerank):
 
     def _check_writable(self, what: str) -> None:
         if self.read_only:
-            raise DensekitError(f"cannot {what}: the index was opened memory-mapped (read-only); "
-                                "load it without mmap to change it")
+            raise DensekitError(
+                f"cannot {what}: the index was opened memory-mapped (read-only); load it without mmap to change it"
+            )
 
     def _changed(self) -> None:
         self._positions = None
@@ -276,20 +274,7 @@ class DenseIndex(ExactRerank):
         labels = np.array(sorted({known[i] for i in ids if i in known}), dtype=np.int64)
         if len(labels) == 0:
             return 0
-        cpu = to_cpu(self.index)
-        base = base_index(cpu)
-        if isinstance(base, faiss.IndexHNSW):
-            cpu = rebuilt_hnsw_without(cpu, labels, self.factory, self.metric)
-        else:
-            try:
-                removed = cpu.remove_ids(faiss.IDSelectorBatch(labels))
-            except RuntimeError as exc:
-                raise DensekitError(f"a {type(base).__name__} cannot remove vectors: "
-                                    f"{str(exc).splitlines()[-1]}") from None
-            if removed != len(labels):
-                raise IntegrityError(f"FAISS removed {removed} vectors, expected {len(labels)}")
-            if is_ivf(cpu):
-                compact_ivf_labels(faiss.extract_index_ivf(cpu), labels)
+        cpu = without_labels(to_cpu(self.index), labels, self.factory, self.metric)
         drop = set(labels.tolist())
         self.ids = [doc_id for i, doc_id in enumerate(self.ids) if i not in drop]
         self.edited = True
@@ -298,8 +283,11 @@ class DenseIndex(ExactRerank):
 
     def _replace_index(self, cpu_index: faiss.Index) -> None:
         placement = self.placement
-        self.index, self.device = (cpu_index, "cpu") if placement["device"] == "cpu" else place(
-            cpu_index, placement["device"], placement["shard"], placement["float16"])
+        self.index, self.device = (
+            (cpu_index, "cpu")
+            if placement["device"] == "cpu"
+            else place(cpu_index, placement["device"], placement["shard"], placement["float16"])
+        )
         self._changed()
 
     def update(self, embeddings: np.ndarray, ids: list[str]) -> tuple[int, int]:
@@ -347,8 +335,9 @@ class DenseIndex(ExactRerank):
         all_scores, all_labels = self.search_labels(queries, k, batch_size, params)
         return all_scores, [[self.ids[j] for j in row if j >= 0] for row in all_labels]
 
-    def search_labels(self, queries: np.ndarray, k: int, batch_size: int = 4096,
-                      params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_labels(
+        self, queries: np.ndarray, k: int, batch_size: int = 4096, params: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search`, but FAISS labels (positions in ``ids``; -1 pads a short row)."""
         queries = as_float32(queries, self.dim)
         effective = {**self.search_params, **check_search_params(params or {})}
@@ -390,8 +379,9 @@ class DenseIndex(ExactRerank):
             try:
                 space.set_index_parameter(index, name, value)
             except RuntimeError as exc:
-                raise DensekitError(f"search parameter {name}={value} does not apply to this index: "
-                                    f"{str(exc).splitlines()[-1]}") from None
+                raise DensekitError(
+                    f"search parameter {name}={value} does not apply to this index: {str(exc).splitlines()[-1]}"
+                ) from None
 
     # -- describing ----------------------------------------------------------------------------------
 
@@ -485,11 +475,18 @@ class DenseIndex(ExactRerank):
         if mmap and device != "cpu":
             announce("a memory-mapped index is copied into GPU memory: --mmap only saves host memory on the CPU")
         placed, where = place(index, device, shard, float16)
-        loaded = cls(placed, ids, manifest["factory"], manifest["metric"], manifest.get("model"), where,
-                     manifest.get("search_params"), manifest.get("preset"), manifest.get("train_sample"),
-                     read_only=mmap and where == "cpu",
-                     placement={"device": device, "shard": shard, "float16": float16})
+        loaded = cls(
+            placed,
+            ids,
+            manifest["factory"],
+            manifest["metric"],
+            manifest.get("model"),
+            where,
+            manifest.get("search_params"),
+            manifest.get("preset"),
+            manifest.get("train_sample"),
+            read_only=mmap and where == "cpu",
+            placement={"device": device, "shard": shard, "float16": float16},
+        )
         loaded.edited = bool(manifest.get("edited", False))
         return loaded
-
-

@@ -78,8 +78,12 @@ class DocStore:
     by a newer save meanwhile (the old file lives on until the store is closed).
     """
 
-    def __init__(self, documents: Mapping[str, StoredDocument] | None = None,
-                 path: Path | None = None, offsets: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        documents: Mapping[str, StoredDocument] | None = None,
+        path: Path | None = None,
+        offsets: dict[str, int] | None = None,
+    ) -> None:
         self._documents = dict(documents or {})
         self._path = path
         self._offsets = offsets or {}
@@ -102,8 +106,7 @@ class DocStore:
     @classmethod
     def from_corpus(cls, corpus: Corpus) -> DocStore:
         """A store over a BEIR corpus (no metadata)."""
-        return cls({i: StoredDocument(i, t, b) for i, t, b in
-                    zip(corpus.ids, corpus.titles, corpus.body, strict=True)})
+        return cls({i: StoredDocument(i, t, b) for i, t, b in zip(corpus.ids, corpus.titles, corpus.body, strict=True)})
 
     @classmethod
     def read(cls, path: str | Path) -> DocStore:
@@ -116,7 +119,7 @@ class DocStore:
                 if raw.strip():
                     doc = _parse_line(path, number, raw.decode("utf-8"))
                     if doc.id in offsets:
-                        raise InputError(path, f"duplicate \"_id\" {doc.id!r}", number)
+                        raise InputError(path, f'duplicate "_id" {doc.id!r}', number)
                     offsets[doc.id] = offset
                 offset += len(raw)
         return cls(path=path, offsets=offsets)
@@ -183,8 +186,9 @@ def add_docs_to_manifest(directory: Path, count: int) -> None:
     write_json(directory / MANIFEST_FILE, manifest)
 
 
-def attach_documents(directory: str | Path, documents: Corpus | Iterable[StoredDocument],
-                     index_ids: Iterable[str] | None = None) -> int:
+def attach_documents(
+    directory: str | Path, documents: Corpus | Iterable[StoredDocument], index_ids: Iterable[str] | None = None
+) -> int:
     """Store the texts of an already saved index in it; returns the number of documents written.
 
     With `index_ids` (the ids the index holds), every one of them must have a document, so that the
@@ -204,8 +208,13 @@ def attach_documents(directory: str | Path, documents: Corpus | Iterable[StoredD
     return count
 
 
-def save_with_documents(save_index, documents: Iterable[StoredDocument], directory: str | Path,
-                        kind: str = "index:dense", overwrite: bool = False) -> Path:
+def save_with_documents(
+    save_index,
+    documents: Iterable[StoredDocument],
+    directory: str | Path,
+    kind: str = "index:dense",
+    overwrite: bool = False,
+) -> Path:
     """Save an index and its documents as one directory, atomically.
 
     `save_index(path)` writes the index directory (e.g. ``DenseRetriever.save``); it runs inside a

@@ -37,18 +37,24 @@ class ExactRerank:
         ids = getattr(vectors, "ids", None)
         if callable(ids):
             if ids() != self.ids:
-                raise DensekitError("the shards' document ids differ from the index's (order or content): "
-                                    "they cannot re-rank it")
+                raise DensekitError(
+                    "the shards' document ids differ from the index's (order or content): they cannot re-rank it"
+                )
         elif self.edited:
-            raise DensekitError("documents were removed or updated since the index was built, so its labels no "
-                                "longer follow the vectors file; re-rank from a shard directory or rebuild")
+            raise DensekitError(
+                "documents were removed or updated since the index was built, so its labels no "
+                "longer follow the vectors file; re-rank from a shard directory or rebuild"
+            )
         if len(vectors) != len(self) or vectors.shape[1] != self.dim:
-            raise DensekitError(f"re-ranking needs the ({len(self)}, {self.dim}) vectors in label order, "
-                                f"got shape {tuple(vectors.shape)}")
+            raise DensekitError(
+                f"re-ranking needs the ({len(self)}, {self.dim}) vectors in label order, "
+                f"got shape {tuple(vectors.shape)}"
+            )
         self._rerank = (vectors, candidates)
 
-    def search_reranked(self, queries: np.ndarray, k: int, vectors: np.ndarray, candidates: int = 100,
-                        params: dict | None = None) -> tuple[np.ndarray, list[list[str]]]:
+    def search_reranked(
+        self, queries: np.ndarray, k: int, vectors: np.ndarray, candidates: int = 100, params: dict | None = None
+    ) -> tuple[np.ndarray, list[list[str]]]:
         """Top-`k` after re-scoring the index's top-`candidates` exactly against `vectors`.
 
         `vectors` holds the full float32 embeddings in label order (row i is ``ids[i]``), typically
@@ -58,8 +64,10 @@ class ExactRerank:
         itself as the refinement. Returns what :meth:`search` returns, with exact scores.
         """
         if len(vectors) != len(self) or getattr(vectors, "ndim", 2) != 2 or vectors.shape[1] != self.dim:
-            raise DensekitError(f"re-ranking needs the ({len(self)}, {self.dim}) vectors in label order, "
-                                f"got shape {getattr(vectors, 'shape', None)}")
+            raise DensekitError(
+                f"re-ranking needs the ({len(self)}, {self.dim}) vectors in label order, "
+                f"got shape {getattr(vectors, 'shape', None)}"
+            )
         if k <= 0:
             raise DensekitError(f"k must be positive, got {k}")
         queries = as_float32(queries, self.dim)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
-from densekit.errors import DensekitError
+from densekit.errors import DensekitError, IntegrityError
 from densekit.index.gpu import base_index
 from densekit.progress import announce
 
@@ -59,13 +59,17 @@ def train_index(index: faiss.Index, sample: np.ndarray) -> None:
             index.train(as_float32(sample))
         except RuntimeError as exc:
             reason = str(exc).splitlines()[-1].split("failed: ")[-1]
-            raise DensekitError(f"training the index on {len(sample)} vectors failed: {reason} "
-                                "(use a larger --train-sample or fewer lists / PQ centroids)") from None
+            raise DensekitError(
+                f"training the index on {len(sample)} vectors failed: {reason} "
+                "(use a larger --train-sample or fewer lists / PQ centroids)"
+            ) from None
     warnings = [line for line in lines if line.startswith("WARNING clustering")]
     if warnings:
-        announce(f"FAISS: {warnings[0].removeprefix('WARNING ')} "
-                 f"({len(warnings)} such warning(s); recall may suffer: use a larger --train-sample "
-                 "or fewer lists / PQ centroids)")
+        announce(
+            f"FAISS: {warnings[0].removeprefix('WARNING ')} "
+            f"({len(warnings)} such warning(s); recall may suffer: use a larger --train-sample "
+            "or fewer lists / PQ centroids)"
+        )
     others = [line for line in lines if not line.startswith("WARNING clustering") and line.strip()]
     for line in others:
         announce(f"FAISS: {line}")
@@ -94,7 +98,6 @@ def is_ivf(index: faiss.Index) -> bool:
     return faiss.try_extract_index_ivf(index) is not None
 
 
-
 def mmap_flags(factory: str) -> int:
     # Inverted lists map through OnDiskInvertedLists; flat code arrays through MMAP_IFC.
     # The two flags cannot be combined for IVF files.
@@ -109,8 +112,9 @@ def structure(index: faiss.Index) -> dict:
     while True:
         out["faiss_classes"].append(type(index).__name__)
         if isinstance(index, faiss.IndexPreTransform):
-            out["transforms"] = [type(faiss.downcast_VectorTransform(index.chain.at(i))).__name__
-                                 for i in range(index.chain.size())]
+            out["transforms"] = [
+                type(faiss.downcast_VectorTransform(index.chain.at(i))).__name__ for i in range(index.chain.size())
+            ]
             index = faiss.downcast_index(index.index)
             continue
         break
@@ -145,8 +149,7 @@ def compact_ivf_labels(ivf: faiss.IndexIVF, removed: np.ndarray) -> None:
 def rebuilt_hnsw_without(index: faiss.Index, labels: np.ndarray, factory: str, metric: str) -> faiss.Index:
     """A new HNSW index over `index`'s vectors except `labels` (HNSW cannot delete in place), announced."""
     dim = int(index.d)
-    announce(f"HNSW cannot delete vectors in place: rebuilding the graph over {index.ntotal - len(labels)} "
-             "vectors")
+    announce(f"HNSW cannot delete vectors in place: rebuilding the graph over {index.ntotal - len(labels)} vectors")
     keep = np.setdiff1d(np.arange(index.ntotal, dtype=np.int64), labels)
     vectors = index.reconstruct_batch(keep) if len(keep) else np.empty((0, dim), np.float32)
     rebuilt = faiss.index_factory(dim, factory, METRICS[metric])
@@ -156,3 +159,20 @@ def rebuilt_hnsw_without(index: faiss.Index, labels: np.ndarray, factory: str, m
     for start in range(0, len(vectors), ADD_BLOCK):
         rebuilt.add(vectors[start : start + ADD_BLOCK])
     return rebuilt
+
+
+def without_labels(cpu: faiss.Index, labels: np.ndarray, factory: str, metric: str) -> faiss.Index:
+    """`cpu` (a CPU index) with the vectors at sorted `labels` removed and the rest renumbered 0..n-1:
+    FAISS's remove_ids, inverted lists compacted, HNSW rebuilt. Returns the (possibly new) index."""
+    base = base_index(cpu)
+    if isinstance(base, faiss.IndexHNSW):
+        return rebuilt_hnsw_without(cpu, labels, factory, metric)
+    try:
+        removed = cpu.remove_ids(faiss.IDSelectorBatch(labels))
+    except RuntimeError as exc:
+        raise DensekitError(f"a {type(base).__name__} cannot remove vectors: {str(exc).splitlines()[-1]}") from None
+    if removed != len(labels):
+        raise IntegrityError(f"FAISS removed {removed} vectors, expected {len(labels)}")
+    if is_ivf(cpu):
+        compact_ivf_labels(faiss.extract_index_ivf(cpu), labels)
+    return cpu

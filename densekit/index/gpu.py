@@ -112,8 +112,9 @@ def place(index: faiss.Index, device: str, shard: bool = False, float16: bool = 
         placed = faiss.index_cpu_to_gpu_multiple_py(resources, index, co=options, gpus=gpus)
     except RuntimeError as exc:  # e.g. IVF-PQ with many sub-quantizers needs float16 lookup tables
         hint = "" if float16 else " (IVF-PQ with more than 48 bytes per vector needs --float16)"
-        raise DensekitError(f"faiss-gpu cannot place this {type(base_index(index)).__name__}: "
-                            f"{str(exc).splitlines()[-1]}{hint}") from None
+        raise DensekitError(
+            f"faiss-gpu cannot place this {type(base_index(index)).__name__}: {str(exc).splitlines()[-1]}{hint}"
+        ) from None
     mode = "sharded" if shard else "replicated"
     return placed, f"gpu:{','.join(map(str, gpus))} ({mode})"
 

@@ -54,8 +54,9 @@ def check_manifest(manifest: object, path: Path) -> dict:
         if value is None:
             raise IntegrityError(f"{path}: missing {key!r} (required for a {kind} index)")
         if not isinstance(value, expected) or isinstance(value, bool):
-            raise IntegrityError(f"{path}: {key!r} must be a {getattr(expected, '__name__', expected)}, "
-                                 f"got {type(value).__name__}")
+            raise IntegrityError(
+                f"{path}: {key!r} must be a {getattr(expected, '__name__', expected)}, got {type(value).__name__}"
+            )
     if manifest["count"] < 0 or manifest.get("dim", 1) <= 0:
         raise IntegrityError(f"{path}: count and dim must be positive")
     files = manifest["files"]
@@ -92,8 +93,10 @@ def verify_files(directory: str | Path, manifest: dict) -> None:
             raise IntegrityError(f"{path}: listed in the manifest but missing")
         actual = sha256_file(path)
         if actual != expected:
-            raise IntegrityError(f"{path}: sha256 {actual[:12]}... differs from the manifest's {expected[:12]}... "
-                                 "(the file was altered or truncated)")
+            raise IntegrityError(
+                f"{path}: sha256 {actual[:12]}... differs from the manifest's {expected[:12]}... "
+                "(the file was altered or truncated)"
+            )
 
 
 def previous_manifest(directory: Path) -> dict:

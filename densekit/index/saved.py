@@ -27,17 +27,35 @@ def describe_saved(directory: str | Path, verify: bool = True) -> dict:
         manifest = read_manifest(directory)
         if verify:
             verify_files(directory, manifest)
-    info = {key: manifest.get(key) for key in ("kind", "factory", "preset", "metric", "count", "dim",
-                                                "train_sample", "search_params", "model", "densekit_version",
-                                                "created", "documents")}
+    info = {
+        key: manifest.get(key)
+        for key in (
+            "kind",
+            "factory",
+            "preset",
+            "metric",
+            "count",
+            "dim",
+            "train_sample",
+            "search_params",
+            "model",
+            "densekit_version",
+            "created",
+            "documents",
+        )
+    }
     info["verified"] = verify
     info["bytes_on_disk"] = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
     if manifest.get("kind", "dense") != "dense" or not (directory / INDEX_FILE).is_file():
         return {**manifest, **info}
     size = (directory / INDEX_FILE).stat().st_size
     count, dim = manifest["count"], manifest["dim"]
-    info.update(index_bytes=size, bytes_per_vector=round(size / max(count, 1), 1),
-                flat_bytes=count * dim * 4, fraction_of_flat=round(size / max(count * dim * 4, 1), 4))
+    info.update(
+        index_bytes=size,
+        bytes_per_vector=round(size / max(count, 1), 1),
+        flat_bytes=count * dim * 4,
+        fraction_of_flat=round(size / max(count * dim * 4, 1), 4),
+    )
     try:
         info.update(structure(faiss.read_index(str(directory / INDEX_FILE), mmap_flags(manifest["factory"]))))
     except RuntimeError as exc:

@@ -87,8 +87,10 @@ def _start_plan(directory: Path, plan: ShardPlan) -> None:
         existing = read_plan(directory)
         if existing != plan:
             changed = [k for k in asdict(plan) if k != "model_info" and getattr(plan, k) != getattr(existing, k)]
-            raise DensekitError(f"{directory} holds shards of another plan ({', '.join(changed)} differ); "
-                                "use a new directory or delete this one")
+            raise DensekitError(
+                f"{directory} holds shards of another plan ({', '.join(changed)} differ); "
+                "use a new directory or delete this one"
+            )
         return
     directory.mkdir(parents=True, exist_ok=True)
     write_json(path, asdict(plan))
@@ -130,8 +132,9 @@ def encode_shards(
     if not 0 <= rank < world_size:
         raise DensekitError(f"rank {rank} outside a world of {world_size} processes")
     directory = Path(directory)
-    plan = ShardPlan(encoder.fingerprint(), corpus.fingerprint(), len(corpus), shard_size, int(encoder.dim),
-                     encoder.describe())
+    plan = ShardPlan(
+        encoder.fingerprint(), corpus.fingerprint(), len(corpus), shard_size, int(encoder.dim), encoder.describe()
+    )
     _start_plan(directory, plan)
     mine = [s for s in range(plan.shards) if s % world_size == rank]
     done = finished_shards(directory, plan)
@@ -139,8 +142,11 @@ def encode_shards(
     if len(todo) < len(mine):
         announce(f"{directory}: {len(mine) - len(todo)} of {len(mine)} shard(s) already encoded; resuming")
     texts = corpus.texts()
-    bar = progress_bar("encoding shards", total=sum(len(plan.rows(s)) for s in todo), unit="doc") \
-        if show_progress else None
+    bar = (
+        progress_bar("encoding shards", total=sum(len(plan.rows(s)) for s in todo), unit="doc")
+        if show_progress
+        else None
+    )
     for shard in todo:
         rows = plan.rows(shard)
         embeddings = encoder.encode_documents(texts[rows.start : rows.stop], show_progress=False)
@@ -162,8 +168,10 @@ def iter_shards(directory: str | Path, verify: bool = True) -> Iterator[tuple[li
     plan = read_plan(directory)
     missing = sorted(set(range(plan.shards)) - finished_shards(directory, plan))
     if missing:
-        raise DensekitError(f"{directory}: {len(missing)} of {plan.shards} shard(s) not encoded yet "
-                            f"(first: {shard_name(missing[0])}); run the encoding again to finish them")
+        raise DensekitError(
+            f"{directory}: {len(missing)} of {plan.shards} shard(s) not encoded yet "
+            f"(first: {shard_name(missing[0])}); run the encoding again to finish them"
+        )
     for shard in range(plan.shards):
         name = shard_name(shard)
         meta = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
@@ -202,8 +210,9 @@ class ShardedEmbeddings:
         if rows is None:
             return np.concatenate([np.asarray(part) for _, part in self.parts])
         size = self.plan.shard_size
-        return np.concatenate([np.asarray(self.parts[s][1][rows[rows // size == s] - s * size])
-                               for s in range(self.plan.shards)])
+        return np.concatenate(
+            [np.asarray(self.parts[s][1][rows[rows // size == s] - s * size]) for s in range(self.plan.shards)]
+        )
 
 
 def open_vectors(path: str | Path):

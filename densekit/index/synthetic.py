@@ -22,8 +22,9 @@ def _geometry(dim: int, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarra
     return centers, basis.astype(np.float32), spectrum.astype(np.float32)
 
 
-def clustered_vectors(n: int, dim: int = 384, clusters: int = 1000, seed: int = 0, stream: int = 0,
-                      block: int = 65536) -> np.ndarray:
+def clustered_vectors(
+    n: int, dim: int = 384, clusters: int = 1000, seed: int = 0, stream: int = 0, block: int = 65536
+) -> np.ndarray:
     """`n` unit vectors (float32, (n, dim)) from `clusters` clusters of a geometry fixed by `seed`.
 
     Different `stream` values draw different points from the same geometry: use stream 0 for the

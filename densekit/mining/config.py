@@ -26,12 +26,11 @@ class MiningConfig:
 
     teacher: str = field(default="all-MiniLM-L6-v2", metadata={"help": "Teacher encoder that scores candidates."})
     guide: str | None = field(default=None, metadata={"help": "GIST guide encoder (adds the guide filter last)."})
-    guide_margin: float | None = field(default=None, metadata={
-        "help": "Guide filter: drop if guide >= guide_pos - m."})
-    method: str = field(default="percpos", metadata={"help": "Filters in order, comma-separated: naive, shift, "
-                                                             "abs, margin, percpos."})
-    percentage: float | None = field(default=None, metadata={"help": "percpos: drop if s > pos - (1-p)|pos| "
-                                                                     "(0.95)."})
+    guide_margin: float | None = field(default=None, metadata={"help": "Guide filter: drop if guide >= guide_pos - m."})
+    method: str = field(
+        default="percpos", metadata={"help": "Filters in order, comma-separated: naive, shift, abs, margin, percpos."}
+    )
+    percentage: float | None = field(default=None, metadata={"help": "percpos: drop if s > pos - (1-p)|pos| (0.95)."})
     margin: float | None = field(default=None, metadata={"help": "margin: drop if score > pos - margin."})
     threshold: float | None = field(default=None, metadata={"help": "abs: drop if score > threshold."})
     shift: int | None = field(default=None, metadata={"help": "shift: skip the top N non-positive candidates."})
@@ -39,15 +38,20 @@ class MiningConfig:
     depth: int = field(default=100, metadata={"help": "Candidates per source."})
     sampler: str = field(default="top", metadata={"help": "top, uniform, weighted or top1+sampled."})
     temperature: float | None = field(default=None, metadata={"help": "weighted: softmax temperature (0.05)."})
-    sources: list[str] = field(default_factory=lambda: ["teacher"], metadata={
-        "help": "Candidate source, repeatable: 'teacher', a saved index directory (dense or BM25), or another "
-                "dense model. Default: teacher."})
+    sources: list[str] = field(
+        default_factory=lambda: ["teacher"],
+        metadata={
+            "help": "Candidate source, repeatable: 'teacher', a saved index directory (dense or BM25), or another "
+            "dense model. Default: teacher."
+        },
+    )
     fusion: str = field(default="rrf", metadata={"help": "Several sources: rrf or union."})
     seed: int = field(default=0, metadata={"help": "Seed of the random samplers."})
     chunk_size: int = field(default=1024, metadata={"help": "Queries per step and checkpoint."})
     min_relevance: int = field(default=1, metadata={"help": "qrels at or above it are positives."})
-    device: str | None = field(default=None, metadata={"help": "Torch device for the encoders (default: cuda if "
-                                                               "available)."})
+    device: str | None = field(
+        default=None, metadata={"help": "Torch device for the encoders (default: cuda if available)."}
+    )
     index_device: str = field(default="cpu", metadata={"help": "Where FAISS searches: cpu, gpu, gpu:N, auto."})
     batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch."})
     cache: bool = field(default=True, metadata={"help": "Reuse cached embeddings."})
@@ -114,20 +118,37 @@ def build_miner(config: MiningConfig, corpus: Corpus) -> HardNegativeMiner:
     from densekit.mining.sources import DenseScorer
 
     config.validate()
-    teacher = DenseScorer(_encoder(config.teacher, config), corpus, cache=config.cache,
-                          index_device=config.index_device)
+    teacher = DenseScorer(
+        _encoder(config.teacher, config), corpus, cache=config.cache, index_device=config.index_device
+    )
     guide = None
     if config.guide is not None:
         guide = DenseScorer(_encoder(config.guide, config), corpus, cache=config.cache)
     sources = [mining_source(spec, teacher, corpus, config) for spec in (config.sources or ["teacher"])]
-    return HardNegativeMiner(teacher, sources, config.make_filters(), config.make_sampler(),
-                             negatives=config.negatives, depth=config.depth, fusion=config.fusion, guide=guide,
-                             guide_margin=config.guide_margin or 0.0, seed=config.seed,
-                             chunk_size=config.chunk_size, min_relevance=config.min_relevance)
+    return HardNegativeMiner(
+        teacher,
+        sources,
+        config.make_filters(),
+        config.make_sampler(),
+        negatives=config.negatives,
+        depth=config.depth,
+        fusion=config.fusion,
+        guide=guide,
+        guide_margin=config.guide_margin or 0.0,
+        seed=config.seed,
+        chunk_size=config.chunk_size,
+        min_relevance=config.min_relevance,
+    )
 
 
-def mine(config: MiningConfig, data: str | Path, split: str, out: str | Path, resume: bool = False,
-         removed_out: str | Path | None = None) -> tuple[MiningResult, BeirDataset]:
+def mine(
+    config: MiningConfig,
+    data: str | Path,
+    split: str,
+    out: str | Path,
+    resume: bool = False,
+    removed_out: str | Path | None = None,
+) -> tuple[MiningResult, BeirDataset]:
     """`densekit mine`: mine the judged queries of `data`'s `split` into the negatives file `out`."""
     from densekit.data import load_dataset
 

@@ -219,13 +219,12 @@ class GuideFilter(_Described):
         return ~(candidates.guide_scores >= threshold)
 
 
-FILTERS: dict[str, type] = {
-    f.kind: f for f in (ShiftFilter, AbsFilter, MarginPosFilter, PercPosFilter, GuideFilter)
-}
+FILTERS: dict[str, type] = {f.kind: f for f in (ShiftFilter, AbsFilter, MarginPosFilter, PercPosFilter, GuideFilter)}
 
 
 def apply_filters(
-    candidates: Candidates, filters: list[CandidateFilter],
+    candidates: Candidates,
+    filters: list[CandidateFilter],
     removed_log: list[tuple[str, Candidates]] | None = None,
 ) -> tuple[Candidates, dict[str, int]]:
     """Run `filters` in order, each on the survivors of the previous; return survivors and removals.

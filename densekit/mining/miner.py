@@ -170,16 +170,25 @@ class HardNegativeMiner:
 
     # -- one query -----------------------------------------------------------------------------------
 
-    def mine_query(self, query_id: str, text: str, positives: list[str], candidate_lists: list[list[str]],
-                   teacher_vector: np.ndarray, guide_vector: np.ndarray | None,
-                   stats: MiningStats, removed_log: list[dict] | None = None) -> dict:
+    def mine_query(
+        self,
+        query_id: str,
+        text: str,
+        positives: list[str],
+        candidate_lists: list[list[str]],
+        teacher_vector: np.ndarray,
+        guide_vector: np.ndarray | None,
+        stats: MiningStats,
+        removed_log: list[dict] | None = None,
+    ) -> dict:
         """Fuse, score, filter and sample one query; update `stats`; return its output record.
 
         When `removed_log` is a list, every removed candidate is appended to it as
         `{"id", "rank", "teacher_score", "guide_score", "filter"}`, in filter order.
         """
-        fused = fuse(candidate_lists, self.fusion, self.depth,
-                     teacher_score=lambda ids: self.teacher.score(teacher_vector, ids))
+        fused = fuse(
+            candidate_lists, self.fusion, self.depth, teacher_score=lambda ids: self.teacher.score(teacher_vector, ids)
+        )
         candidates = Candidates(
             query_id,
             fused,
@@ -209,16 +218,22 @@ class HardNegativeMiner:
             "query": text,
             "positives": positives,
             "positive_scores": dict(zip(positives, map(float, candidates.positive_scores), strict=True)),
-            "positive_guide_scores": None if candidates.positive_guide_scores is None else dict(
-                zip(positives, map(float, candidates.positive_guide_scores), strict=True)),
+            "positive_guide_scores": None
+            if candidates.positive_guide_scores is None
+            else dict(zip(positives, map(float, candidates.positive_guide_scores), strict=True)),
             "negatives": negatives,
         }
 
     # -- the run -------------------------------------------------------------------------------------
 
-    def mine(self, dataset: BeirDataset, out: str | Path, resume: bool = False,
-             on_chunk: Callable[[int], None] | None = None,
-             removed_out: str | Path | None = None) -> MiningResult:
+    def mine(
+        self,
+        dataset: BeirDataset,
+        out: str | Path,
+        resume: bool = False,
+        on_chunk: Callable[[int], None] | None = None,
+        removed_out: str | Path | None = None,
+    ) -> MiningResult:
         """Mine every judged query of `dataset` into `out` (JSON lines) and its sidecars.
 
         `resume=True` continues an interrupted run with the same configuration (see the module
@@ -256,17 +271,31 @@ class HardNegativeMiner:
                 removed_bytes = _append(removed_partial, removed_lines)
             done += len(chunk)
             stats.seconds += time.perf_counter() - started
-            write_json(checkpoint, {"config": config, "queries_done": done, "bytes": size,
-                                    "removed_out": None if removed_out is None else str(removed_out),
-                                    "removed_bytes": removed_bytes, "stats": stats.to_json()})
+            write_json(
+                checkpoint,
+                {
+                    "config": config,
+                    "queries_done": done,
+                    "bytes": size,
+                    "removed_out": None if removed_out is None else str(removed_out),
+                    "removed_bytes": removed_bytes,
+                    "stats": stats.to_json(),
+                },
+            )
             fault_point("mining-chunk")
             bar.update(len(chunk))
             if on_chunk is not None:
                 on_chunk(done)
         bar.close()
 
-        sidecar = {**config, "run": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     "chunk_size": self.chunk_size, "resumed_at": resumed_at}}
+        sidecar = {
+            **config,
+            "run": {
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "chunk_size": self.chunk_size,
+                "resumed_at": resumed_at,
+            },
+        }
         write_json(config_path(out), sidecar)
         write_json(stats_path(out), stats.to_json())
         os.replace(partial, out)
@@ -276,8 +305,9 @@ class HardNegativeMiner:
             os.unlink(checkpoint)
         return MiningResult(out, sidecar, stats, resumed_at)
 
-    def _mine_chunk(self, dataset: BeirDataset, chunk: list[str], stats: MiningStats,
-                    log_removed: bool = False) -> tuple[list[str], list[str]]:
+    def _mine_chunk(
+        self, dataset: BeirDataset, chunk: list[str], stats: MiningStats, log_removed: bool = False
+    ) -> tuple[list[str], list[str]]:
         """Output lines of the chunk's mined queries, and their removed-candidate lines when asked."""
         mined: list[tuple[str, list[str]]] = []
         for query_id in chunk:
@@ -298,17 +328,26 @@ class HardNegativeMiner:
         for i, (query_id, positives) in enumerate(mined):
             removed: list[dict] | None = [] if log_removed else None
             record = self.mine_query(
-                query_id, texts[i], positives, [lists[i] for lists in per_source], teacher_vectors[i],
-                None if guide_vectors is None else guide_vectors[i], stats, removed)
+                query_id,
+                texts[i],
+                positives,
+                [lists[i] for lists in per_source],
+                teacher_vectors[i],
+                None if guide_vectors is None else guide_vectors[i],
+                stats,
+                removed,
+            )
             lines.append(NegativesRecord.from_json(record).line())  # the schema the trainer reads
             if removed:
-                removed_lines.append(record_line({**{k: v for k, v in record.items() if k != "negatives"},
-                                                  "removed": removed}))
+                removed_lines.append(
+                    record_line({**{k: v for k, v in record.items() if k != "negatives"}, "removed": removed})
+                )
         stats.queries_mined += len(mined)
         return lines, removed_lines
 
-    def _start(self, out: Path, config: dict, resume: bool,
-               removed_out: Path | None = None) -> tuple[MiningStats, int, int]:
+    def _start(
+        self, out: Path, config: dict, resume: bool, removed_out: Path | None = None
+    ) -> tuple[MiningStats, int, int]:
         """Fresh statistics, 0 and 0, or the checkpoint's statistics, position and removed-file length."""
         partial, checkpoint = partial_path(out), checkpoint_path(out)
         removed_partial = None if removed_out is None else partial_path(removed_out)
@@ -320,18 +359,23 @@ class HardNegativeMiner:
             if differing:
                 raise DensekitError(
                     f"{checkpoint}: the unfinished run used a different configuration "
-                    f"({', '.join(differing)} differ); run without --resume to start over")
+                    f"({', '.join(differing)} differ); run without --resume to start over"
+                )
             recorded = state.get("removed_out")
             if recorded != (None if removed_out is None else str(removed_out)):
                 raise DensekitError(
                     f"{checkpoint}: the unfinished run wrote removed candidates to {recorded or 'no file'}, "
-                    f"not {removed_out or 'no file'}; resume with the same file or run without --resume")
+                    f"not {removed_out or 'no file'}; resume with the same file or run without --resume"
+                )
             _truncate(partial, state["bytes"])
             if removed_partial is not None:
                 _truncate(removed_partial, state["removed_bytes"])
             announce(f"resuming {out} after {state['queries_done']} queries")
-            return (MiningStats.from_json(state["stats"]), int(state["queries_done"]),
-                    int(state.get("removed_bytes") or 0))
+            return (
+                MiningStats.from_json(state["stats"]),
+                int(state["queries_done"]),
+                int(state.get("removed_bytes") or 0),
+            )
         if resume:
             announce(f"no unfinished run of {out} to resume: starting from the beginning")
         elif checkpoint.is_file() or partial.is_file():

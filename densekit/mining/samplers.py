@@ -115,9 +115,7 @@ class TopOnePlusSampled(_Described):
         return np.concatenate([[0], np.sort(rest)]).astype(np.int64)
 
 
-SAMPLERS: dict[str, type] = {
-    s.kind: s for s in (TopSampler, UniformSampler, ScoreWeightedSampler, TopOnePlusSampled)
-}
+SAMPLERS: dict[str, type] = {s.kind: s for s in (TopSampler, UniformSampler, ScoreWeightedSampler, TopOnePlusSampled)}
 
 
 def sampler_from_options(name: str, temperature: float | None = None) -> Sampler:

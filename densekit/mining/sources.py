@@ -44,8 +44,15 @@ class DenseScorer:
         query_chunk: queries encoded per step when filling the query-embedding file.
     """
 
-    def __init__(self, encoder, corpus: Corpus, cache: bool = True, index_device: str = "cpu",
-                 show_progress: bool = True, query_chunk: int = 16384) -> None:
+    def __init__(
+        self,
+        encoder,
+        corpus: Corpus,
+        cache: bool = True,
+        index_device: str = "cpu",
+        show_progress: bool = True,
+        query_chunk: int = 16384,
+    ) -> None:
         self.encoder = encoder
         self.corpus = corpus
         self.cache = cache and cache_enabled()
@@ -78,11 +85,13 @@ class DenseScorer:
         def fill(array: np.ndarray) -> None:
             for start in range(0, len(texts), self.query_chunk):
                 array[start : start + self.query_chunk] = self._encode_queries(
-                    list(texts[start : start + self.query_chunk]))
+                    list(texts[start : start + self.query_chunk])
+                )
 
         meta = {"model": self.encoder.model_id, "role": "query", "queries": len(texts)}
-        self._query_vectors = store_with(key, (len(texts), self.encoder.dim), fill, meta,
-                                         lambda: self._encode_queries(list(texts)))
+        self._query_vectors = store_with(
+            key, (len(texts), self.encoder.dim), fill, meta, lambda: self._encode_queries(list(texts))
+        )
 
     def _encode_queries(self, texts: list[str]) -> np.ndarray:
         return self.encoder.encode_queries(texts, show_progress=self.show_progress)
@@ -117,8 +126,7 @@ class DenseScorer:
             for start in range(0, len(self.documents), block):
                 flat.add(np.ascontiguousarray(self.documents[start : start + block], dtype=np.float32))
             placed, where = place(flat, self.index_device)
-            self._index = DenseIndex(placed, list(self.corpus.ids), "Flat", "ip",
-                                     self.encoder.describe(), where)
+            self._index = DenseIndex(placed, list(self.corpus.ids), "Flat", "ip", self.encoder.describe(), where)
         return self._index
 
 
@@ -166,8 +174,12 @@ class RetrieverSource:
         return [[doc_id for doc_id, _ in run.get(q, [])[:k]] for q in query_ids]
 
 
-def fuse(lists: Sequence[Sequence[str]], method: str, depth: int,
-         teacher_score: Callable[[list[str]], np.ndarray] | None = None) -> list[str]:
+def fuse(
+    lists: Sequence[Sequence[str]],
+    method: str,
+    depth: int,
+    teacher_score: Callable[[list[str]], np.ndarray] | None = None,
+) -> list[str]:
     """Combine ranked id lists into one candidate list.
 
     One list is returned as is. `rrf`: :func:`~densekit.retriever.hybrid.reciprocal_rank_fusion`

@@ -36,10 +36,10 @@ class MiningStats:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data["mean_positive_score"] = (self.sum_positive_score / self.positives_scored
-                                       if self.positives_scored else None)
-        data["mean_negative_score"] = (self.sum_negative_score / self.negatives_written
-                                       if self.negatives_written else None)
+        data["mean_positive_score"] = self.sum_positive_score / self.positives_scored if self.positives_scored else None
+        data["mean_negative_score"] = (
+            self.sum_negative_score / self.negatives_written if self.negatives_written else None
+        )
         data["seconds"] = round(self.seconds, 3)
         return data
 
@@ -59,19 +59,27 @@ class MiningStats:
 
         table.add_row("queries judged", str(self.queries), "")
         skipped = self.queries_without_positives
-        table.add_row("queries without a positive in the corpus (skipped)", str(skipped),
-                      share(skipped, self.queries))
+        table.add_row("queries without a positive in the corpus (skipped)", str(skipped), share(skipped, self.queries))
         table.add_row("queries written", str(self.queries_mined), share(self.queries_mined, self.queries))
         table.add_row("candidates seen", str(self.candidates_seen), "")
         for label, count in self.removed.items():
             table.add_row(f"  removed by {label}", str(count), share(count, self.candidates_seen))
-        table.add_row("candidates left after filters", str(self.candidates_kept),
-                      share(self.candidates_kept, self.candidates_seen))
+        table.add_row(
+            "candidates left after filters",
+            str(self.candidates_kept),
+            share(self.candidates_kept, self.candidates_seen),
+        )
         table.add_row("negatives written", str(self.negatives_written), "")
-        table.add_row(f"queries with fewer than {self.negatives_per_query} negatives",
-                      str(self.queries_short), share(self.queries_short, self.queries_mined))
-        table.add_row("queries with no negative", str(self.queries_without_negatives),
-                      share(self.queries_without_negatives, self.queries_mined))
+        table.add_row(
+            f"queries with fewer than {self.negatives_per_query} negatives",
+            str(self.queries_short),
+            share(self.queries_short, self.queries_mined),
+        )
+        table.add_row(
+            "queries with no negative",
+            str(self.queries_without_negatives),
+            share(self.queries_without_negatives, self.queries_mined),
+        )
         data = self.to_json()
         for key in ("mean_positive_score", "mean_negative_score"):
             if data[key] is not None:

@@ -65,9 +65,41 @@ AUTO = "auto"
 
 #: Lucene's `EnglishAnalyzer.ENGLISH_STOP_WORDS_SET`, which Anserini's default analyser uses.
 LUCENE_STOP_WORDS = frozenset(
-    ("a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not",
-     "of", "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was",
-     "will", "with")
+    (
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "such",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "will",
+        "with",
+    )
 )
 # Word breaks close to Lucene's StandardTokenizer: letters/digits joined across . and ' (e.g.
 # "u.s.a", "don't", "1.5"), across , only between digits ("1,000").
@@ -110,7 +142,7 @@ def analyze(text: str) -> list[str]:
 
 ANALYZERS = {
     "lucene": "Anserini DefaultEnglishAnalyzer (StandardTokenizer, possessives, lower-case, 33 Lucene "
-              "English stop words, Porter)",
+    "English stop words, Porter)",
     "bm25s": "densekit.retriever.bm25.analyze (Python approximation of Anserini's analyser, Porter stemmer)",
     "rank_bm25": "densekit.retriever.bm25.analyze (Python approximation of Anserini's analyser, Porter stemmer)",
 }
@@ -136,8 +168,10 @@ def resolve_backend(name: str | None) -> str:
         except JavaUnavailable as exc:
             if name == "lucene":
                 raise
-            announce(f"Lucene BM25 is unavailable ({exc.reason}); to use it, {INSTALL_HINT}. "
-                     "Using the in-process bm25s backend instead (its scores differ slightly from Lucene's).")
+            announce(
+                f"Lucene BM25 is unavailable ({exc.reason}); to use it, {INSTALL_HINT}. "
+                "Using the in-process bm25s backend instead (its scores differ slightly from Lucene's)."
+            )
             return "bm25s"
     return name
 
@@ -182,9 +216,18 @@ class LuceneBackend:
                 pairs = zip(ids, contents, strict=True)
                 for doc_id, text in progress(pairs, "writing Lucene collection", len(ids), "doc"):
                     handle.write(json.dumps({"id": doc_id, "contents": text}) + "\n")
-            args = ["-collection", "JsonCollection", "-input", str(work / "collection"),
-                    "-index", str(work / "index"), "-generator", "DefaultLuceneDocumentGenerator",
-                    "-threads", str(max(1, threads))]
+            args = [
+                "-collection",
+                "JsonCollection",
+                "-input",
+                str(work / "collection"),
+                "-index",
+                str(work / "index"),
+                "-generator",
+                "DefaultLuceneDocumentGenerator",
+                "-threads",
+                str(max(1, threads)),
+            ]
             if is_quiet():
                 args.append("-quiet")
             with java_output_to_stderr():
@@ -251,8 +294,9 @@ class BM25sBackend:
         if not todo:
             return out
         k = min(k, int(self.model.scores["num_docs"]))
-        docs, scores = self.model.retrieve([token_ids[i] for i in todo], k=k, show_progress=False,
-                                           n_threads=self.threads if self.threads > 1 else 0)
+        docs, scores = self.model.retrieve(
+            [token_ids[i] for i in todo], k=k, show_progress=False, n_threads=self.threads if self.threads > 1 else 0
+        )
         for row, i in enumerate(todo):
             out[i] = [(int(d), float(s)) for d, s in zip(docs[row], scores[row], strict=True) if s > 0]
         return out
@@ -326,8 +370,15 @@ class BM25Retriever:
     term with the query are not returned), best first, with the backend's BM25 scores.
     """
 
-    def __init__(self, backend: str, engine: Any, ids: list[str], params: BM25Params,
-                 corpus_info: dict | None = None, query_batch: int = 1024) -> None:
+    def __init__(
+        self,
+        backend: str,
+        engine: Any,
+        ids: list[str],
+        params: BM25Params,
+        corpus_info: dict | None = None,
+        query_batch: int = 1024,
+    ) -> None:
         self.backend = backend
         self.engine = engine
         self.ids = ids
@@ -336,8 +387,9 @@ class BM25Retriever:
         self.query_batch = query_batch
 
     @classmethod
-    def build(cls, corpus: Corpus, backend: str | None = AUTO, k1: float = 0.9, b: float = 0.4,
-              threads: int = 1) -> BM25Retriever:
+    def build(
+        cls, corpus: Corpus, backend: str | None = AUTO, k1: float = 0.9, b: float = 0.4, threads: int = 1
+    ) -> BM25Retriever:
         """Index `corpus` (see the module docstring for what each backend does to the text)."""
         if len(corpus) == 0:
             raise DensekitError("cannot build a BM25 index over an empty corpus")
@@ -348,8 +400,7 @@ class BM25Retriever:
             engine: Any = LuceneBackend.build(corpus.ids, contents, params, threads)
         else:
             tokens = [analyze(text) for text in progress(contents, "analysing", len(contents), "doc")]
-            engine = (BM25sBackend.build(tokens, params, threads) if name == "bm25s"
-                      else RankBM25Backend(tokens, params))
+            engine = BM25sBackend.build(tokens, params, threads) if name == "bm25s" else RankBM25Backend(tokens, params)
         info = {"fingerprint": corpus.fingerprint(), "path": str(corpus.path) if corpus.path else None}
         return cls(name, engine, list(corpus.ids), params, info)
 
@@ -367,8 +418,12 @@ class BM25Retriever:
 
     def describe(self) -> dict:
         """Backend, parameters and analyser: what an evaluation report records."""
-        return {"bm25_backend": self.backend, **asdict(self.params), "analyzer": ANALYZERS[self.backend],
-                "contents": "title + ' ' + text (BEIR flat)"}
+        return {
+            "bm25_backend": self.backend,
+            **asdict(self.params),
+            "analyzer": ANALYZERS[self.backend],
+            "contents": "title + ' ' + text (BEIR flat)",
+        }
 
     def manifest(self, files: dict[str, str]) -> dict:
         return {
@@ -424,8 +479,9 @@ class BM25Retriever:
 
             problem = lucene_problem()
             if problem:
-                raise JavaUnavailable(f"{directory} is a Lucene index and {problem} (or rebuild it with "
-                                      "--backend bm25s)")
+                raise JavaUnavailable(
+                    f"{directory} is a Lucene index and {problem} (or rebuild it with --backend bm25s)"
+                )
             engine: Any = LuceneBackend(directory / LuceneBackend.subdir, params, threads)
         elif backend == "bm25s":
             engine = BM25sBackend.load(directory, threads)

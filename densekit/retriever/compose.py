@@ -57,21 +57,32 @@ def check_index_dir(directory: str | Path) -> Path:
 class SearchOptions:
     """How a saved dense (FAISS) index searches: parameters, exact re-scoring and placement."""
 
-    nprobe: int | None = field(default=None, metadata={"help": "IVF lists visited per query (default: the index "
-                                                               "manifest's)."})
-    ef_search: int | None = field(default=None, metadata={"help": "HNSW search candidate list size (default: the "
-                                                                  "index manifest's)."})
-    k_factor: int | None = field(default=None, metadata={"help": "ivf-pqr: candidates re-scored by the refinement "
-                                                                 "code, as a multiple of k (default: the index "
-                                                                 "manifest's)."})
-    rerank_vectors: Path | None = field(default=None, metadata={
-        "help": "Re-score the index's top candidates exactly against these float32 vectors (a .npy in label "
-                "order, e.g. the embedding cache's, or a shard directory; memory-mapped)."})
+    nprobe: int | None = field(
+        default=None, metadata={"help": "IVF lists visited per query (default: the index manifest's)."}
+    )
+    ef_search: int | None = field(
+        default=None, metadata={"help": "HNSW search candidate list size (default: the index manifest's)."}
+    )
+    k_factor: int | None = field(
+        default=None,
+        metadata={
+            "help": "ivf-pqr: candidates re-scored by the refinement "
+            "code, as a multiple of k (default: the index "
+            "manifest's)."
+        },
+    )
+    rerank_vectors: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Re-score the index's top candidates exactly against these float32 vectors (a .npy in label "
+            "order, e.g. the embedding cache's, or a shard directory; memory-mapped)."
+        },
+    )
     rerank_candidates: int = field(default=100, metadata={"help": "Candidates per query to re-score."})
-    index_device: str = field(default="cpu", metadata={"help": "Where FAISS searches: cpu, gpu, gpu:N, gpu:0,1, "
-                                                               "auto."})
-    shard_gpus: bool = field(default=False, metadata={"help": "On several GPUs: split the vectors (capacity) or "
-                                                              "copy them (throughput)."})
+    index_device: str = field(default="cpu", metadata={"help": "Where FAISS searches: cpu, gpu, gpu:N, gpu:0,1, auto."})
+    shard_gpus: bool = field(
+        default=False, metadata={"help": "On several GPUs: split the vectors (capacity) or copy them (throughput)."}
+    )
     float16: bool = field(default=False, metadata={"help": "GPU: half-precision vectors / PQ tables."})
 
     def params(self) -> dict:
@@ -81,8 +92,11 @@ class SearchOptions:
         return check_search_params({"nprobe": self.nprobe, "efSearch": self.ef_search, "k_factor": self.k_factor})
 
     def is_default(self) -> bool:
-        return (not self.params() and self.rerank_vectors is None
-                and (self.index_device, self.shard_gpus, self.float16) == ("cpu", False, False))
+        return (
+            not self.params()
+            and self.rerank_vectors is None
+            and (self.index_device, self.shard_gpus, self.float16) == ("cpu", False, False)
+        )
 
     def apply(self, retriever: Any) -> None:
         """Override the manifest's search parameters, add exact re-scoring and move FAISS, on `retriever`'s
@@ -93,8 +107,9 @@ class SearchOptions:
 
         index = getattr(retriever, "index", None)
         if not isinstance(index, DenseIndex):
-            raise DensekitError("--nprobe, --ef-search, --rerank-vectors and --index-device apply to dense (FAISS) "
-                                "indexes only")
+            raise DensekitError(
+                "--nprobe, --ef-search, --rerank-vectors and --index-device apply to dense (FAISS) indexes only"
+            )
         if (self.index_device, self.shard_gpus, self.float16) != ("cpu", False, False):
             index.to_device(self.index_device, self.shard_gpus, self.float16)
         index.set_search_params(self.params())
@@ -127,23 +142,32 @@ class RetrieverSpec:
     factory: str = field(default="Flat", metadata={"help": "FAISS factory string for --model."})
     batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch."})
     cache: bool = field(default=True, metadata={"help": "Reuse cached corpus embeddings."})
-    device: str | None = field(default=None, metadata={"help": "Torch device for the encoder (default: cuda if "
-                                                               "available)."})
+    device: str | None = field(
+        default=None, metadata={"help": "Torch device for the encoder (default: cuda if available)."}
+    )
     bm25: bool = field(default=False, metadata={"help": "BM25 (Lucene when Java works, else bm25s)."})
-    backend: str | None = field(default=None, metadata={
-        "help": "BM25 backend: lucene, bm25s or rank_bm25 (default: lucene if Java works, else bm25s, announced)."})
+    backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "BM25 backend: lucene, bm25s or rank_bm25 (default: lucene if Java works, else bm25s, announced)."
+        },
+    )
     k1: float = field(default=0.9, metadata={"help": "BM25 k1."})
     b: float = field(default=0.4, metadata={"help": "BM25 b."})
     threads: int = field(default=1, metadata={"help": "BM25 indexing/search threads."})
-    fusion: str | None = field(default=None, metadata={"help": "Fuse --bm25 with --model/--index: rrf (default) or "
-                                                               "interpolate."})
-    weights: list[float] | None = field(default=None, metadata={"help": "Fusion weights 'BM25,DENSE', e.g. "
-                                                                        "0.3,0.7."})
+    fusion: str | None = field(
+        default=None, metadata={"help": "Fuse --bm25 with --model/--index: rrf (default) or interpolate."}
+    )
+    weights: list[float] | None = field(default=None, metadata={"help": "Fusion weights 'BM25,DENSE', e.g. 0.3,0.7."})
     rrf_k: int = field(default=RRF_K, metadata={"help": "RRF constant k."})
     normalization: str = field(default="minmax", metadata={"help": "interpolate: minmax or zscore."})
     depth: int = field(default=1000, metadata={"help": "Documents retrieved per query."})
-    rerank: str | None = field(default=None, metadata={"help": "Cross-encoder folder (HF sequence classification) "
-                                                               "that reranks the top --rerank-depth hits."})
+    rerank: str | None = field(
+        default=None,
+        metadata={
+            "help": "Cross-encoder folder (HF sequence classification) that reranks the top --rerank-depth hits."
+        },
+    )
     rerank_depth: int = field(default=100, metadata={"help": "Hits per query the cross-encoder rescores."})
     search: SearchOptions = field(default_factory=SearchOptions)
 
@@ -202,10 +226,20 @@ def build_retriever(spec: RetrieverSpec, corpus: Corpus | None = None) -> tuple[
         else:
             from densekit.retriever.hybrid import HybridRetriever
 
-            retriever = HybridRetriever([sparse, retriever], fusion=spec.fusion or "rrf", weights=spec.weights,
-                                        rrf_k=spec.rrf_k, normalization=spec.normalization, depth=spec.depth)
-            config = {"bm25": sparse.describe(), "dense": config, **retriever.describe(),
-                      "weights_order": ["bm25", "dense"]}
+            retriever = HybridRetriever(
+                [sparse, retriever],
+                fusion=spec.fusion or "rrf",
+                weights=spec.weights,
+                rrf_k=spec.rrf_k,
+                normalization=spec.normalization,
+                depth=spec.depth,
+            )
+            config = {
+                "bm25": sparse.describe(),
+                "dense": config,
+                **retriever.describe(),
+                "weights_order": ["bm25", "dense"],
+            }
     if spec.rerank is not None:
         from densekit.retriever.rerank import CrossEncoderReranker
 
@@ -230,9 +264,16 @@ def retriever_config(retriever: Any) -> dict:
     return dict(getattr(getattr(retriever, "index", None), "model", None) or {})
 
 
-def search_index(directory: str | Path, queries: dict[str, str], k: int, options: SearchOptions | None = None,
-                 device: str | None = None, with_texts: bool = False, run_out: str | Path | None = None,
-                 model: str | None = None) -> dict:
+def search_index(
+    directory: str | Path,
+    queries: dict[str, str],
+    k: int,
+    options: SearchOptions | None = None,
+    device: str | None = None,
+    with_texts: bool = False,
+    run_out: str | Path | None = None,
+    model: str | None = None,
+) -> dict:
     """`densekit search`: open a saved index, apply `options`, search `queries` (the Retriever protocol).
 
     Returns ``{"hits": {query_id: [{"rank", "doc_id", "score"(, "title", "text")}]}, "index": ..., "corpus": ...}``;

@@ -32,8 +32,9 @@ class DenseRetriever:
 
     index_kind = "dense"
 
-    def __init__(self, encoder: Encoder, index: DenseIndex, query_batch: int = 1024,
-                 corpus: Corpus | None = None) -> None:
+    def __init__(
+        self, encoder: Encoder, index: DenseIndex, query_batch: int = 1024, corpus: Corpus | None = None
+    ) -> None:
         if encoder.dim != index.dim:
             raise DensekitError(f"encoder dimension {encoder.dim} differs from the index's {index.dim}")
         self.encoder = encoder
@@ -55,8 +56,15 @@ class DenseRetriever:
         """Encode `corpus` (cached) and index it; `index_options` go to :meth:`DenseIndex.build`
         (train_sample, seed, search_params, shard, float16)."""
         embeddings = encode_corpus(encoder, corpus, cache=cache, show_progress=show_progress)
-        index = DenseIndex.build(embeddings, corpus.ids, factory=factory, metric="ip",
-                                 model=encoder.describe(), device=device, **index_options)
+        index = DenseIndex.build(
+            embeddings,
+            corpus.ids,
+            factory=factory,
+            metric="ip",
+            model=encoder.describe(),
+            device=device,
+            **index_options,
+        )
         return cls(encoder, index, corpus=corpus)
 
     def search(self, queries: dict[str, str], k: int, show_progress: bool = False) -> Run:
@@ -78,13 +86,15 @@ class DenseRetriever:
         if store_texts and self.corpus is not None:
             from densekit.index.docstore import DocStore, save_with_documents
 
-            return save_with_documents(self.index.save, DocStore.from_corpus(self.corpus), directory,
-                                       overwrite=overwrite)
+            return save_with_documents(
+                self.index.save, DocStore.from_corpus(self.corpus), directory, overwrite=overwrite
+            )
         return self.index.save(directory, overwrite=overwrite)
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | None = None, index_device: str = "cpu",
-             model: str | None = None) -> DenseRetriever:
+    def load(
+        cls, directory: str | Path, device: str | None = None, index_device: str = "cpu", model: str | None = None
+    ) -> DenseRetriever:
         """Reopen a saved index with the encoder its manifest names (or `model` to override).
 
         The encoder's fingerprint must equal the one the manifest records (see the module
@@ -117,24 +127,30 @@ def check_model(directory: Path, recorded: dict, encoder: Encoder, explicit: boo
     expected = recorded.get("fingerprint")
     actual = encoder.fingerprint()
     if expected is None:
-        announce(f"{directory}: the index predates model fingerprints, so densekit cannot check that "
-                 f"{encoder.model_id} is the model that built it; rebuild the index to record one")
+        announce(
+            f"{directory}: the index predates model fingerprints, so densekit cannot check that "
+            f"{encoder.model_id} is the model that built it; rebuild the index to record one"
+        )
         return
     if expected == actual:
         return
     if explicit:
-        announce(f"{directory}: searching with {encoder.model_id}, which is not the model that built the index "
-                 "(fingerprints differ), as asked")
+        announce(
+            f"{directory}: searching with {encoder.model_id}, which is not the model that built the index "
+            "(fingerprints differ), as asked"
+        )
         return
     raise IntegrityError(
         f"{directory}: the model at {encoder.folder} (with the manifest's encoding settings) is not the one that "
         f"built this index (fingerprint {actual.split(':')[0][:12]}... vs recorded "
         f"{expected.split(':')[0][:12]}..., or the settings differ); rebuild the index, or pass --model to search "
-        "with another model deliberately")
+        "with another model deliberately"
+    )
 
 
-def update_saved(directory: str | Path, corpus: Corpus, device: str | None = None,
-                 show_progress: bool = True) -> tuple[int, int]:
+def update_saved(
+    directory: str | Path, corpus: Corpus, device: str | None = None, show_progress: bool = True
+) -> tuple[int, int]:
     """Insert or replace the documents of `corpus` in a saved dense index, encoding them with the
     model its manifest names (checked by fingerprint); returns ``(replaced, added)``."""
     from densekit.index.docstore import DocStore

@@ -229,14 +229,24 @@ class Encoder:
         }
 
     def encode_queries(self, texts: list[str], batch_size: int | None = None, show_progress: bool = True) -> np.ndarray:
-        return self.encode(texts, prompt=self.config.query_prompt, batch_size=batch_size,
-                           desc="encoding queries", show_progress=show_progress)
+        return self.encode(
+            texts,
+            prompt=self.config.query_prompt,
+            batch_size=batch_size,
+            desc="encoding queries",
+            show_progress=show_progress,
+        )
 
     def encode_documents(
         self, texts: list[str], batch_size: int | None = None, show_progress: bool = True
     ) -> np.ndarray:
-        return self.encode(texts, prompt=self.config.document_prompt, batch_size=batch_size,
-                           desc="encoding documents", show_progress=show_progress)
+        return self.encode(
+            texts,
+            prompt=self.config.document_prompt,
+            batch_size=batch_size,
+            desc="encoding documents",
+            show_progress=show_progress,
+        )
 
     def tokenize(self, texts: list[str]) -> dict[str, list[list[int]]]:
         if self.config.do_lower_case:

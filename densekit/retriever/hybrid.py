@@ -53,8 +53,9 @@ def _ranked(scores: dict[str, float], k: int | None) -> list[tuple[str, float]]:
     return ranked if k is None else ranked[:k]
 
 
-def reciprocal_rank_fusion(runs: Sequence[Run], k: int = RRF_K, weights: Sequence[float] | None = None,
-                           depth: int | None = None) -> Run:
+def reciprocal_rank_fusion(
+    runs: Sequence[Run], k: int = RRF_K, weights: Sequence[float] | None = None, depth: int | None = None
+) -> Run:
     """Fuse `runs` by RRF: sum_i w_i / (k + rank_i). Keeps the top `depth` per query (all when None).
 
     Tie-break rule: documents with equal fused scores are ordered by ascending document id, so the
@@ -92,8 +93,9 @@ def normalize(hits: Sequence[tuple[str, float]], method: str = "minmax") -> dict
     return {d: (s - mean) / sd if sd > 0 else 0.0 for d, s in hits}
 
 
-def interpolate(runs: Sequence[Run], weights: Sequence[float] | None = None, normalization: str = "minmax",
-                depth: int | None = None) -> Run:
+def interpolate(
+    runs: Sequence[Run], weights: Sequence[float] | None = None, normalization: str = "minmax", depth: int | None = None
+) -> Run:
     """Fuse `runs` by sum_i w_i * norm_i(score); a document a run missed gets that run's minimum."""
     weights = _weights(len(runs), weights)
     fused = Run()
@@ -102,9 +104,10 @@ def interpolate(runs: Sequence[Run], weights: Sequence[float] | None = None, nor
         docs = {d for scores in normalised for d in scores}
         floors = [min(scores.values()) if scores else 0.0 for scores in normalised]
         fused[query_id] = _ranked(
-            {d: sum(w * scores.get(d, floor)
-                    for w, scores, floor in zip(weights, normalised, floors, strict=True))
-             for d in docs},
+            {
+                d: sum(w * scores.get(d, floor) for w, scores, floor in zip(weights, normalised, floors, strict=True))
+                for d in docs
+            },
             depth,
         )
     return fused
@@ -124,15 +127,23 @@ class HybridRetriever:
     `weights` gives one non-negative weight per retriever (equal by default).
     """
 
-    def __init__(self, retrievers: Sequence[Retriever], fusion: str = "rrf", weights: Sequence[float] | None = None,
-                 rrf_k: int = RRF_K, normalization: str = "minmax", depth: int = 1000) -> None:
+    def __init__(
+        self,
+        retrievers: Sequence[Retriever],
+        fusion: str = "rrf",
+        weights: Sequence[float] | None = None,
+        rrf_k: int = RRF_K,
+        normalization: str = "minmax",
+        depth: int = 1000,
+    ) -> None:
         if len(retrievers) < 2:
             raise DensekitError(f"a hybrid retriever fuses at least two retrievers, got {len(retrievers)}")
         if fusion not in FUSIONS:
             raise DensekitError(f"unknown fusion {fusion!r}; expected one of: {', '.join(FUSIONS)}")
         if normalization not in NORMALIZATIONS:
-            raise DensekitError(f"unknown score normalisation {normalization!r}; "
-                                f"expected one of: {', '.join(NORMALIZATIONS)}")
+            raise DensekitError(
+                f"unknown score normalisation {normalization!r}; expected one of: {', '.join(NORMALIZATIONS)}"
+            )
         if depth <= 0:
             raise DensekitError(f"the fusion depth must be positive, got {depth}")
         for retriever in retrievers:

@@ -14,8 +14,9 @@ from densekit.index.config import IndexBuildConfig
 from densekit.io import check_output_target
 
 
-def save_dense_index(index: Any, out: str | Path, corpus: Corpus | None, store_texts: bool = True,
-                     overwrite: bool = False) -> Path:
+def save_dense_index(
+    index: Any, out: str | Path, corpus: Corpus | None, store_texts: bool = True, overwrite: bool = False
+) -> Path:
     """Save a DenseIndex (or DenseRetriever) to `out`, with the documents' texts (docs.jsonl) when asked.
 
     An existing `out` that is not a dense index densekit wrote is refused unless `overwrite`."""
@@ -27,9 +28,17 @@ def save_dense_index(index: Any, out: str | Path, corpus: Corpus | None, store_t
     return dense_index.save(out, overwrite=overwrite)
 
 
-def build_dense_index_dir(data: str | Path, out: str | Path, model: str, config: IndexBuildConfig | None = None,
-                          device: str | None = None, batch_size: int = 64, cache: bool = True,
-                          store_texts: bool = True, overwrite: bool = False) -> dict:
+def build_dense_index_dir(
+    data: str | Path,
+    out: str | Path,
+    model: str,
+    config: IndexBuildConfig | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    cache: bool = True,
+    store_texts: bool = True,
+    overwrite: bool = False,
+) -> dict:
     """`densekit index build`: encode a BEIR corpus with `model`, index it as `config` says, save it to `out`
     (with the texts when `store_texts`); returns what was built."""
     config = config or IndexBuildConfig()
@@ -44,17 +53,32 @@ def build_dense_index_dir(data: str | Path, out: str | Path, model: str, config:
     options = {k: v for k, v in config.options().items() if k not in ("factory", "device", "metric")}
     encoder = Encoder(model, device=device, batch_size=batch_size)
     # FAISS parses the factory string for this dimension now: a typo fails before the corpus is encoded.
-    DenseIndex.create(encoder.dim, len(ds.corpus), config.factory, config.metric, None, config.train_sample,
-                      config.search_params)
-    retriever = DenseRetriever.build(encoder, ds.corpus, factory=config.factory, device=config.device, cache=cache,
-                                     **options)
+    DenseIndex.create(
+        encoder.dim, len(ds.corpus), config.factory, config.metric, None, config.train_sample, config.search_params
+    )
+    retriever = DenseRetriever.build(
+        encoder, ds.corpus, factory=config.factory, device=config.device, cache=cache, **options
+    )
     save_dense_index(retriever, out, ds.corpus, store_texts, overwrite)
-    return {"index": str(out), "dataset": ds.name, "documents": len(ds.corpus), "model": model,
-            "dim": retriever.index.dim, "factory": config.factory}
+    return {
+        "index": str(out),
+        "dataset": ds.name,
+        "documents": len(ds.corpus),
+        "model": model,
+        "dim": retriever.index.dim,
+        "factory": config.factory,
+    }
 
 
-def build_bm25_index_dir(data: str | Path, out: str | Path, backend: str | None = None, k1: float = 0.9,
-                         b: float = 0.4, threads: int = 1, overwrite: bool = False) -> dict:
+def build_bm25_index_dir(
+    data: str | Path,
+    out: str | Path,
+    backend: str | None = None,
+    k1: float = 0.9,
+    b: float = 0.4,
+    threads: int = 1,
+    overwrite: bool = False,
+) -> dict:
     """`densekit index build --bm25`: index a BEIR corpus with BM25 and save it to `out`; returns what was built."""
     from densekit.data import load_dataset
     from densekit.retriever.bm25 import BM25Retriever
@@ -63,8 +87,7 @@ def build_bm25_index_dir(data: str | Path, out: str | Path, backend: str | None 
     ds = load_dataset(data)
     retriever = BM25Retriever.build(ds.corpus, backend=backend, k1=k1, b=b, threads=threads)
     retriever.save(out, overwrite=overwrite)
-    return {"index": str(out), "dataset": ds.name, "documents": len(ds.corpus), "kind": "bm25",
-            **retriever.describe()}
+    return {"index": str(out), "dataset": ds.name, "documents": len(ds.corpus), "kind": "bm25", **retriever.describe()}
 
 
 def torchrun_device(device: str | None, world_size: int) -> str | None:
@@ -79,9 +102,17 @@ def torchrun_device(device: str | None, world_size: int) -> str | None:
     return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
 
 
-def encode_shards_dir(data: str | Path, out: str | Path, model: str, shard_size: int = 100_000,
-                      device: str | None = None, batch_size: int = 64, index: str | Path | None = None,
-                      config: IndexBuildConfig | None = None, store_texts: bool = True) -> dict | None:
+def encode_shards_dir(
+    data: str | Path,
+    out: str | Path,
+    model: str,
+    shard_size: int = 100_000,
+    device: str | None = None,
+    batch_size: int = 64,
+    index: str | Path | None = None,
+    config: IndexBuildConfig | None = None,
+    store_texts: bool = True,
+) -> dict | None:
     """`densekit index encode`: encode a corpus into resumable .npy shards (each torchrun process its share),
     then, with `index`, build that index from the shards on rank 0. Returns the summary on rank 0, None
     on the other ranks."""
@@ -104,9 +135,16 @@ def encode_shards_dir(data: str | Path, out: str | Path, model: str, shard_size:
     finish_distributed(group)  # the merge below needs no other process (nor a barrier timeout)
     if rank != 0:
         return None
-    info: dict[str, Any] = {"shards_dir": str(out), "dataset": ds.name, "documents": plan.documents,
-                            "shards": plan.shards, "dim": plan.dim, "model": model, "world_size": world,
-                            "index": None}
+    info: dict[str, Any] = {
+        "shards_dir": str(out),
+        "dataset": ds.name,
+        "documents": plan.documents,
+        "shards": plan.shards,
+        "dim": plan.dim,
+        "model": model,
+        "world_size": world,
+        "index": None,
+    }
     if index is not None:
         built = sharding.build_from_shards(out, **(config or IndexBuildConfig()).options(), show_progress=True)
         save_dense_index(built, index, ds.corpus, store_texts)
@@ -114,8 +152,9 @@ def encode_shards_dir(data: str | Path, out: str | Path, model: str, shard_size:
     return info
 
 
-def index_from_shards_dir(shards: str | Path, out: str | Path, config: IndexBuildConfig | None = None,
-                          texts: str | Path | None = None) -> dict:
+def index_from_shards_dir(
+    shards: str | Path, out: str | Path, config: IndexBuildConfig | None = None, texts: str | Path | None = None
+) -> dict:
     """`densekit index from-shards`: train on a sample, add shard by shard (mmap), save to `out` (with the
     texts of the BEIR corpus `texts` when given)."""
     from densekit.index.shards import build_from_shards
@@ -129,5 +168,10 @@ def index_from_shards_dir(shards: str | Path, out: str | Path, config: IndexBuil
         save_dense_index(built, out, load_dataset(texts).corpus, True)
     else:
         built.save(out)
-    return {"index": str(out), "factory": built.factory, "count": len(built), "train_sample": built.train_sample,
-            "search_params": built.search_params}
+    return {
+        "index": str(out),
+        "factory": built.factory,
+        "count": len(built),
+        "train_sample": built.train_sample,
+        "search_params": built.search_params,
+    }

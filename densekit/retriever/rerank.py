@@ -39,20 +39,31 @@ class CrossEncoderReranker:
     (hits below `depth` are not returned: their first-stage scores are on another scale).
     """
 
-    def __init__(self, retriever: Retriever, model: str | Path, corpus: Corpus, depth: int = 100,
-                 batch_size: int = 32, max_length: int = 512, device: str | None = None) -> None:
+    def __init__(
+        self,
+        retriever: Retriever,
+        model: str | Path,
+        corpus: Corpus,
+        depth: int = 100,
+        batch_size: int = 32,
+        max_length: int = 512,
+        device: str | None = None,
+    ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from densekit.retriever.encoder import pick_device
 
         if depth <= 0 or batch_size <= 0 or max_length <= 0:
-            raise DensekitError(f"depth, batch_size and max_length must be positive, got {depth}, {batch_size}, "
-                                f"{max_length}")
+            raise DensekitError(
+                f"depth, batch_size and max_length must be positive, got {depth}, {batch_size}, {max_length}"
+            )
         folder = Path(model).expanduser()
         if not (folder / "config.json").is_file():
-            raise DensekitError(f"{folder}: not a model folder (no config.json); a cross-encoder is a Hugging Face "
-                                "sequence-classification folder")
+            raise DensekitError(
+                f"{folder}: not a model folder (no config.json); a cross-encoder is a Hugging Face "
+                "sequence-classification folder"
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
             self.model = AutoModelForSequenceClassification.from_pretrained(folder)
@@ -73,8 +84,14 @@ class CrossEncoderReranker:
         scores = []
         for start in range(0, len(documents), self.batch_size):
             chunk = documents[start : start + self.batch_size]
-            batch = self.tokenizer([query] * len(chunk), chunk, padding=True, truncation="longest_first",
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            batch = self.tokenizer(
+                [query] * len(chunk),
+                chunk,
+                padding=True,
+                truncation="longest_first",
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             with self._torch.inference_mode():
                 logits = self.model(**batch).logits.float()
             scores.append(logits[:, -1].cpu().numpy())

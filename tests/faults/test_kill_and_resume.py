@@ -18,14 +18,31 @@ def densekit(args: list[str], home: Path, fault: str | None = None) -> subproces
     env.pop("DENSEKIT_FAULT", None)
     if fault:
         env["DENSEKIT_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "densekit.cli", *args, "--quiet"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "densekit.cli", *args, "--quiet"], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("point", ["mining-chunk:2"])
 def test_mining_killed_after_a_chunk_resumes_to_the_same_bytes(point, tiny_model, scifact_small, tmp_path) -> None:
-    base = ["mine", str(scifact_small), "--split", "test", "--teacher", str(tiny_model), "--negatives", "3",
-            "--depth", "20", "--chunk-size", "6", "--sampler", "uniform", "--seed", "5"]
+    base = [
+        "mine",
+        str(scifact_small),
+        "--split",
+        "test",
+        "--teacher",
+        str(tiny_model),
+        "--negatives",
+        "3",
+        "--depth",
+        "20",
+        "--chunk-size",
+        "6",
+        "--sampler",
+        "uniform",
+        "--seed",
+        "5",
+    ]
     home = tmp_path / "home"
     whole = densekit([*base, "--out", str(tmp_path / "whole.jsonl")], home)
     assert whole.returncode == 0, whole.stderr

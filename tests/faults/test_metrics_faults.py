@@ -125,8 +125,7 @@ def test_non_finite_score_from_a_retriever(scifact_small: Path) -> None:
         evaluate(ds.qrels, {next(iter(ds.qrels)): {"x": math.inf}})
 
 
-def test_qrels_row_repeated_with_a_conflicting_grade(dataset_copy: Path, tmp_path: Path, capsys,
-                                                     monkeypatch) -> None:
+def test_qrels_row_repeated_with_a_conflicting_grade(dataset_copy: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     qrels_file = dataset_copy / "qrels" / "test.tsv"
     rows = _qrels_rows(dataset_copy)
     query_id, doc_id, grade = rows[1].split("\t")

@@ -60,21 +60,40 @@ def index_copy(saved_index: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("what", ["code folder", "file"])
-def test_index_build_never_replaces_what_densekit_did_not_write(what, tiny_model, scifact_small, tmp_path,
-                                                                capsys, monkeypatch) -> None:
+def test_index_build_never_replaces_what_densekit_did_not_write(
+    what, tiny_model, scifact_small, tmp_path, capsys, monkeypatch
+) -> None:
     target = tmp_path / "precious"
     if what == "file":
         target.write_text("notes\n")
     else:
         target.mkdir()
         (target / "main.py").write_text("print('mine')\n")
-    code, _, err = run_cli(["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(target),
-                            "--quiet"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(target), "--quiet"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and "--overwrite" in one_line_error(err)
-    assert (target.read_text() if what == "file" else (target / "main.py").read_text()) in ("notes\n",
-                                                                                         "print('mine')\n")
-    code, _, err = run_cli(["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(target),
-                            "--overwrite", "--quiet"], capsys, monkeypatch)
+    assert (target.read_text() if what == "file" else (target / "main.py").read_text()) in (
+        "notes\n",
+        "print('mine')\n",
+    )
+    code, _, err = run_cli(
+        [
+            "index",
+            "build",
+            str(scifact_small),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(target),
+            "--overwrite",
+            "--quiet",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert (target / "manifest.json").is_file() and not (target / "main.py").exists()
 
@@ -117,19 +136,26 @@ def test_dataset_names_cannot_leave_dest(scifact_small, tmp_path, capsys, monkey
     victim = tmp_path / "a" / "victim"
     victim.mkdir()
     (victim / "keep.txt").write_text("keep")
-    code, _, err = run_cli(["data", "download", "../../victim", "--url", str(archive), "--no-verify", "--dest",
-                            str(dest)], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["data", "download", "../../victim", "--url", str(archive), "--no-verify", "--dest", str(dest)],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and "not a plain name" in one_line_error(err)
     assert (victim / "keep.txt").read_text() == "keep" and sorted(victim.iterdir()) == [victim / "keep.txt"]
     absolute = tmp_path / "abs" / "name"
-    code, _, err = run_cli(["data", "download", str(absolute), "--url", str(archive), "--md5", "0" * 32, "--dest",
-                            str(dest)], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["data", "download", str(absolute), "--url", str(archive), "--md5", "0" * 32, "--dest", str(dest)],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and "not a plain name" in one_line_error(err)
     assert not (tmp_path / "abs").exists() and list(dest.iterdir()) == []
 
 
-def test_download_refuses_a_foreign_folder_and_downloads_beside_it(scifact_small, tmp_path, capsys,
-                                                                   monkeypatch) -> None:
+def test_download_refuses_a_foreign_folder_and_downloads_beside_it(
+    scifact_small, tmp_path, capsys, monkeypatch
+) -> None:
     archive = _zip_of(scifact_small, tmp_path / "scifact_small.zip")
     dest = tmp_path / "dest"
     (dest / "scifact_small").mkdir(parents=True)
@@ -149,8 +175,7 @@ def test_download_refuses_a_foreign_folder_and_downloads_beside_it(scifact_small
 # ----------------------------------------------------------------------------- 4. damaged cache entries
 
 
-def test_damaged_cache_entries_are_refused_not_used(tiny_model, scifact_small, tmp_path, capsys,
-                                                    monkeypatch) -> None:
+def test_damaged_cache_entries_are_refused_not_used(tiny_model, scifact_small, tmp_path, capsys, monkeypatch) -> None:
     from densekit.paths import embeddings_dir
 
     monkeypatch.setenv("DENSEKIT_HOME", str(tmp_path / "home"))
@@ -180,12 +205,16 @@ def test_damaged_cache_entries_are_refused_not_used(tiny_model, scifact_small, t
     assert code == 2 and "meta.json" in one_line_error(err)
 
 
-def test_unwritable_cache_is_announced_and_the_build_goes_on(tiny_model, scifact_small, tmp_path, capsys,
-                                                             monkeypatch) -> None:
+def test_unwritable_cache_is_announced_and_the_build_goes_on(
+    tiny_model, scifact_small, tmp_path, capsys, monkeypatch
+) -> None:
     monkeypatch.setenv("DENSEKIT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DENSEKIT_FAULT", "cache-store:1:enospc")
-    code, _, err = run_cli(["index", "build", str(scifact_small), "--model", str(tiny_model), "--out",
-                            str(tmp_path / "idx"), "--quiet"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(tmp_path / "idx"), "--quiet"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert "embedding cache cannot be written" in err and "No space left" in err
     assert not any((tmp_path / "home" / "embeddings").glob("*/embeddings.npy"))
@@ -208,8 +237,9 @@ def test_a_model_swapped_in_place_is_refused(saved_index, tmp_path, capsys, monk
         other.save_pretrained(model, safe_serialization=True)
         code, _, err = run_cli(["search", str(saved_index), "vitamin d", "--json"], capsys, monkeypatch)
         assert code == 2 and "not the one that built this index" in one_line_error(err)
-        code, _, err = run_cli(["search", str(saved_index), "vitamin d", "--model", str(model), "--json"], capsys,
-                               monkeypatch)
+        code, _, err = run_cli(
+            ["search", str(saved_index), "vitamin d", "--model", str(model), "--json"], capsys, monkeypatch
+        )
         assert code == 0 and "not the model that built the index" in err
     finally:
         shutil.rmtree(model)
@@ -217,15 +247,18 @@ def test_a_model_swapped_in_place_is_refused(saved_index, tmp_path, capsys, monk
     assert run_cli(["search", str(saved_index), "vitamin d", "--json"], capsys, monkeypatch)[0] == 0
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda m: m["model"].update(pooling="cls"), "not the one that built this index"),
-    (lambda m: m["model"].update(normalize=False), "not the one that built this index"),
-    (lambda m: m.pop("files"), "missing 'files'"),
-    (lambda m: m["files"].pop("index.faiss"), "does not list index.faiss"),
-    (lambda m: m["files"].update({"../../etc/passwd": "0" * 64}), "points outside the directory"),
-    (lambda m: m.pop("dim"), "missing 'dim'"),
-    (lambda m: m.update(format_version=99), "format_version 99"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: m["model"].update(pooling="cls"), "not the one that built this index"),
+        (lambda m: m["model"].update(normalize=False), "not the one that built this index"),
+        (lambda m: m.pop("files"), "missing 'files'"),
+        (lambda m: m["files"].pop("index.faiss"), "does not list index.faiss"),
+        (lambda m: m["files"].update({"../../etc/passwd": "0" * 64}), "points outside the directory"),
+        (lambda m: m.pop("dim"), "missing 'dim'"),
+        (lambda m: m.update(format_version=99), "format_version 99"),
+    ],
+)
 def test_edited_manifests_are_refused(edit, message, index_copy, capsys, monkeypatch) -> None:
     path = index_copy / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -267,17 +300,33 @@ def test_io_failures_are_one_line_errors(scifact_small, tmp_path, capsys, monkey
     shutil.copytree(scifact_small, folder)
     (folder / "qrels" / "test.tsv").unlink()
     (folder / "qrels" / "test.tsv").mkdir()
-    code, _, err = run_cli(["eval", str(folder), "--bm25", "--backend", "bm25s", "--split", "test"], capsys,
-                           monkeypatch)
+    code, _, err = run_cli(
+        ["eval", str(folder), "--bm25", "--backend", "bm25s", "--split", "test"], capsys, monkeypatch
+    )
     assert code == 2 and "test.tsv" in one_line_error(err)
 
 
-def test_unwritable_output_is_one_line_and_changes_nothing(tiny_model, scifact_small, index_copy, capsys,
-                                                           monkeypatch) -> None:
+def test_unwritable_output_is_one_line_and_changes_nothing(
+    tiny_model, scifact_small, index_copy, capsys, monkeypatch
+) -> None:
     before = sorted((p.name, p.read_bytes()) for p in index_copy.iterdir() if p.is_file())
     monkeypatch.setenv("DENSEKIT_FAULT", "atomic-dir-stage:1:eacces")
-    code, _, err = run_cli(["index", "build", str(scifact_small), "--bm25", "--backend", "bm25s", "--out",
-                            str(index_copy), "--overwrite", "--quiet"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        [
+            "index",
+            "build",
+            str(scifact_small),
+            "--bm25",
+            "--backend",
+            "bm25s",
+            "--out",
+            str(index_copy),
+            "--overwrite",
+            "--quiet",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and "Permission denied" in one_line_error(err)
     assert sorted((p.name, p.read_bytes()) for p in index_copy.iterdir() if p.is_file()) == before
     assert not [p for p in index_copy.parent.iterdir() if p.name.endswith(".tmp")]
@@ -303,12 +352,23 @@ def _save_in_subprocess(target: Path, seed: int, mode: str = "exchange", fault: 
     env.pop("DENSEKIT_FAULT", None)
     if fault:
         env["DENSEKIT_FAULT"] = fault
-    return subprocess.run([sys.executable, "-c", SAVE_SCRIPT, str(target), str(seed), mode], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", SAVE_SCRIPT, str(target), str(seed), mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("mode,point", [("exchange", "atomic-dir-swap:1"), ("exchange", "atomic-dir-swapped:1"),
-                                        ("two-renames", "atomic-dir-between-renames:1")])
+@pytest.mark.parametrize(
+    "mode,point",
+    [
+        ("exchange", "atomic-dir-swap:1"),
+        ("exchange", "atomic-dir-swapped:1"),
+        ("two-renames", "atomic-dir-between-renames:1"),
+    ],
+)
 def test_kill_during_replace_leaves_a_complete_index(mode, point, tmp_path) -> None:
     from densekit.index.dense import DenseIndex
 
@@ -352,10 +412,22 @@ def test_two_writers_and_a_reader(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("DENSEKIT_FAULT", None)
     assert subprocess.run([sys.executable, "-c", STRESS_WRITER, str(target), "0", "1"], env=env).returncode == 0
-    writers = [subprocess.Popen([sys.executable, "-c", STRESS_WRITER, str(target), str(w), "100"], env=env,
-                                stderr=subprocess.PIPE, text=True) for w in (1, 2)]
-    reader = subprocess.Popen([sys.executable, "-c", STRESS_READER, str(target), "8"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", STRESS_WRITER, str(target), str(w), "100"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in (1, 2)
+    ]
+    reader = subprocess.Popen(
+        [sys.executable, "-c", STRESS_READER, str(target), "8"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     errors = [w.communicate(timeout=300)[1] for w in writers]
     reads, reader_err = reader.communicate(timeout=300)
     assert [w.returncode for w in writers] == [0, 0], errors
@@ -363,7 +435,8 @@ def test_two_writers_and_a_reader(tmp_path) -> None:
     assert not any("Traceback" in e for e in [*errors, reader_err])
     assert len(DenseIndex.load(target)) == 64
     assert [p.name for p in tmp_path.iterdir()] == ["idx", ".idx.lock"] or sorted(
-        p.name for p in tmp_path.iterdir()) == [".idx.lock", "idx"]
+        p.name for p in tmp_path.iterdir()
+    ) == [".idx.lock", "idx"]
 
 
 def test_outputs_get_the_usual_permissions(saved_index) -> None:

@@ -36,11 +36,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(tiny_model: Path, negatives: Path, corpus: Path, output: Path, **run) -> TrainConfig:
-    settings = {"max_steps": 3, "save_steps": 1, "keep_checkpoints": 3, "batch_size": 4, "learning_rate": 1e-3,
-                "max_length": 32, "device": "cpu", "seed": 7, **run}
+    settings = {
+        "max_steps": 3,
+        "save_steps": 1,
+        "keep_checkpoints": 3,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "max_length": 32,
+        "device": "cpu",
+        "seed": 7,
+        **run,
+    }
     return TrainConfig(
-        model=str(tiny_model), output=output,
-        data=DataConfig(negatives=negatives, corpus=str(corpus), negatives_per_query=1), **settings,
+        model=str(tiny_model),
+        output=output,
+        data=DataConfig(negatives=negatives, corpus=str(corpus), negatives_per_query=1),
+        **settings,
     )
 
 
@@ -117,8 +128,15 @@ def stopped(config, tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Pa
 
 
 def test_crafted_checkpoint_pickle_is_never_loaded(
-    config, stopped, straight: Path, tmp_path: Path, tiny_model: Path, negatives: Path, scifact_small: Path,
-    capsys, monkeypatch,
+    config,
+    stopped,
+    straight: Path,
+    tmp_path: Path,
+    tiny_model: Path,
+    negatives: Path,
+    scifact_small: Path,
+    capsys,
+    monkeypatch,
 ) -> None:
     out = stopped()
     marker = tmp_path / "ran-code"
@@ -133,10 +151,29 @@ def test_crafted_checkpoint_pickle_is_never_loaded(
     # Only a legacy pickle checkpoint: a one-line error, exit 2, nothing executed.
     legacy = tmp_path / "legacy"
     _craft_pickle(legacy / "checkpoints" / "step-3" / "state.pt", marker)
-    code, _, err = run_cli([
-        "train", "--model", str(tiny_model), "--negatives", str(negatives), "--corpus", str(scifact_small),
-        "--output", str(legacy), "--max-steps", "3", "--batch-size", "4", "--device", "cpu", "--resume",
-        "--quiet"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--model",
+            str(tiny_model),
+            "--negatives",
+            str(negatives),
+            "--corpus",
+            str(scifact_small),
+            "--output",
+            str(legacy),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--resume",
+            "--quiet",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and not marker.exists()
     last = err.strip().splitlines()[-1]
     assert "no checkpoint can be resumed" in last and "step-3/state.pt" in last and "--overwrite" in last
@@ -172,25 +209,75 @@ def test_crafted_guide_cache_pickle_is_never_loaded(
 
 
 def test_new_run_into_a_run_folder_is_refused_and_overwrite_starts_over(
-    config, stopped, tmp_path: Path, tiny_model: Path, negatives: Path, scifact_small: Path, capsys, monkeypatch,
+    config,
+    stopped,
+    tmp_path: Path,
+    tiny_model: Path,
+    negatives: Path,
+    scifact_small: Path,
+    capsys,
+    monkeypatch,
 ) -> None:
     out = stopped()
     (out / "checkpoints" / "notes.txt").write_text("mine")
-    code, _, err = run_cli([
-        "train", "--model", str(tiny_model), "--negatives", str(negatives), "--corpus", str(scifact_small),
-        "--output", str(out), "--batch-size", "4", "--device", "cpu", "--quiet"],
-        capsys, monkeypatch)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--model",
+            str(tiny_model),
+            "--negatives",
+            str(negatives),
+            "--corpus",
+            str(scifact_small),
+            "--output",
+            str(out),
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2
     message = err.strip().splitlines()[-1]
     assert str(out) in message and "--resume" in message and "--output" in message and "--overwrite" in message
     names = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
     assert names == ["notes.txt", "step-1", "step-2"]  # nothing removed
 
-    code, stdout, err = run_cli([
-        "train", "--model", str(tiny_model), "--negatives", str(negatives), "--corpus", str(scifact_small),
-        "--output", str(out), "--batch-size", "4", "--lr", "5e-4", "--max-steps", "2", "--max-length", "32",
-        "--save-steps", "1", "--keep-checkpoints", "1", "--device", "cpu", "--overwrite", "--json", "--quiet"],
-        capsys, monkeypatch)
+    code, stdout, err = run_cli(
+        [
+            "train",
+            "--model",
+            str(tiny_model),
+            "--negatives",
+            str(negatives),
+            "--corpus",
+            str(scifact_small),
+            "--output",
+            str(out),
+            "--batch-size",
+            "4",
+            "--lr",
+            "5e-4",
+            "--max-steps",
+            "2",
+            "--max-length",
+            "32",
+            "--save-steps",
+            "1",
+            "--keep-checkpoints",
+            "1",
+            "--device",
+            "cpu",
+            "--overwrite",
+            "--json",
+            "--quiet",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["finished"] and summary["steps"] == 2 and summary["resumed_from"] is None
@@ -254,19 +341,28 @@ def test_truncated_newest_checkpoint_falls_back_and_torn_metrics_line_is_dropped
         train(config(out), resume=True)
 
 
-_RUN = "import json, sys\nfrom densekit.retriever.train import TrainConfig, train\n" \
-       "train(TrainConfig.from_json(json.loads(sys.argv[1])))\n"
+_RUN = (
+    "import json, sys\nfrom densekit.retriever.train import TrainConfig, train\n"
+    "train(TrainConfig.from_json(json.loads(sys.argv[1])))\n"
+)
 
 
 def test_kill_9_mid_checkpoint_then_resume_is_bit_identical(config, straight: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     cfg = config(out)
     env = {**os.environ, "DENSEKIT_FAULT": "checkpoint-write:2", "DENSEKIT_QUIET": "1"}
-    proc = subprocess.run([sys.executable, "-c", _RUN, json.dumps(cfg.to_json())], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN, json.dumps(cfg.to_json())],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert [p.name for p in (out / "checkpoints").iterdir() if p.is_dir() and not p.name.startswith(".")] \
-        == ["step-1"]  # step-2 was being written when the process died
+    assert [p.name for p in (out / "checkpoints").iterdir() if p.is_dir() and not p.name.startswith(".")] == [
+        "step-1"
+    ]  # step-2 was being written when the process died
     summary = train(cfg, resume=True)
     assert summary["finished"] and summary["resumed_from"].endswith("step-1")
     _assert_same_run(out, straight)

@@ -114,8 +114,10 @@ def read_newest(output: Path) -> tuple[Path, dict] | None:
     for path in reversed(dirs):
         if is_legacy(path):
             problems.append(f"{path / LEGACY_STATE} is a pickle from an older densekit, never loaded")
-            announce(f"{path / LEGACY_STATE}: a pickle checkpoint from an older densekit is never loaded "
-                     "(unpickling can run code); skipping it")
+            announce(
+                f"{path / LEGACY_STATE}: a pickle checkpoint from an older densekit is never loaded "
+                "(unpickling can run code); skipping it"
+            )
             continue
         try:
             state = load_state(path)
@@ -140,8 +142,9 @@ def read_newest(output: Path) -> tuple[Path, dict] | None:
 def check_training_folder(output: Path, resume: bool, overwrite: bool) -> None:
     """Refuse a new run into a folder that already holds a training run (see the module docstring)."""
     if resume and overwrite:
-        raise DensekitError(f"{output}: --resume continues the run there and --overwrite starts it over; "
-                            "pass one of them")
+        raise DensekitError(
+            f"{output}: --resume continues the run there and --overwrite starts it over; pass one of them"
+        )
     if overwrite:
         _refuse_foreign_models(output)
     if resume or overwrite:

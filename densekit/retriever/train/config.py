@@ -21,21 +21,33 @@ PRECISIONS = ("no", "bf16", "fp16")
 class LossConfig:
     """Which contrastive loss, and its knobs (each field's help says what it does)."""
 
-    name: str = field(default="infonce", metadata={
-        "flags": ("--loss",),
-        "help": "infonce (in-batch + mined negatives) or gist (the same, masked by a guide model, GISTEmbed)."})
-    temperature: float = field(default=0.05, metadata={
-        "help": "Softmax temperature (0.05 = sentence-transformers' scale 20)."})
-    learnable_temperature: bool = field(default=False, metadata={
-        "help": "Learn log(1/temperature) with the model (CLIP style)."})
-    symmetric: bool = field(default=False, metadata={
-        "help": "Add the document->query InfoNCE term over the batch's queries."})
-    guide: str | None = field(default=None, metadata={
-        "help": "GIST guide model (with --loss gist): its similarities mask probable false negatives."})
-    gist_margin: float = field(default=0.0, metadata={
-        "help": "GIST: mask candidates the guide scores above (guide positive score - margin)."})
-    temperature_lr: float = field(default=1e-3, metadata={
-        "help": "Learning rate of a learnable temperature (the model's is too small to move it)."})
+    name: str = field(
+        default="infonce",
+        metadata={
+            "flags": ("--loss",),
+            "help": "infonce (in-batch + mined negatives) or gist (the same, masked by a guide model, GISTEmbed).",
+        },
+    )
+    temperature: float = field(
+        default=0.05, metadata={"help": "Softmax temperature (0.05 = sentence-transformers' scale 20)."}
+    )
+    learnable_temperature: bool = field(
+        default=False, metadata={"help": "Learn log(1/temperature) with the model (CLIP style)."}
+    )
+    symmetric: bool = field(
+        default=False, metadata={"help": "Add the document->query InfoNCE term over the batch's queries."}
+    )
+    guide: str | None = field(
+        default=None,
+        metadata={"help": "GIST guide model (with --loss gist): its similarities mask probable false negatives."},
+    )
+    gist_margin: float = field(
+        default=0.0, metadata={"help": "GIST: mask candidates the guide scores above (guide positive score - margin)."}
+    )
+    temperature_lr: float = field(
+        default=1e-3,
+        metadata={"help": "Learning rate of a learnable temperature (the model's is too small to move it)."},
+    )
 
     def validate(self) -> None:
         if self.name not in LOSSES:
@@ -58,12 +70,16 @@ class DataConfig:
     """
 
     negatives: Path = field(metadata={"help": "Negatives file from `densekit mine` (JSON lines, one query a line)."})
-    corpus: str = field(metadata={"help": "BEIR folder or name whose corpus.jsonl holds the documents the file "
-                                          "names."})
-    negatives_per_query: int = field(default=1, metadata={
-        "help": "Mined negatives per example, taken in rank order (0 = in-batch only)."})
-    positives: str = field(default="all", metadata={
-        "help": "all: every (query, positive) pair each epoch; one: one pair per query, drawn afresh each epoch."})
+    corpus: str = field(metadata={"help": "BEIR folder or name whose corpus.jsonl holds the documents the file names."})
+    negatives_per_query: int = field(
+        default=1, metadata={"help": "Mined negatives per example, taken in rank order (0 = in-batch only)."}
+    )
+    positives: str = field(
+        default="all",
+        metadata={
+            "help": "all: every (query, positive) pair each epoch; one: one pair per query, drawn afresh each epoch."
+        },
+    )
 
     def validate(self) -> None:
         if self.negatives_per_query < 0:
@@ -94,25 +110,32 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off)."})
     seed: int = field(default=42, metadata={"help": "Seed for data order, dropout and init."})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "GradCache chunk (texts per forward pass); default: the whole batch at once."})
-    forward_batch_size: int | None = field(default=None, metadata={
-        "help": "Rows per transformer call, length-sorted (default 8 on CPU, all on CUDA; 0 = all)."})
+    chunk_size: int | None = field(
+        default=None, metadata={"help": "GradCache chunk (texts per forward pass); default: the whole batch at once."}
+    )
+    forward_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Rows per transformer call, length-sorted (default 8 on CPU, all on CUDA; 0 = all)."},
+    )
     max_length: int | None = field(default=None, metadata={"help": "Document token limit (default the model's)."})
-    query_max_length: int | None = field(default=None, metadata={"help": "Query token limit (default the "
-                                                                         "model's)."})
+    query_max_length: int | None = field(default=None, metadata={"help": "Query token limit (default the model's)."})
     precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (CUDA only)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     separate_towers: bool = field(default=False, metadata={"help": "Separate query and document encoders."})
-    eval_data: str | None = field(default=None, metadata={
-        "help": "BEIR dataset scored (ndcg@10) during training and at the end."})
+    eval_data: str | None = field(
+        default=None, metadata={"help": "BEIR dataset scored (ndcg@10) during training and at the end."}
+    )
     eval_split: str = field(default="dev", metadata={"help": "Its split."})
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end)."})
     save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end)."})
     keep_checkpoints: int = field(default=2, metadata={"help": "Newest checkpoints kept."})
-    stop_after_steps: int | None = field(default=None, metadata={
-        "help": "Stop early, as if interrupted, while the schedule still plans --max-steps/--epochs; --resume "
-                "continues."})
+    stop_after_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop early, as if interrupted, while the schedule still plans --max-steps/--epochs; --resume "
+            "continues."
+        },
+    )
     device: str | None = field(default=None, metadata={"help": "Torch device (default: cuda if available)."})
     log_steps: int = field(default=1, metadata={"help": "Log the loss every N steps."})
 
@@ -146,9 +169,7 @@ class TrainConfig:
         if self.eval_steps < 0 or self.save_steps < 0:
             raise DensekitError("eval_steps and save_steps must be >= 0")
         if self.precision not in PRECISIONS:
-            raise DensekitError(
-                f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}"
-            )
+            raise DensekitError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.eval_steps and not self.eval_data:
             raise DensekitError("eval_steps needs eval_data (a BEIR dataset with an evaluation split)")
 

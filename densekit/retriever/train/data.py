@@ -34,9 +34,7 @@ class TrainingExample:
     positive_ids: frozenset[str]  # every labelled positive of the query: never used as its negative
 
 
-def read_training_examples(
-    path: str | Path, corpus: Corpus, negatives_per_query: int
-) -> list[TrainingExample]:
+def read_training_examples(path: str | Path, corpus: Corpus, negatives_per_query: int) -> list[TrainingExample]:
     """Read a negatives file (:func:`densekit.negatives.iter_negatives`, the schema mining writes) into
     examples, negatives in rank order (equal ranks keep file order).
 
@@ -55,13 +53,15 @@ def read_training_examples(
                 raise InputError(path, f"document {doc_id!r} is not in the corpus {corpus.path or ''}", line)
         chosen = tuple(negative_ids[:negatives_per_query])
         for positive in record.positives:
-            examples.append(TrainingExample(record.query_id, record.query, positive, chosen,
-                                            frozenset(record.positives)))
+            examples.append(
+                TrainingExample(record.query_id, record.query, positive, chosen, frozenset(record.positives))
+            )
     if not examples:
         raise InputError(path, "no training examples (the file is empty)")
     if short:
-        announce(f"{path}: {short} queries have fewer than {negatives_per_query} negatives; "
-                 "they train with those they have")
+        announce(
+            f"{path}: {short} queries have fewer than {negatives_per_query} negatives; they train with those they have"
+        )
     return examples
 
 

@@ -74,8 +74,12 @@ class MarginMSELoss(nn.Module):
 class ListwiseKLLoss(nn.Module):
     """KL(teacher softmax || student softmax) over each query's [positive, negatives] (module docstring)."""
 
-    def __init__(self, temperature: float = 1.0, student_temperature: float | None = None,
-                 teacher_temperature: float | None = None) -> None:
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        student_temperature: float | None = None,
+        teacher_temperature: float | None = None,
+    ) -> None:
         super().__init__()
         self.student_temperature = student_temperature or temperature
         self.teacher_temperature = teacher_temperature or temperature
@@ -101,7 +105,9 @@ class WeightedSum(nn.Module):
         self.distill = distill
         self.weight = weight
 
-    def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, contrastive_inputs,
-                distill_inputs: DistillInputs) -> torch.Tensor:
-        return (self.contrastive(query_emb, doc_emb, contrastive_inputs)
-                + self.weight * self.distill(query_emb, doc_emb, distill_inputs))
+    def forward(
+        self, query_emb: torch.Tensor, doc_emb: torch.Tensor, contrastive_inputs, distill_inputs: DistillInputs
+    ) -> torch.Tensor:
+        return self.contrastive(query_emb, doc_emb, contrastive_inputs) + self.weight * self.distill(
+            query_emb, doc_emb, distill_inputs
+        )

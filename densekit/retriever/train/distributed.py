@@ -18,8 +18,13 @@ import torch.distributed as dist
 from densekit.distributed import DistributedContext, barrier, broadcast_object, init_distributed
 
 __all__ = [
-    "DistributedContext", "all_reduce_mean", "average_gradients", "barrier", "broadcast_object",
-    "gather_with_grad", "init_distributed",
+    "DistributedContext",
+    "all_reduce_mean",
+    "average_gradients",
+    "barrier",
+    "broadcast_object",
+    "gather_with_grad",
+    "init_distributed",
 ]
 
 

@@ -42,9 +42,7 @@ class GuideCache:
         self.queries, self.documents = queries, documents
 
     @classmethod
-    def build(
-        cls, guide: str, examples: list[TrainingExample], corpus, device: str | None, path: Path
-    ) -> GuideCache:
+    def build(cls, guide: str, examples: list[TrainingExample], corpus, device: str | None, path: Path) -> GuideCache:
         """Load the cache folder `path` when it was computed for these texts and this guide, else
         compute it and write it there. A damaged folder is announced and recomputed."""
         from densekit.data import join_title_text
@@ -56,8 +54,10 @@ class GuideCache:
         key = {"guide": encoder.fingerprint(), "queries": list(query_text), "documents": doc_ids}
         legacy = path.parent / LEGACY_CACHE
         if legacy.is_file():
-            announce(f"{legacy}: a pickle guide cache from an older densekit is never loaded (unpickling can "
-                     f"run code); ignoring it (delete it), the cache now lives in {path}")
+            announce(
+                f"{legacy}: a pickle guide cache from an older densekit is never loaded (unpickling can "
+                f"run code); ignoring it (delete it), the cache now lives in {path}"
+            )
         if has_state(path):
             try:
                 saved = load_state(path)
@@ -76,8 +76,7 @@ class GuideCache:
             documents = torch.from_numpy(encoder.encode_documents(texts))
         query_rows = {q: i for i, q in enumerate(query_text)}
         doc_rows = {d: i for i, d in enumerate(doc_ids)}
-        state = {"key": key, "query_rows": query_rows, "doc_rows": doc_rows, "queries": queries,
-                 "documents": documents}
+        state = {"key": key, "query_rows": query_rows, "doc_rows": doc_rows, "queries": queries, "documents": documents}
         with atomic_dir(path, kind="guide-cache") as staging:
             save_state(staging, state)
         del encoder

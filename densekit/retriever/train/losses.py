@@ -129,9 +129,7 @@ class GISTLoss(InfoNCELoss):
         return guide >= positive - self.margin
 
 
-def build_loss(
-    name: str, temperature: float, learnable: bool, symmetric: bool, margin: float = 0.0
-) -> InfoNCELoss:
+def build_loss(name: str, temperature: float, learnable: bool, symmetric: bool, margin: float = 0.0) -> InfoNCELoss:
     """The loss a :class:`~densekit.retriever.train.config.LossConfig` names."""
     if name == "gist":
         return GISTLoss(temperature, learnable, symmetric, margin)

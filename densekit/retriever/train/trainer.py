@@ -130,9 +130,7 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def _setup(self) -> None:
         cfg = self.config
-        device_type = (
-            torch.device(cfg.device).type if cfg.device else ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        device_type = torch.device(cfg.device).type if cfg.device else ("cuda" if torch.cuda.is_available() else "cpu")
         self.ctx: DistributedContext = init_distributed(device_type)
         if device_type == "cuda":
             self.device = torch.device(cfg.device or f"cuda:{self.ctx.local_rank}")
@@ -144,9 +142,7 @@ class Trainer:
         if cfg.precision != "no" and self.device.type != "cuda":
             raise DensekitError(f"--precision {cfg.precision} needs a CUDA device; use --precision no on CPU")
         if cfg.batch_size % self.ctx.world_size:
-            raise DensekitError(
-                f"batch size {cfg.batch_size} must split evenly over {self.ctx.world_size} processes"
-            )
+            raise DensekitError(f"batch size {cfg.batch_size} must split evenly over {self.ctx.world_size} processes")
         if cfg.separate_towers and cfg.eval_data:
             raise DensekitError("evaluation during training supports shared towers only; drop --eval-data")
         seed_everything(cfg.seed)
@@ -188,7 +184,10 @@ class Trainer:
         if cfg.gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = DualEncoder(
-            backbone, enc_cfg.pooling, enc_cfg.normalize, cfg.separate_towers,
+            backbone,
+            enc_cfg.pooling,
+            enc_cfg.normalize,
+            cfg.separate_towers,
             forward_batch_size=resolve_forward_batch_size(cfg.forward_batch_size, self.device),
         ).to(self.device)
         self.model.train()
@@ -269,8 +268,10 @@ class Trainer:
                 f"resume with the same recipe or start a new output folder"
             )
         # Checkpoints from before content hashes were recorded resume as before.
-        what = {"negatives_sha256": f"the negatives file {self.config.data.negatives}",
-                "corpus_fingerprint": f"the corpus {self.config.data.corpus}"}
+        what = {
+            "negatives_sha256": f"the negatives file {self.config.data.negatives}",
+            "corpus_fingerprint": f"the corpus {self.config.data.corpus}",
+        }
         changed = [what[k] for k in what if k in saved_inputs and saved_inputs[k] != self.inputs[k]]
         if changed:
             raise DensekitError(
@@ -296,9 +297,7 @@ class Trainer:
     def _write_model(self, folder: Path) -> None:
         config = self.encoder.config
         with atomic_dir(folder, kind="model") as staging:
-            write_sentence_transformers_folder(
-                staging, self.model.document_model, self.encoder.tokenizer, config
-            )
+            write_sentence_transformers_folder(staging, self.model.document_model, self.encoder.tokenizer, config)
             write_json(staging / TRAIN_CONFIG, self.config.to_json())
             if self.model.query_model is not None:
                 write_sentence_transformers_folder(
@@ -369,9 +368,7 @@ class Trainer:
         while self.epoch < cfg.epochs and not stop:
             batches = self.sampler.batches(self.epoch)
             while self.batch_in_epoch < len(batches):
-                if self.step >= self.total_steps or (
-                    cfg.stop_after_steps and self.step >= cfg.stop_after_steps
-                ):
+                if self.step >= self.total_steps or (cfg.stop_after_steps and self.step >= cfg.stop_after_steps):
                     stop = True
                     break
                 indices = batches[self.batch_in_epoch]
@@ -407,11 +404,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         finished = self.step >= self.total_steps
-        if (
-            self.eval_dataset is not None
-            and finished
-            and not (cfg.eval_steps and self.step % cfg.eval_steps == 0)
-        ):
+        if self.eval_dataset is not None and finished and not (cfg.eval_steps and self.step % cfg.eval_steps == 0):
             self._maybe_evaluate(log)
         if not cfg.save_steps or self.step % cfg.save_steps:
             self.save_checkpoint()
@@ -478,4 +471,3 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     """Run `config`; see :class:`Trainer`. `resume` continues the run in `config.output`; `overwrite`
     starts over in a folder that holds a run (removing it first); without either such a folder is refused."""
     return Trainer(config, resume, overwrite).train()
-
