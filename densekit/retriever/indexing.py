@@ -20,7 +20,9 @@ def save_dense_index(
     """Save a DenseIndex (or DenseRetriever) to `out`, with the documents' texts (docs.jsonl) when asked.
 
     An existing `out` that is not a dense index densekit wrote is refused unless `overwrite`."""
-    dense_index = getattr(index, "index", index)  # a DenseRetriever's own save adds texts by itself
+    from densekit.index.dense import DenseIndex
+
+    dense_index = index if isinstance(index, DenseIndex) else index.index  # a retriever's save adds texts itself
     if store_texts and corpus is not None:
         from densekit.index.docstore import DocStore, save_with_documents
 
