@@ -21,7 +21,7 @@ from densekit.errors import DensekitError, IntegrityError
 from densekit.index.docstore import DOCS_FILE, DocStore, attach_documents
 from densekit.retriever.dense import DenseRetriever
 from densekit.retriever.encoder import Encoder
-from densekit.retriever.langchain import DensekitRetriever, documents_to_json, matches
+from densekit.integrations.langchain import DensekitRetriever, documents_to_json, matches
 
 QUERY = "Vitamin D deficiency and the risk of multiple sclerosis"
 
@@ -235,7 +235,7 @@ def test_saved_index_reloads_in_a_new_process(minilm_retriever: DensekitRetrieve
     expected = documents_to_json(minilm_retriever.invoke(QUERY))
     script = (
         "import json, sys\n"
-        "from densekit.retriever.langchain import DensekitRetriever, documents_to_json\n"
+        "from densekit.integrations.langchain import DensekitRetriever, documents_to_json\n"
         "r = DensekitRetriever(index_path=sys.argv[1], k=5)\n"
         "print(json.dumps(documents_to_json(r.invoke(sys.argv[2]))))\n"
     )

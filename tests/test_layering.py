@@ -193,3 +193,12 @@ def test_only_the_cli_imports_the_cli() -> None:
     graph = import_graph()
     bad = _edges(graph, lambda m: not _in("densekit.cli")(m), _in("densekit.cli"))
     assert not bad, "library modules importing the CLI:\n" + "\n".join(bad)
+
+
+def test_integrations_sit_above_retriever_index_eval_and_mining() -> None:
+    """The framework faces (LangChain, LlamaIndex, Haystack, the HTTP service) use the library; the
+    library never imports them, so a missing framework extra cannot break `densekit.retriever` & co."""
+    graph = import_graph()
+    below = ("densekit.retriever", "densekit.index", "densekit.eval", "densekit.mining")
+    bad = _edges(graph, lambda m: m in BOTTOM or _in(*below)(m), _in("densekit.integrations"))
+    assert not bad, "library layers importing densekit.integrations:\n" + "\n".join(bad)

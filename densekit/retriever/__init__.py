@@ -1,4 +1,4 @@
-"""Retrievers (dense, BM25, hybrid, reranking), the encoder, training, and the LangChain adapter.
+"""Retrievers (dense, BM25, hybrid, reranking), the encoder and training.
 
 Heavy modules (torch, transformers, pyserini) are imported only when used:
 `from densekit.retriever.encoder import Encoder`.

@@ -1,0 +1,10 @@
+"""LangChain faces of densekit (the `langchain` extra: `pip install 'densekit[langchain]'`).
+
+- :class:`DensekitRetriever` -- a `BaseRetriever` over a saved index (dense, BM25 or hybrid).
+- :class:`DensekitEmbeddings` -- an `Embeddings` over a densekit :class:`~densekit.retriever.encoder.Encoder`.
+- :class:`DensekitVectorStore` -- a `VectorStore` over a densekit index directory or in memory.
+"""
+
+from densekit.integrations.langchain.retriever import DensekitRetriever, documents_to_json, matches
+
+__all__ = ["DensekitRetriever", "documents_to_json", "matches"]
