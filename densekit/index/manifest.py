@@ -2,14 +2,15 @@
 
 Every index directory (dense FAISS, BM25, and later backends) holds ``manifest.json``::
 
-    {"format_version": 1, "densekit_version": "...", "kind": "dense" | "bm25", "count": N,
+    {"format_version": 1, "densekit_version": "...", "kind": "dense" | "bm25" | "milvus", "count": N,
      "created": "2026-12-03T00:00:00Z", "files": {"<relative path>": "<sha256>", ...}, ...}
 
 plus kind-specific keys (dense: ``dim``, ``metric``, ``factory``, ``model`` with the model's
-fingerprint; bm25: ``backend``, ``params``). :func:`read_manifest` checks the manifest itself before
-anything trusts it: the format version, the keys and types its kind needs, that ``files`` lists
-the files that kind cannot do without (removing an entry would otherwise switch its checksum off),
-and that every listed name stays inside the directory. :func:`verify_files` then checks every
+fingerprint; bm25: ``backend``, ``params``; milvus: ``uri``, ``collection``, ``index_type``, ``dim``,
+``model``). :func:`read_manifest` checks the manifest itself before anything trusts it: the format
+version, the keys and types its kind needs, that ``files`` lists the files that kind cannot do
+without (removing an entry would otherwise switch its checksum off), and that every listed name
+stays inside the directory. :func:`verify_files` then checks every
 listed file against its sha256. Any failure is :class:`~densekit.errors.IntegrityError`: a clear
 error, never a wrong answer.
 """
@@ -32,6 +33,15 @@ IDS_FILE = "ids.json"
 REQUIRED_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "dense": {"dim": int, "count": int, "metric": str, "factory": str, "files": dict},
     "bm25": {"backend": str, "count": int, "params": dict, "files": dict},
+    "milvus": {
+        "uri": str,
+        "collection": str,
+        "dim": int,
+        "count": int,
+        "metric": str,
+        "index_type": str,
+        "files": dict,
+    },
 }
 REQUIRED_FILES: dict[str, tuple[str, ...]] = {"dense": (INDEX_FILE, IDS_FILE), "bm25": (IDS_FILE,)}
 
