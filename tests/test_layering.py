@@ -9,7 +9,7 @@ package's `__init__` importing its own submodules is the normal shape, not a cyc
 Layers (DESIGN.md): cli -> (integrations, eval, mining, retriever) -> index -> bottom, the bottom
 being data, io, paths, errors, progress and the shared primitives that sit beside them (protocols:
 the Retriever protocol; negatives: the negatives-file schema; distributed: torchrun handling;
-faults: fault-injection points).
+faults: fault-injection points; chunking: splitting documents into passages and their ids).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ BOTTOM = {
     "densekit.distributed",
     "densekit.faults",
     "densekit.serialize",
+    "densekit.chunking",
 }
 ABOVE_INDEX = ("densekit.retriever", "densekit.mining", "densekit.eval", "densekit.cli", "densekit.integrations")
 

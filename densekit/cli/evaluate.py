@@ -77,6 +77,7 @@ def eval_cmd(
     normalization: Annotated[str, typer.Option(help=_spec("normalization"))] = "minmax",
     rerank: Annotated[str | None, typer.Option(help=_spec("rerank"))] = None,
     rerank_depth: Annotated[int, typer.Option(help=_spec("rerank_depth"))] = 100,
+    aggregate: Annotated[str | None, typer.Option(help=_spec("aggregate"))] = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
     k_factor: KFactorOpt = None,
@@ -117,6 +118,7 @@ def eval_cmd(
         depth=depth,
         rerank=rerank,
         rerank_depth=rerank_depth,
+        aggregate=aggregate,
         search=search,
     )
     config = EvalConfig(

@@ -8,15 +8,19 @@ from typing import Annotated
 
 import typer
 
+from densekit.chunking import ChunkConfig
 from densekit.cli import render
 from densekit.cli.app import index_app
 from densekit.cli.options import (
+    AggregateOpt,
     BackendOpt,
     BatchOpt,
     BM25Opt,
     BOpt,
     BuildDeviceOpt,
     CacheOpt,
+    ChunkOverlapOpt,
+    ChunkSizeOpt,
     DataArg,
     DeviceOpt,
     EfSearchOpt,
@@ -56,6 +60,9 @@ def index_build(
     shard_gpus: ShardGpusOpt = False,
     float16: Float16Opt = False,
     store_texts: StoreTextsOpt = True,
+    chunk_size: ChunkSizeOpt = None,
+    chunk_overlap: ChunkOverlapOpt = 0,
+    aggregate: AggregateOpt = "maxp",
     batch_size: BatchOpt = 64,
     cache: CacheOpt = True,
     bm25: BM25Opt = False,
@@ -77,6 +84,8 @@ def index_build(
             raise DensekitError("--backend chooses the BM25 backend; add --bm25")
         if model is not None:
             raise DensekitError("--model and --bm25 build different indexes; give one of them")
+        if chunk_size is not None:
+            raise DensekitError("--chunk-size splits documents for a dense index; BM25 indexes whole documents")
         info = build_bm25_index_dir(data, out, backend=backend, k1=k1, b=b, threads=threads, overwrite=overwrite)
         info["seconds"] = round(time.perf_counter() - start, 2)
         if as_json:
@@ -107,13 +116,16 @@ def index_build(
         cache=cache,
         store_texts=store_texts,
         overwrite=overwrite,
+        chunking=ChunkConfig(chunk_size, chunk_overlap, aggregate),
     )
     info["seconds"] = round(time.perf_counter() - start, 2)
     if as_json:
         render.emit(info)
     else:
+        passages = f" as {info['passages']} passages" if "passages" in info else ""
         render.say(
-            f"indexed {info['documents']} documents of {info['dataset']} with {model} -> {out} ({info['seconds']} s)"
+            f"indexed {info['documents']} documents of {info['dataset']}{passages} with {model} -> {out} "
+            f"({info['seconds']} s)"
         )
 
 

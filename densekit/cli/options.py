@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from densekit.chunking import ChunkConfig
 from densekit.index.config import IndexBuildConfig
 from densekit.retriever.compose import RetrieverSpec, SearchOptions
 
@@ -53,6 +54,12 @@ BackendOpt = Annotated[str | None, typer.Option(help=help_of(RetrieverSpec, "bac
 K1Opt = Annotated[float, typer.Option("--k1", help=help_of(RetrieverSpec, "k1"))]
 BOpt = Annotated[float, typer.Option("--b", help=help_of(RetrieverSpec, "b"))]
 ThreadsOpt = Annotated[int, typer.Option(help=help_of(RetrieverSpec, "threads"))]
+
+# -- passages of long documents ----------------------------------------------------------------------
+ChunkSizeOpt = Annotated[int | None, typer.Option("--chunk-size", help=help_of(ChunkConfig, "chunk_size"))]
+ChunkOverlapOpt = Annotated[int, typer.Option("--chunk-overlap", help=help_of(ChunkConfig, "chunk_overlap"))]
+AggregateOpt = Annotated[str, typer.Option("--aggregate", help=help_of(ChunkConfig, "aggregate"))]
+AggregateOverrideOpt = Annotated[str | None, typer.Option("--aggregate", help=help_of(RetrieverSpec, "aggregate"))]
 
 # -- building FAISS indexes --------------------------------------------------------------------------
 FactoryOpt = Annotated[str, typer.Option(help=help_of(IndexBuildConfig, "factory"))]

@@ -11,6 +11,7 @@ import typer
 from densekit.cli import render
 from densekit.cli.app import app
 from densekit.cli.options import (
+    AggregateOverrideOpt,
     DeviceOpt,
     EfSearchOpt,
     Float16Opt,
@@ -55,6 +56,10 @@ def search(
     index_device: SearchDeviceOpt = "cpu",
     shard_gpus: ShardGpusOpt = False,
     float16: Float16Opt = False,
+    aggregate: AggregateOverrideOpt = None,
+    passages: Annotated[
+        bool, typer.Option("--passages", help="An index of passages: return passages, not documents.")
+    ] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -79,7 +84,17 @@ def search(
     from densekit.retriever.compose import search_index
 
     if query is not None:
-        result = search_index(directory, {"q": query}, k, options, device=device, with_texts=True, model=model)
+        result = search_index(
+            directory,
+            {"q": query},
+            k,
+            options,
+            device=device,
+            with_texts=True,
+            model=model,
+            aggregate=aggregate,
+            passages=passages,
+        )
         rows = result.pop("hits").get("q", [])
         if as_json:
             render.emit({"query": query, "hits": rows, **result})
@@ -99,7 +114,17 @@ def search(
 
     query_set = load_queries(queries, split)
     start = time.perf_counter()
-    result = search_index(directory, query_set, k, options, device=device, run_out=out, model=model)
+    result = search_index(
+        directory,
+        query_set,
+        k,
+        options,
+        device=device,
+        run_out=out,
+        model=model,
+        aggregate=aggregate,
+        passages=passages,
+    )
     elapsed = time.perf_counter() - start
     # A TREC run has no line for a query without hits; evaluation counts such a judged query as 0.
     no_hits = len(queries_without_results(query_set, result["hits"]))

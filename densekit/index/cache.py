@@ -124,9 +124,28 @@ def encode_corpus(encoder, corpus: Corpus, cache: bool = True, show_progress: bo
     if use_cache:
         cached = load_cached(key)
         if cached is not None:
+            announce_cut(encoder, cached_meta(key).get("cut"), len(corpus))
             return cached
     embeddings = encoder.encode_documents(corpus.texts(), show_progress=show_progress)
+    cut = getattr(encoder, "last_cut", None)
+    announce_cut(encoder, cut, len(corpus))
     if use_cache:
-        meta = {"model": encoder.model_id, "documents": len(corpus), "corpus": str(corpus.path or "")}
+        meta = {"model": encoder.model_id, "documents": len(corpus), "corpus": str(corpus.path or ""), "cut": cut}
         return store(key, embeddings, meta)
     return embeddings
+
+
+def cached_meta(key: str) -> dict:
+    """The `meta.json` of a cache entry that :func:`load_cached` has just verified."""
+    return read_json(cache_root() / key / META_FILE, IntegrityError)
+
+
+def announce_cut(encoder, cut: int | None, total: int) -> None:
+    """Say once how many texts were longer than the encoder's window (their rest is never seen)."""
+    if not cut:
+        return
+    window = getattr(getattr(encoder, "config", None), "max_length", "?")
+    announce(
+        f"{cut} of {total} texts are longer than {encoder.model_id}'s window of {window} tokens and were cut: "
+        "the rest of their text cannot be found; index passages instead (--chunk-size, see docs/rag.md)"
+    )

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import faiss
 
-from densekit.errors import IntegrityError
+from densekit.chunking import parent_id
+from densekit.errors import DensekitError, IntegrityError
 from densekit.index.dense import DenseIndex
 from densekit.index.faiss_ops import mmap_flags, structure
 from densekit.index.manifest import INDEX_FILE, MANIFEST_FILE, read_manifest, verify_files
@@ -87,13 +88,34 @@ def save_with_texts(index: DenseIndex, directory: Path, dropped: set[str], added
     added = added or []
     replaced = dropped | {doc.id for doc in added}
     documents = [doc for doc in store if doc.id not in replaced] + added
-    save_with_documents(index.save, documents, directory)
+    passages = read_manifest(directory).get("passages")
+    if passages is None:
+        save_with_documents(index.save, documents, directory)
+        return
+    from densekit.index.passage_index import record_passages
+
+    passages = {**passages, "count": len(index), "documents": len({parent_id(i) for i in index.ids})}
+
+    def save_index(path: Path) -> None:
+        index.save(path)
+        record_passages(path, passages)
+
+    save_with_documents(save_index, documents, directory)
 
 
 def remove_from_saved(directory: str | Path, ids: list[str], missing_ok: bool = False) -> int:
-    """Remove documents by id from a saved index (and its document store); returns how many."""
+    """Remove documents by id from a saved index (and its document store); returns how many index entries
+    went (in an index of passages, a document's id removes all its passages)."""
     directory = Path(directory)
     index = DenseIndex.load(directory)
+    if read_manifest(directory).get("passages"):
+        from densekit.index.passage_index import passages_of
+
+        passages = passages_of(index.ids, ids)
+        unknown = sorted(set(ids) - {parent_id(p) for p in passages})
+        if unknown and not missing_ok:
+            raise DensekitError(f"{directory}: no document {unknown[0]!r} in this index of passages")
+        ids = passages
     removed = index.remove(ids, missing_ok=missing_ok)
     if removed:
         save_with_texts(index, directory, set(ids))

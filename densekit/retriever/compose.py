@@ -26,17 +26,30 @@ from densekit.retriever.hybrid import FUSIONS, RRF_K
 INDEX_KINDS = ("dense", "bm25")
 
 
-def open_index(directory: str | Path, model: str | None = None, device: str | None = None) -> Retriever:
+def open_index(
+    directory: str | Path, model: str | None = None, device: str | None = None, aggregate: str | None = None
+) -> Retriever:
     """Open a saved index directory as a Retriever, choosing the loader from the manifest's `kind`.
 
     `model` overrides the encoder the manifest names (dense indexes); `device` is the encoder's torch device.
+    An index of passages (built with a chunk size) returns documents, its passages' scores aggregated
+    as the manifest says or as `aggregate` (maxp, firstp, sump) overrides
+    (:class:`~densekit.retriever.passages.PassageRetriever`; its `.passages` searches passages).
     """
     directory = Path(directory)
-    kind = read_manifest(directory).get("kind", "dense")
+    manifest = read_manifest(directory)
+    kind = manifest.get("kind", "dense")
+    if aggregate is not None and "passages" not in manifest:
+        raise DensekitError(f"{directory}: --aggregate applies to an index of passages (built with --chunk-size)")
     if kind == "dense":
         from densekit.retriever.dense import DenseRetriever
 
-        return DenseRetriever.load(directory, device=device, model=model)
+        dense = DenseRetriever.load(directory, device=device, model=model)
+        if "passages" not in manifest:
+            return dense
+        from densekit.retriever.passages import PassageRetriever
+
+        return PassageRetriever(dense, aggregate=aggregate or manifest["passages"].get("aggregate", "maxp"))
     if kind == "bm25":
         from densekit.retriever.bm25 import BM25Retriever
 
@@ -169,6 +182,10 @@ class RetrieverSpec:
         },
     )
     rerank_depth: int = field(default=100, metadata={"help": "Hits per query the cross-encoder rescores."})
+    aggregate: str | None = field(
+        default=None,
+        metadata={"help": "An index of passages: maxp, firstp or sump (default: the one it was built with)."},
+    )
     search: SearchOptions = field(default_factory=SearchOptions)
 
     def validate(self) -> None:
@@ -187,6 +204,8 @@ class RetrieverSpec:
             raise DensekitError(f"--depth must be positive, got {self.depth}")
         if self.index is not None:
             check_index_dir(self.index)
+        if self.aggregate is not None and self.index is None:
+            raise DensekitError("--aggregate applies to an index of passages: give --index")
         if self.index is None and not self.search.is_default():
             raise DensekitError("--nprobe, --ef-search, --rerank-vectors and --index-device need --index")
 
@@ -214,7 +233,7 @@ def build_retriever(spec: RetrieverSpec, corpus: Corpus | None = None) -> tuple[
         retriever = DenseRetriever.build(encoder, corpus, factory=spec.factory, cache=spec.cache)
         config = {"model": spec.model, "factory": spec.factory, **encoder.describe()}
     elif spec.index is not None:
-        retriever = open_index(spec.index, device=spec.device)
+        retriever = open_index(spec.index, device=spec.device, aggregate=spec.aggregate)
         spec.search.apply(retriever)
         config = {"index": str(spec.index), **retriever_config(retriever)}
     if spec.bm25:
@@ -273,19 +292,27 @@ def search_index(
     with_texts: bool = False,
     run_out: str | Path | None = None,
     model: str | None = None,
+    aggregate: str | None = None,
+    passages: bool = False,
 ) -> dict:
     """`densekit search`: open a saved index, apply `options`, search `queries` (the Retriever protocol).
 
     Returns ``{"hits": {query_id: [{"rank", "doc_id", "score"(, "title", "text")}]}, "index": ..., "corpus": ...}``;
     texts come from the index's document store when `with_texts` and it has one; `run_out` also writes
     the run as a TREC file. `model` embeds the queries with another encoder than the index's own
-    (announced; see :func:`densekit.retriever.dense.check_model`).
+    (announced; see :func:`densekit.retriever.dense.check_model`). On an index of passages, hits are
+    documents (`aggregate` overrides how passage scores combine) and each row names the passage that
+    scored it best (`"passage"`, its text as `"text"`); with `passages`, hits are the passages themselves.
     """
-    retriever = open_index(directory, model=model, device=device)
+    retriever = open_index(directory, model=model, device=device, aggregate=aggregate)
     (options or SearchOptions()).apply(retriever)
-    run = retriever.search(queries, k)
+    search_passages = getattr(retriever, "search_passages", None)
+    if passages and search_passages is None:
+        raise DensekitError(f"{directory}: --passages needs an index of passages (built with --chunk-size)")
+    run = search_passages(queries, k) if passages else retriever.search(queries, k)
     if run_out is not None:
         run.write_trec(run_out)
+    best = {} if passages else getattr(retriever, "best_passages", {})
     store = None
     if with_texts:
         from densekit.index.docstore import DocStore
@@ -296,8 +323,11 @@ def search_index(
         rows = hits[query_id] = []
         for rank, (doc_id, score) in enumerate(ranked, start=1):
             row = {"rank": rank, "doc_id": doc_id, "score": score}
+            stored_id = best.get(query_id, {}).get(doc_id, doc_id)
+            if stored_id != doc_id:
+                row["passage"] = stored_id
             if store is not None:
-                doc = store.get(doc_id)
+                doc = store.get(stored_id)
                 row.update(title=doc.title, text=doc.text)
             rows.append(row)
     documents = Path(directory) / "docs.jsonl"

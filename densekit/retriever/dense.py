@@ -20,7 +20,7 @@ from pathlib import Path
 
 from densekit.data import Corpus, Run
 from densekit.errors import DensekitError, IntegrityError
-from densekit.index.cache import encode_corpus
+from densekit.index.cache import announce_cut, encode_corpus
 from densekit.index.dense import DenseIndex, read_manifest
 from densekit.index.saved import save_with_texts
 from densekit.progress import announce
@@ -152,12 +152,27 @@ def update_saved(
     directory: str | Path, corpus: Corpus, device: str | None = None, show_progress: bool = True
 ) -> tuple[int, int]:
     """Insert or replace the documents of `corpus` in a saved dense index, encoding them with the
-    model its manifest names (checked by fingerprint); returns ``(replaced, added)``."""
+    model its manifest names (checked by fingerprint); returns ``(replaced, added)`` in index entries.
+
+    In an index of passages, each document is cut as the index's were and replaces all its old passages."""
     from densekit.index.docstore import DocStore
 
     directory = Path(directory)
     retriever = DenseRetriever.load(directory, device=device)
+    chunking = read_manifest(directory).get("passages")
+    dropped: set[str] = set()
+    documents = list(DocStore.from_corpus(corpus))
+    if chunking:
+        from densekit.chunking import ChunkConfig, chunk_corpus
+        from densekit.index.passage_index import passage_documents, passages_of
+
+        config = ChunkConfig(chunking["chunk_size"], chunking["chunk_overlap"], chunking.get("aggregate", "maxp"))
+        corpus, meta = chunk_corpus(corpus, retriever.encoder.tokenizer, config)
+        dropped = set(passages_of(retriever.index.ids, {m["parent_id"] for m in meta})) - set(corpus.ids)
+        retriever.index.remove(sorted(dropped))
+        documents = passage_documents(corpus, meta)
     embeddings = retriever.encoder.encode_documents(corpus.texts(), show_progress=show_progress)
+    announce_cut(retriever.encoder, retriever.encoder.last_cut, len(corpus))
     counts = retriever.index.update(embeddings, list(corpus.ids))
-    save_with_texts(retriever.index, directory, set(), list(DocStore.from_corpus(corpus)))
+    save_with_texts(retriever.index, directory, dropped, documents)
     return counts

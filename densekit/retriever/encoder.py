@@ -179,6 +179,7 @@ class Encoder:
         self.device = pick_device(device)
         self.dtype = self._pick_dtype(dtype)
         self.batch_size = batch_size
+        self.last_cut = 0  # texts of the last encode() call longer than the window (cut)
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self.model = AutoModel.from_pretrained(self.folder, dtype=self.dtype)
         self.model.to(self.device).eval()
@@ -253,6 +254,16 @@ class Encoder:
             texts = [t.lower() for t in texts]
         return self.tokenizer(texts, truncation=True, max_length=self.config.max_length, padding=False)
 
+    def _count_cut(self, texts: list[str], ids: list[list[int]]) -> int:
+        """How many of `texts` (tokenized with truncation into `ids`) are longer than the window."""
+        full = [t for t, i in zip(texts, ids, strict=True) if len(i) >= self.config.max_length]
+        if not full:
+            return 0
+        if self.config.do_lower_case:
+            full = [t.lower() for t in full]
+        lengths = self.tokenizer(full, truncation=False, verbose=False)["input_ids"]
+        return sum(len(i) > self.config.max_length for i in lengths)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token ids -> pooled (and normalised, if configured) embeddings, with autograd if enabled."""
         out = self.model(**batch)
@@ -270,8 +281,12 @@ class Encoder:
         show_progress: bool = True,
         block_size: int = 16384,
     ) -> np.ndarray:
-        """Embed `texts` (prefixed with `prompt`) into a float32 array `(len(texts), dim)`."""
+        """Embed `texts` (prefixed with `prompt`) into a float32 array `(len(texts), dim)`.
+
+        Texts longer than the model's window are cut at `max_length` tokens; how many were is left in
+        :attr:`last_cut` (callers announce it: the rest of such a text is never seen)."""
         batch_size = batch_size or self.batch_size
+        self.last_cut = 0
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         bar = progress_bar(desc, total=len(texts), unit="text") if show_progress else None
         with torch.inference_mode():
@@ -281,6 +296,7 @@ class Encoder:
                     block = [prompt + t for t in block]
                 encoded = self.tokenize(block)
                 ids = encoded["input_ids"]
+                self.last_cut += self._count_cut(block, ids)
                 order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
                 for b in range(0, len(order), batch_size):
                     chosen = order[b : b + batch_size]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from densekit.chunking import ChunkConfig
 from densekit.data import Corpus
 from densekit.index.config import IndexBuildConfig
 from densekit.io import check_output_target
@@ -40,11 +41,17 @@ def build_dense_index_dir(
     cache: bool = True,
     store_texts: bool = True,
     overwrite: bool = False,
+    chunking: ChunkConfig | None = None,
 ) -> dict:
     """`densekit index build`: encode a BEIR corpus with `model`, index it as `config` says, save it to `out`
-    (with the texts when `store_texts`); returns what was built."""
+    (with the texts when `store_texts`); returns what was built.
+
+    With `chunking` (a chunk size), the documents are split into passages first (:mod:`densekit.chunking`)
+    and the index holds passages; searching it returns documents, aggregated as `chunking.aggregate` says."""
     config = config or IndexBuildConfig()
     config.validate()  # before torch is even imported
+    chunking = chunking or ChunkConfig()
+    chunking.validate()
     check_output_target(out, "index:dense", overwrite)  # before minutes of encoding, not after
     from densekit.data import load_dataset
     from densekit.index.dense import DenseIndex
@@ -54,15 +61,20 @@ def build_dense_index_dir(
     ds = load_dataset(data)
     options = {k: v for k, v in config.options().items() if k not in ("factory", "device", "metric")}
     encoder = Encoder(model, device=device, batch_size=batch_size)
+    chunking.validate(encoder.config.max_length)
+    corpus, passage_meta = ds.corpus, None
+    if chunking.enabled:
+        from densekit.chunking import chunk_corpus
+
+        corpus, passage_meta = chunk_corpus(ds.corpus, encoder.tokenizer, chunking)
     # FAISS parses the factory string for this dimension now: a typo fails before the corpus is encoded.
     DenseIndex.create(
-        encoder.dim, len(ds.corpus), config.factory, config.metric, None, config.train_sample, config.search_params
+        encoder.dim, len(corpus), config.factory, config.metric, None, config.train_sample, config.search_params
     )
     retriever = DenseRetriever.build(
-        encoder, ds.corpus, factory=config.factory, device=config.device, cache=cache, **options
+        encoder, corpus, factory=config.factory, device=config.device, cache=cache, **options
     )
-    save_dense_index(retriever, out, ds.corpus, store_texts, overwrite)
-    return {
+    built = {
         "index": str(out),
         "dataset": ds.name,
         "documents": len(ds.corpus),
@@ -70,6 +82,15 @@ def build_dense_index_dir(
         "dim": retriever.index.dim,
         "factory": config.factory,
     }
+    if passage_meta is None:
+        save_dense_index(retriever, out, ds.corpus, store_texts, overwrite)
+        return built
+    from densekit.index.passage_index import passage_documents, save_passage_index
+
+    info = chunking.to_manifest(encoder.model_id, len(corpus), len(ds.corpus))
+    documents = passage_documents(corpus, passage_meta) if store_texts else None
+    save_passage_index(retriever.index, out, info, documents, overwrite=overwrite)
+    return {**built, "passages": len(corpus), "chunking": info}
 
 
 def build_bm25_index_dir(
