@@ -11,6 +11,17 @@ import typer
 from densekit.chunking import ChunkConfig
 from densekit.cli import render
 from densekit.cli.app import index_app
+from densekit.cli.milvus import (
+    CollectionOpt,
+    ConsistencyOpt,
+    InsertBatchOpt,
+    NumShardsOpt,
+    ResumeOpt,
+    TokenOpt,
+    UriOpt,
+    build_milvus,
+    check_milvus_options_unused,
+)
 from densekit.cli.options import (
     AggregateOpt,
     BackendOpt,
@@ -41,6 +52,7 @@ from densekit.cli.options import (
 from densekit.errors import DensekitError
 from densekit.index.config import IndexBuildConfig
 from densekit.retriever.compose import SearchOptions
+from densekit.retriever.milvus_indexing import MilvusOptions
 
 
 @index_app.command("build")
@@ -70,12 +82,27 @@ def index_build(
     k1: K1Opt = 0.9,
     b: BOpt = 0.4,
     threads: ThreadsOpt = 1,
+    uri: UriOpt = None,
+    collection: CollectionOpt = None,
+    token: TokenOpt = None,
+    resume: ResumeOpt = False,
+    num_shards: NumShardsOpt = 1,
+    consistency_level: ConsistencyOpt = "Strong",
+    insert_batch: InsertBatchOpt = 1000,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Encode a corpus and save a FAISS index directory (or, with --bm25, a BM25 index directory)."""
+    """Encode a corpus and save a FAISS index directory (with --bm25, a BM25 one; with --backend milvus, fill a
+    Milvus collection and save its index directory)."""
     render.setup(as_json, quiet)
+    milvus = MilvusOptions(uri or "", collection, token, factory, num_shards, consistency_level, insert_batch, resume)
+    if backend == "milvus" and not bm25:
+        milvus.search_params = SearchOptions(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor).params()
+        faiss_only = train_sample is not None or index_device != "cpu" or shard_gpus or float16 or chunk_size
+        build = {"device": device, "batch_size": batch_size, "cache": cache, "store_texts": store_texts}
+        return build_milvus(data, out, model, milvus, as_json, quiet, faiss_only, overwrite=overwrite, **build)
+    check_milvus_options_unused(milvus)
     from densekit.retriever.indexing import build_bm25_index_dir, build_dense_index_dir
 
     start = time.perf_counter()

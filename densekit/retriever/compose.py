@@ -23,7 +23,7 @@ from densekit.index.dense import read_manifest
 from densekit.retriever.base import Retriever
 from densekit.retriever.hybrid import FUSIONS, RRF_K
 
-INDEX_KINDS = ("dense", "bm25")
+INDEX_KINDS = ("dense", "bm25", "milvus")
 
 
 def open_index(
@@ -56,6 +56,10 @@ def open_index(
         if model is not None:
             raise DensekitError(f"{directory}: a BM25 index has no encoder; model={model!r} does not apply")
         return BM25Retriever.load(directory)
+    if kind == "milvus":
+        from densekit.retriever.milvus import MilvusRetriever
+
+        return MilvusRetriever.load(directory, device=device, model=model)
     raise DensekitError(f"{directory}: index kind {kind!r} is not supported; expected one of: {', '.join(INDEX_KINDS)}")
 
 
@@ -119,6 +123,14 @@ class SearchOptions:
         from densekit.index.dense import DenseIndex
 
         index = getattr(retriever, "index", None)
+        if getattr(retriever, "index_kind", None) == "milvus":  # Milvus searches in its own process
+            if self.k_factor is not None or self.rerank_vectors is not None or self.index_device != "cpu":
+                raise DensekitError(
+                    "a Milvus index takes --nprobe and --ef-search; --k-factor, --rerank-vectors and "
+                    "--index-device apply to FAISS indexes"
+                )
+            index.set_search_params(self.params())
+            return
         if not isinstance(index, DenseIndex):
             raise DensekitError(
                 "--nprobe, --ef-search, --rerank-vectors and --index-device apply to dense (FAISS) indexes only"
