@@ -3,7 +3,7 @@ and one thin module per command group. A command parses, builds a config, calls 
 and renders the result.
 """
 
-from densekit.cli import data, evaluate, index, mine, models, reports, search, shards, train  # noqa: F401 (registers)
+from densekit.cli import data, evaluate, index, mine, models, reports, search, serve, shards, train  # noqa: F401
 from densekit.cli.app import app, main
 
 __all__ = ["app", "main"]
