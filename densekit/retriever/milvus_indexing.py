@@ -46,9 +46,10 @@ class MilvusOptions:
     search_params: dict | None = field(default=None, metadata={"help": "Default efSearch / nprobe."})
 
     def validate(self) -> None:
-        """What can be checked before anything is encoded or connected."""
-        from densekit.index.milvus import CONSISTENCY_LEVELS, INDEX_TYPES, normalize_uri
+        """What can be checked before anything is encoded or connected (the extra is installed, too)."""
+        from densekit.index.milvus import CONSISTENCY_LEVELS, INDEX_TYPES, normalize_uri, require_pymilvus
 
+        require_pymilvus()
         normalize_uri(self.uri)
         if self.factory.strip().lower() not in INDEX_TYPES:
             raise DensekitError(
