@@ -22,6 +22,7 @@ from densekit.index.docstore import DocStore, StoredDocument, attach_documents
 from densekit.integrations.common import open_source
 from densekit.integrations.llamaindex import DensekitLlamaIndexRetriever
 from densekit.retriever.bm25 import BM25Retriever
+from densekit.retriever.compose import open_index
 from densekit.retriever.dense import DenseRetriever
 from densekit.retriever.hybrid import HybridRetriever
 
@@ -152,6 +153,36 @@ def test_live_retriever_and_bm25_hybrid(
     assert ids_scores(hybrid.retrieve(QUERY)) == densekit_hits(fused, 4)
     assert hybrid.retrieve(QUERY)[0].node.metadata["index"] == "bm25.idx+scifact.idx"
     assert open_source(bm25, corpus=scifact_small).name == "bm25.idx"  # texts from the BEIR folder
+
+
+def test_passage_index_gives_documents_with_their_best_passage(
+    scifact_small: Path, tiny_model: Path, index: Path, tmp_path: Path
+) -> None:
+    """An index of passages (first 40 SciFact-subset documents, 64-token passages): documents ranked
+    by MaxP as densekit's PassageRetriever ranks them, each with its best passage as text; or passages."""
+    folder = tmp_path / "forty"
+    folder.mkdir()
+    lines = (scifact_small / "corpus.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (folder / "corpus.jsonl").write_text("".join(lines[:40]), encoding="utf-8")
+    (folder / "queries.jsonl").write_text('{"_id": "q", "text": "unused"}\n', encoding="utf-8")
+    out = tmp_path / "passages.idx"
+    args = ["index", "build", str(folder), "--model", str(tiny_model), "--out", str(out), "--quiet"]
+    assert run_cli([*args, "--chunk-size", "64", "--chunk-overlap", "16"])[0] == 0
+    backend = open_index(out, device="cpu")
+    expected = densekit_hits(backend, 4)
+    best = backend.best_passages["q"]
+    store = DocStore.open(out)
+    nodes = DensekitLlamaIndexRetriever(out, k=4, device="cpu").retrieve(QUERY)
+    assert ids_scores(nodes) == expected
+    for hit in nodes:
+        passage = store.get(best[hit.node.node_id])
+        assert hit.node.text == passage.content
+        assert hit.node.metadata["passage_id"] == passage.id
+        assert hit.node.metadata["parent_id"] == hit.node.node_id
+    passages = DensekitLlamaIndexRetriever(out, k=4, passages=True, device="cpu").retrieve(QUERY)
+    assert ids_scores(passages) == [(p, float(s)) for p, s in backend.search_passages({"q": QUERY}, 4)["q"]]
+    with pytest.raises(DensekitError, match="passages=True needs an index of passages"):
+        DensekitLlamaIndexRetriever(index, passages=True, device="cpu").retrieve(QUERY)
 
 
 def test_without_llama_index_importing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

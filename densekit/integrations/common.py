@@ -8,6 +8,12 @@ Every face does the same three things and differs only in the last one:
    until `k` documents pass (:func:`search_hits`);
 3. turn each :class:`Hit` into the framework's document type.
 
+An index of passages (built with ``--chunk-size``) returns documents, ranked by their passages
+(MaxP by default); each hit's text is then its best passage (a RAG prompt wants the passage that
+matched, not a whole long document) and its metadata names that passage (``passage_id``, with the
+passage's ``parent_id``, ``start`` and ``end``). With ``passages=True`` the hits are the passages
+themselves, several per document possibly.
+
 Example::
 
     source = open_source("scifact.idx")
@@ -20,11 +26,13 @@ No framework is imported here, so this module works with none installed.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from densekit.chunking import parent_id
 from densekit.data import Corpus, load_dataset, read_corpus
 from densekit.errors import DensekitError
 from densekit.index.docstore import DocStore, StoredDocument
@@ -67,11 +75,6 @@ def matches(metadata: dict[str, Any], condition: MetadataFilter | None) -> bool:
     return True
 
 
-def filter_view(document: StoredDocument) -> dict[str, Any]:
-    """What a filter sees of a document: its stored metadata plus `doc_id` and `title`."""
-    return {**document.metadata, "doc_id": document.id, "title": document.title}
-
-
 def indexed_ids(retriever: Any) -> list[str] | None:
     """The document ids a backend holds, when it exposes them (used to check a document store)."""
     for owner in (retriever, getattr(retriever, "index", None)):
@@ -93,19 +96,26 @@ def corpus_from(source: str | Path | Corpus) -> Corpus:
 
 @dataclass
 class Hit:
-    """One retrieved document with its backend score (cosine, BM25 or fused) and 1-based rank."""
+    """One hit: the id the backend ranked (a document, or a passage with ``passages=True``), what the
+    store holds for it (the document, or the best passage of a document from a passage index), its
+    backend score (cosine, BM25 or fused) and 1-based rank."""
 
+    id: str
     document: StoredDocument
     score: float
-    rank: int
+    rank: int = 0
 
     def metadata(self, index: str | None = None, with_score: bool = True) -> dict[str, Any]:
-        """Stored metadata plus `doc_id`, `title` (`rank`, `score` and `index` when asked)."""
+        """Stored metadata plus `doc_id` (the ranked id), `title`, `passage_id` (when the text is a
+        document's best passage) and, when asked, `score`, `rank` and `index`. Filters see this
+        without score, rank and index."""
         metadata = {
             **self.document.metadata,
-            "doc_id": self.document.id,
+            "doc_id": self.id,
             "title": self.document.title or self.document.metadata.get("title", ""),
         }
+        if self.document.id != self.id:
+            metadata["passage_id"] = self.document.id
         if with_score:
             metadata.update(score=self.score, rank=self.rank)
         if index is not None:
@@ -120,6 +130,9 @@ class Source:
     retriever: Retriever
     docstore: DocStore
     name: str
+    # A passage index reports each document's best passage on the retriever after a search
+    # (`best_passages`); the lock keeps another thread's search from replacing it in between.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def _paths(index_path: str | Path | Sequence[str | Path] | None) -> list[Path]:
@@ -131,14 +144,24 @@ def _paths(index_path: str | Path | Sequence[str | Path] | None) -> list[Path]:
 
 
 def _open_backend(
-    paths: list[Path], model: str | None, device: str | None, fusion: str, weights: Sequence[float] | None, depth: int
+    paths: list[Path],
+    model: str | None,
+    device: str | None,
+    fusion: str,
+    weights: Sequence[float] | None,
+    depth: int,
+    aggregate: str | None,
 ) -> tuple[Retriever, list[Retriever]]:
     from densekit.retriever.compose import open_index
 
     backends = []
     for path in paths:
-        kind = read_manifest(path).get("kind", "dense")
-        backends.append(open_index(path, model=model if kind == "dense" else None, device=device))
+        manifest = read_manifest(path)
+        dense = manifest.get("kind", "dense") == "dense"
+        chunked = "passages" in manifest
+        backends.append(
+            open_index(path, model=model if dense else None, device=device, aggregate=aggregate if chunked else None)
+        )
     if len(backends) == 1:
         return backends[0], backends
     if fusion not in FUSIONS:
@@ -159,6 +182,7 @@ def open_source(
     fusion: str = "rrf",
     weights: Sequence[float] | None = None,
     depth: int = 100,
+    aggregate: str | None = None,
     name: str | None = None,
 ) -> Source:
     """Open what a face searches, and check that every indexed id has a text.
@@ -168,14 +192,15 @@ def open_source(
     one per index, each searched to `depth`). Or pass a live `retriever` (any Retriever) and its
     `docstore`. Texts come from `docstore`, else `corpus` (BEIR folder, dataset name, corpus.jsonl or
     Corpus), else the first index directory that stores them (docs.jsonl). `model` overrides the
-    encoder of dense indexes; `device` is the query encoder's torch device. `name` is what results
+    encoder of dense indexes; `device` is the query encoder's torch device; `aggregate` (maxp,
+    firstp, sump) overrides how an index of passages scores documents. `name` is what results
     report as their index (default: the directory names joined by "+", or "memory").
     """
     paths = _paths(index_path)
     if retriever is None:
         if not paths:
             raise DensekitError("give index_path=<saved index directory> (or several), or retriever=<Retriever>")
-        retriever, backends = _open_backend(paths, model, device, fusion, weights, depth)
+        retriever, backends = _open_backend(paths, model, device, fusion, weights, depth, aggregate)
     elif not isinstance(retriever, Retriever):
         raise DensekitError(
             f"retriever must keep the Retriever protocol (search(queries, k) -> Run), got {type(retriever).__name__}"
@@ -195,7 +220,13 @@ def open_source(
                 )
     for backend in backends:
         ids = indexed_ids(backend) or []
-        missing = [i for i in ids if i not in docstore]
+        # a passage index is served by a store of its passages, or of their documents (corpus=)
+        chunked = hasattr(backend, "search_passages")
+        if chunked and len(backends) > 1 and any(parent_id(i) not in docstore for i in ids):
+            raise DensekitError(
+                "a hybrid over an index of passages returns whole documents: pass corpus=<the documents>"
+            )
+        missing = [i for i in ids if i not in docstore and not (chunked and parent_id(i) in docstore)]
         if missing:
             raise DensekitError(
                 f"{len(missing)} of the {len(ids)} indexed documents have no text in the document store, "
@@ -213,6 +244,23 @@ def check_k(k: Any, what: str = "k") -> int:
     return k
 
 
+def _ranked(source: Source, query: str, fetch: int, passages: bool) -> list[tuple[str, float, str]]:
+    """(ranked id, score, id of the stored text) for one query, best first."""
+    retriever = source.retriever
+    if passages:
+        search_passages = getattr(retriever, "search_passages", None)
+        if search_passages is None:
+            raise DensekitError(f"{source.name}: passages=True needs an index of passages (built with --chunk-size)")
+        return [(p, s, p) for p, s in search_passages({QUERY_ID: query}, fetch).get(QUERY_ID, [])]
+    if not hasattr(retriever, "best_passages"):
+        return [(d, s, d) for d, s in retriever.search({QUERY_ID: query}, fetch).get(QUERY_ID, [])]
+    with source.lock:
+        ranked = retriever.search({QUERY_ID: query}, fetch).get(QUERY_ID, [])
+        best = dict(retriever.best_passages.get(QUERY_ID, {}))
+    # the best passage's text when the store holds passages; the document's when it holds documents
+    return [(d, s, best[d] if best.get(d) in source.docstore else d) for d, s in ranked]
+
+
 def search_hits(
     source: Source,
     query: str,
@@ -220,27 +268,31 @@ def search_hits(
     score_threshold: float | None = None,
     condition: MetadataFilter | None = None,
     fetch_k: int | None = None,
+    passages: bool = False,
 ) -> list[Hit]:
-    """The top `k` documents for `query` that pass `condition` and score at least `score_threshold`.
+    """The top `k` documents (or passages) for `query` that pass `condition` and score at least
+    `score_threshold`.
 
     Without a filter one search of depth `k` is made. With one, `fetch_k` candidates (default 4 k)
     are fetched, and fourfold more each round, until `k` pass, the index has no more, or the scores
-    fall below the threshold. A filter sees :func:`filter_view` of each document.
+    fall below the threshold. A filter sees ``Hit.metadata(with_score=False)``: the stored metadata
+    plus `doc_id`, `title` (and `passage_id`).
     """
     check_k(k)
     if not isinstance(query, str):
         raise DensekitError(f"the query must be a string, got {type(query).__name__}")
     fetch = k if condition is None else max(k, check_k(fetch_k, "fetch_k") if fetch_k is not None else 4 * k)
     while True:
-        ranked = source.retriever.search({QUERY_ID: query}, fetch).get(QUERY_ID, [])
+        ranked = _ranked(source, query, fetch, passages)
         hits: list[Hit] = []
-        for doc_id, score in ranked:
+        for hit_id, score, stored_id in ranked:
             if score_threshold is not None and score < score_threshold:
                 return hits
-            document = source.docstore.get(doc_id)
-            if condition is not None and not matches(filter_view(document), condition):
+            hit = Hit(hit_id, source.docstore.get(stored_id), float(score))
+            if condition is not None and not matches(hit.metadata(with_score=False), condition):
                 continue
-            hits.append(Hit(document, float(score), len(hits) + 1))
+            hit.rank = len(hits) + 1
+            hits.append(hit)
             if len(hits) == k:
                 return hits
         if len(ranked) < fetch:
@@ -255,10 +307,11 @@ async def asearch_hits(
     score_threshold: float | None = None,
     condition: MetadataFilter | None = None,
     fetch_k: int | None = None,
+    passages: bool = False,
 ) -> list[Hit]:
     """:func:`search_hits` on a worker thread, so the event loop keeps serving other tasks meanwhile
     (encoding and FAISS search are CPU-bound and release the GIL)."""
-    return await asyncio.to_thread(search_hits, source, query, k, score_threshold, condition, fetch_k)
+    return await asyncio.to_thread(search_hits, source, query, k, score_threshold, condition, fetch_k, passages)
 
 
 def all_of(*conditions: MetadataFilter | None) -> MetadataFilter | None:

@@ -61,7 +61,7 @@ except ImportError as exc:
     raise missing_extra("llama-index-core", "llamaindex", exc) from None
 
 # Shown to the user, not to the LLM or embedder: the text holds the title already.
-HIDDEN_METADATA = ["doc_id", "title", "index"]
+HIDDEN_METADATA = ["doc_id", "title", "index", "passage_id", "parent_id", "passage", "start", "end"]
 
 LlamaFilter = MetadataFilters | MetadataFilter
 
@@ -114,7 +114,7 @@ def to_condition(filters: LlamaFilter | None) -> MetadataFilter | None:
 def to_node(hit: Hit, index: str) -> NodeWithScore:
     """A densekit hit as a LlamaIndex node with its score."""
     node = TextNode(
-        id_=hit.document.id,
+        id_=hit.id,
         text=hit.document.content,
         metadata=hit.metadata(index=index, with_score=False),
         excluded_llm_metadata_keys=list(HIDDEN_METADATA),
@@ -131,6 +131,10 @@ class DensekitLlamaIndexRetriever(BaseRetriever):
     a live `retriever` (any densekit Retriever) and `docstore`. `k`, `score_threshold` and `filters`
     are the defaults that :meth:`search` can override per call. With a filter, candidates are fetched
     `fetch_k` at a time (4 k by default, growing fourfold) until `k` documents pass.
+
+    An index of passages (``--chunk-size``) returns documents ranked by their passages (`aggregate`:
+    maxp, firstp or sump; default the index's), each node holding its best passage's text and a
+    `passage_id`; `passages=True` returns the passages themselves (node ids ``<doc id>#<n>``).
     """
 
     def __init__(
@@ -149,6 +153,8 @@ class DensekitLlamaIndexRetriever(BaseRetriever):
         fusion: str = "rrf",
         weights: Sequence[float] | None = None,
         depth: int = 100,
+        aggregate: str | None = None,
+        passages: bool = False,
         index_name: str | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
@@ -157,6 +163,7 @@ class DensekitLlamaIndexRetriever(BaseRetriever):
         self.fetch_k = None if fetch_k is None else check_k(fetch_k, "fetch_k")
         self.score_threshold = score_threshold
         self.filters = filters
+        self.passages = passages
         self._condition = to_condition(filters)
         self.source: Source = open_source(
             index_path,
@@ -168,6 +175,7 @@ class DensekitLlamaIndexRetriever(BaseRetriever):
             fusion=fusion,
             weights=weights,
             depth=depth,
+            aggregate=aggregate,
             name=index_name,
         )
         super().__init__(callback_manager=callback_manager, verbose=verbose)
@@ -190,7 +198,7 @@ class DensekitLlamaIndexRetriever(BaseRetriever):
     ) -> list[NodeWithScore]:
         """The top nodes for `query`, best first, with per-call overrides of the defaults."""
         k, threshold, condition = self._options(k, score_threshold, filters)
-        hits = search_hits(self.source, query, k, threshold, condition, self.fetch_k)
+        hits = search_hits(self.source, query, k, threshold, condition, self.fetch_k, self.passages)
         return [to_node(hit, self.source.name) for hit in hits]
 
     async def asearch(
@@ -202,7 +210,7 @@ class DensekitLlamaIndexRetriever(BaseRetriever):
     ) -> list[NodeWithScore]:
         """:meth:`search` as a native coroutine: the search runs on a worker thread."""
         k, threshold, condition = self._options(k, score_threshold, filters)
-        hits = await asearch_hits(self.source, query, k, threshold, condition, self.fetch_k)
+        hits = await asearch_hits(self.source, query, k, threshold, condition, self.fetch_k, self.passages)
         return [to_node(hit, self.source.name) for hit in hits]
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
