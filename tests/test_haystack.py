@@ -189,6 +189,28 @@ def test_warm_up_async_and_errors(index: Path, dense: DenseRetriever, store: Doc
         DensekitHaystackRetriever(str(index), filter_policy="union")
 
 
+def page_example(test: str) -> str:
+    """The Python block of docs/rag.md marked as tested by `test` of this file."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "rag.md").read_text(encoding="utf-8")
+    marker = page.index(f"tested-by: tests/test_haystack.py::{test} -->")
+    start = page.index("```python\n", marker) + len("```python\n")
+    return page[start : page.index("```\n", start)]
+
+
+def test_the_rag_page_example_runs(
+    index: Path, dense: DenseRetriever, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """docs/rag.md's haystack example runs as it stands and prints densekit's top 3 with their scores."""
+    (tmp_path / "scifact.idx").symlink_to(index)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(page_example("test_the_rag_page_example_runs"), "docs/rag.md", "exec"), {"__name__": "rag_page"})
+    printed = capsys.readouterr().out.splitlines()
+    expected = densekit_hits(dense, 3)
+    assert [line.split()[0] for line in printed[:3]] == [doc_id for doc_id, _ in expected]
+    assert [float(line.split()[1]) for line in printed[:3]] == [round(score, 4) for _, score in expected]
+    assert printed[3].startswith(f"[{expected[0][0]}] ")  # the echo generator's reply: the prompt
+
+
 def test_without_haystack_importing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "haystack", None)
     monkeypatch.delitem(sys.modules, "densekit.integrations.haystack")

@@ -185,6 +185,28 @@ def test_passage_index_gives_documents_with_their_best_passage(
         DensekitLlamaIndexRetriever(index, passages=True, device="cpu").retrieve(QUERY)
 
 
+def page_example(test: str) -> str:
+    """The Python block of docs/rag.md marked as tested by `test` of this file."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "rag.md").read_text(encoding="utf-8")
+    marker = page.index(f"tested-by: tests/test_llamaindex.py::{test} -->")
+    start = page.index("```python\n", marker) + len("```python\n")
+    return page[start : page.index("```\n", start)]
+
+
+def test_the_rag_page_example_runs(
+    index: Path, dense: DenseRetriever, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """docs/rag.md's llamaindex example runs as it stands and prints densekit's top 3 with their scores."""
+    (tmp_path / "scifact.idx").symlink_to(index)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(page_example("test_the_rag_page_example_runs"), "docs/rag.md", "exec"), {"__name__": "rag_page"})
+    printed = capsys.readouterr().out.splitlines()
+    expected = densekit_hits(dense, 3)
+    assert [line.split()[0] for line in printed[:3]] == [doc_id for doc_id, _ in expected]
+    assert [float(line.split()[1]) for line in printed[:3]] == [round(score, 4) for _, score in expected]
+    assert DocStore.open(index).get(expected[0][0]).content[:60] in "\n".join(printed[3:])  # MockLLM's echo
+
+
 def test_without_llama_index_importing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "llama_index.core.callbacks", None)
     monkeypatch.delitem(sys.modules, "densekit.integrations.llamaindex")
