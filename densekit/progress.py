@@ -27,6 +27,17 @@ def is_quiet() -> bool:
     return _quiet
 
 
+def interactive(show: bool | None = None) -> bool:
+    """Whether to show progress: `show` when given, else only in interactive use (stderr is a terminal)
+    and not silenced. For library calls (e.g. LangChain's `from_documents`) that default to quiet
+    when run by a script or a test but show progress to a person at a terminal."""
+    if show is not None:
+        return show
+    import sys
+
+    return not _quiet and sys.stderr.isatty()
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """Wrap `iterable` in a progress bar on stderr unless progress is silenced."""
     return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=_quiet, dynamic_ncols=True))

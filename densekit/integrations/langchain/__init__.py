@@ -5,6 +5,9 @@
 - :class:`DensekitVectorStore` -- a `VectorStore` over a densekit index directory or in memory.
 """
 
-from densekit.integrations.langchain.retriever import DensekitRetriever, documents_to_json, matches
+from densekit.integrations.common import matches
+from densekit.integrations.langchain.embeddings import DensekitEmbeddings
+from densekit.integrations.langchain.retriever import DensekitRetriever, documents_to_json
+from densekit.integrations.langchain.vectorstore import DensekitVectorStore
 
-__all__ = ["DensekitRetriever", "documents_to_json", "matches"]
+__all__ = ["DensekitEmbeddings", "DensekitRetriever", "DensekitVectorStore", "documents_to_json", "matches"]

@@ -32,7 +32,7 @@ Example::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,55 +42,16 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, model_validator
 
-from densekit.data import Corpus, load_dataset, read_corpus
+from densekit.data import Corpus
 from densekit.errors import DensekitError
 from densekit.index.dense import read_manifest
 from densekit.index.docstore import DocStore, StoredDocument, save_with_documents
+from densekit.integrations.common import MetadataFilter, corpus_from, indexed_ids, matches
+from densekit.progress import interactive
 from densekit.retriever.base import Retriever
 from densekit.retriever.compose import open_index
 
-MetadataFilter = dict[str, Any] | Callable[[dict[str, Any]], bool]
 _QUERY_ID = "q"
-
-
-def indexed_ids(retriever: Any) -> list[str] | None:
-    """The document ids a backend holds, when it exposes them (used to check a document store)."""
-    for owner in (retriever, getattr(retriever, "index", None)):
-        ids = getattr(owner, "ids", None)
-        if isinstance(ids, list):
-            return ids
-    return None
-
-
-def _corpus_from(source: str | Path | Corpus) -> Corpus:
-    if isinstance(source, Corpus):
-        return source
-    path = Path(source)
-    if path.is_file():
-        return read_corpus(path)
-    return load_dataset(source).corpus
-
-
-def matches(metadata: dict[str, Any], condition: MetadataFilter | None) -> bool:
-    """Whether a document's metadata passes a filter.
-
-    A dict filter requires every key to be present and equal to its value; a list, tuple or set
-    value means "any of these". A callable filter gets the metadata and returns a truth value.
-    """
-    if condition is None:
-        return True
-    if callable(condition):
-        return bool(condition(metadata))
-    for key, wanted in condition.items():
-        if key not in metadata:
-            return False
-        value = metadata[key]
-        if isinstance(wanted, (list, tuple, set, frozenset)):
-            if value not in wanted:
-                return False
-        elif value != wanted:
-            return False
-    return True
 
 
 def stored_from_langchain(document: Document, position: int) -> StoredDocument:
@@ -172,7 +133,7 @@ class DensekitRetriever(BaseRetriever):
 
     def _open_docstore(self) -> DocStore:
         if self.corpus is not None:
-            return DocStore.from_corpus(_corpus_from(self.corpus))
+            return DocStore.from_corpus(corpus_from(self.corpus))
         store = DocStore.open(self.index_path) if self.index_path else None
         if store is None:
             raise DensekitError(
@@ -191,14 +152,15 @@ class DensekitRetriever(BaseRetriever):
         factory: str = "Flat",
         device: str | None = None,
         cache: bool = True,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
         **kwargs: Any,
     ) -> DensekitRetriever:
         """Encode LangChain documents into a dense index; keep it in memory, or save it to `path`.
 
         `model` is a model name or folder, or an :class:`~densekit.retriever.encoder.Encoder`.
         Documents keep their `id` (else `doc-<position>` is given) and metadata; the page_content is
-        what gets encoded. `factory` is the FAISS factory string. Other keyword arguments (`k`,
+        what gets encoded. `factory` is the FAISS factory string. Progress shows by default at a
+        terminal only (:func:`densekit.progress.interactive`). Other keyword arguments (`k`,
         `score_threshold`, `filter`, ...) configure the returned retriever.
         """
         from densekit.retriever.dense import DenseRetriever
@@ -210,7 +172,9 @@ class DensekitRetriever(BaseRetriever):
         docstore = DocStore.from_documents(stored)
         encoder = model if isinstance(model, Encoder) else Encoder(str(model), device=device)
         corpus = Corpus([d.id for d in stored], [d.title for d in stored], [d.text for d in stored])
-        backend = DenseRetriever.build(encoder, corpus, factory=factory, cache=cache, show_progress=show_progress)
+        backend = DenseRetriever.build(
+            encoder, corpus, factory=factory, cache=cache, show_progress=interactive(show_progress)
+        )
         if path is not None:
             save_with_documents(backend.save, stored, path)
             kwargs.setdefault("index_name", Path(path).name)
@@ -243,7 +207,7 @@ class DensekitRetriever(BaseRetriever):
             backends.append(open_index(path, model=model if kind == "dense" else None, device=device))
         fused = HybridRetriever(backends, fusion=fusion, weights=weights, depth=depth)
         if corpus is not None:
-            docstore = DocStore.from_corpus(_corpus_from(corpus))
+            docstore = DocStore.from_corpus(corpus_from(corpus))
         else:
             docstore = next((s for s in map(DocStore.open, index_paths) if s is not None), None)
             if docstore is None:
