@@ -292,6 +292,25 @@ def test_bm25_and_hybrid_stores_search_by_text_and_refuse_changes(
         hybrid.add_texts(["x"])
 
 
+def test_milvus_store_searches_like_the_milvus_retriever(
+    scifact_small: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from densekit.retriever.compose import open_index
+
+    path = tmp_path / "milvus.idx"
+    args = ["index", "build", str(scifact_small), "-m", str(tiny_model), "--backend", "milvus"]
+    code, _, err = run_cli([*args, "--uri", str(tmp_path / "lite.db"), "-o", str(path), "--quiet"], capsys)
+    assert code == 0, err
+    store = DensekitVectorStore.load(path)
+    expected = open_index(path).search({"q": QUERY}, 5)["q"]
+    got = store.similarity_search_with_score(QUERY, k=5)
+    assert [(d.id, s) for d, s in got] == [(i, pytest.approx(s, abs=1e-5)) for i, s in expected]
+    with pytest.raises(DensekitError, match="milvus store"):
+        store.delete([expected[0][0]])
+
+
 # ---- progress and bad input
 
 

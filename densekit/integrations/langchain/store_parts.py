@@ -128,14 +128,17 @@ def open_store_parts(
             f"{path}: the index holds no document texts (docs.jsonl); store them with "
             "densekit.index.docstore.attach_documents(path, corpus)"
         )
-    if kind == "bm25":
-        if embedding is not None or model is not None:
-            raise DensekitError(f"{path}: a BM25 index is searched by text; embedding= and model= do not apply")
-        backend = open_index(path)
+    if kind in ("bm25", "milvus"):
+        if embedding is not None or (kind == "bm25" and model is not None):
+            raise DensekitError(
+                f"{path}: a {kind} index is searched by text with what its manifest names; embedding= does not apply"
+                + (" (model= overrides its encoder)" if kind == "milvus" else "")
+            )
+        backend = open_index(path, model=model, device=device)
         _check_texts(path, indexed_ids(backend), docstore)
-        return {"backend": backend, "docstore": docstore, "kind": "bm25"}
+        return {"backend": backend, "docstore": docstore, "kind": kind}
     if kind != "dense":
-        raise DensekitError(f"{path}: a {kind} index cannot be opened as a LangChain vector store (dense or bm25)")
+        raise DensekitError(f"{path}: a {kind} index cannot be opened as a LangChain vector store")
     recorded = manifest.get("model") or {}
     if "embeddings" in recorded:
         if model is not None:

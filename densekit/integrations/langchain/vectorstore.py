@@ -9,10 +9,11 @@ Three kinds of store, one class:
   maximal marginal relevance, and :meth:`~DensekitVectorStore.save` to an index directory that
   `densekit search`, `DenseRetriever.load` and `DensekitRetriever` open too (when the embeddings are
   a densekit model).
-- **bm25** (a saved BM25 index) and **hybrid** (:meth:`DensekitVectorStore.hybrid`: several saved
-  indexes fused): searched by text only. They hold no document vectors, so `add`/`delete`, search
-  by vector and MMR raise a :class:`~densekit.errors.DensekitError`; rebuild such an index with
-  `densekit index build` instead.
+- **bm25** (a saved BM25 index), **milvus** (a saved Milvus index directory with its texts) and
+  **hybrid** (:meth:`DensekitVectorStore.hybrid`: several saved indexes fused): searched by text
+  only, through the index's own Retriever. `add`/`delete`, search by vector and MMR raise a
+  :class:`~densekit.errors.DensekitError`; change such an index with `densekit index update` /
+  `remove`, or rebuild it with `densekit index build`.
 
 Embeddings: a :class:`~densekit.integrations.langchain.embeddings.DensekitEmbeddings` (or a model
 name, folder or Encoder, wrapped in one) embeds exactly as `densekit index build` does, so scores
@@ -75,7 +76,7 @@ class DensekitVectorStore(VectorStore):
 
     Args:
         embedding: LangChain `Embeddings`, or a densekit model name, folder or Encoder (wrapped in
-            :class:`DensekitEmbeddings`). Required for a dense store; unused by bm25 and hybrid ones.
+            :class:`DensekitEmbeddings`). Required for a dense store; unused by text-only ones.
         normalize: L2-normalise the vectors of foreign embeddings (default True; cosine scores).
             A densekit model normalises as its configuration says, like every densekit index.
         name: how the store names itself in messages (default: the index directory's name, or "memory").
@@ -98,7 +99,7 @@ class DensekitVectorStore(VectorStore):
     ) -> None:
         self._embedding = as_embeddings(embedding)
         self.kind = kind
-        self._backend = backend  # a text-only Retriever (bm25, hybrid)
+        self._backend = backend  # the Retriever of a text-only store (bm25, milvus, hybrid)
         if kind == "dense" and self._embedding is None:
             raise DensekitError("a dense DensekitVectorStore needs embedding= (LangChain Embeddings or a model name)")
         if isinstance(self._embedding, DensekitEmbeddings):
@@ -139,7 +140,7 @@ class DensekitVectorStore(VectorStore):
         if not self.unit_vectors:
             raise DensekitError(
                 f"{self.name}: relevance scores in [0, 1] need cosine scores; this store's scores are "
-                f"{'BM25 or fused ones' if self.kind != 'dense' else 'unnormalised inner products'} "
+                f"{'unnormalised inner products' if self.kind == 'dense' else 'not known to be cosines'} "
                 "(use similarity_search_with_score)"
             )
         return lambda score: (1.0 + score) / 2.0
@@ -147,9 +148,9 @@ class DensekitVectorStore(VectorStore):
     def _require_dense(self, what: str) -> None:
         if self.kind != "dense":
             raise DensekitError(
-                f"{self.name}: cannot {what} in a {self.kind} store (it holds no document vectors); "
-                "only dense stores take add, delete, search by vector and MMR -- rebuild a BM25 or hybrid "
-                "index with `densekit index build`"
+                f"{self.name}: cannot {what} in a {self.kind} store (searched by text only); only dense "
+                "(FAISS) stores take add, delete, search by vector and MMR -- change the saved index with "
+                "`densekit index update`/`remove`, or rebuild it with `densekit index build`"
             )
 
     # -- embedding -----------------------------------------------------------------------------------
@@ -453,12 +454,13 @@ class DensekitVectorStore(VectorStore):
         model: str | None = None,
         device: str | None = None,
     ) -> DensekitVectorStore:
-        """Open a saved index directory (dense or BM25) that stores its texts (docs.jsonl).
+        """Open a saved index directory (dense, BM25 or Milvus) that stores its texts (docs.jsonl).
 
         A dense index built with a densekit model reopens with that model (from the manifest,
         fingerprint-checked; `model` overrides it deliberately, announced) or with `embedding` when it
         is the same densekit model; a different one is refused. An index saved from foreign
-        embeddings needs `embedding` of the same class and model name. A BM25 index takes no embedding.
+        embeddings needs `embedding` of the same class and model name. BM25 and Milvus indexes open
+        as text-only stores and take no `embedding` (`model` overrides a Milvus index's encoder).
         """
         from densekit.integrations.langchain.store_parts import open_store_parts
 
