@@ -157,10 +157,10 @@ def _open_backend(
     backends = []
     for path in paths:
         manifest = read_manifest(path)
-        dense = manifest.get("kind", "dense") == "dense"
+        encoded = manifest.get("kind", "dense") != "bm25"  # dense and Milvus indexes have an encoder
         chunked = "passages" in manifest
         backends.append(
-            open_index(path, model=model if dense else None, device=device, aggregate=aggregate if chunked else None)
+            open_index(path, model=model if encoded else None, device=device, aggregate=aggregate if chunked else None)
         )
     if len(backends) == 1:
         return backends[0], backends
@@ -187,7 +187,7 @@ def open_source(
 ) -> Source:
     """Open what a face searches, and check that every indexed id has a text.
 
-    `index_path` is one saved index directory (dense or BM25), or several, fused by
+    `index_path` is one saved index directory (dense, BM25 or Milvus), or several, fused by
     :class:`~densekit.retriever.hybrid.HybridRetriever` (`fusion` "rrf" or "interpolate", `weights`
     one per index, each searched to `depth`). Or pass a live `retriever` (any Retriever) and its
     `docstore`. Texts come from `docstore`, else `corpus` (BEIR folder, dataset name, corpus.jsonl or
