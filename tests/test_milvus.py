@@ -244,3 +244,25 @@ def test_missing_collection_and_missing_extra(built, tmp_path, monkeypatch) -> N
         MilvusOptions(uri=str(tmp_path / "x.db")).validate()
     with pytest.raises(DensekitError, match=r"densekit\[milvus\]"):
         MilvusIndex.load(built["milvus"])
+
+
+def test_export_a_shard_directory(tiny_model, scifact_small, built, tmp_path) -> None:
+    """Shards written by `index encode` (one process here, torchrun ranks on several nodes alike) feed Milvus."""
+    from densekit.data import load_dataset
+    from densekit.index.docstore import DocStore
+    from densekit.index.shards import encode_shards
+    from densekit.retriever.encoder import Encoder
+    from densekit.retriever.milvus_indexing import MilvusOptions, export_to_milvus
+
+    corpus = load_dataset(scifact_small).corpus
+    encode_shards(Encoder(str(tiny_model), device="cpu"), corpus, tmp_path / "shards", 64, 0, 1)
+    options = MilvusOptions(uri=str(built["db"]), collection="from_shards", insert_batch=50)
+    info = export_to_milvus(tmp_path / "shards", options, tmp_path / "sh.idx", texts=scifact_small, show_progress=False)
+    assert info["vectors_from"] == "shards" and info["count"] == len(corpus)
+    assert len(DocStore.open(tmp_path / "sh.idx")) == len(corpus)
+    queries = dict(load_dataset(scifact_small).queries.items())
+    from densekit.retriever.compose import open_index
+
+    expected = open_index(built["faiss"]).search(queries, k=5)
+    got = open_index(tmp_path / "sh.idx").search(queries, k=5)
+    assert {q: [d for d, _ in h] for q, h in got.items()} == {q: [d for d, _ in h] for q, h in expected.items()}

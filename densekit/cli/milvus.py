@@ -86,6 +86,9 @@ def index_export(
             "neither the embedding cache nor the FAISS file holds them exactly.",
         ),
     ] = None,
+    texts: Annotated[
+        str | None, typer.Option("--texts", help="A shard directory's corpus (BEIR folder or name): the texts.")
+    ] = None,
     factory: Annotated[str, typer.Option(help=help_of(MilvusOptions, "factory"))] = "flat",
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
@@ -97,7 +100,7 @@ def index_export(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Move a saved FAISS index's vectors and documents into Milvus, without re-encoding."""
+    """Move a saved FAISS index's (or a shard directory's) vectors and documents into Milvus, without re-encoding."""
     render.setup(as_json, quiet)
     from densekit.retriever.compose import SearchOptions
     from densekit.retriever.milvus_indexing import export_to_milvus
@@ -118,7 +121,7 @@ def index_export(
         search_params=SearchOptions(nprobe=nprobe, ef_search=ef_search).params(),
     )
     start = time.perf_counter()
-    info = export_to_milvus(directory, options, out, vectors, overwrite, show_progress=not (as_json or quiet))
+    info = export_to_milvus(directory, options, out, vectors, overwrite, not (as_json or quiet), texts)
     info["seconds"] = round(time.perf_counter() - start, 2)
     if as_json:
         render.emit(info)

@@ -40,109 +40,43 @@ import numpy as np
 
 from densekit import __version__
 from densekit.errors import DensekitError, IntegrityError
-from densekit.index.factory import (
-    HNSW_EF_CONSTRUCTION,
-    HNSW_EF_SEARCH,
-    HNSW_M,
-    check_search_params,
-    default_nprobe,
-    ivf_lists,
-    pq_subquantizers,
-)
+from densekit.index.factory import check_search_params
 from densekit.index.manifest import FORMAT_VERSION, read_manifest, timestamp, verify_files
+from densekit.index.milvus_config import (
+    CONSISTENCY_LEVELS,
+    INDEX_TYPES,
+    MILVUS_EXTRA,
+    TOKEN_ENV,
+    URI_ENV,
+    connect,
+    index_recipe,
+    milvus_error,
+    milvus_search_params,
+    normalize_uri,
+    require_pymilvus,
+)
 from densekit.index.milvus_filter import milvus_filter_expression
 from densekit.progress import announce
 
-MILVUS_EXTRA = "pip install 'densekit[milvus]'"
-TOKEN_ENV = "DENSEKIT_MILVUS_TOKEN"
-URI_ENV = "DENSEKIT_MILVUS_URI"
-#: densekit preset -> Milvus index type
-INDEX_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf-flat": "IVF_FLAT", "ivf-pq": "IVF_PQ"}
-CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
+# Re-exported: callers open the backend through this module.
+__all__ = [
+    "CONSISTENCY_LEVELS",
+    "INDEX_TYPES",
+    "MILVUS_EXTRA",
+    "TOKEN_ENV",
+    "URI_ENV",
+    "MilvusIndex",
+    "connect",
+    "index_recipe",
+    "milvus_search_params",
+    "normalize_uri",
+    "require_pymilvus",
+]
+
 FINGERPRINT_PROPERTY = "densekit.fingerprint"
 MAX_VARCHAR = 65535  # Milvus's VARCHAR limit, in UTF-8 bytes
 MAX_ID = 512
 SEARCH_BATCH = 1024  # queries per request (a cluster accepts at most 16384)
-
-
-def require_pymilvus() -> Any:
-    """The pymilvus module, or a DensekitError naming the extra."""
-    try:
-        import pymilvus
-    except ImportError:
-        raise DensekitError(f"the Milvus backend needs pymilvus and milvus-lite: {MILVUS_EXTRA}") from None
-    return pymilvus
-
-
-def is_local(uri: str) -> bool:
-    """A Milvus Lite data path (not a server address)."""
-    return "://" not in uri
-
-
-def normalize_uri(uri: str) -> str:
-    """The URI as a manifest records it: a local path made absolute; a server URI without credentials."""
-    if not uri:
-        raise DensekitError("--uri is empty: give a Milvus Lite path (runs/x.db) or a server (http://host:19530)")
-    if is_local(uri):
-        return str(Path(uri).expanduser().resolve())
-    scheme, _, rest = uri.partition("://")
-    if "@" in rest.split("/", 1)[0]:
-        raise DensekitError(f"put credentials in --token or ${TOKEN_ENV}, not in the URI ({scheme}://...@...)")
-    return uri
-
-
-def connect(uri: str, token: str | None = None) -> Any:
-    """A MilvusClient for `uri` (a Lite path starts the embedded engine); `token` defaults to the env var."""
-    pymilvus = require_pymilvus()
-    token = token if token is not None else os.environ.get(TOKEN_ENV, "")
-    if is_local(uri):
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            import milvus_lite  # noqa: F401
-        except ImportError:
-            raise DensekitError(f"{uri}: a local Milvus Lite path needs milvus-lite: {MILVUS_EXTRA}") from None
-    try:
-        return pymilvus.MilvusClient(uri=uri, token=token)
-    except pymilvus.MilvusException as exc:
-        raise DensekitError(f"cannot connect to Milvus at {uri}: {exc.message}") from None
-
-
-def milvus_error(what: str, exc: Exception) -> DensekitError:
-    """One line for a Milvus server error."""
-    return DensekitError(f"{what}: {getattr(exc, 'message', None) or str(exc).splitlines()[0]}")
-
-
-def index_recipe(preset: str, n_expected: int, dim: int) -> tuple[str, dict, dict]:
-    """(Milvus index type, build parameters, default search parameters) for a densekit preset."""
-    name = preset.strip().lower()
-    if name not in INDEX_TYPES:
-        raise DensekitError(
-            f"--backend milvus maps the presets {', '.join(INDEX_TYPES)} to Milvus index types; "
-            f"{preset!r} has no Milvus counterpart"
-        )
-    if name == "flat":
-        return "FLAT", {}, {}
-    if name == "hnsw":
-        return "HNSW", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}, {"efSearch": HNSW_EF_SEARCH}
-    nlist = ivf_lists(max(n_expected, 1))
-    params: dict = {"nlist": nlist}
-    if name == "ivf-pq":
-        params.update(m=pq_subquantizers(dim), nbits=8)
-    return INDEX_TYPES[name], params, {"nprobe": default_nprobe(nlist)}
-
-
-def milvus_search_params(index_type: str, params: dict) -> dict:
-    """densekit search parameters (efSearch, nprobe) checked for `index_type`, by Milvus's names."""
-    params = check_search_params(params)
-    out = {}
-    for name, value in params.items():
-        if name == "efSearch" and index_type.startswith("HNSW"):
-            out["ef"] = value
-        elif name == "nprobe" and index_type.startswith("IVF"):
-            out["nprobe"] = value
-        else:
-            raise DensekitError(f"search parameter {name}={value} does not apply to a Milvus {index_type} index")
-    return out
 
 
 def _fit(text: str) -> str:
@@ -355,6 +289,7 @@ class MilvusIndex:
         if len(set(ids)) != len(ids):
             raise DensekitError("document ids must be unique")
         rows = []
+        vectors = embeddings.tolist()  # pymilvus packs Python floats faster than numpy scalars
         for i, doc_id in enumerate(ids):
             if not doc_id or len(doc_id.encode("utf-8")) > MAX_ID:
                 raise DensekitError(f"document id {doc_id[:40]!r}: Milvus ids are 1 to {MAX_ID} bytes")
@@ -362,7 +297,7 @@ class MilvusIndex:
             rows.append(
                 {
                     "id": doc_id,
-                    "vector": embeddings[i],
+                    "vector": vectors[i],
                     "title": _fit(getattr(doc, "title", "") or ""),
                     "text": _fit(getattr(doc, "text", "") or ""),
                     "metadata": dict(getattr(doc, "metadata", None) or {}),

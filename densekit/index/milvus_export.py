@@ -1,11 +1,13 @@
-"""The full-precision vectors of a saved FAISS index, for moving it to Milvus without re-encoding.
+"""The full-precision vectors of a saved FAISS index or a shard directory, for moving them to Milvus
+without re-encoding.
 
 In order of preference: vectors the user names (a ``.npy`` in label order or a shard directory), the
 embedding cache entry of the index's model over the documents it stores (found by the same key
 :func:`~densekit.index.cache.encode_corpus` uses, so an index built from a corpus finds its
 embeddings), or the vectors read back from the FAISS index when it stores them exactly (Flat, HNSW
 over flat storage, IVF-Flat). A quantised index (PQ, SQ) cannot give its vectors back: that is an
-error naming the way out, never lossy vectors in silence.
+error naming the way out, never lossy vectors in silence. A shard directory (`densekit index encode`,
+one process or torchrun ranks on several nodes) is read shard by shard through memory maps.
 """
 
 from __future__ import annotations
@@ -42,6 +44,29 @@ class ReconstructedVectors:
         return self.index.reconstruct_n(start, max(stop - start, 0))
 
 
+class ShardSlices:
+    """A shard directory's vectors, sliceable like one memory-mapped array (rows gathered shard by shard)."""
+
+    def __init__(self, sharded) -> None:
+        self.sharded = sharded
+        self.shape = tuple(sharded.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(len(self))
+        return self.sharded.take(np.arange(start, max(stop, start), dtype=np.int64))
+
+
+def shard_source(directory: str | Path) -> tuple[list[str], ShardSlices, dict]:
+    """(ids, vectors, model) of a shard directory written by `densekit index encode` (checked shard by shard)."""
+    from densekit.index.shards import ShardedEmbeddings
+
+    sharded = ShardedEmbeddings(directory)  # refuses a directory with unfinished shards
+    return sharded.ids(), ShardSlices(sharded), dict(sharded.plan.model_info)
+
+
 def is_exact(factory: str) -> bool:
     """Whether a FAISS factory string stores full float32 vectors (so they can be read back as they were)."""
     parts = [p.strip() for p in factory.split(",")]
@@ -56,6 +81,8 @@ def index_vectors(
         from densekit.index.shards import open_vectors
 
         array = open_vectors(vectors)
+        if not isinstance(array, np.ndarray):
+            array = ShardSlices(array)
         if tuple(array.shape) != (len(index), index.dim):
             raise DensekitError(
                 f"{vectors}: shape {tuple(array.shape)} does not match the index's {len(index)} x {index.dim}"

@@ -149,11 +149,14 @@ def export_to_milvus(
     vectors: str | Path | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    texts: str | Path | None = None,
 ) -> dict:
     """`densekit index export --to milvus`: move a saved FAISS index's vectors and documents into Milvus
     without re-encoding (vectors from `vectors`, the embedding cache, or the FAISS file; see
     :mod:`densekit.index.milvus_export`) and save a Milvus index directory at `out` (default: beside
-    `directory`, ``<name>-milvus``)."""
+    `directory`, ``<name>-milvus.idx``). `directory` may also be a shard directory (`densekit index
+    encode`, e.g. written by torchrun ranks on several nodes); `texts` (a BEIR corpus) then gives the
+    documents' texts."""
     options.validate()
     directory = Path(directory)
     out = Path(out) if out is not None else directory.with_name(f"{directory.name.split('.')[0]}-milvus.idx")
@@ -161,11 +164,29 @@ def export_to_milvus(
     from densekit.index.dense import DenseIndex
     from densekit.index.docstore import DocStore
     from densekit.index.manifest import read_manifest
-    from densekit.index.milvus_export import index_vectors
+    from densekit.index.milvus_export import index_vectors, shard_source
     from densekit.index.milvus_ingest import check_uri_outside, ingest, save_milvus_dir
+    from densekit.index.shards import PLAN_FILE
     from densekit.progress import announce
 
     check_uri_outside(options.uri, out)
+    if (directory / PLAN_FILE).is_file():
+        ids, array, model = shard_source(directory)
+        store = None
+        if texts is not None:
+            from densekit.data import load_dataset
+
+            store = DocStore.from_corpus(load_dataset(texts).corpus)
+            missing = [i for i in ids if i not in store]
+            if missing:
+                raise DensekitError(f"{texts}: {len(missing)} encoded documents have no text, e.g. {missing[0]!r}")
+        target = _create(options, out, array.shape[1], len(ids), model, overwrite)
+        report = ingest(target, array, ids, store, options.insert_batch, options.resume, show_progress)
+        count = len(target)
+        save_milvus_dir(target, out, count, store, overwrite=overwrite)
+        return {"from": str(directory), "vectors_from": "shards"} | _summary(target, out, report, count)
+    if texts is not None:
+        raise DensekitError("--texts gives the texts of a shard directory; a saved index has its own")
     manifest = read_manifest(directory)
     if manifest["kind"] != "dense":
         raise DensekitError(f"{directory}: a {manifest['kind']} index; export moves a dense (FAISS) index")
