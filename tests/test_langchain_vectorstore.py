@@ -172,6 +172,25 @@ def test_mmr_prefers_a_diverse_second_document() -> None:
     assert [d.id for d in store.max_marginal_relevance_search("query", k=2, filter={"x": 1})] == []
 
 
+def test_concurrent_async_adds_searches_and_deletes_stay_consistent() -> None:
+    """Writers and readers on the default executor's threads at once: every search sees a consistent
+    index (no error, no deleted document), and the end state is exactly what was added minus deleted."""
+    import asyncio
+
+    store = DensekitVectorStore(DeterministicFakeEmbedding(size=8))
+
+    async def main() -> None:
+        writes = [store.aadd_texts([f"text {i}", f"other {i}"], ids=[f"t{i}", f"o{i}"]) for i in range(20)]
+        await asyncio.gather(*writes, *(store.asimilarity_search(f"text {i}", k=3) for i in range(20)))
+        deletes = [store.adelete([f"o{i}"]) for i in range(20)]
+        await asyncio.gather(*deletes, *(store.asimilarity_search(f"other {i}", k=2) for i in range(20)))
+        found = await asyncio.gather(*(store.asimilarity_search(f"text {i}", k=1) for i in range(20)))
+        assert [docs[0].id for docs in found] == [f"t{i}" for i in range(20)]
+
+    asyncio.run(main())
+    assert len(store) == 20 and store.get_by_ids(["o3"]) == []
+
+
 # ---- saving and reopening
 
 

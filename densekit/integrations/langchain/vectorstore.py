@@ -280,8 +280,10 @@ class DensekitVectorStore(VectorStore):
         while True:
             hits = search(fetch)
             found = []
-            for doc_id, score in hits:
-                document = self._document(self._docs.get(doc_id))
+            with self._lock:  # a document deleted by another thread since the search is skipped
+                stored = [(self._docs.get(i), score) for i, score in hits if i in self._docs]
+            for doc, score in stored:
+                document = self._document(doc)
                 if condition is None or matches(document.metadata, condition):
                     found.append((document, float(score)))
                     if len(found) == k:
