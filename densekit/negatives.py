@@ -62,6 +62,14 @@ def _is_positive_scores_key(key: str) -> bool:
     return key == "positive_scores" or (key.startswith("positive_") and key.endswith("_scores"))
 
 
+def positive_scores_key(score_key: str) -> str:
+    """The record key holding the positives' scores for a negative's `score_key`:
+    ``teacher_score`` -> ``positive_scores``, ``<name>_score`` -> ``positive_<name>_scores``."""
+    if score_key == "teacher_score":
+        return "positive_scores"
+    return f"positive_{score_key[: -len('_score')]}_scores"
+
+
 @dataclass(frozen=True)
 class MinedNegative:
     """One negative of a query: document id, 1-based candidate rank, and its scores by key."""

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from densekit.errors import DensekitError
-from densekit.retriever.train import DataConfig, TrainConfig, train
+from densekit.retriever.train import DataConfig, LossConfig, TrainConfig, train
 from densekit.serialize import load_state, save_state
 
 
@@ -74,6 +74,29 @@ def test_resume_reproduces_the_uninterrupted_run(
         return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
 
     assert losses("split") == losses("straight")  # one record per step, none repeated after the resume
+
+
+def test_resume_with_distillation_reproduces_the_uninterrupted_run(
+    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path
+) -> None:
+    """InfoNCE + 0.5 x MarginMSE from stored cross-encoder scores: the loss module's state and the
+    teacher scores resume with the run, so stop + resume is bit-identical too."""
+    from test_train_distill import write_scored
+
+    scored = write_scored(train_negatives, tmp_path / "scored.jsonl")
+
+    def config(output: Path, **run) -> TrainConfig:
+        loss = LossConfig(distill="margin-mse", distill_weight=0.5, learnable_temperature=True)
+        return _config(tiny_model, scored, scifact_small, output, loss=loss, max_steps=5, **run)
+
+    straight = train(config(tmp_path / "straight"))
+    assert straight["finished"] and straight["teacher_score"] == "ce_score"
+    train(config(tmp_path / "split", stop_after_steps=2))
+    resumed = train(config(tmp_path / "split"), resume=True)
+    assert resumed["finished"] and resumed["resumed_from"].endswith("step-2")
+    expected, got = _weights(tmp_path / "straight" / "model"), _weights(tmp_path / "split" / "model")
+    assert all(torch.equal(got[name], tensor) for name, tensor in expected.items())
+    assert resumed["temperature"] == straight["temperature"] != 0.05  # the learnable temperature moved and resumed
 
 
 def test_resume_refuses_a_changed_recipe(

@@ -2,7 +2,9 @@
 
 - :mod:`config`: the typed recipe (`TrainConfig`, `DataConfig`, `LossConfig`)
 - :mod:`data`: training tuples from a negatives file, the no-duplicates batch sampler, the collator
-- :mod:`losses`: `InfoNCELoss`, `GISTLoss`
+- :mod:`losses`: `InfoNCELoss`, `GISTLoss`; :mod:`distill`: `MarginMSELoss`, `ListwiseKLLoss`;
+  :mod:`objective`: the contrastive loss, the distillation loss, or their weighted sum
+- :mod:`optim`: AdamW groups, warmup + linear decay, seeding
 - :mod:`gradcache`: one training step, plain or GradCache, for every loss
 - :mod:`distributed`: torchrun process group and gathers with gradient
 - :mod:`trainer`: the loop, resume, evaluation; :mod:`checkpoints`: checkpoint files and the output folder

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from densekit.errors import DensekitError
 
-LOSSES = ("infonce", "gist")
+LOSSES = ("infonce", "gist", "none")
+DISTILL_LOSSES = ("none", "margin-mse", "kl")
 POSITIVE_SAMPLING = ("all", "one")
 CPU_FORWARD_BATCH_SIZE = 8  # measured on SciFact/MiniLM, benchmarks/RESULTS.md
 PRECISIONS = ("no", "bf16", "fp16")
@@ -25,7 +26,8 @@ class LossConfig:
         default="infonce",
         metadata={
             "flags": ("--loss",),
-            "help": "infonce (in-batch + mined negatives) or gist (the same, masked by a guide model, GISTEmbed).",
+            "help": "infonce (in-batch + mined negatives), gist (the same, masked by a guide model, GISTEmbed) "
+            "or none (only the --distill loss).",
         },
     )
     temperature: float = field(
@@ -48,12 +50,53 @@ class LossConfig:
         default=1e-3,
         metadata={"help": "Learning rate of a learnable temperature (the model's is too small to move it)."},
     )
+    distill: str = field(
+        default="none",
+        metadata={
+            "help": "Distillation from teacher scores in the negatives file: none, margin-mse (Hofstaetter et al.) "
+            "or kl (listwise KL over positive + mined negatives). Added to --loss; --loss none trains on it alone."
+        },
+    )
+    distill_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the distillation term (loss = contrastive + weight * distill)."}
+    )
+    distill_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "The teacher's scores are divided by this before comparison with the student's "
+            "(similarity / --temperature): 1 for cross-encoder logits, about --temperature for a dense teacher."
+        },
+    )
+    teacher_score: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stored score that teaches (a negative's <name>_score key, e.g. ce_score); default the first "
+            "the file has of ce_score, guide_score, teacher_score."
+        },
+    )
 
     def validate(self) -> None:
         if self.name not in LOSSES:
             raise DensekitError(f"unknown loss {self.name!r}; expected one of {', '.join(LOSSES)}")
         if self.temperature <= 0:
             raise DensekitError(f"temperature must be positive, got {self.temperature}")
+        if self.distill not in DISTILL_LOSSES:
+            raise DensekitError(f"unknown distillation {self.distill!r}; expected one of {', '.join(DISTILL_LOSSES)}")
+        if self.name == "none" and self.distill == "none":
+            raise DensekitError("--loss none leaves nothing to train on; add --distill margin-mse or --distill kl")
+        if self.name == "none" and self.symmetric:
+            raise DensekitError("--symmetric is an InfoNCE option; it does nothing with --loss none")
+        if self.distill_weight <= 0 or self.distill_temperature <= 0:
+            raise DensekitError(
+                f"distill_weight and distill_temperature must be positive, got {self.distill_weight} "
+                f"and {self.distill_temperature}"
+            )
+        if self.distill == "none" and self.teacher_score is not None:
+            raise DensekitError("--teacher-score is only read by distillation (--distill margin-mse or kl)")
+        if self.teacher_score is not None and not (
+            self.teacher_score.endswith("_score") and len(self.teacher_score) > len("_score")
+        ):
+            raise DensekitError(f"--teacher-score names a <name>_score key (e.g. ce_score), got {self.teacher_score!r}")
         if self.name == "gist" and not self.guide:
             raise DensekitError("the gist loss needs a guide model (--guide)")
         if self.name != "gist" and self.guide:
@@ -172,6 +215,10 @@ class TrainConfig:
             raise DensekitError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.eval_steps and not self.eval_data:
             raise DensekitError("eval_steps needs eval_data (a BEIR dataset with an evaluation split)")
+        if self.loss.distill != "none" and self.data.negatives_per_query == 0:
+            raise DensekitError(
+                "distillation compares the positive with mined negatives; set --negatives-per-query >= 1"
+            )
 
     def to_json(self) -> dict:
         out = asdict(self)

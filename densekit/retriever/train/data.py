@@ -3,7 +3,8 @@
 The negatives file is the mining output, read through its one schema, :mod:`densekit.negatives`
 (JSON lines, one query per line: ids, positives, ranked negatives, optional scores).
 Each (query, positive) pair becomes one :class:`TrainingExample` holding the query's first
-`negatives_per_query` negatives in rank order. :class:`NoDuplicatesBatchSampler` deals examples into
+`negatives_per_query` negatives in rank order and, for distillation, a teacher's stored score of
+the positive and of each of those negatives. :class:`NoDuplicatesBatchSampler` deals examples into
 batches so that no batch holds the same query or the same positive document twice (a repeated
 positive would be an in-batch false negative). Its order depends only on the seed and the epoch,
 so a data position ``(epoch, batch)`` is enough to resume exactly.
@@ -19,8 +20,13 @@ import torch
 
 from densekit.data import Corpus
 from densekit.errors import InputError
-from densekit.negatives import iter_negatives
+from densekit.negatives import NegativesRecord, iter_negatives, positive_scores_key
 from densekit.progress import announce
+from densekit.retriever.train.distill import DistillInputs
+
+# The default teacher of distillation: the strongest the miner stores (a cross-encoder, then the GIST
+# guide, then the dense miner itself), then any other score in file order.
+TEACHER_PREFERENCE = ("ce_score", "guide_score", "teacher_score")
 
 
 @dataclass(frozen=True)
@@ -32,20 +38,73 @@ class TrainingExample:
     positive_id: str
     negative_ids: tuple[str, ...]
     positive_ids: frozenset[str]  # every labelled positive of the query: never used as its negative
+    teacher_scores: tuple[float, ...] | None = None  # distillation: teacher's score of positive, then negatives
 
 
-def read_training_examples(path: str | Path, corpus: Corpus, negatives_per_query: int) -> list[TrainingExample]:
+def resolve_teacher_score(path: str | Path) -> str:
+    """The score key distillation reads by default: the first of :data:`TEACHER_PREFERENCE` (then any
+    other ``<name>_score`` in file order) that the file's first record with negatives holds for its
+    first negative and, as ``positive_<name>_scores``, for its positives.
+
+    Raises InputError naming that line when it holds none (or the file has no negatives at all).
+    """
+    for line, record in iter_negatives(path):
+        if not record.negatives:
+            continue
+        present = [
+            key
+            for key, value in record.negatives[0].scores.items()
+            if value is not None and record.positive_scores.get(positive_scores_key(key))
+        ]
+        ordered = [k for k in TEACHER_PREFERENCE if k in present] + [k for k in present if k not in TEACHER_PREFERENCE]
+        if not ordered:
+            raise InputError(
+                path,
+                "distillation needs teacher scores: expected a negative with a <name>_score (e.g. ce_score from "
+                "`densekit mine --scorer`) and the positives' positive_<name>_scores",
+                line,
+            )
+        return ordered[0]
+    raise InputError(path, "distillation needs mined negatives with teacher scores; the file has no negatives")
+
+
+def _teacher_scores(
+    path: str | Path, line: int, record: NegativesRecord, positive: str, negatives: list, key: str, wanted: int
+) -> tuple[float, ...]:
+    """The teacher's score of `positive` and of each of `negatives`; InputError when one is missing."""
+    positive_key = positive_scores_key(key)
+    expectation = f"distillation with teacher score {key} needs every positive's and the first {wanted} negatives'"
+    query = f"query {record.query_id!r}"
+    score = (record.positive_scores.get(positive_key) or {}).get(positive)
+    if score is None:
+        raise InputError(path, f'{query}: positive {positive!r} has no score in "{positive_key}" ({expectation})', line)
+    scores = [float(score)]
+    for negative in negatives:
+        value = negative.scores.get(key)
+        if value is None:
+            raise InputError(path, f'{query}: negative {negative.id!r} has no "{key}" ({expectation})', line)
+        scores.append(float(value))
+    return tuple(scores)
+
+
+def read_training_examples(
+    path: str | Path, corpus: Corpus, negatives_per_query: int, teacher_score: str | None = None
+) -> list[TrainingExample]:
     """Read a negatives file (:func:`densekit.negatives.iter_negatives`, the schema mining writes) into
     examples, negatives in rank order (equal ranks keep file order).
 
-    Raises InputError (file and line) for anything the schema refuses and for an id absent from
-    `corpus`. A query with fewer negatives than asked (the miner's filters can leave too few) keeps
-    those it has; how many such queries there are is announced.
+    `teacher_score` (a negative's ``<name>_score`` key, for distillation): each example also carries
+    that score of its positive (from ``positive_<name>_scores``) and of each chosen negative.
+
+    Raises InputError (file and line) for anything the schema refuses, for an id absent from
+    `corpus`, and for a teacher score that is missing. A query with fewer negatives than asked (the
+    miner's filters can leave too few) keeps those it has; how many such queries there are is announced.
     """
     examples: list[TrainingExample] = []
     short = 0
     for line, record in iter_negatives(path):
-        negative_ids = [n.id for n in sorted(record.negatives, key=lambda n: n.rank)]
+        ranked = sorted(record.negatives, key=lambda n: n.rank)
+        negative_ids = [n.id for n in ranked]
         if len(negative_ids) < negatives_per_query:
             short += 1
         for doc_id in (*record.positives, *negative_ids):
@@ -53,8 +112,13 @@ def read_training_examples(path: str | Path, corpus: Corpus, negatives_per_query
                 raise InputError(path, f"document {doc_id!r} is not in the corpus {corpus.path or ''}", line)
         chosen = tuple(negative_ids[:negatives_per_query])
         for positive in record.positives:
+            scores = None
+            if teacher_score is not None:
+                scores = _teacher_scores(
+                    path, line, record, positive, ranked[:negatives_per_query], teacher_score, negatives_per_query
+                )
             examples.append(
-                TrainingExample(record.query_id, record.query, positive, chosen, frozenset(record.positives))
+                TrainingExample(record.query_id, record.query, positive, chosen, frozenset(record.positives), scores)
             )
     if not examples:
         raise InputError(path, "no training examples (the file is empty)")
@@ -163,6 +227,7 @@ class ContrastiveBatch:
     exclude: torch.Tensor
     query_features: list[dict[str, torch.Tensor]]
     document_features: list[dict[str, torch.Tensor]]
+    distill: DistillInputs | None = None  # each query's own candidate columns and their teacher scores
 
     @property
     def size(self) -> int:
@@ -257,5 +322,34 @@ class ContrastiveCollator:
                 if j != positive_index[i] and (doc_id in example.positive_ids or first_column[doc_id] != j):
                     exclude[i, j] = True
         return ContrastiveBatch(
-            query_ids, document_ids, torch.tensor(positive_index), exclude, query_features, document_features
+            query_ids,
+            document_ids,
+            torch.tensor(positive_index),
+            exclude,
+            query_features,
+            document_features,
+            distill_inputs(examples, shards),
         )
+
+
+def distill_inputs(examples: list[TrainingExample], shards: int = 1) -> DistillInputs | None:
+    """Each query's own columns (its positive, then its negatives) in the collator's document layout,
+    with the teacher's scores of them; None when the examples carry no teacher scores."""
+    if any(e.teacher_scores is None for e in examples):
+        return None
+    width = 1 + max(len(e.negative_ids) for e in examples)
+    columns = torch.full((len(examples), width), -1, dtype=torch.long)
+    teacher = torch.zeros(len(examples), width)
+    per = len(examples) // shards
+    offset = 0
+    for s in range(shards):
+        part = examples[s * per : (s + 1) * per]
+        next_negative = offset + len(part)
+        for i, example in enumerate(part):
+            row = s * per + i
+            own = [offset + i, *range(next_negative, next_negative + len(example.negative_ids))]
+            next_negative += len(example.negative_ids)
+            columns[row, : len(own)] = torch.tensor(own)
+            teacher[row, : len(own)] = torch.tensor(example.teacher_scores)
+        offset = next_negative
+    return DistillInputs(columns, teacher)

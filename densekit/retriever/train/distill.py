@@ -15,7 +15,10 @@ batch's widest has its missing candidates masked out.
   student's (``student_temperature``), averaged over queries and multiplied by the student
   temperature squared (Hinton et al.). Equals sentence-transformers' ``DistillKLDivLoss``.
 
-Each is used alone or added to InfoNCE with a weight (:class:`WeightedSum`).
+Both take an optional ``scale`` that multiplies the student's similarities first (the trainer passes
+the contrastive loss's 1/temperature, so a cosine student is compared in logit units; scale 1 is the
+papers' and sentence-transformers' formula). The trainer uses each alone or added to InfoNCE with a
+weight (:class:`densekit.retriever.train.objective.DistillObjective`).
 
 Example::
 
@@ -49,19 +52,32 @@ class DistillInputs:
     def valid(self) -> torch.Tensor:
         return self.columns >= 0
 
+    def select(self, rows: slice) -> DistillInputs:
+        """The inputs of the query rows `rows` (one process's share of a gathered batch)."""
+        return DistillInputs(self.columns[rows], self.teacher[rows])
 
-def student_scores(query_emb: torch.Tensor, doc_emb: torch.Tensor, inputs: DistillInputs) -> torch.Tensor:
-    """(B, 1 + n) dot products of each query with its own candidates (0 where a candidate is missing)."""
+
+def student_scores(
+    query_emb: torch.Tensor, doc_emb: torch.Tensor, inputs: DistillInputs, scale: torch.Tensor | float = 1.0
+) -> torch.Tensor:
+    """(B, 1 + n) dot products of each query with its own candidates, times `scale` (0 where a
+    candidate is missing)."""
     columns = inputs.columns.to(doc_emb.device).clamp(min=0)
     candidates = doc_emb.float()[columns]  # (B, 1 + n, d)
-    return torch.einsum("bd,bkd->bk", query_emb.float(), candidates)
+    return torch.einsum("bd,bkd->bk", query_emb.float(), candidates) * scale
 
 
 class MarginMSELoss(nn.Module):
     """MSE between student and teacher margins of positive over each negative (see the module docstring)."""
 
-    def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, inputs: DistillInputs) -> torch.Tensor:
-        scores = student_scores(query_emb, doc_emb, inputs)
+    def forward(
+        self,
+        query_emb: torch.Tensor,
+        doc_emb: torch.Tensor,
+        inputs: DistillInputs,
+        scale: torch.Tensor | float = 1.0,
+    ) -> torch.Tensor:
+        scores = student_scores(query_emb, doc_emb, inputs, scale)
         teacher = inputs.teacher.to(scores.device).float()
         valid = inputs.valid.to(scores.device)[:, 1:] & inputs.valid.to(scores.device)[:, :1]
         student_margin = scores[:, :1] - scores[:, 1:]
@@ -86,28 +102,17 @@ class ListwiseKLLoss(nn.Module):
         if self.student_temperature <= 0 or self.teacher_temperature <= 0:
             raise ValueError("distillation temperatures must be positive")
 
-    def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, inputs: DistillInputs) -> torch.Tensor:
-        scores = student_scores(query_emb, doc_emb, inputs)
+    def forward(
+        self,
+        query_emb: torch.Tensor,
+        doc_emb: torch.Tensor,
+        inputs: DistillInputs,
+        scale: torch.Tensor | float = 1.0,
+    ) -> torch.Tensor:
+        scores = student_scores(query_emb, doc_emb, inputs, scale)
         valid = inputs.valid.to(scores.device)
         teacher = inputs.teacher.to(scores.device).float()
         student_log = torch.log_softmax((scores / self.student_temperature).masked_fill(~valid, float("-inf")), 1)
         teacher_prob = torch.softmax((teacher / self.teacher_temperature).masked_fill(~valid, float("-inf")), 1)
         terms = torch.xlogy(teacher_prob, teacher_prob) - teacher_prob * student_log.masked_fill(~valid, 0.0)
         return terms.sum() / scores.shape[0] * self.student_temperature**2
-
-
-class WeightedSum(nn.Module):
-    """``contrastive(q, d, contrastive_inputs) + weight * distill(q, d, distill_inputs)``."""
-
-    def __init__(self, contrastive: nn.Module, distill: nn.Module, weight: float = 1.0) -> None:
-        super().__init__()
-        self.contrastive = contrastive
-        self.distill = distill
-        self.weight = weight
-
-    def forward(
-        self, query_emb: torch.Tensor, doc_emb: torch.Tensor, contrastive_inputs, distill_inputs: DistillInputs
-    ) -> torch.Tensor:
-        return self.contrastive(query_emb, doc_emb, contrastive_inputs) + self.weight * self.distill(
-            query_emb, doc_emb, distill_inputs
-        )

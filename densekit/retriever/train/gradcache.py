@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from densekit.retriever.train.distributed import DistributedContext, average_gradients, gather_with_grad
-from densekit.retriever.train.losses import InfoNCELoss, LossInputs
+from densekit.retriever.train.losses import LossInputs
 from densekit.retriever.train.model import trim_padding
 
 
@@ -76,7 +76,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def contrastive_step(
     model: nn.Module,
-    loss_fn: InfoNCELoss,
+    loss_fn: nn.Module,
     queries: dict[str, torch.Tensor],
     documents: dict[str, torch.Tensor],
     inputs: LossInputs,

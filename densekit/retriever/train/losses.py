@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from densekit.retriever.train.distill import DistillInputs
 
 
 @dataclass
@@ -25,12 +29,14 @@ class LossInputs:
         (another labelled positive of the query).
     rows: the query rows whose loss this process computes (all rows on one process).
     guide_scores: (B, N) guide-model similarities of each query to each document (GIST only).
+    distill: each query's candidate columns and their teacher scores (distillation only).
     """
 
     positive_index: torch.Tensor
     exclude: torch.Tensor
     rows: slice = field(default_factory=lambda: slice(None))
     guide_scores: torch.Tensor | None = None
+    distill: DistillInputs | None = None
 
 
 class InfoNCELoss(nn.Module):

@@ -30,12 +30,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -54,13 +52,14 @@ from densekit.retriever.train.checkpoints import (
     trim_metrics,
     write_checkpoint,
 )
-from densekit.retriever.train.config import CPU_FORWARD_BATCH_SIZE, TrainConfig
+from densekit.retriever.train.config import TrainConfig
 from densekit.retriever.train.data import (
     ContrastiveBatch,
     ContrastiveCollator,
     NoDuplicatesBatchSampler,
     TrainingExample,
     read_training_examples,
+    resolve_teacher_score,
 )
 from densekit.retriever.train.distributed import (
     DistributedContext,
@@ -70,51 +69,17 @@ from densekit.retriever.train.distributed import (
 )
 from densekit.retriever.train.gradcache import contrastive_step
 from densekit.retriever.train.guide import GuideCache
-from densekit.retriever.train.losses import InfoNCELoss, LossInputs, build_loss
+from densekit.retriever.train.losses import LossInputs
 from densekit.retriever.train.model import DualEncoder
+from densekit.retriever.train.objective import build_objective
+from densekit.retriever.train.optim import (
+    build_optimizer,
+    resolve_forward_batch_size,
+    seed_everything,
+    warmup_linear_schedule,
+)
 
-__all__ = ["GuideCache", "Trainer", "rng_state", "set_rng_state", "train"]
-
-
-def resolve_forward_batch_size(requested: int | None, device: torch.device) -> int | None:
-    """Rows per transformer call: `requested`, or by default 8 on CPU and one call on CUDA (0 = one call)."""
-    if requested is None:
-        return CPU_FORWARD_BATCH_SIZE if device.type == "cpu" else None
-    return requested or None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def warmup_linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Learning rate rises linearly over `warmup_steps`, then falls linearly to 0 at `total_steps`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def build_optimizer(model: nn.Module, loss_fn: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases and LayerNorm weights (BERT's recipe)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.dim() < 2 or "LayerNorm" in name else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    extra = [p for p in loss_fn.parameters() if p.requires_grad]
-    if extra:
-        groups.append({"params": extra, "weight_decay": 0.0, "lr": config.loss.temperature_lr})
-    return torch.optim.AdamW(groups, lr=config.learning_rate)
+__all__ = ["GuideCache", "Trainer", "resolve_forward_batch_size", "rng_state", "set_rng_state", "train"]
 
 
 class Trainer:
@@ -151,7 +116,13 @@ class Trainer:
 
         self.encoder = Encoder(cfg.model, device=str(self.device), max_length=cfg.max_length, dtype="float32")
         self.corpus = load_dataset(cfg.data.corpus).corpus
-        self.examples = read_training_examples(cfg.data.negatives, self.corpus, cfg.data.negatives_per_query)
+        self.teacher_score: str | None = None
+        if cfg.loss.distill != "none":
+            self.teacher_score = cfg.loss.teacher_score or resolve_teacher_score(cfg.data.negatives)
+            announce(f"distillation ({cfg.loss.distill}) reads the teacher score {self.teacher_score}")
+        self.examples = read_training_examples(
+            cfg.data.negatives, self.corpus, cfg.data.negatives_per_query, self.teacher_score
+        )
         # Content, not paths: a negatives file or corpus replaced in place must not be resumed on.
         self.inputs = {
             "negatives_sha256": sha256_file(cfg.data.negatives),
@@ -192,9 +163,7 @@ class Trainer:
         ).to(self.device)
         self.model.train()
         lc = cfg.loss
-        self.loss_fn: InfoNCELoss = build_loss(
-            lc.name, lc.temperature, lc.learnable_temperature, lc.symmetric, lc.gist_margin
-        ).to(self.device)
+        self.loss_fn = build_objective(lc).to(self.device)
         self.optimizer = build_optimizer(self.model, self.loss_fn, cfg)
         warmup = math.ceil(self.total_steps * cfg.warmup_ratio)
         self.scheduler = warmup_linear_schedule(self.optimizer, warmup, self.total_steps)
@@ -334,9 +303,8 @@ class Trainer:
     def _loss_inputs(self, batch: ContrastiveBatch) -> LossInputs:
         per = batch.size // self.ctx.world_size
         guide = self.guide.scores(batch.query_ids, batch.document_ids) if self.guide is not None else None
-        return LossInputs(
-            batch.positive_index, batch.exclude, slice(self.ctx.rank * per, (self.ctx.rank + 1) * per), guide
-        )
+        rows = slice(self.ctx.rank * per, (self.ctx.rank + 1) * per)
+        return LossInputs(batch.positive_index, batch.exclude, rows, guide, batch.distill)
 
     def train(self) -> dict:
         """Train to the end of the schedule (or `stop_after_steps`); return the summary."""
@@ -428,6 +396,7 @@ class Trainer:
             "config": self.config.to_json(),
             "examples": len(self.examples),  # (query, positive) pairs read from the negatives file
             "examples_per_epoch": self.examples_per_epoch,
+            "teacher_score": self.teacher_score,  # the stored score distillation read (None: no distillation)
             "encoder": asdict(self.encoder.config),
         }
         if self.ctx.is_main:
