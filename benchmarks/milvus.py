@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -152,10 +153,12 @@ def main() -> None:
     parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated: {', '.join(BACKENDS)}")
     parser.add_argument("--insert-batch", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--keep", action="store_true", help="keep the vectors and Milvus data (printed path)")
     args = parser.parse_args()
     factories = args.factory or ["flat", "hnsw"]
     backends = args.backends.split(",")
     work = Path(tempfile.mkdtemp(prefix="densekit-milvus-bench-"))
+    print(f"working in {work}", flush=True)
     np.save(work / "vectors.npy", clustered_vectors(args.size, args.dim, clusters=1000, seed=0))
     vectors = np.load(work / "vectors.npy", mmap_mode="r")
     queries = clustered_vectors(args.queries, args.dim, clusters=1000, seed=0, stream=1)
@@ -181,6 +184,8 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(timeout=60)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     header = ["backend", "index", "ingest_s", "vectors_per_s", "ready_s", "peak_rss_mb", "rss_growth_mb", "qps"]
     header.append("recall@10")
     print(

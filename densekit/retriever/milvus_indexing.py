@@ -15,6 +15,8 @@ from pathlib import Path
 from densekit.errors import DensekitError
 from densekit.io import check_output_target
 
+MAX_QUERY_ROWS = 16384  # Milvus answers a query with at most this many rows (resume asks per batch)
+
 
 @dataclass
 class MilvusOptions:
@@ -57,8 +59,8 @@ class MilvusOptions:
             )
         if self.consistency_level not in CONSISTENCY_LEVELS:
             raise DensekitError(f"--consistency-level must be one of {', '.join(CONSISTENCY_LEVELS)}")
-        if self.num_shards < 1 or self.insert_batch < 1:
-            raise DensekitError("--num-shards and --insert-batch must be >= 1")
+        if self.num_shards < 1 or not 1 <= self.insert_batch <= MAX_QUERY_ROWS:
+            raise DensekitError(f"--num-shards must be >= 1 and --insert-batch within 1..{MAX_QUERY_ROWS}")
         if self.collection is not None and not _valid_collection(self.collection):
             raise DensekitError(f"--collection {self.collection!r}: letters, digits and _ only, starting with a letter")
 
