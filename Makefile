@@ -38,8 +38,12 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check densekit tests benchmarks notebooks
 	$(VENV)/bin/ruff format --check densekit tests benchmarks notebooks
 
+# make bench: every benchmark at full size, records in benchmarks/results/ (docs/benchmarks.md);
+# make bench SIZE=smoke: seconds each, tiny data; ONLY=encode,index picks some.
+SIZE ?= full
+ONLY ?=
 bench: $(VENV)/.dev
-	$(PY) benchmarks/encode.py
+	$(PY) benchmarks/run.py --size $(SIZE) $(if $(ONLY),--only $(ONLY),)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -17,6 +17,7 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
+    parser.add_argument("--json-out", type=Path, help="also write the results as JSON to this file")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -78,6 +80,8 @@ def main() -> None:
         "max_abs_embedding_diff": float(np.abs(outputs["densekit"] - outputs["sentence-transformers"]).max()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
     }
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -1,0 +1,401 @@
+"""Run densekit's benchmarks at a named size, one at a time, each in its own process, and keep a record.
+
+    python benchmarks/run.py                          # every benchmark, full size (records in benchmarks/results/)
+    python benchmarks/run.py --size smoke             # seconds each, tiny data (records in a temporary folder)
+    python benchmarks/run.py --only encode,index      # some of them
+    python benchmarks/run.py --list                   # the benchmarks and their commands at each size
+    python benchmarks/run.py --render                 # rewrite RESULTS.md's tables from the newest full records
+
+Every run writes one JSON record (see benchmarks/record.py): the exact command, the commit, the
+date, the machine, the threads, library versions, the load average before and after, and every
+figure the benchmark script wrote (its own JSON output, rounds included). Full-size records go to
+benchmarks/results/ and are committed; smoke records go to a temporary folder unless --results is
+given. The smoke size runs each benchmark on a 20-query SciFact subset and a random tiny BERT (or a
+few thousand synthetic vectors): it proves the benchmark still runs, its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fixtures  # noqa: E402
+import record as records  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+SIZES = ("smoke", "full")
+
+
+@dataclass
+class Context:
+    """What a benchmark's command is built from: its size, scratch folder, data and model."""
+
+    size: str
+    workdir: Path
+    threads: int
+    data: str = "scifact"
+    model: str = "all-MiniLM-L6-v2"
+    plots: Path = field(default_factory=lambda: records.REPO / "docs")
+
+    @property
+    def smoke(self) -> bool:
+        return self.size == "smoke"
+
+    def negatives(self) -> Path:
+        """Tuples for benchmarks/train.py: mined from SciFact train at full size, judged ones at smoke."""
+        if self.smoke:
+            return fixtures.judged_negatives(_smoke_data(self), self.workdir / "negatives-smoke.jsonl")
+        return fixtures.mined_negatives(self.data, "train", self.model, self.workdir / "negatives-train.jsonl")
+
+
+@dataclass
+class Benchmark:
+    """One script of benchmarks/ as the runner sees it.
+
+    `arguments(ctx)` is its command line at ctx.size (without the JSON-output option), `output` the
+    option that makes it write its figures as JSON to a path (or `None` with `figures_file` naming the
+    file it writes inside its `--out` folder), `render(record)` its table for RESULTS.md.
+    """
+
+    name: str
+    script: str
+    arguments: Callable[[Context], list[str]]
+    render: Callable[[dict], str]
+    output: str | None = "--out"
+    figures_file: str | None = None
+    threads: Callable[[Context], int | None] = lambda ctx: 1 if ctx.smoke else ctx.threads
+
+    def command(self, ctx: Context, figures: Path) -> list[str]:
+        command = [sys.executable, str(BENCH / self.script), *self.arguments(ctx)]
+        return command + ([self.output, str(figures)] if self.output else [])
+
+
+# ----------------------------------------------------------------------------- table renderers
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def render_encode(record: dict) -> str:
+    f = record["figures"]
+    rows = [
+        [name, rate, ", ".join(map(str, f["all_rounds_docs_per_s"][name]))] for name, rate in f["docs_per_s"].items()
+    ]
+    rows.append(["**ratio densekit / ST**", f"**{f['ratio_densekit_vs_st']:.3f}x**", ""])
+    return table(["library", "docs/s (median)", "rounds"], rows)
+
+
+def render_mining(record: dict) -> str:
+    f = record["figures"]
+    rows = []
+    for lib in ("sentence-transformers", "densekit"):
+        runs = ", ".join(f"{s:.2f}" for s in f["seconds"][lib])
+        traced = f["traced_peak_mb"][lib]
+        rows.append(
+            [lib, f"{f['median_seconds'][lib]:.2f}", runs, round(f["peak_rss_mb"][lib]), traced and round(traced, 1)]
+        )
+    rows.append(["**ratio densekit / ST**", f"**{f['ratio_densekit_over_st']:.3f}x**", "", "", ""])
+    agree = f["agreement"]
+    return (
+        table(["library", "median s", "runs (s)", "peak RSS MB", "peak traced MB"], rows)
+        + f"\n\nSame negative ids for {agree['same_ids']} of {agree['queries']} queries; differing: "
+        + (", ".join(agree["differing"]) or "none")
+        + "."
+    )
+
+
+def render_index(record: dict) -> str:
+    sys.path.insert(0, str(BENCH))
+    import index as index_bench  # benchmarks/index.py renders its own tables
+
+    return "\n\n".join(index_bench.markdown(d) for d in record["figures"]["datasets"])
+
+
+def render_bm25(record: dict) -> str:
+    rows = []
+    for r in record["figures"]["results"]:
+        if "error" in r:
+            rows.append([r["corpus"], r["backend"], r["error"], "", "", "", ""])
+            continue
+        qps = f"{r['qps']:.1f}" + (" (partial)" if r["partial"] else "")
+        rows.append(
+            [
+                r["corpus"],
+                r["backend"],
+                f"{r['build_s']:.1f}",
+                qps,
+                round(r["peak_rss_mb"]),
+                r["documents"],
+                r.get("ndcg@10"),
+            ]
+        )
+    return table(["corpus", "backend", "build s", "QPS", "peak RSS MB", "documents", "nDCG@10"], rows)
+
+
+def render_train(record: dict) -> str:
+    f = record["figures"]
+    rows = [
+        [r["round"], r["first"], r["densekit_examples_per_s"], r["st_examples_per_s"], f"{r['ratio']:.3f}"]
+        for r in f["throughput_rounds"]
+    ]
+    rows.append(["**mean**", "", "", "", f"**{f['throughput_ratio_mean']:.3f}x**"])
+    return table(["round", "first", "densekit examples/s", "sentence-transformers examples/s", "ratio"], rows)
+
+
+def render_serve(record: dict) -> str:
+    keys = ("p50_ms", "p99_ms", "requests_per_s", "failed", "lost", "different")
+    rows = [[r["clients"], r["requests"], *(r.get(k) for k in keys)] for r in record["figures"]["rows"]]
+    return table(["clients", "requests", "p50 ms", "p99 ms", "requests/s", "failed", "lost", "different"], rows)
+
+
+def render_milvus(record: dict) -> str:
+    keys = [
+        "backend",
+        "index",
+        "ingest_s",
+        "vectors_per_s",
+        "ready_s",
+        "peak_rss_mb",
+        "rss_growth_mb",
+        "qps",
+        "recall@10",
+    ]
+    return f"{record['figures']['size']:,} vectors\n\n" + table(
+        keys, [[r[k] for k in keys] for r in record["figures"]["rows"]]
+    )
+
+
+def render_scaling(record: dict) -> str:
+    f = record["figures"]
+    rows = [[p.get(k) for k in f["columns"]] for p in f["points"]]
+    slopes = "; ".join(f"{k}: {v}" for k, v in f["slopes"].items())
+    return table(f["columns"], rows) + f"\n\nFitted log-log slopes: {slopes}. Plot: `{f['plot']}`."
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+def _smoke_data(ctx: Context) -> str:
+    return str(fixtures.smoke_dataset(Path(_beir_root()) / "scifact", ctx.workdir / "scifact-smoke"))
+
+
+def _smoke_model(ctx: Context) -> str:
+    return str(fixtures.tiny_model(ctx.workdir / "tiny-bert"))
+
+
+def _beir_root() -> str:
+    for raw in os.environ.get("DENSEKIT_DATA", "").split(os.pathsep):
+        if raw and (Path(raw) / "scifact").is_dir():
+            return raw
+    shared = records.REPO.parent / "shared" / "data" / "beir"
+    if (shared / "scifact").is_dir():
+        return str(shared)
+    raise SystemExit("SciFact not found: set DENSEKIT_DATA to the folder that holds scifact/")
+
+
+def encode_args(ctx: Context) -> list[str]:
+    if ctx.smoke:
+        return [
+            "--data",
+            _smoke_data(ctx),
+            "--model",
+            _smoke_model(ctx),
+            "--docs",
+            "40",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+        ]
+    return ["--docs", "500", "--rounds", "5", "--threads", str(ctx.threads)]
+
+
+def mining_args(ctx: Context) -> list[str]:
+    if ctx.smoke:
+        data, model = _smoke_data(ctx), _smoke_model(ctx)
+        return ["--data", data, "--split", "test", "--model", model, "--rounds", "1", "--threads", "1"]
+    return ["--mode", "warm", "--rounds", "3", "--threads", str(ctx.threads)]
+
+
+def index_args(ctx: Context) -> list[str]:
+    work = ["--workdir", str(ctx.workdir / "index-vectors"), "--threads", str(1 if ctx.smoke else ctx.threads)]
+    if ctx.smoke:
+        factories = ["flat", "hnsw", "ivf-flat", "sq8"]
+        return ["--datasets", "synthetic", "--n", "2000", "--queries", "20", "--dim", "32", *work] + [
+            a for f in factories for a in ("--factory", f)
+        ]
+    factories = ["flat", "sq8", "fp16", "ivf-flat", "ivf-pq", "ivf-pqr", "PCAR352,IVF{nlist},PQ176", "hnsw"]
+    return ["--datasets", "scifact,synthetic", *work] + [a for f in factories for a in ("--factory", f)]
+
+
+def bm25_args(ctx: Context) -> list[str]:
+    if ctx.smoke:
+        return ["--corpora", "synthetic", "--docs", "500", "--queries", "20", "--vocab", "300", "--timeout", "300"]
+    return []
+
+
+def train_args(ctx: Context) -> list[str]:
+    out = ["--out", str(ctx.workdir / "train-bench")]
+    if ctx.smoke:
+        data, model = _smoke_data(ctx), _smoke_model(ctx)
+        negatives = ctx.negatives()
+        steps = ["--max-steps", "1", "--throughput-rounds", "1", "--batch-size", "4", "--max-length", "32"]
+        return ["--data", data, "--model", model, "--negatives-file", str(negatives), *steps, *out]
+    return ["--negatives-file", str(ctx.negatives()), "--max-steps", "3", "--throughput-rounds", "2", *out]
+
+
+def serve_args(ctx: Context) -> list[str]:
+    if ctx.smoke:
+        data, model = _smoke_data(ctx), _smoke_model(ctx)
+        index = ["--index", str(ctx.workdir / "serve-smoke.idx")]
+        return ["--data", data, "--model", model, "--concurrency", "1,2", "--requests", "10", "--threads", "1", *index]
+    return ["--threads", str(ctx.threads)]
+
+
+def milvus_args(ctx: Context) -> list[str]:
+    if ctx.smoke:
+        return ["--size", "1000", "--queries", "20", "--dim", "32", "--backends", "faiss,lite-file"]
+    return ["--size", "1000000"]
+
+
+def scaling_args(kind: str) -> Callable[[Context], list[str]]:
+    def arguments(ctx: Context) -> list[str]:
+        plots = ctx.workdir / "plots" if ctx.smoke else ctx.plots
+        work = ["--workdir", str(ctx.workdir / f"scaling-{kind}"), "--threads", str(1 if ctx.smoke else ctx.threads)]
+        return [kind, "--size", ctx.size, "--plots", str(plots), *work]
+
+    return arguments
+
+
+REGISTRY: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark("encode", "encode.py", encode_args, render_encode, output="--json-out"),
+        Benchmark("index", "index.py", index_args, render_index),
+        Benchmark("mining", "mining.py", mining_args, render_mining, output="--json"),
+        Benchmark("bm25", "bm25.py", bm25_args, render_bm25, threads=lambda ctx: 1),
+        Benchmark(
+            "train", "train.py", train_args, render_train, output=None, figures_file="train-bench/throughput.json"
+        ),
+        Benchmark("serve", "serve.py", serve_args, render_serve),
+        Benchmark("milvus", "milvus.py", milvus_args, render_milvus, output="--json"),
+        Benchmark("scaling-mining", "scaling.py", scaling_args("mining"), render_scaling, output="--json-out"),
+        Benchmark("scaling-search", "scaling.py", scaling_args("search"), render_scaling, output="--json-out"),
+        Benchmark("scaling-train", "scaling.py", scaling_args("train"), render_scaling, output="--json-out"),
+    )
+    if (BENCH / b.script).is_file()
+}
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class BenchmarkFailed(Exception):
+    """A benchmark exited with an error, ran out of time or wrote no figures."""
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_one(bench: Benchmark, ctx: Context, results: Path, quiet: bool, timeout: float | None) -> Path:
+    """Run one benchmark in its own process; write and return its record (BenchmarkFailed when it fails)."""
+    figures = ctx.workdir / f"{bench.name}-figures.json"
+    figures.unlink(missing_ok=True)
+    command = bench.command(ctx, figures)
+    if bench.figures_file:
+        figures = ctx.workdir / bench.figures_file
+        figures.unlink(missing_ok=True)
+    env = {**os.environ, "DENSEKIT_QUIET": "1"}
+    if ctx.smoke:  # a private cache: smoke runs neither read nor fill the user's
+        env["DENSEKIT_HOME"] = str(ctx.workdir / "home")
+    rec = records.new_record(bench.name, ctx.size, command, bench.threads(ctx))
+    log = ctx.workdir / f"{bench.name}.log"
+    print(f"[{bench.name}] {shlex.join(command)}", flush=True)
+    start, cpu = time.perf_counter(), _children_cpu()
+    with open(log, "w", encoding="utf-8") as handle:
+        sink = handle if quiet else None
+        try:
+            done = subprocess.run(command, env=env, stdout=sink, stderr=sink, timeout=timeout, cwd=records.REPO)
+        except subprocess.TimeoutExpired:
+            raise BenchmarkFailed(f"[{bench.name}] did not finish within {timeout} s (log: {log})") from None
+    rec["wall_s"] = round(time.perf_counter() - start, 1)
+    rec["cpu_s"] = round(_children_cpu() - cpu, 1)  # all its processes' user + system time: load-independent-ish
+    rec["load_after"] = records.load_average()
+    if done.returncode != 0 or not figures.is_file():
+        tail = log.read_text(encoding="utf-8").splitlines()[-15:] if quiet else []
+        reason = f"exit {done.returncode}" if done.returncode else f"no figures at {figures}"
+        raise BenchmarkFailed(f"[{bench.name}] failed ({reason}); log {log}:\n" + "\n".join(tail))
+    rec["figures"] = json.loads(figures.read_text(encoding="utf-8"))
+    path = records.write_record(rec, results)
+    print(
+        f"[{bench.name}] {rec['wall_s']} s, load {rec['load_before'][0]} -> {rec['load_after'][0]}: {path}", flush=True
+    )
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=SIZES, default="full")
+    parser.add_argument("--only", help=f"comma-separated benchmarks (default all: {','.join(REGISTRY)})")
+    parser.add_argument("--results", type=Path, help="where records go (default: benchmarks/results/ at full size, "
+                        "a temporary folder at smoke size)")  # fmt: skip
+    parser.add_argument("--workdir", type=Path, help="scratch folder (data, models, logs; default: a temporary one)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads at full size")
+    parser.add_argument("--timeout", type=float, help="seconds per benchmark (default: none at full size, 900 smoke)")
+    parser.add_argument("--quiet", action="store_true", help="benchmark output to <workdir>/<name>.log only")
+    parser.add_argument("--list", action="store_true", help="print the benchmarks and their commands")
+    parser.add_argument("--render", action="store_true", help="rewrite RESULTS.md's tables from full records")
+    args = parser.parse_args(argv)
+
+    if args.render:
+        renderers = {name: bench.render for name, bench in REGISTRY.items()}
+        for name, outcome in records.render_results(renderers, args.results or records.RESULTS_DIR).items():
+            print(f"{name}: {outcome}")
+        return 0
+    names = args.only.split(",") if args.only else list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
+    if args.list:
+        for name in names:
+            print(f"{name}: benchmarks/{REGISTRY[name].script} (figures via {REGISTRY[name].output or '--out DIR'})")
+        return 0
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"densekit-bench-{args.size}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = args.results or (records.RESULTS_DIR if args.size == "full" else workdir / "results")
+    timeout = args.timeout or (900.0 if args.size == "smoke" else None)
+    ctx = Context(args.size, workdir.resolve(), args.threads)
+    written, failed = [], []
+    for name in names:
+        try:
+            written.append(run_one(REGISTRY[name], ctx, results, args.quiet, timeout))
+        except BenchmarkFailed as error:
+            print(error, file=sys.stderr, flush=True)
+            failed.append(name)
+    print(f"{len(written)} record(s) in {results}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Benchmarks do not rot: each runs at its smoke size through benchmarks/run.py and leaves a complete record.
+
+Smoke size: the 20-query SciFact subset, a random tiny BERT, a few thousand synthetic vectors. No
+timing is asserted (the numbers mean nothing at this size); what is checked is that the script still
+runs end to end and that its record carries every key and a non-empty set of figures. The table
+renderers are checked on such records, and the RESULTS.md rewrite on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import record as records  # noqa: E402
+import run as runner  # noqa: E402
+
+# Many processes each (both libraries, fresh process per measurement, a JVM or a server): minutes
+# on a busy machine, so they run with the slow tests.
+SLOW = {"mining", "bm25", "serve", "milvus", "train", "scaling-mining", "scaling-train"}
+CASES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in runner.REGISTRY]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One scratch folder for every benchmark: the smoke dataset and tiny model are made once."""
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, beir_root: Path) -> None:
+    results = workdir / f"results-{name}"
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--size", "smoke", "--only", name]
+    done = subprocess.run(
+        [*command, "--workdir", str(workdir), "--results", str(results), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [path] = results.glob(f"{name}-smoke-*.json")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert records.missing_keys(record) == []
+    assert record["benchmark"] == name and record["size"] == "smoke"
+    assert record["command"][1].endswith(runner.REGISTRY[name].script)
+    assert len(record["load_before"]) == 3 and len(record["load_after"]) == 3
+    assert record["machine"]["cores"] >= 1 and record["versions"]["densekit"]
+    assert record["commit"]["sha"] and isinstance(record["commit"]["dirty"], bool)
+    record["_path"] = str(path)
+    table = runner.REGISTRY[name].render(record)
+    assert table.count("|") > 4, table
+
+
+def test_render_rewrites_only_the_marked_blocks(tmp_path: Path) -> None:
+    record = records.new_record("encode", "full", ["python", "benchmarks/encode.py"], threads=2)
+    record |= {"load_after": [99.0, 1.0, 1.0], "wall_s": 12.0}
+    record["figures"] = {
+        "docs_per_s": {"densekit": 10.0, "sentence-transformers": 8.0},
+        "all_rounds_docs_per_s": {"densekit": [10.0], "sentence-transformers": [8.0]},
+        "ratio_densekit_vs_st": 1.25,
+    }
+    assert records.missing_keys(record) == []
+    results = tmp_path / "results"
+    records.write_record(record, results)
+    older = {**record, "date": "2000-01-01T00:00:00Z", "figures": {**record["figures"], "ratio_densekit_vs_st": 0.5}}
+    records.write_record(older, results)
+    target = tmp_path / "RESULTS.md"
+    prose = "# Results\n\nHand-written prose.\n\n"
+    target.write_text(
+        prose
+        + "<!-- table: encode -->\nold\n<!-- /table -->\n\nMore prose.\n<!-- table: index -->\nx\n<!-- /table -->\n"
+    )
+
+    outcome = records.render_results({"encode": runner.render_encode, "index": runner.render_index}, results, target)
+
+    text = target.read_text(encoding="utf-8")
+    assert outcome == {"encode": "rendered", "index": "no record"}
+    assert text.startswith(prose) and "More prose." in text and "\nold\n" not in text
+    assert "**1.250x**" in text and "0.500x" not in text  # the newest record wins
+    assert records.DAGGER in text  # load 99 on any machine here is above 1.0 per core
+    assert "<!-- table: index -->\nx\n<!-- /table -->" in text
+
+
+def test_make_bench_runs_the_runner() -> None:
+    done = subprocess.run(["make", "-n", "bench", "SIZE=smoke"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "benchmarks/run.py --size smoke" in done.stdout
