@@ -270,6 +270,22 @@ def test_cli_index_gives_the_dense_retrievers_hits_and_scores(
     assert all(0.0 <= r <= 1.0 for _, r in relevance)
 
 
+def test_an_index_of_passages_gives_passages_and_is_not_edited_here(
+    scifact_small: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "passages.idx"
+    args = ["index", "build", str(scifact_small), "-m", str(tiny_model), "--chunk-size", "64", "--chunk-overlap", "16"]
+    code, _, err = run_cli([*args, "-o", str(path), "--quiet"], capsys)
+    assert code == 0, err
+    store = DensekitVectorStore.load(path)
+    found = store.similarity_search(QUERY, k=5, filter=lambda m: m["passage"] > 0)
+    assert len(found) == 5 and all(d.id.startswith(d.metadata["parent_id"]) for d in found)
+    assert all(d.metadata["passage"] > 0 and d.metadata["end"] > d.metadata["start"] for d in found)
+    for change in (lambda s: s.add_texts(["x"]), lambda s: s.delete([found[0].id]), lambda s: s.save()):
+        with pytest.raises(DensekitError, match="index of passages"):
+            change(store)
+
+
 # ---- BM25 and hybrid stores
 
 

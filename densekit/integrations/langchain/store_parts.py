@@ -20,6 +20,7 @@ from densekit.index.docstore import DocStore, StoredDocument
 from densekit.index.manifest import read_manifest
 from densekit.integrations.common import indexed_ids
 from densekit.integrations.langchain.embeddings import DensekitEmbeddings
+from densekit.progress import progress_bar
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -57,6 +58,24 @@ def as_embeddings(embedding: Any) -> Embeddings | None:
         "embedding must be LangChain Embeddings, or a densekit model name, folder or Encoder; "
         f"got {type(embedding).__name__}"
     )
+
+
+def embed_foreign(embedding: Embeddings, texts: list[str], show_progress: bool, batch: int | None) -> np.ndarray:
+    """`embedding.embed_documents(texts)` as a float32 array, `batch` texts per call (default: all in one
+    call, so the embeddings batch as they see fit, or 256 a call under a progress bar)."""
+    step = batch or (256 if show_progress else max(len(texts), 1))
+    bar = progress_bar("embedding documents", total=len(texts), unit="text") if show_progress else None
+    blocks = []
+    for start in range(0, len(texts), step):
+        blocks.append(np.asarray(embedding.embed_documents(texts[start : start + step]), dtype=np.float32))
+        if bar is not None:
+            bar.update(len(texts[start : start + step]))
+    if bar is not None:
+        bar.close()
+    vectors = np.vstack(blocks)
+    if vectors.ndim != 2 or len(vectors) != len(texts):
+        raise DensekitError(f"{type(embedding).__name__} returned {vectors.shape} for {len(texts)} texts")
+    return vectors
 
 
 class StoreDocuments:
@@ -163,4 +182,4 @@ def open_store_parts(
             f"model is loaded from the manifest) or pass a DensekitEmbeddings of it, not a {type(embedding).__name__}"
         )
     _check_texts(path, index.ids, docstore)
-    return {**parts, "index": index, "docstore": docstore, "kind": "dense"}
+    return {**parts, "index": index, "docstore": docstore, "kind": "dense", "passages": "passages" in manifest}

@@ -21,14 +21,14 @@ equal `DenseRetriever`'s (cosine for normalising models). Any other LangChain `E
 too: its vectors are L2-normalised (``normalize=True``, the default) so that the inner-product
 index ranks by cosine similarity; scores are then cosines in [-1, 1].
 
-What made the vectors is written to the manifest (``model``): a densekit model with its fingerprint
-(reopening with another model is refused, as `DenseRetriever.load` refuses it), or the class and
-model name of foreign embeddings plus ``normalize`` (reopening needs embeddings of the same class and
-model name; densekit cannot fingerprint a foreign object, so that is what it can check).
+The manifest's ``model`` says what made the vectors: a densekit model with its fingerprint (another
+model is refused, as `DenseRetriever.load` refuses it), or foreign embeddings' class and model name
+plus ``normalize`` (densekit cannot fingerprint a foreign object; reopening checks class and name).
 
-Scores are similarities: higher is better. Documents come back as they went in (id, page_content,
-metadata); for an index built by the CLI, page_content is title and text joined and the title is in
-``metadata["title"]``. A `filter` is a dict (every key equal; a list means "any of") or a function
+Scores are similarities: higher is better. Documents come back as they went in; for an index built by
+the CLI, page_content is title and text joined, the title also in ``metadata["title"]``; an index of
+passages (``--chunk-size``) gives passages (metadata ``parent_id``, ``passage``, ``start``, ``end``)
+and is not edited here. A `filter` is a dict (every key equal; a list means "any of") or a function
 of the metadata (:func:`~densekit.integrations.common.matches`).
 
 Example::
@@ -63,12 +63,11 @@ from densekit.integrations.langchain.store_parts import (
     StoreDocuments,
     as_embeddings,
     describe_embeddings,
+    embed_foreign,
     json_metadata,
     unit_rows,
 )
-from densekit.progress import announce, interactive, progress_bar
-
-_FOREIGN_BATCH = 256  # texts per embed_documents call while showing progress for foreign embeddings
+from densekit.progress import announce, interactive
 
 
 class DensekitVectorStore(VectorStore):
@@ -96,6 +95,7 @@ class DensekitVectorStore(VectorStore):
         backend: Any = None,
         kind: str = "dense",
         path: str | Path | None = None,
+        passages: bool = False,
     ) -> None:
         self._embedding = as_embeddings(embedding)
         self.kind = kind
@@ -117,6 +117,7 @@ class DensekitVectorStore(VectorStore):
         self.path = Path(path) if path is not None else None
         self.name = name or (self.path.name if self.path else "memory")
         self._lock = threading.RLock()
+        self.passages = passages  # an index of passages (built with --chunk-size): searched, not edited
 
     # -- what it is ----------------------------------------------------------------------------------
 
@@ -153,23 +154,21 @@ class DensekitVectorStore(VectorStore):
                 "`densekit index update`/`remove`, or rebuild it with `densekit index build`"
             )
 
+    def _require_editable(self, what: str) -> None:
+        self._require_dense(what)
+        if self.passages:
+            raise DensekitError(
+                f"{self.name}: cannot {what}: an index of passages (built with --chunk-size) is searched here, "
+                "passage by passage; change it with `densekit index update`/`remove`, which cut and keep the "
+                "passages of each document in step"
+            )
+
     # -- embedding -----------------------------------------------------------------------------------
 
     def _embed_documents(self, texts: list[str], show_progress: bool, batch_size: int | None) -> np.ndarray:
         if isinstance(self._embedding, DensekitEmbeddings):
             return self._embedding.encode_documents(texts, show_progress=show_progress)
-        step = batch_size or (_FOREIGN_BATCH if show_progress else len(texts))
-        bar = progress_bar("embedding documents", total=len(texts), unit="text") if show_progress else None
-        blocks = []
-        for start in range(0, len(texts), step):
-            blocks.append(np.asarray(self._embedding.embed_documents(texts[start : start + step]), dtype=np.float32))
-            if bar is not None:
-                bar.update(len(texts[start : start + step]))
-        if bar is not None:
-            bar.close()
-        vectors = np.vstack(blocks)
-        if vectors.ndim != 2 or len(vectors) != len(texts):
-            raise DensekitError(f"{type(self._embedding).__name__} returned {vectors.shape} for {len(texts)} texts")
+        vectors = embed_foreign(self._embedding, texts, show_progress, batch_size)
         return unit_rows(vectors) if self._normalize else vectors
 
     def _query_vector(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -215,7 +214,7 @@ class DensekitVectorStore(VectorStore):
         `show_progress` defaults to on at a terminal, off otherwise (:func:`densekit.progress.interactive`);
         `batch_size` is the number of texts per call of foreign embeddings.
         """
-        self._require_dense("add documents")
+        self._require_editable("add documents")
         documents = list(documents)
         if ids is not None and len(ids) != len(documents):
             raise DensekitError(f"{len(ids)} ids for {len(documents)} documents")
@@ -242,7 +241,7 @@ class DensekitVectorStore(VectorStore):
             raise DensekitError(f"delete: unknown options {', '.join(sorted(kwargs))}")
         if ids is None:
             raise DensekitError("delete needs ids= (deleting everything is not done by default)")
-        self._require_dense("delete documents")
+        self._require_editable("delete documents")
         with self._lock:
             if self._index is not None:
                 self._index.remove(list(ids), missing_ok=True)
@@ -433,7 +432,7 @@ class DensekitVectorStore(VectorStore):
         """Write the store as a densekit index directory (FAISS index, ids, manifest, docs.jsonl),
         atomically; `path` defaults to the directory the store was loaded from or last saved to.
         An existing `path` must be a densekit dense index (or empty) unless `overwrite`."""
-        self._require_dense("save")
+        self._require_editable("save")
         target = Path(path) if path is not None else self.path
         if target is None:
             raise DensekitError("save needs a path (the store was not loaded from one)")
