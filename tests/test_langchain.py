@@ -19,9 +19,9 @@ from pydantic import ValidationError
 from densekit.data import Run, join_title_text, load_dataset
 from densekit.errors import DensekitError, IntegrityError
 from densekit.index.docstore import DOCS_FILE, DocStore, attach_documents
+from densekit.integrations.langchain import DensekitRetriever, documents_to_json, matches
 from densekit.retriever.dense import DenseRetriever
 from densekit.retriever.encoder import Encoder
-from densekit.integrations.langchain import DensekitRetriever, documents_to_json, matches
 
 QUERY = "Vitamin D deficiency and the risk of multiple sclerosis"
 
