@@ -3,7 +3,7 @@
     python benchmarks/run.py                          # every benchmark, full size (records in benchmarks/results/)
     python benchmarks/run.py --size smoke             # seconds each, tiny data (records in a temporary folder)
     python benchmarks/run.py --only encode,index      # some of them
-    python benchmarks/run.py --list                   # the benchmarks and their commands at each size
+    python benchmarks/run.py --list                   # the benchmarks and how each gives its figures
     python benchmarks/run.py --render                 # rewrite RESULTS.md's tables from the newest full records
 
 Every run writes one JSON record (see benchmarks/record.py): the exact command, the commit, the
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads at full size")
     parser.add_argument("--timeout", type=float, help="seconds per benchmark (default: none at full size, 900 smoke)")
     parser.add_argument("--quiet", action="store_true", help="benchmark output to <workdir>/<name>.log only")
-    parser.add_argument("--list", action="store_true", help="print the benchmarks and their commands")
+    parser.add_argument("--list", action="store_true", help="print the benchmarks and how each gives its figures")
     parser.add_argument("--render", action="store_true", help="rewrite RESULTS.md's tables from full records")
     args = parser.parse_args(argv)
 
