@@ -78,6 +78,7 @@ def test_filter_expressions() -> None:
         'and metadata["ok"] == true'
     )
     assert milvus_filter_expression({"lang": []}) == "false"
+    assert milvus_filter_expression({"doc_id": ["a", "b"], "title": "T"}) == 'id in ["a", "b"] and title == "T"'
     with pytest.raises(DensekitError, match="compare strings"):
         milvus_filter_expression({"x": None})
 
@@ -156,6 +157,10 @@ def test_filters_run_inside_milvus(built, tiny_model) -> None:
     run = retriever.search({"q": "topic 3"}, k=5, filter={"n": [7, 11, 59], "source": "web"})
     assert sorted(d for d, _ in run["q"]) == ["d11", "d59", "d7"]
     assert retriever.search({"q": "topic"}, k=5, filter={"source": []})["q"] == []
+    assert sorted(d for d, _ in retriever.search({"q": "topic"}, k=5, filter={"doc_id": ["d3", "d8"]})["q"]) == [
+        "d3",
+        "d8",
+    ]
 
 
 def test_kill_during_ingestion_then_resume_leaves_each_id_once(built, tmp_path) -> None:

@@ -11,6 +11,8 @@ of these". On the collection's JSON ``metadata`` field that is::
 
 A list becomes equalities joined by ``or`` rather than Milvus's ``in``: Milvus Lite accepts ``in`` on
 scalar fields only, not on JSON paths, and the ``or`` form means the same on every deployment.
+``doc_id`` and ``title``, which the LangChain adapters add to a hit's metadata, are the collection's
+``id`` and ``title`` columns (``id in ["a", "b"]``), so a filter means what it means after the search.
 Values are strings, numbers or booleans (JSON null has no equality in Milvus: an error). A missing key
 compares false in Milvus, as in :func:`matches`.
 """
@@ -24,6 +26,8 @@ from typing import Any
 from densekit.errors import DensekitError
 
 METADATA_FIELD = "metadata"
+#: keys the LangChain adapters add to a hit's metadata, which are columns of the collection
+COLUMNS = {"doc_id": "id", "title": "title"}
 
 
 def _literal(key: str, value: Any) -> str:
@@ -60,13 +64,19 @@ def milvus_filter_expression(filter: dict[str, Any] | None) -> str:  # noqa: A00
     for key, wanted in filter.items():
         if not isinstance(key, str) or not key:
             raise DensekitError(f"filter keys are metadata names (non-empty strings), got {key!r}")
-        path = f"{METADATA_FIELD}[{json.dumps(key, ensure_ascii=False)}]"
+        column = COLUMNS.get(key)
+        path = column or f"{METADATA_FIELD}[{json.dumps(key, ensure_ascii=False)}]"
         if isinstance(wanted, list | tuple | set | frozenset):
             values = sorted(wanted, key=repr) if isinstance(wanted, set | frozenset) else list(wanted)
             if not values:
                 return "false"
-            alternatives = [f"{path} == {_literal(key, v)}" for v in values]
-            clauses.append(alternatives[0] if len(alternatives) == 1 else "(" + " or ".join(alternatives) + ")")
+            literals = [_literal(key, v) for v in values]
+            if column is not None:
+                clauses.append(f"{column} in [{', '.join(literals)}]")
+            elif len(literals) == 1:
+                clauses.append(f"{path} == {literals[0]}")
+            else:
+                clauses.append("(" + " or ".join(f"{path} == {v}" for v in literals) + ")")
         else:
             clauses.append(f"{path} == {_literal(key, wanted)}")
     return " and ".join(clauses)
