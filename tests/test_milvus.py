@@ -191,6 +191,8 @@ def test_resume_reports_what_was_there(tiny_model, scifact_small, built, capsys,
     args += ["--uri", str(built["db"]), "--collection", "flat_milvus", "--out", str(tmp_path / "again.idx")]
     code, _, err = run_cli([*args, "--json"], capsys, monkeypatch)
     assert code == 2 and "--resume" in err
+    code, _, err = run_cli([*args, "--json", "--resume", "--factory", "hnsw"], capsys, monkeypatch)
+    assert code == 2 and "has a FLAT index, not HNSW" in err
     code, out, _ = run_cli([*args, "--json", "--resume"], capsys, monkeypatch)
     info = json.loads(out)
     assert sorted(info) == KEYS["index build --backend milvus"]

@@ -184,6 +184,12 @@ class MilvusIndex:
                 client.drop_collection(collection)
             else:
                 index.check_collection(fingerprint)
+                built = client.describe_index(collection, "vector") or {}
+                if built.get("index_type") not in (None, index_type):
+                    raise DensekitError(
+                        f"{uri}: collection {collection!r} has a {built['index_type']} index, not {index_type}; "
+                        "resume with the --factory it was built with"
+                    )
                 return index
         pymilvus = require_pymilvus()
         schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
