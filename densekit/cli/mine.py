@@ -30,6 +30,9 @@ def mine_cmd(
     margin: Annotated[float | None, typer.Option(help=_m("margin"))] = None,
     threshold: Annotated[float | None, typer.Option(help=_m("threshold"))] = None,
     shift: Annotated[int | None, typer.Option(help=_m("shift"))] = None,
+    scorer: Annotated[str | None, typer.Option(help=_m("scorer"))] = None,
+    ce_margin: Annotated[float | None, typer.Option(help=_m("ce_margin"))] = None,
+    vote_k: Annotated[int | None, typer.Option(help=_m("vote_k"))] = None,
     negatives: Annotated[int, typer.Option(help=_m("negatives"))] = 4,
     depth: Annotated[int, typer.Option(help=_m("depth"))] = 100,
     sampler: Annotated[str, typer.Option(help=_m("sampler"))] = "top",
@@ -50,7 +53,8 @@ def mine_cmd(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Mine hard negatives (NV-Retriever positive-aware filters, optional GIST guide) into JSON lines."""
+    """Mine hard negatives (NV-Retriever positive-aware filters, optional GIST guide, cross-encoder scores and
+    filter, teacher votes) into JSON lines."""
     render.setup(as_json, quiet)
     config = MiningConfig(
         teacher=teacher,
@@ -61,6 +65,9 @@ def mine_cmd(
         margin=margin,
         threshold=threshold,
         shift=shift,
+        scorer=scorer,
+        ce_margin=ce_margin,
+        vote_k=vote_k,
         negatives=negatives,
         depth=depth,
         sampler=sampler,
@@ -91,5 +98,10 @@ def mine_cmd(
             }
         )
         return
-    render.rich(result.stats.table(f"{ds.name}/{split}: {teacher}" + (f", guide {guide}" if guide else "")))
+    title = (
+        f"{ds.name}/{split}: {teacher}"
+        + (f", guide {guide}" if guide else "")
+        + (f", scorer {scorer}" if scorer else "")
+    )
+    render.rich(result.stats.table(title))
     render.say(f"-> {out} (configuration in {config_path(out)}, statistics in {stats_path(out)})")

@@ -5,7 +5,8 @@ four negatives, candidate depth 100) and GISTEmbed (arXiv 2402.16829) for the gu
 
 Modules: :mod:`~densekit.mining.sources` (teacher/guide scoring, dense and Retriever sources, fusion),
 :mod:`~densekit.mining.filters`, :mod:`~densekit.mining.samplers`, :mod:`~densekit.mining.miner`
-(the driver, resumable), :mod:`~densekit.mining.output` (output paths), :mod:`~densekit.mining.stats`.
+(the driver, resumable), :mod:`~densekit.mining.output` (output paths), :mod:`~densekit.mining.stats`,
+:mod:`~densekit.mining.teachers` (a cross-encoder scorer: stored ``ce_score``, the ``ce`` filter, votes).
 
 The negatives file is JSON lines, one query per line; its schema (what is required, which scores)
 and its one reader, :func:`read_negatives` (records as :class:`~densekit.negatives.NegativesRecord`),
@@ -19,11 +20,13 @@ per filter, queries short of negatives), both written atomically; the negatives 
 from densekit.mining.filters import (
     AbsFilter,
     Candidates,
+    CrossEncoderFilter,
     ExcludePositives,
     GuideFilter,
     MarginPosFilter,
     PercPosFilter,
     ShiftFilter,
+    VoteFilter,
     apply_filters,
 )
 from densekit.mining.miner import HardNegativeMiner, MiningResult
@@ -37,10 +40,13 @@ from densekit.mining.samplers import (
 )
 from densekit.mining.sources import DenseScorer, DenseSource, RetrieverSource, fuse
 from densekit.mining.stats import MiningStats
+from densekit.mining.teachers import CrossEncoderScorer
 
 __all__ = [
     "AbsFilter",
     "Candidates",
+    "CrossEncoderFilter",
+    "CrossEncoderScorer",
     "DenseScorer",
     "DenseSource",
     "ExcludePositives",
@@ -56,6 +62,7 @@ __all__ = [
     "TopOnePlusSampled",
     "TopSampler",
     "UniformSampler",
+    "VoteFilter",
     "apply_filters",
     "config_path",
     "fuse",

@@ -28,12 +28,27 @@ class MiningConfig:
     guide: str | None = field(default=None, metadata={"help": "GIST guide encoder (adds the guide filter last)."})
     guide_margin: float | None = field(default=None, metadata={"help": "Guide filter: drop if guide >= guide_pos - m."})
     method: str = field(
-        default="percpos", metadata={"help": "Filters in order, comma-separated: naive, shift, abs, margin, percpos."}
+        default="percpos",
+        metadata={"help": "Filters in order, comma-separated: naive, shift, abs, margin, percpos, ce, vote."},
     )
     percentage: float | None = field(default=None, metadata={"help": "percpos: drop if s > pos - (1-p)|pos| (0.95)."})
     margin: float | None = field(default=None, metadata={"help": "margin: drop if score > pos - margin."})
     threshold: float | None = field(default=None, metadata={"help": "abs: drop if score > threshold."})
     shift: int | None = field(default=None, metadata={"help": "shift: skip the top N non-positive candidates."})
+    scorer: str | None = field(
+        default=None,
+        metadata={"help": "Cross-encoder folder: stores its score of every positive and written negative (ce_score)."},
+    )
+    ce_margin: float | None = field(
+        default=None, metadata={"help": "ce: drop if ce_score >= ce_pos - margin (default 0; also the ce vote's)."}
+    )
+    vote_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "vote: drop if at least K teachers (dense teacher, --guide, --scorer, a BM25 --source) call the "
+            "candidate a probable positive."
+        },
+    )
     negatives: int = field(default=4, metadata={"help": "Negatives per query."})
     depth: int = field(default=100, metadata={"help": "Candidates per source."})
     sampler: str = field(default="top", metadata={"help": "top, uniform, weighted or top1+sampled."})
@@ -59,10 +74,40 @@ class MiningConfig:
     def methods(self) -> list[str]:
         return [m.strip().lower() for m in self.method.split(",") if m.strip()]
 
+    def bm25_source(self) -> str | None:
+        """The first --source that is a saved BM25 index (it votes in a `vote` filter)."""
+        for spec in self.sources:
+            path = Path(spec)
+            if path.is_dir() and (path / "manifest.json").is_file():
+                from densekit.index.dense import read_manifest
+
+                if read_manifest(path).get("kind") == "bm25":
+                    return spec
+        return None
+
+    def voters(self) -> tuple[str, ...]:
+        """The teachers that vote in a `vote` filter: the dense teacher and each one configured."""
+        configured = {
+            "guide": self.guide,
+            "ce": self.scorer,
+            "bm25": self.bm25_source() if "vote" in self.methods() else None,
+        }
+        return ("teacher", *(name for name, value in configured.items() if value is not None))
+
     def make_filters(self) -> list:
         from densekit.mining.filters import filters_from_options
 
-        return filters_from_options(self.methods(), self.percentage, self.margin, self.threshold, self.shift)
+        return filters_from_options(
+            self.methods(),
+            self.percentage,
+            self.margin,
+            self.threshold,
+            self.shift,
+            self.ce_margin,
+            self.vote_k,
+            self.voters(),
+            self.guide_margin,
+        )
 
     def make_sampler(self):
         from densekit.mining.samplers import sampler_from_options
@@ -80,6 +125,10 @@ class MiningConfig:
             raise DensekitError("--guide-margin is given but no --guide model")
         if self.fusion not in ("rrf", "union"):
             raise DensekitError(f"--fusion must be rrf or union, got {self.fusion!r}")
+        if "ce" in self.methods() and self.scorer is None:
+            raise DensekitError("method 'ce' needs a cross-encoder: --scorer FOLDER")
+        if self.scorer is not None and not (Path(self.scorer) / "config.json").is_file():
+            raise DensekitError(f"--scorer {self.scorer}: not a cross-encoder folder (no config.json)")
         self.make_filters()
         self.make_sampler()
         for spec in self.sources:
@@ -124,7 +173,14 @@ def build_miner(config: MiningConfig, corpus: Corpus) -> HardNegativeMiner:
     guide = None
     if config.guide is not None:
         guide = DenseScorer(_encoder(config.guide, config), corpus, cache=config.cache)
-    sources = [mining_source(spec, teacher, corpus, config) for spec in (config.sources or ["teacher"])]
+    scorer = None
+    if config.scorer is not None:
+        from densekit.mining.teachers import CrossEncoderScorer
+
+        scorer = CrossEncoderScorer(config.scorer, corpus, batch_size=config.batch_size, device=config.device)
+    specs = config.sources or ["teacher"]
+    sources = [mining_source(spec, teacher, corpus, config) for spec in specs]
+    bm25 = sources[specs.index(config.bm25_source())] if "bm25" in config.voters() else None
     return HardNegativeMiner(
         teacher,
         sources,
@@ -138,6 +194,8 @@ def build_miner(config: MiningConfig, corpus: Corpus) -> HardNegativeMiner:
         seed=config.seed,
         chunk_size=config.chunk_size,
         min_relevance=config.min_relevance,
+        scorer=scorer,
+        bm25=bm25,
     )
 
 

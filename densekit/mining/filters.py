@@ -3,8 +3,9 @@
 NV-Retriever (arXiv 2407.15831) for the teacher filters, GISTEmbed (arXiv 2402.16829) for the guide.
 
 A query's candidates arrive as :class:`Candidates`: document ids in candidate-list order with the
-teacher's score of each (and the guide's, when a guide model is used), plus the query's labelled
-positives and their scores. Every filter is a small dataclass whose :meth:`keep` returns a boolean
+teacher's score of each (and the guide's, when a guide model is used; and any other teacher's, such
+as a cross-encoder's or BM25's, by name in `extra_scores`), plus the query's labelled positives and
+their scores. Every filter is a small dataclass whose :meth:`keep` returns a boolean
 mask over the candidates it is given; :func:`apply_filters` runs them in order, each on what the
 previous ones left, and counts what each removed.
 
@@ -23,7 +24,15 @@ Filters:
 ``MarginPosFilter(m)`` TopK-MarginPos: drop ``score > pos - m``
 ``PercPosFilter(p)``  TopK-PercPos: drop ``score > pos - (1 - p) * |pos|``
 ``GuideFilter(m)``    GIST: drop ``guide_score >= guide_pos - m``
+``CrossEncoderFilter(m)`` drop ``ce_score >= ce_pos - m`` (a cross-encoder as the guide)
+``VoteFilter(k)``     drop when at least ``k`` teachers call the candidate a probable positive
 ==================  ===============================================================================
+
+"Probable positive" is one definition per kind of teacher, the one its own filter uses: a dense
+teacher or BM25 (scores of one model over the corpus) by TopK-PercPos, ``score > pos - (1 - p) * |pos|``
+(p = ``--percentage``, 0.95); a guide or cross-encoder (a stronger judge of the pair) by GIST's
+``score >= pos - margin``. BM25 scores only what it retrieved: it votes only when it retrieved the
+candidate and every positive of the query (otherwise it abstains, counted as no vote).
 
 PercPos is written with ``|pos|`` so that negative scores behave: NV-Retriever's ``score > p * pos`` puts
 the threshold *above* a negative positive score (``0.95 * -0.2 = -0.19 > -0.2``), which would keep
@@ -58,6 +67,8 @@ class Candidates:
     ranks: np.ndarray = field(default=None)  # type: ignore[assignment]
     guide_scores: np.ndarray | None = None
     positive_guide_scores: np.ndarray | None = None
+    # other teachers by name ("ce", "bm25"): (candidate scores, positive scores); NaN = not scored
+    extra_scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.teacher_scores = np.asarray(self.teacher_scores, dtype=np.float32)
@@ -76,6 +87,11 @@ class Candidates:
             raise DensekitError(f"query {self.query_id!r}: {n} candidates, {len(self.guide_scores)} guide")
         if len(self.positive_scores) != len(self.positive_ids):
             raise DensekitError(f"query {self.query_id!r}: positives and their scores differ in length")
+        for name, (scores, positive) in list(self.extra_scores.items()):
+            scores, positive = np.asarray(scores, np.float32), np.asarray(positive, np.float32)
+            if len(scores) != n or len(positive) != len(self.positive_ids):
+                raise DensekitError(f"query {self.query_id!r}: {name} scores do not match candidates and positives")
+            self.extra_scores[name] = (scores, positive)
 
     def __len__(self) -> int:
         return len(self.doc_ids)
@@ -99,7 +115,20 @@ class Candidates:
             self.ranks[idx],
             None if self.guide_scores is None else self.guide_scores[idx],
             self.positive_guide_scores,
+            {name: (scores[idx], positive) for name, (scores, positive) in self.extra_scores.items()},
         )
+
+    def scores_of(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate scores, positive scores) of teacher `name`: teacher, guide, or an extra one."""
+        if name == "teacher":
+            return self.teacher_scores, self.positive_scores
+        if name == "guide":
+            if self.guide_scores is None or self.positive_guide_scores is None:
+                raise DensekitError("guide scores are needed: give a guide model")
+            return self.guide_scores, self.positive_guide_scores
+        if name not in self.extra_scores:
+            raise DensekitError(f"{name} scores are needed but no {name} teacher is configured")
+        return self.extra_scores[name]
 
 
 class CandidateFilter(Protocol):
@@ -219,7 +248,91 @@ class GuideFilter(_Described):
         return ~(candidates.guide_scores >= threshold)
 
 
-FILTERS: dict[str, type] = {f.kind: f for f in (ShiftFilter, AbsFilter, MarginPosFilter, PercPosFilter, GuideFilter)}
+def _lowest_positive(candidates: Candidates, scores: np.ndarray) -> float:
+    if len(scores) == 0:
+        raise DensekitError(f"query {candidates.query_id!r} has no positive to compare with")
+    return float(scores.min())
+
+
+@dataclass
+class CrossEncoderFilter(_Described):
+    """Drop candidates the cross-encoder scores at or above its score of the (lowest) positive minus
+    `margin`: the GIST rule with a cross-encoder as the judge (its scores are logits, so `margin` is in
+    logit units)."""
+
+    margin: float = 0.0
+    kind: ClassVar[str] = "ce"
+
+    def keep(self, candidates: Candidates) -> np.ndarray:
+        scores, positive = candidates.scores_of("ce")
+        return ~(scores >= _lowest_positive(candidates, positive) - self.margin)
+
+
+#: How each kind of teacher calls a candidate a probable positive (see the module docstring).
+VOTE_RULES = {"teacher": "percpos", "bm25": "percpos", "guide": "gist", "ce": "gist"}
+
+
+@dataclass
+class VoteFilter(_Described):
+    """Drop a candidate when at least `k` of the `voters` call it a probable positive.
+
+    Voters: ``teacher`` (the dense miner), ``bm25``, ``guide``, ``ce``; each by its own rule (module
+    docstring): PercPos with `percentage` for teacher and BM25, GIST with `guide_margin` / `ce_margin`
+    for the guide and the cross-encoder. ``k = 1`` drops what any teacher doubts; ``k = len(voters)``
+    only what all doubt.
+    """
+
+    k: int
+    voters: tuple[str, ...] = ("teacher",)
+    percentage: float = 0.95
+    guide_margin: float = 0.0
+    ce_margin: float = 0.0
+    kind: ClassVar[str] = "vote"
+
+    def __post_init__(self) -> None:
+        self.voters = tuple(self.voters)
+        unknown = [v for v in self.voters if v not in VOTE_RULES]
+        if unknown:
+            raise DensekitError(f"unknown voter {unknown[0]!r}; expected {', '.join(VOTE_RULES)}")
+        if not 1 <= self.k <= len(self.voters):
+            raise DensekitError(
+                f"--vote-k must be between 1 and the {len(self.voters)} teachers that vote "
+                f"({', '.join(self.voters)}), got {self.k}"
+            )
+        PercPosFilter(self.percentage)  # validates the percentage
+
+    @property
+    def label(self) -> str:
+        return f"vote({self.k} of {'+'.join(self.voters)})"
+
+    def describe(self) -> dict:
+        return {**super().describe(), "voters": list(self.voters)}  # as JSON reads it back (resume compares)
+
+    def votes(self, candidates: Candidates) -> dict[str, np.ndarray]:
+        """Each voter's boolean "probable positive" mask over the candidates."""
+        out = {}
+        for voter in self.voters:
+            scores, positive = candidates.scores_of(voter)
+            if VOTE_RULES[voter] == "gist":
+                margin = self.ce_margin if voter == "ce" else self.guide_margin
+                out[voter] = scores >= _lowest_positive(candidates, positive) - margin
+            elif np.isnan(positive).any():  # BM25 did not retrieve a positive: it cannot judge, abstains
+                out[voter] = np.zeros(len(candidates), dtype=bool)
+            else:
+                threshold = PercPosFilter(self.percentage).threshold(_lowest_positive(candidates, positive))
+                out[voter] = scores > threshold  # NaN (not retrieved) compares False: no vote
+        return out
+
+    def keep(self, candidates: Candidates) -> np.ndarray:
+        votes = self.votes(candidates)
+        count = np.sum([v for v in votes.values()], axis=0) if votes else np.zeros(len(candidates))
+        return ~(count >= self.k)
+
+
+FILTERS: dict[str, type] = {
+    f.kind: f
+    for f in (ShiftFilter, AbsFilter, MarginPosFilter, PercPosFilter, GuideFilter, CrossEncoderFilter, VoteFilter)
+}
 
 
 def apply_filters(
@@ -245,7 +358,7 @@ def apply_filters(
     return current, removed
 
 
-METHODS = ("naive", "shift", "abs", "margin", "percpos")
+METHODS = ("naive", "shift", "abs", "margin", "percpos", "ce", "vote")
 
 
 def filters_from_options(
@@ -254,28 +367,60 @@ def filters_from_options(
     margin: float | None = None,
     threshold: float | None = None,
     shift: int | None = None,
+    ce_margin: float | None = None,
+    vote_k: int | None = None,
+    voters: tuple[str, ...] = ("teacher",),
+    guide_margin: float | None = None,
 ) -> list[CandidateFilter]:
-    """The teacher filters named by `methods` (in that order), each with its parameter.
+    """The filters named by `methods` (in that order), each with its parameter.
 
-    `naive` adds none; `percpos` defaults to 0.95; `shift`, `abs` and `margin` need their parameter. A
-    parameter given for a method that is not named is an error, not silently ignored.
+    `naive` adds none; `percpos` defaults to 0.95; `ce` (the cross-encoder filter) to margin 0;
+    `shift`, `abs`, `margin` and `vote` (needs `vote_k`; `voters` are the configured teachers, judged
+    with `percentage`, `guide_margin` and `ce_margin`) need their parameter. A parameter given for a
+    method that is not named is an error, not silently ignored.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise DensekitError(f"unknown method {unknown[0]!r}; expected one of {', '.join(METHODS)}")
     if "naive" in methods and len(methods) > 1:
         raise DensekitError("method 'naive' (no filter) cannot be combined with other methods")
-    given = {"percpos": percentage, "margin": margin, "abs": threshold, "shift": shift}
-    option = {"percpos": "--percentage", "margin": "--margin", "abs": "--threshold", "shift": "--shift"}
+    given = {"percpos": percentage, "margin": margin, "abs": threshold, "shift": shift, "ce": ce_margin, "vote": vote_k}
+    option = {
+        "percpos": "--percentage",
+        "margin": "--margin",
+        "abs": "--threshold",
+        "shift": "--shift",
+        "ce": "--ce-margin",
+        "vote": "--vote-k",
+    }
     for method, value in given.items():
-        if value is not None and method not in methods:
-            raise DensekitError(f"{option[method]} is given but method {method!r} is not used")
+        if value is None or method in methods:
+            continue
+        if method == "percpos" and "vote" in methods:
+            continue  # the dense teacher's vote uses it
+        if method == "ce" and "vote" in methods and "ce" in voters:
+            continue  # the cross-encoder's vote uses it
+        raise DensekitError(f"{option[method]} is given but method {method!r} is not used (add it to --method)")
     filters: list[CandidateFilter] = []
     for method in methods:
         if method == "naive":
             continue
         if method == "percpos":
             filters.append(PercPosFilter(0.95 if percentage is None else percentage))
+            continue
+        if method == "ce":
+            filters.append(CrossEncoderFilter(ce_margin or 0.0))
+            continue
+        if method == "vote" and vote_k is not None:
+            filters.append(
+                VoteFilter(
+                    int(vote_k),
+                    voters,
+                    0.95 if percentage is None else percentage,
+                    guide_margin or 0.0,
+                    ce_margin or 0.0,
+                )
+            )
             continue
         if given[method] is None:
             raise DensekitError(f"method {method!r} needs {option[method]}")

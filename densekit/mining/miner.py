@@ -3,8 +3,12 @@
 For each chunk of queries, every source proposes `depth` candidates; several sources are fused
 (:func:`~densekit.mining.sources.fuse`). The teacher scores the candidates and the query's positives,
 the guide (when given) does the same, the filters run in order (labelled positives are always
-excluded first), and the sampler picks the negatives. Memory stays bounded by the chunk: embeddings
-live on disk (mmap), FAISS returns only the top `depth`, and scores are computed for candidates only.
+excluded first), and the sampler picks the negatives. A cross-encoder `scorer` (when given) scores
+the positives and every written negative (``ce_score``); it scores every candidate only when a filter
+reads its scores (the ``ce`` filter, or a vote it takes part in), since that costs one cross-encoder
+pass per candidate. A BM25 source named as `bm25` lends its retrieval scores to a vote
+(``bm25_score``). Memory stays bounded by the chunk: embeddings live on disk (mmap), FAISS returns
+only the top `depth`, and scores are computed for candidates only.
 
 Resuming: the file grows as `<out>.partial`, and after every chunk `<out>.partial.json` records the
 configuration, how many queries are done, the byte length of the partial file and the statistics so
@@ -42,21 +46,24 @@ import numpy as np
 
 from densekit import __version__
 from densekit.data import BeirDataset, fingerprint
-from densekit.errors import DensekitError, IntegrityError
+from densekit.errors import DensekitError
 from densekit.faults import fault_point
 from densekit.io import write_json
 from densekit.mining.filters import (
     CandidateFilter,
     Candidates,
+    CrossEncoderFilter,
     ExcludePositives,
     GuideFilter,
     PercPosFilter,
+    VoteFilter,
     apply_filters,
 )
-from densekit.mining.output import NegativesRecord, config_path, record_line, stats_path
+from densekit.mining.output import NegativesRecord, append_lines, config_path, record_line, stats_path, truncate_to
 from densekit.mining.samplers import Sampler, TopSampler, query_rng
-from densekit.mining.sources import CandidateSource, DenseScorer, DenseSource, fuse
+from densekit.mining.sources import CandidateSource, DenseScorer, DenseSource, RetrieverSource, fuse
 from densekit.mining.stats import MiningStats
+from densekit.mining.teachers import CrossEncoderScorer
 from densekit.progress import announce, progress_bar
 
 
@@ -86,8 +93,11 @@ class HardNegativeMiner:
         sampler: picks the negatives among the survivors (default: top).
         negatives: negatives per query (default 4); depth: candidates per source (default 100).
         fusion: "rrf" or "union" when there are several sources.
-        guide: a GIST guide model; unless `filters` holds a GuideFilter, one with `guide_margin` is
-            appended last.
+        guide: a GIST guide model; unless `filters` holds a GuideFilter (or a VoteFilter in which the
+            guide votes), one with `guide_margin` is appended last.
+        scorer: a cross-encoder whose scores of the positives and the written negatives are stored;
+            needed by a CrossEncoderFilter and by a VoteFilter in which "ce" votes.
+        bm25: the one of `sources` (a BM25 retriever) whose scores a VoteFilter's "bm25" voter reads.
         seed: seeds every random sampler (per query, see :func:`query_rng`).
         chunk_size: queries per step and per checkpoint.
         min_relevance: qrels at or above it are positives.
@@ -107,6 +117,8 @@ class HardNegativeMiner:
         seed: int = 0,
         chunk_size: int = 1024,
         min_relevance: int = 1,
+        scorer: CrossEncoderScorer | None = None,
+        bm25: RetrieverSource | None = None,
     ) -> None:
         if negatives < 1:
             raise DensekitError(f"negatives must be >= 1, got {negatives}")
@@ -121,9 +133,25 @@ class HardNegativeMiner:
         filters = [PercPosFilter(0.95)] if filters is None else list(filters)
         if any(isinstance(f, GuideFilter) for f in filters) and guide is None:
             raise DensekitError("a guide filter needs a guide model")
-        if guide is not None and not any(isinstance(f, GuideFilter) for f in filters):
+        if bm25 is not None and bm25 not in self.sources:
+            raise DensekitError("the bm25 voter must be one of the candidate sources")
+        voters = {v for f in filters if isinstance(f, VoteFilter) for v in f.voters}
+        available = {"teacher": True, "guide": guide is not None, "ce": scorer is not None, "bm25": bm25 is not None}
+        option = {"guide": "a --guide model", "ce": "a cross-encoder (--scorer)", "bm25": "a BM25 --source"}
+        for voter in sorted(voters):
+            if not available[voter]:
+                raise DensekitError(f"the vote of {voter!r} needs {option[voter]}")
+        if any(isinstance(f, CrossEncoderFilter) for f in filters) and scorer is None:
+            raise DensekitError("the ce filter needs a cross-encoder (--scorer)")
+        if guide is not None and "guide" not in voters and not any(isinstance(f, GuideFilter) for f in filters):
             filters.append(GuideFilter(guide_margin))
         self.filters: list[CandidateFilter] = [ExcludePositives(), *filters]
+        self.scorer = scorer
+        self.bm25 = bm25
+        # Scoring every candidate with a cross-encoder is costly: only when a filter reads the scores.
+        self.score_all_candidates = scorer is not None and (
+            "ce" in voters or any(isinstance(f, CrossEncoderFilter) for f in filters)
+        )
         self.sampler = sampler or TopSampler()
         self.negatives = negatives
         self.depth = depth
@@ -152,6 +180,8 @@ class HardNegativeMiner:
             },
             "teacher": self.teacher.describe(),
             "guide": None if self.guide is None else self.guide.describe(),
+            "scorer": None if self.scorer is None else self.scorer.describe(),
+            "bm25_voter": None if self.bm25 is None else self.bm25.name,
             "sources": [s.describe() for s in self.sources],
             "fusion": self.fusion if len(self.sources) > 1 else None,
             "depth": self.depth,
@@ -180,11 +210,13 @@ class HardNegativeMiner:
         guide_vector: np.ndarray | None,
         stats: MiningStats,
         removed_log: list[dict] | None = None,
+        bm25_scores: dict[str, float] | None = None,
     ) -> dict:
         """Fuse, score, filter and sample one query; update `stats`; return its output record.
 
         When `removed_log` is a list, every removed candidate is appended to it as
-        `{"id", "rank", "teacher_score", "guide_score", "filter"}`, in filter order.
+        `{"id", "rank", "teacher_score", "guide_score", ..., "filter"}`, in filter order.
+        `bm25_scores`: the bm25 source's scores of what it retrieved for this query.
         """
         fused = fuse(
             candidate_lists, self.fusion, self.depth, teacher_score=lambda ids: self.teacher.score(teacher_vector, ids)
@@ -197,12 +229,18 @@ class HardNegativeMiner:
             self.teacher.score(teacher_vector, positives),
             guide_scores=None if self.guide is None else self.guide.score(guide_vector, fused),
             positive_guide_scores=None if self.guide is None else self.guide.score(guide_vector, positives),
+            extra_scores=self._extra_scores(text, fused, positives, bm25_scores),
         )
         removed_by: list[tuple[str, Candidates]] | None = [] if removed_log is not None else None
         survivors, removed = apply_filters(candidates, self.filters, removed_by)
         for label, gone in removed_by or []:
             removed_log.extend(_candidate_rows(gone, range(len(gone)), label))  # type: ignore[union-attr]
         chosen = self.sampler.sample(survivors.teacher_scores, self.negatives, query_rng(self.seed, query_id))
+        if self.scorer is not None and not self.score_all_candidates and len(chosen):
+            positions = np.asarray(chosen, dtype=np.int64)
+            survivors.extra_scores["ce"][0][positions] = self.scorer.score(
+                text, [survivors.doc_ids[i] for i in positions]
+            )
         negatives = _candidate_rows(survivors, chosen)
         stats.candidates_seen += len(candidates)
         stats.add_removed(removed)
@@ -221,8 +259,32 @@ class HardNegativeMiner:
             "positive_guide_scores": None
             if candidates.positive_guide_scores is None
             else dict(zip(positives, map(float, candidates.positive_guide_scores), strict=True)),
+            **{
+                f"positive_{name}_scores": {
+                    p: float(v) for p, v in zip(positives, scores, strict=True) if not np.isnan(v)
+                }
+                for name, (_, scores) in candidates.extra_scores.items()
+            },
             "negatives": negatives,
         }
+
+    def _extra_scores(
+        self, text: str, fused: list[str], positives: list[str], bm25_scores: dict[str, float] | None
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Cross-encoder and BM25 scores of the candidates and positives (NaN: not scored)."""
+        extra = {}
+        if self.scorer is not None:
+            candidates = (
+                self.scorer.score(text, fused)
+                if self.score_all_candidates
+                else np.full(len(fused), np.nan, dtype=np.float32)  # the written ones are scored after sampling
+            )
+            extra["ce"] = (candidates, self.scorer.score(text, positives))
+        if bm25_scores is not None:
+            extra["bm25"] = tuple(
+                np.array([bm25_scores.get(d, np.nan) for d in ids], dtype=np.float32) for ids in (fused, positives)
+            )
+        return extra
 
     # -- the run -------------------------------------------------------------------------------------
 
@@ -266,9 +328,9 @@ class HardNegativeMiner:
             started = time.perf_counter()
             chunk = query_ids[done : done + self.chunk_size]
             lines, removed_lines = self._mine_chunk(dataset, chunk, stats, removed_out is not None)
-            size = _append(partial, lines)
+            size = append_lines(partial, lines)
             if removed_partial is not None:
-                removed_bytes = _append(removed_partial, removed_lines)
+                removed_bytes = append_lines(removed_partial, removed_lines)
             done += len(chunk)
             stats.seconds += time.perf_counter() - started
             write_json(
@@ -321,7 +383,14 @@ class HardNegativeMiner:
             return [], []
         ids = [q for q, _ in mined]
         texts = [dataset.queries[q] for q in ids]
-        per_source = [source.candidates(ids, texts, self.depth) for source in self.sources]
+        per_source, bm25_scores = [], None
+        for source in self.sources:
+            if source is self.bm25:
+                scored = source.scored_candidates(ids, texts, self.depth)
+                bm25_scores = [dict(hits) for hits in scored]
+                per_source.append([[doc_id for doc_id, _ in hits] for hits in scored])
+            else:
+                per_source.append(source.candidates(ids, texts, self.depth))
         teacher_vectors = self.teacher.query_vectors(ids)
         guide_vectors = None if self.guide is None else self.guide.query_vectors(ids)
         lines, removed_lines = [], []
@@ -336,6 +405,7 @@ class HardNegativeMiner:
                 None if guide_vectors is None else guide_vectors[i],
                 stats,
                 removed,
+                None if bm25_scores is None else bm25_scores[i],
             )
             lines.append(NegativesRecord.from_json(record).line())  # the schema the trainer reads
             if removed:
@@ -367,9 +437,9 @@ class HardNegativeMiner:
                     f"{checkpoint}: the unfinished run wrote removed candidates to {recorded or 'no file'}, "
                     f"not {removed_out or 'no file'}; resume with the same file or run without --resume"
                 )
-            _truncate(partial, state["bytes"])
+            truncate_to(partial, state["bytes"])
             if removed_partial is not None:
-                _truncate(removed_partial, state["removed_bytes"])
+                truncate_to(removed_partial, state["removed_bytes"])
             announce(f"resuming {out} after {state['queries_done']} queries")
             return (
                 MiningStats.from_json(state["stats"]),
@@ -391,7 +461,7 @@ class HardNegativeMiner:
 
 
 def _candidate_rows(candidates: Candidates, positions, removed_by: str | None = None) -> list[dict]:
-    """Output rows (id, rank, teacher and guide score, and the filter when removed) of some candidates."""
+    """Output rows (id, rank, every teacher's score, and the filter when removed) of some candidates."""
     rows = []
     for i in positions:
         row = {
@@ -400,24 +470,9 @@ def _candidate_rows(candidates: Candidates, positions, removed_by: str | None = 
             "teacher_score": float(candidates.teacher_scores[i]),
             "guide_score": None if candidates.guide_scores is None else float(candidates.guide_scores[i]),
         }
+        for name, (scores, _) in candidates.extra_scores.items():
+            row[f"{name}_score"] = None if np.isnan(scores[i]) else float(scores[i])
         if removed_by is not None:
             row["filter"] = removed_by
         rows.append(row)
     return rows
-
-
-def _append(path: Path, lines: list[str]) -> int:
-    """Append `lines` durably (fsync) and return the file's new length."""
-    with open(path, "ab") as handle:
-        handle.write("".join(lines).encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
-        return handle.tell()
-
-
-def _truncate(path: Path, length: int) -> None:
-    """Cut a partial file back to its checkpointed length (dropping what a crash left after it)."""
-    if not path.is_file() or path.stat().st_size < length:
-        raise IntegrityError(f"{path}: shorter than its checkpoint records; run without --resume")
-    with open(path, "r+b") as handle:
-        handle.truncate(length)

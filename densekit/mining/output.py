@@ -12,11 +12,21 @@ seed, densekit version) and `<out>.stats.json` (what each filter removed; see
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from densekit.errors import IntegrityError
 from densekit.negatives import NegativesRecord, json_line, read_negatives
 
-__all__ = ["NegativesRecord", "config_path", "read_negatives", "record_line", "stats_path"]
+__all__ = [
+    "NegativesRecord",
+    "append_lines",
+    "config_path",
+    "read_negatives",
+    "record_line",
+    "stats_path",
+    "truncate_to",
+]
 
 #: One line of any mining output (negatives file, removed-candidates log), with its newline.
 record_line = json_line
@@ -28,3 +38,20 @@ def config_path(out: str | Path) -> Path:
 
 def stats_path(out: str | Path) -> Path:
     return Path(f"{out}.stats.json")
+
+
+def append_lines(path: Path, lines: list[str]) -> int:
+    """Append `lines` durably (fsync) and return the file's new length."""
+    with open(path, "ab") as handle:
+        handle.write("".join(lines).encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+        return handle.tell()
+
+
+def truncate_to(path: Path, length: int) -> None:
+    """Cut a partial file back to its checkpointed length (dropping what a crash left after it)."""
+    if not path.is_file() or path.stat().st_size < length:
+        raise IntegrityError(f"{path}: shorter than its checkpoint records; run without --resume")
+    with open(path, "r+b") as handle:
+        handle.truncate(length)

@@ -169,9 +169,13 @@ class RetrieverSource:
         kind = type(self.retriever).__name__
         return {"name": self.name, "kind": "retriever", "class": kind, **self.details}
 
-    def candidates(self, query_ids: list[str], texts: list[str], k: int) -> list[list[str]]:
+    def scored_candidates(self, query_ids: list[str], texts: list[str], k: int) -> list[list[tuple[str, float]]]:
+        """Each query's top `k` (document id, retriever score)."""
         run = self.retriever.search(dict(zip(query_ids, texts, strict=True)), k)
-        return [[doc_id for doc_id, _ in run.get(q, [])[:k]] for q in query_ids]
+        return [list(run.get(q, [])[:k]) for q in query_ids]
+
+    def candidates(self, query_ids: list[str], texts: list[str], k: int) -> list[list[str]]:
+        return [[doc_id for doc_id, _ in hits] for hits in self.scored_candidates(query_ids, texts, k)]
 
 
 def fuse(
