@@ -3,8 +3,9 @@
 The test launches ``torchrun --nproc_per_node 2`` on this very file; as a script it is the worker:
 each rank embeds its half of a global batch, the embeddings are gathered with gradient, DDP
 averages the parameter gradients, and rank 0 saves loss and gradients. The test then runs the
-combined batch in one process and compares (1e-5), for the plain path and for GradCache. Queries
-have different numbers of mined negatives, so the two shards hold different numbers of documents.
+combined batch in one process and compares (1e-5), for the plain path and for GradCache, and with
+InfoNCE plus a distillation term (MarginMSE, listwise KL). Queries have different numbers of mined
+negatives, so the two shards hold different numbers of documents (and of distillation pairs).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ DOCS = {
     for i in range(30)
 }
 NEGATIVES = [2, 0, 1, 3, 1, 2, 0, 2]  # per query: uneven shards
+DISTILL = ("margin-mse", "kl")
 
 
 def _examples():
@@ -38,11 +40,24 @@ def _examples():
     for i, query in enumerate(QUERIES):
         negs = tuple(f"d{next_negative + j}" for j in range(NEGATIVES[i]))
         next_negative += NEGATIVES[i]
-        examples.append(TrainingExample(f"q{i}", query, f"d{i}", negs, frozenset({f"d{i}"})))
+        teacher = tuple(float((i * 7 + j * 3) % 5) for j in range(1 + NEGATIVES[i]))
+        examples.append(TrainingExample(f"q{i}", query, f"d{i}", negs, frozenset({f"d{i}"}), teacher))
     return examples
 
 
-def compute(model_dir: str, world: int, rank: int, chunk: int | None) -> tuple[float, dict[str, torch.Tensor]]:
+def _loss(distill: str | None):
+    from densekit.retriever.train.config import LossConfig
+    from densekit.retriever.train.losses import InfoNCELoss
+    from densekit.retriever.train.objective import build_objective
+
+    if distill is None:
+        return InfoNCELoss(0.05, symmetric=True)
+    return build_objective(LossConfig(symmetric=True, distill=distill, distill_weight=0.5))
+
+
+def compute(
+    model_dir: str, world: int, rank: int, chunk: int | None, distill: str | None = None
+) -> tuple[float, dict[str, torch.Tensor]]:
     """Loss (averaged over ranks) and parameter gradients after one step on rank `rank` of `world`."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -50,7 +65,7 @@ def compute(model_dir: str, world: int, rank: int, chunk: int | None) -> tuple[f
     from densekit.retriever.train.data import ContrastiveCollator
     from densekit.retriever.train.distributed import DistributedContext, all_reduce_mean
     from densekit.retriever.train.gradcache import contrastive_step
-    from densekit.retriever.train.losses import InfoNCELoss, LossInputs
+    from densekit.retriever.train.losses import LossInputs
     from densekit.retriever.train.model import DualEncoder
 
     ctx = DistributedContext(rank, world, rank)
@@ -63,10 +78,10 @@ def compute(model_dir: str, world: int, rank: int, chunk: int | None) -> tuple[f
     collator = ContrastiveCollator(AutoTokenizer.from_pretrained(model_dir), Corpus.from_records(DOCS), 64, 32)
     batch = collator(_examples(), shards=world)
     per = batch.size // world
-    inputs = LossInputs(batch.positive_index, batch.exclude, slice(rank * per, (rank + 1) * per))
+    inputs = LossInputs(batch.positive_index, batch.exclude, slice(rank * per, (rank + 1) * per), None, batch.distill)
     out = contrastive_step(
         train_model,
-        InfoNCELoss(0.05, symmetric=True),
+        _loss(distill),
         batch.query_features[rank],
         batch.document_features[rank],
         inputs,
@@ -84,6 +99,7 @@ def _worker(model_dir: str, out: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {str(chunk): compute(model_dir, world, rank, chunk) for chunk in (None, 3)}
+    results |= {distill: compute(model_dir, world, rank, None, distill) for distill in DISTILL}
     if rank == 0:
         torch.save(results, out)
     dist.destroy_process_group()
@@ -106,13 +122,13 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tiny_model: Path,
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     distributed = torch.load(out)
-    for chunk in (None, 3):
-        loss_one, grads_one = compute(str(tiny_model), 1, 0, chunk)
-        loss_two, grads_two = distributed[str(chunk)]
+    for chunk, distill in ((None, None), (3, None), *((None, d) for d in DISTILL)):
+        loss_one, grads_one = compute(str(tiny_model), 1, 0, chunk, distill)
+        loss_two, grads_two = distributed[distill or str(chunk)]
         assert loss_two == pytest.approx(loss_one, abs=1e-5)
         assert grads_one.keys() == grads_two.keys() and len(grads_one) > 10
         for name, grad in grads_one.items():
-            assert torch.allclose(grads_two[name], grad, atol=1e-5, rtol=1e-4), (chunk, name)
+            assert torch.allclose(grads_two[name], grad, atol=1e-5, rtol=1e-4), (chunk, distill, name)
         assert max(float(g.abs().max()) for g in grads_one.values()) > 1e-4
 
 

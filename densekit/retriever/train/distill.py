@@ -76,15 +76,24 @@ class MarginMSELoss(nn.Module):
         doc_emb: torch.Tensor,
         inputs: DistillInputs,
         scale: torch.Tensor | float = 1.0,
+        pairs: float | None = None,
     ) -> torch.Tensor:
+        """Mean over the valid (query, negative) pairs; `pairs` replaces their count as the divisor
+        (under DDP the whole batch's count, so that averaging the processes gives the global mean)."""
         scores = student_scores(query_emb, doc_emb, inputs, scale)
         teacher = inputs.teacher.to(scores.device).float()
-        valid = inputs.valid.to(scores.device)[:, 1:] & inputs.valid.to(scores.device)[:, :1]
+        valid = margin_pairs(inputs).to(scores.device)
         student_margin = scores[:, :1] - scores[:, 1:]
         teacher_margin = teacher[:, :1] - teacher[:, 1:]
         if not bool(valid.any()):
             return scores.sum() * 0.0
-        return ((student_margin - teacher_margin)[valid] ** 2).mean()
+        squared = (student_margin - teacher_margin)[valid] ** 2
+        return squared.mean() if pairs is None else squared.sum() / pairs
+
+
+def margin_pairs(inputs: DistillInputs) -> torch.Tensor:
+    """(B, n) bool: the (query, negative) pairs that have a margin (both candidates present)."""
+    return inputs.valid[:, 1:] & inputs.valid[:, :1]
 
 
 class ListwiseKLLoss(nn.Module):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from densekit.retriever.train.config import LossConfig
-from densekit.retriever.train.distill import DistillInputs, ListwiseKLLoss, MarginMSELoss
+from densekit.retriever.train.distill import DistillInputs, ListwiseKLLoss, MarginMSELoss, margin_pairs
 from densekit.retriever.train.losses import InfoNCELoss, LossInputs, build_loss
 
 
@@ -61,7 +61,13 @@ class DistillObjective(nn.Module):
             raise ValueError("distillation needs LossInputs.distill (teacher scores of each query's candidates)")
         own = inputs.distill.select(inputs.rows)
         teacher = DistillInputs(own.columns, own.teacher / self.teacher_temperature)
-        return self.distill(query_emb[inputs.rows], doc_emb, teacher, scale=self.contrastive.scale)
+        extra = {}
+        if isinstance(self.distill, MarginMSELoss):
+            # The batch's pair count, scaled to this process's share of rows: the processes' mean
+            # (DDP averages gradients) is then the mean over all pairs, however unevenly they fall.
+            share = own.columns.shape[0] / inputs.distill.columns.shape[0]
+            extra["pairs"] = max(int(margin_pairs(inputs.distill).sum()), 1) * share
+        return self.distill(query_emb[inputs.rows], doc_emb, teacher, scale=self.contrastive.scale, **extra)
 
     def forward(self, query_emb: torch.Tensor, doc_emb: torch.Tensor, inputs: LossInputs) -> torch.Tensor:
         loss = self.weight * self.distill_loss(query_emb, doc_emb, inputs)
