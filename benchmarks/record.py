@@ -7,8 +7,8 @@ the run, and every figure the benchmark script wrote (its own JSON, rounds inclu
 
 :func:`render_results` rewrites the blocks between ``<!-- table: NAME -->`` and ``<!-- /table -->``
 in ``benchmarks/RESULTS.md`` from the newest full-size record of each benchmark; the prose around
-the blocks stays hand-written. A figure measured at a load average above 1.0 per core is marked
-with a dagger and a footnote under its table.
+the blocks stays hand-written. Every table line shows the load average its figures were measured at;
+one measured above 1.0 per core is marked with a dagger and a footnote under its table.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def provenance(record: dict) -> str:
         f"load average (1 min) {load_cell(record)} before / after, {record['wall_s']:.0f} s.",
         "",
         "```text",
-        " ".join(record["command"]),
+        " ".join(a.removeprefix(f"{REPO}/") for a in record["command"]),  # paths in the repository, relative
         "```",
     ]
     if loaded(record):
@@ -204,6 +204,22 @@ def provenance(record: dict) -> str:
             f"{DAGGER} measured at a load average above 1.0 per core: other work shared the machine, so times "
             "and rates are noisy; read the ratios measured in the same run.",
         ]
+    return "\n".join(lines)
+
+
+def with_load_column(table: str, record: dict) -> str:
+    """Every Markdown table in `table` with a last column: the load average its figures were measured at."""
+    lines, previous = [], ""
+    for line in table.splitlines():
+        if line.startswith("|") and line.rstrip().endswith("|"):
+            if not previous.startswith("|"):
+                line += " load avg (1 min) before / after |"
+            elif set(line.replace("|", "").strip()) <= set("-: "):
+                line += "---|"
+            else:
+                line += f" {load_cell(record)} |"
+        lines.append(line)
+        previous = line
     return "\n".join(lines)
 
 
@@ -228,7 +244,7 @@ def render_results(
         if name not in records:
             outcome[name] = "no record"
             continue
-        body = render(records[name]) + "\n\n" + provenance(records[name])
+        body = with_load_column(render(records[name]), records[name]) + "\n\n" + provenance(records[name])
         text, found = replace_block(text, name, body)
         outcome[name] = "rendered" if found else "no marker"
     target.write_text(text, encoding="utf-8")

@@ -84,6 +84,8 @@ def test_render_rewrites_only_the_marked_blocks(tmp_path: Path) -> None:
     assert text.startswith(prose) and "More prose." in text and "\nold\n" not in text
     assert "**1.250x**" in text and "0.500x" not in text  # the newest record wins
     assert records.DAGGER in text  # load 99 on any machine here is above 1.0 per core
+    rows = [line for line in text.splitlines() if line.startswith("| densekit ")]
+    assert rows and rows[0].endswith(f"/ 99.00{records.DAGGER} |")  # each line shows its load average
     assert "<!-- table: index -->\nx\n<!-- /table -->" in text
 
 
