@@ -26,7 +26,8 @@ QUERY = "Which city is the capital of Zorbania?"
 def _filler(n: int) -> str:
     dishes = ["risotto", "ratatouille", "goulash", "paella", "moussaka", "biryani", "tagine"]
     return " ".join(
-        f"Step {i}: stir the {dishes[i % len(dishes)]} gently and add a pinch of salt before simmering." for i in range(n)
+        f"Step {i}: stir the {dishes[i % len(dishes)]} gently and add a pinch of salt before simmering."
+        for i in range(n)
     )
 
 
@@ -145,6 +146,12 @@ def test_a_fact_beyond_the_window_is_found_only_with_passages(long_fact_data, mi
     assert top["doc_id"] == "recipe" and top["passage"] == best and FACT in top["text"]
     code, out, _ = run_cli(["search", str(chunked), QUERY, "-k", "3", "--passages", "--json"], capsys)
     assert json.loads(out)["hits"][0]["doc_id"] == best
+
+    from densekit.integrations.langchain import DensekitRetriever
+
+    found = DensekitRetriever(index_path=str(chunked), k=2).invoke(QUERY)  # documents, quoting their best passage
+    assert found[0].id == "recipe" and FACT in found[0].page_content and found[0].metadata["passage_id"] == best
+    assert len(found[0].page_content) < len(_filler(30))
 
     code, out, _ = run_cli(["eval", str(long_fact_data), "--index", str(chunked), "--json"], capsys)
     assert code == 0 and json.loads(out)["metrics"]["ndcg@10"] == pytest.approx(1.0)

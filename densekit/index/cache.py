@@ -147,5 +147,5 @@ def announce_cut(encoder, cut: int | None, total: int) -> None:
     window = getattr(getattr(encoder, "config", None), "max_length", "?")
     announce(
         f"{cut} of {total} texts are longer than {encoder.model_id}'s window of {window} tokens and were cut: "
-        "the rest of their text cannot be found; index passages instead (--chunk-size, see docs/rag.md)"
+        "the rest of their text cannot be found; index passages instead (--chunk-size, see docs/indexing.md)"
     )

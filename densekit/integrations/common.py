@@ -158,6 +158,8 @@ def _open_backend(
     for path in paths:
         manifest = read_manifest(path)
         encoded = manifest.get("kind", "dense") != "bm25"  # dense and Milvus indexes have an encoder
+        if model is not None and not encoded and len(paths) == 1:  # in a hybrid, model= is the dense side's
+            raise DensekitError(f"{path}: a BM25 index has no encoder; model={model!r} does not apply")
         chunked = "passages" in manifest
         backends.append(
             open_index(path, model=model if encoded else None, device=device, aggregate=aggregate if chunked else None)

@@ -40,15 +40,22 @@ from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, Callba
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from densekit.data import Corpus
 from densekit.errors import DensekitError
 from densekit.index.dense import read_manifest
 from densekit.index.docstore import DocStore, StoredDocument, save_with_documents
-from densekit.integrations.common import MetadataFilter, corpus_from, indexed_ids, matches
+from densekit.integrations.common import (
+    Hit,
+    MetadataFilter,
+    Source,
+    corpus_from,
+    indexed_ids,
+    open_source,
+    search_hits,
+)
 from densekit.progress import interactive
-from densekit.retriever.base import Retriever
 from densekit.retriever.compose import open_index
 
 _QUERY_ID = "q"
@@ -97,10 +104,16 @@ class DensekitRetriever(BaseRetriever):
     """Candidates fetched per round when filtering (default 4 k)."""
     index_name: str | None = None
     """Name reported as `metadata["index"]` (default: the index directory's name, or "memory")."""
+    aggregate: str | None = None
+    """An index of passages: how passage scores make a document's (maxp, firstp, sump; default the index's)."""
+    passages: bool = False
+    """An index of passages: return the passages themselves instead of documents."""
     retriever: Any = Field(default=None, exclude=True)
     """The backend keeping the Retriever protocol (opened from `index_path` when not given)."""
     docstore: Any = Field(default=None, exclude=True)
     """The DocStore for the backend's ids (opened with the index when not given)."""
+
+    _source: Source | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _open(self) -> DensekitRetriever:
@@ -108,39 +121,25 @@ class DensekitRetriever(BaseRetriever):
             raise DensekitError(f"k must be positive, got {self.k}")
         if self.fetch_k is not None and self.fetch_k <= 0:
             raise DensekitError(f"fetch_k must be positive, got {self.fetch_k}")
-        if self.retriever is None:
-            if self.index_path is None:
-                raise DensekitError("DensekitRetriever needs index_path=<saved index> or retriever=<Retriever>")
-            self.retriever = open_index(self.index_path, model=self.model, device=self.device)
-        elif not isinstance(self.retriever, Retriever):
-            raise DensekitError(
-                f"retriever must keep the Retriever protocol (search(queries, k) -> Run), "
-                f"got {type(self.retriever).__name__}"
-            )
-        if self.docstore is None:
-            self.docstore = self._open_docstore()
-        ids = indexed_ids(self.retriever)
-        if ids is not None:
-            missing = [i for i in ids if i not in self.docstore]
-            if missing:
-                raise DensekitError(
-                    f"{len(missing)} of the {len(ids)} indexed documents have no text in the "
-                    f"document store, e.g. {missing[0]!r}; the texts do not match the index"
-                )
+        if self.retriever is None and self.index_path is None:
+            raise DensekitError("DensekitRetriever needs index_path=<saved index> or retriever=<Retriever>")
+        # One opening path for every face (integrations.common): texts checked against the index, and an
+        # index of passages answered with documents (each with its best passage's text) or passages.
+        source = open_source(
+            self.index_path if self.retriever is None else None,
+            retriever=self.retriever,
+            docstore=self.docstore,
+            corpus=self.corpus,
+            model=self.model,
+            device=self.device,
+            aggregate=self.aggregate,
+            name=self.index_name,
+        )
         if self.index_name is None:
-            self.index_name = Path(self.index_path).name if self.index_path else "memory"
+            source.name = Path(self.index_path).name if self.index_path else "memory"
+        self.retriever, self.docstore, self.index_name = source.retriever, source.docstore, source.name
+        self._source = source
         return self
-
-    def _open_docstore(self) -> DocStore:
-        if self.corpus is not None:
-            return DocStore.from_corpus(corpus_from(self.corpus))
-        store = DocStore.open(self.index_path) if self.index_path else None
-        if store is None:
-            raise DensekitError(
-                f"{self.index_path}: the index holds no document texts (docs.jsonl); pass corpus=<BEIR "
-                "folder or corpus.jsonl>, or store them with densekit.index.docstore.attach_documents"
-            )
-        return store
 
     @classmethod
     def from_documents(
@@ -227,16 +226,8 @@ class DensekitRetriever(BaseRetriever):
         ids = indexed_ids(self.retriever) or self.docstore.ids()
         return save_with_documents(save, (self.docstore.get(i) for i in ids), path)
 
-    def _to_document(self, stored: StoredDocument, score: float, rank: int) -> Document:
-        metadata = {
-            **stored.metadata,
-            "score": score,
-            "rank": rank,
-            "doc_id": stored.id,
-            "title": stored.title or stored.metadata.get("title", ""),
-            "index": self.index_name,
-        }
-        return Document(id=stored.id, page_content=stored.content, metadata=metadata)
+    def _to_document(self, hit: Hit) -> Document:
+        return Document(id=hit.id, page_content=hit.document.content, metadata=hit.metadata(index=self.index_name))
 
     def search(
         self,
@@ -249,28 +240,11 @@ class DensekitRetriever(BaseRetriever):
         k = self.k if k is None else k
         threshold = self.score_threshold if score_threshold is None else score_threshold
         condition = self.filter if filter is None else filter
-        if not isinstance(k, int) or k <= 0:
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
             raise DensekitError(f"k must be a positive integer, got {k!r}")
-        fetch = k if condition is None else max(k, self.fetch_k or 4 * k)
-        while True:
-            hits = self.retriever.search({_QUERY_ID: query}, fetch).get(_QUERY_ID, [])
-            documents: list[Document] = []
-            below_threshold = False
-            for doc_id, score in hits:
-                if threshold is not None and score < threshold:
-                    below_threshold = True
-                    break
-                stored = self.docstore.get(doc_id)
-                if condition is not None and not matches(
-                    {**stored.metadata, "doc_id": stored.id, "title": stored.title}, condition
-                ):
-                    continue
-                documents.append(self._to_document(stored, float(score), len(documents) + 1))
-                if len(documents) == k:
-                    return documents
-            if below_threshold or len(hits) < fetch:
-                return documents
-            fetch *= 4
+        assert self._source is not None  # set by the validator
+        hits = search_hits(self._source, query, k, threshold, condition, self.fetch_k, passages=self.passages)
+        return [self._to_document(hit) for hit in hits]
 
     def _get_relevant_documents(
         self,
