@@ -94,6 +94,13 @@ def test_flat_search_equals_faiss_flat(built, scifact_small) -> None:
         other = milvus_run[query_id]
         assert [d for d, _ in other] == [d for d, _ in hits]
         np.testing.assert_allclose([s for _, s in other], [s for _, s in hits], atol=1e-5)
+    from densekit.retriever.compose import RetrieverSpec, build_retriever
+
+    hybrid, config = build_retriever(
+        RetrieverSpec(index=built["milvus"], bm25=True, backend="bm25s"), load_dataset(scifact_small).corpus
+    )
+    fused = hybrid.search(dict(queries.items()), k=10)
+    assert config["dense"]["backend"] == "milvus" and all(len(hits) == 10 for hits in fused.values())
     manifest = json.loads((built["milvus"] / "manifest.json").read_text())
     assert manifest["kind"] == "milvus" and manifest["index_type"] == "FLAT"
     assert manifest["model"]["fingerprint"] and "token" not in json.dumps(manifest)
