@@ -296,7 +296,7 @@ def test_train_kl_alone_from_stored_teacher_scores_moves_the_student_toward_the_
     scored = write_scored(train_negatives, tmp_path / "scored.jsonl")
     out = tmp_path / "run"
     code, stdout, stderr = run_cli(
-        _train_args(tiny_model, scored, scifact_small, out, "--loss", "none", "--distill", "kl", "--epochs", "3"),
+        _train_args(tiny_model, scored, scifact_small, out, "--loss", "none", "--distill", "kl", "--epochs", "2"),
         capsys,
         monkeypatch,
     )
@@ -312,7 +312,7 @@ def test_train_kl_alone_from_stored_teacher_scores_moves_the_student_toward_the_
     objective = build_objective(LossConfig(name="none", distill="kl"))
     before = _distill_loss_of(tiny_model, examples, corpus, objective)
     after = _distill_loss_of(out / "model", examples, corpus, objective)
-    assert after < 0.5 * before, (before, after)  # the student learned the teacher's preferences (0.987 -> 0.110)
+    assert after < 0.5 * before, (before, after)  # the student learned the teacher's preferences (0.987 -> 0.387)
 
 
 def test_train_distill_without_the_scores_is_one_line_exit_2_before_training(
