@@ -394,7 +394,7 @@ class MilvusIndex:
             try:
                 results = self.client.search(
                     self.collection,
-                    data=[row for row in batch],
+                    data=batch.tolist(),
                     limit=k,
                     filter=expression,
                     output_fields=["id"],
