@@ -199,6 +199,24 @@ def test_filters_run_inside_milvus(built, tiny_model) -> None:
         "d8",
     ]
 
+    # The LangChain face hands its filter to Milvus: one search of depth k, whose hits all match.
+    from densekit.index.docstore import DocStore
+    from densekit.integrations.langchain import DensekitRetriever
+
+    calls = []
+    search = retriever.search
+
+    def counted(queries, k, **kwargs):
+        calls.append((k, kwargs.get("filter")))
+        return search(queries, k, **kwargs)
+
+    retriever.search = counted
+    face = DensekitRetriever(retriever=retriever, docstore=DocStore.from_documents(docs), k=4)
+    found = face.invoke("topic 3", filter={"source": "web", "n": [1, 3, 5, 57]})
+    assert sorted(d.id for d in found) == ["d1", "d3", "d5", "d57"]
+    assert all(d.metadata["source"] == "web" for d in found)
+    assert calls == [(4, {"source": "web", "n": [1, 3, 5, 57]})]
+
 
 def test_kill_during_ingestion_then_resume_leaves_each_id_once(built, tmp_path) -> None:
     """kill -9 after the 3rd batch of an export (the ingestion `index build --backend milvus` uses too), then

@@ -246,9 +246,20 @@ def check_k(k: Any, what: str = "k") -> int:
     return k
 
 
-def _ranked(source: Source, query: str, fetch: int, passages: bool) -> list[tuple[str, float, str]]:
+def pushes_filter_down(source: Source, condition: MetadataFilter | None) -> bool:
+    """Whether the backend applies `condition` inside its own search: a Milvus index does for a metadata
+    dict (:func:`densekit.index.milvus_filter.milvus_filter_expression`), so k matching hits come back
+    from one search however low the matches rank."""
+    return isinstance(condition, dict) and getattr(source.retriever, "index_kind", None) == "milvus"
+
+
+def _ranked(
+    source: Source, query: str, fetch: int, passages: bool, condition: MetadataFilter | None = None
+) -> list[tuple[str, float, str]]:
     """(ranked id, score, id of the stored text) for one query, best first."""
     retriever = source.retriever
+    if pushes_filter_down(source, condition):
+        return [(d, s, d) for d, s in retriever.search({QUERY_ID: query}, fetch, filter=condition).get(QUERY_ID, [])]
     if passages:
         search_passages = getattr(retriever, "search_passages", None)
         if search_passages is None:
@@ -275,7 +286,8 @@ def search_hits(
     """The top `k` documents (or passages) for `query` that pass `condition` and score at least
     `score_threshold`.
 
-    Without a filter one search of depth `k` is made. With one, `fetch_k` candidates (default 4 k)
+    Without a filter one search of depth `k` is made; so with a metadata dict on a Milvus index, which
+    filters inside the database (:func:`pushes_filter_down`). With one, `fetch_k` candidates (default 4 k)
     are fetched, and fourfold more each round, until `k` pass, the index has no more, or the scores
     fall below the threshold. A filter sees ``Hit.metadata(with_score=False)``: the stored metadata
     plus `doc_id`, `title` (and `passage_id`).
@@ -283,9 +295,10 @@ def search_hits(
     check_k(k)
     if not isinstance(query, str):
         raise DensekitError(f"the query must be a string, got {type(query).__name__}")
-    fetch = k if condition is None else max(k, check_k(fetch_k, "fetch_k") if fetch_k is not None else 4 * k)
+    pushed = pushes_filter_down(source, condition)
+    fetch = k if condition is None or pushed else max(k, check_k(fetch_k, "fetch_k") if fetch_k is not None else 4 * k)
     while True:
-        ranked = _ranked(source, query, fetch, passages)
+        ranked = _ranked(source, query, fetch, passages, condition)
         hits: list[Hit] = []
         for hit_id, score, stored_id in ranked:
             if score_threshold is not None and score < score_threshold:
@@ -297,7 +310,7 @@ def search_hits(
             hits.append(hit)
             if len(hits) == k:
                 return hits
-        if len(ranked) < fetch:
+        if len(ranked) < fetch or pushed:  # the database filtered: its k hits are all there are
             return hits
         fetch *= 4
 
