@@ -21,6 +21,12 @@ class ServeConfig:
     )
     max_k: int = field(default=1000, metadata={"help": "Largest k a request may ask for."})
     max_queries: int = field(default=1024, metadata={"help": "Most queries in one request."})
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Torch threads for the query encoder (default: torch's; 1 on a machine busy with other work)."
+        },
+    )
     access_log: bool = field(default=False, metadata={"help": "Log every request (uvicorn's access log)."})
 
     def validate(self) -> None:
@@ -30,5 +36,7 @@ class ServeConfig:
         for name in ("max_batch", "max_k", "max_queries"):
             if getattr(self, name) <= 0:
                 raise DensekitError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.threads is not None and self.threads <= 0:
+            raise DensekitError(f"--threads must be positive, got {self.threads}")
         if self.max_wait_ms < 0:
             raise DensekitError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")

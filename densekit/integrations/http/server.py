@@ -192,6 +192,10 @@ def open_service(
     """
     config = config or ServeConfig()
     config.validate()
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
     paths = [Path(index)] if isinstance(index, (str, Path)) else [Path(p) for p in index or []]
     if retriever is not None and paths:
         raise DensekitError("give an index directory or a retriever, not both")
