@@ -246,3 +246,27 @@ def test_without_the_serve_extra_and_bad_options(index: Path, tmp_path: Path) ->
     assert result.returncode == 2 and "no such index directory" in result.stderr and "torch: False" in result.stdout
     code, _, _ = run_cli(["serve", str(index), "--max-batch", "0"])
     assert code == 2
+
+
+def test_batcher_gathers_concurrent_queries_and_isolates_a_failing_request(
+    index: Path, queries: dict[str, str]
+) -> None:
+    from densekit.integrations.http.batching import MicroBatcher
+    from densekit.retriever.compose import open_index
+
+    retriever = open_index(index)
+    batcher = MicroBatcher(retriever, max_batch=8, max_wait_ms=500)
+    items = list(queries.items())[:8]
+    futures = [batcher.submit({query_id: text}, 5) for query_id, text in items]  # all within the wait
+    runs = [future.result(timeout=60) for future in futures]
+    assert batcher.stats.searches == 1 and batcher.stats.largest_batch == 8
+    together = retriever.search(dict(items), 5)  # the one call the batcher made
+    assert all(run == {query_id: together[query_id]} for run, (query_id, _) in zip(runs, items, strict=True))
+
+    good = batcher.submit(dict(items[:1]), 5)
+    bad = batcher.submit({"x": None}, 5)  # not a text: the encoder raises
+    assert same_ranking(good.result(timeout=60)[items[0][0]], together[items[0][0]])  # searched alone
+    with pytest.raises(Exception):  # noqa: B017 -- whatever the tokenizer raises reaches this caller only
+        bad.result(timeout=60)
+    batcher.close()
+    assert not batcher.alive()
