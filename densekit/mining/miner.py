@@ -236,11 +236,11 @@ class HardNegativeMiner:
         for label, gone in removed_by or []:
             removed_log.extend(_candidate_rows(gone, range(len(gone)), label))  # type: ignore[union-attr]
         chosen = self.sampler.sample(survivors.teacher_scores, self.negatives, query_rng(self.seed, query_id))
-        if self.scorer is not None and not self.score_all_candidates and len(chosen):
+        if self.scorer is not None and not self.score_all_candidates:  # positives and written negatives, one call
             positions = np.asarray(chosen, dtype=np.int64)
-            survivors.extra_scores["ce"][0][positions] = self.scorer.score(
-                text, [survivors.doc_ids[i] for i in positions]
-            )
+            scores = self.scorer.score(text, [*positives, *(survivors.doc_ids[i] for i in positions)])
+            candidates.extra_scores["ce"][1][:] = scores[: len(positives)]  # shared with the survivors
+            survivors.extra_scores["ce"][0][positions] = scores[len(positives) :]
         negatives = _candidate_rows(survivors, chosen)
         stats.candidates_seen += len(candidates)
         stats.add_removed(removed)
@@ -274,12 +274,11 @@ class HardNegativeMiner:
         """Cross-encoder and BM25 scores of the candidates and positives (NaN: not scored)."""
         extra = {}
         if self.scorer is not None:
-            candidates = (
-                self.scorer.score(text, fused)
-                if self.score_all_candidates
-                else np.full(len(fused), np.nan, dtype=np.float32)  # the written ones are scored after sampling
-            )
-            extra["ce"] = (candidates, self.scorer.score(text, positives))
+            if self.score_all_candidates:
+                scores = self.scorer.score(text, [*fused, *positives])
+                extra["ce"] = (scores[: len(fused)], scores[len(fused) :])
+            else:  # scored after sampling
+                extra["ce"] = tuple(np.full(len(ids), np.nan, dtype=np.float32) for ids in (fused, positives))
         if bm25_scores is not None:
             extra["bm25"] = tuple(
                 np.array([bm25_scores.get(d, np.nan) for d in ids], dtype=np.float32) for ids in (fused, positives)
