@@ -34,7 +34,7 @@ from densekit import __version__
 from densekit.errors import DensekitError
 from densekit.index.docstore import DOCS_FILE, DocStore
 from densekit.index.manifest import read_manifest
-from densekit.integrations.common import indexed_ids, matches, missing_extra, open_source
+from densekit.integrations.common import Hit, indexed_ids, matches, missing_extra, open_source
 from densekit.integrations.http.batching import MicroBatcher
 from densekit.integrations.http.config import ServeConfig
 from densekit.integrations.http.schema import (
@@ -124,11 +124,7 @@ class SearchService:
 
     def _view(self, doc_id: str, stored_id: str) -> dict[str, Any]:
         """What a filter sees: the stored metadata, `doc_id`, `title` (and `passage_id`), as in the RAG faces."""
-        doc = self.docstore.get(stored_id)
-        view = {**doc.metadata, "doc_id": doc_id, "title": doc.title or doc.metadata.get("title", "")}
-        if stored_id != doc_id:
-            view["passage_id"] = stored_id
-        return view
+        return Hit(doc_id, self.docstore.get(stored_id), 0.0).metadata(with_score=False)
 
     async def _filtered(self, query: str, k: int, passages: bool, condition: dict) -> list[tuple[str, float, str]]:
         """The top `k` hits that pass `condition`, fetching 4 k, then fourfold more, as needed."""
