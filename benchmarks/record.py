@@ -192,7 +192,8 @@ def provenance(record: dict) -> str:
     lines = [
         f"Record `{record['_path']}`: {record['date']}, commit {sha}, {m['cores']} cores ({m['cpu_model']}; "
         f"{', '.join(m['cpu_flags']) or 'no AVX'}), {m['memory_gb']} GiB, {record['threads']} threads, "
-        f"load average (1 min) {load_cell(record)} before / after, {record['wall_s']:.0f} s.",
+        f"load average (1 min) {load_cell(record)} before / after, {record['wall_s']:.0f} s wall"
+        + (f", {record['cpu_s']:.0f} s CPU." if record.get("cpu_s") is not None else "."),
         "",
         "```text",
         " ".join(a.removeprefix(f"{REPO}/") for a in record["command"]),  # paths in the repository, relative
