@@ -140,10 +140,15 @@ def cached_meta(key: str) -> dict:
     return read_json(cache_root() / key / META_FILE, IntegrityError)
 
 
+_ANNOUNCED_CUTS: set[tuple[str, int, int]] = set()
+
+
 def announce_cut(encoder, cut: int | None, total: int) -> None:
-    """Say once how many texts were longer than the encoder's window (their rest is never seen)."""
-    if not cut:
+    """Say once per process and corpus how many texts were longer than the encoder's window (their rest
+    is never seen)."""
+    if not cut or (encoder.model_id, cut, total) in _ANNOUNCED_CUTS:
         return
+    _ANNOUNCED_CUTS.add((encoder.model_id, cut, total))
     window = getattr(getattr(encoder, "config", None), "max_length", "?")
     announce(
         f"{cut} of {total} texts are longer than {encoder.model_id}'s window of {window} tokens and were cut: "
