@@ -101,25 +101,29 @@ class DenseRetriever:
         docstring); an index saved before fingerprints were recorded is searched with an announcement.
         """
         directory = Path(directory)
-        manifest = read_manifest(directory)
-        info = manifest.get("model") or {}
-        name = model or info.get("model_folder") or info.get("model")
-        if not name:
-            raise DensekitError(f"{directory}: the manifest names no model; pass one explicitly")
-        if model is None and info.get("model_folder") and not Path(info["model_folder"]).exists():
-            name = info["model"]
-        encoder = Encoder(
-            name,
-            device=device,
-            pooling=info.get("pooling"),
-            normalize=info.get("normalize"),
-            max_length=info.get("max_length"),
-            query_prompt=info.get("query_prompt"),
-            document_prompt=info.get("document_prompt"),
-        )
-        check_model(directory, info, encoder, explicit=model is not None)
+        encoder = encoder_from_manifest(directory, read_manifest(directory).get("model") or {}, model, device)
         index = DenseIndex.load(directory, device=index_device)
         return cls(encoder, index)
+
+
+def encoder_from_manifest(directory: Path, info: dict, model: str | None, device: str | None) -> Encoder:
+    """The encoder an index manifest's ``model`` entry names (or `model`), checked by fingerprint."""
+    name = model or info.get("model_folder") or info.get("model")
+    if not name:
+        raise DensekitError(f"{directory}: the manifest names no model; pass one explicitly")
+    if model is None and info.get("model_folder") and not Path(info["model_folder"]).exists():
+        name = info["model"]
+    encoder = Encoder(
+        name,
+        device=device,
+        pooling=info.get("pooling"),
+        normalize=info.get("normalize"),
+        max_length=info.get("max_length"),
+        query_prompt=info.get("query_prompt"),
+        document_prompt=info.get("document_prompt"),
+    )
+    check_model(directory, info, encoder, explicit=model is not None)
+    return encoder
 
 
 def check_model(directory: Path, recorded: dict, encoder: Encoder, explicit: bool = False) -> None:

@@ -19,28 +19,7 @@ from typing import Any
 from densekit.data import Run
 from densekit.errors import DensekitError
 from densekit.index.manifest import read_manifest
-from densekit.retriever.dense import DenseRetriever, check_model
-from densekit.retriever.encoder import Encoder
-
-
-def encoder_from_manifest(directory: Path, info: dict, model: str | None, device: str | None) -> Encoder:
-    """The encoder an index manifest's ``model`` entry names (or `model`), checked by fingerprint."""
-    name = model or info.get("model_folder") or info.get("model")
-    if not name:
-        raise DensekitError(f"{directory}: the manifest names no model; pass one explicitly")
-    if model is None and info.get("model_folder") and not Path(info["model_folder"]).exists():
-        name = info["model"]
-    encoder = Encoder(
-        name,
-        device=device,
-        pooling=info.get("pooling"),
-        normalize=info.get("normalize"),
-        max_length=info.get("max_length"),
-        query_prompt=info.get("query_prompt"),
-        document_prompt=info.get("document_prompt"),
-    )
-    check_model(directory, info, encoder, explicit=model is not None)
-    return encoder
+from densekit.retriever.dense import DenseRetriever, encoder_from_manifest
 
 
 class MilvusRetriever(DenseRetriever):
