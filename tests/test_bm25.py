@@ -116,8 +116,8 @@ def test_tampered_or_mismatched_index_is_refused(scifact_small, tmp_path) -> Non
     with pytest.raises(IntegrityError, match="tokens.jsonl: sha256"):
         BM25Retriever.load(saved)
     manifest = json.loads((saved / "manifest.json").read_text())
-    (saved / "manifest.json").write_text(json.dumps({**manifest, "kind": "milvus"}))
-    with pytest.raises(DensekitError, match="a milvus index, not a BM25 one"):
+    (saved / "manifest.json").write_text(json.dumps({**manifest, "kind": "milvus"}))  # lacks uri, collection
+    with pytest.raises(IntegrityError, match="missing 'uri'"):
         BM25Retriever.load(saved)
     (saved / "manifest.json").write_text(json.dumps({**manifest, "kind": "dense"}))  # lacks dim, index.faiss
     with pytest.raises(IntegrityError, match="missing 'dim'"):
