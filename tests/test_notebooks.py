@@ -45,10 +45,10 @@ def test_notebook_executes(
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    # Small data: 30 test queries, 200 distractors; 02 mines and trains on 64 training queries.
+    # Small data: 30 test queries, 200 distractors; 02 mines and trains on 32 training queries.
     monkeypatch.setenv("DENSEKIT_NB_TEST_QUERIES", "30")
     monkeypatch.setenv("DENSEKIT_NB_DISTRACTORS", "200")
-    monkeypatch.setenv("DENSEKIT_NB_TRAIN_QUERIES", "64")
+    monkeypatch.setenv("DENSEKIT_NB_TRAIN_QUERIES", "32")
     monkeypatch.setenv("DENSEKIT_NB_WORK", str(tmp_path))
     monkeypatch.setenv("DENSEKIT_DATA", str(beir_root))
     monkeypatch.setenv("DENSEKIT_HOME", str(densekit_home))
