@@ -44,19 +44,16 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from densekit.data import Corpus
 from densekit.errors import DensekitError
-from densekit.index.dense import read_manifest
 from densekit.index.docstore import DocStore, StoredDocument, save_with_documents
 from densekit.integrations.common import (
     Hit,
     MetadataFilter,
     Source,
-    corpus_from,
     indexed_ids,
     open_source,
     search_hits,
 )
 from densekit.progress import interactive
-from densekit.retriever.compose import open_index
 
 _QUERY_ID = "q"
 
@@ -198,25 +195,17 @@ class DensekitRetriever(BaseRetriever):
         `weights` one per index). The texts come from the first index that stores them, or from
         `corpus`. `model` overrides the encoder of the dense indexes. Scores are the fused ones.
         """
-        from densekit.retriever.hybrid import HybridRetriever
-
-        backends = []
-        for path in index_paths:
-            kind = read_manifest(path).get("kind", "dense")
-            backends.append(open_index(path, model=model if kind == "dense" else None, device=device))
-        fused = HybridRetriever(backends, fusion=fusion, weights=weights, depth=depth)
-        if corpus is not None:
-            docstore = DocStore.from_corpus(corpus_from(corpus))
-        else:
-            docstore = next((s for s in map(DocStore.open, index_paths) if s is not None), None)
-            if docstore is None:
-                raise DensekitError("none of the indexes stores document texts (docs.jsonl); pass corpus=")
-        for backend, path in zip(backends, index_paths, strict=True):
-            missing = [i for i in indexed_ids(backend) or [] if i not in docstore]
-            if missing:
-                raise DensekitError(f"{path}: {len(missing)} indexed documents have no text, e.g. {missing[0]!r}")
-        kwargs.setdefault("index_name", "+".join(Path(p).name for p in index_paths))
-        return cls(retriever=fused, docstore=docstore, **kwargs)
+        source = open_source(
+            list(index_paths),
+            corpus=corpus,
+            model=model,
+            device=device,
+            fusion=fusion,
+            weights=weights,
+            depth=depth,
+            name=kwargs.pop("index_name", None),
+        )
+        return cls(retriever=source.retriever, docstore=source.docstore, index_name=source.name, **kwargs)
 
     def save(self, path: str | Path) -> Path:
         """Save the backend index and the document texts as one index directory (atomically)."""
