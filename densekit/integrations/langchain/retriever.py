@@ -229,8 +229,6 @@ class DensekitRetriever(BaseRetriever):
         k = self.k if k is None else k
         threshold = self.score_threshold if score_threshold is None else score_threshold
         condition = self.filter if filter is None else filter
-        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
-            raise DensekitError(f"k must be a positive integer, got {k!r}")
         assert self._source is not None  # set by the validator
         hits = search_hits(self._source, query, k, threshold, condition, self.fetch_k, passages=self.passages)
         return [self._to_document(hit) for hit in hits]
