@@ -16,12 +16,15 @@ recall@10 against Flat (|top-10 ∩ Flat's top-10| / 10, averaged; the demanding
 benchmarks and papers report, which is far more forgiving), QPS for the whole query batch and
 QPS / Flat. IVF and HNSW indexes are also swept over nprobe / efSearch. Each PQ index is measured a
 second time with an exact re-rank of its top 100 against the float32 vectors memory-mapped from disk
-(`DenseIndex.search_reranked`): the index in memory is the same, the vectors stay on disk.
+(`DenseIndex.search_reranked`): the index in memory is the same, the vectors stay on disk. The
+quantised-embedding presets (binary: sign bits, Hamming search; int8: 8-bit scalar codes) are measured
+alone and rescored at each of `--rescore-multiplier` (the top multiplier x 10 re-scored the same way).
 
     python benchmarks/index.py                                  # both datasets, every preset
     python benchmarks/index.py --n 100000 --datasets synthetic  # quicker
     python benchmarks/index.py --factory ivf-pq --factory "PCA352,IVF1024,PQ176"   # choose indexes
     python benchmarks/index.py --device gpu                     # FAISS on the GPU (faiss-gpu)
+    python benchmarks/index.py --factory flat --factory binary --factory int8 --rescore-multiplier 4,10,20
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from densekit.index.dense import DenseIndex
 from densekit.index.factory import ivf_lists, resolve
 from densekit.index.synthetic import clustered_vectors
 
-DEFAULT_FACTORIES = ["flat", "ivf-flat", "ivf-pq", "ivf-pqr", "hnsw", "sq8", "fp16"]
+DEFAULT_FACTORIES = ["flat", "ivf-flat", "ivf-pq", "ivf-pqr", "hnsw", "sq8", "fp16", "int8", "binary"]
+QUANTISED = ("BFlat", "SQ8")  # factories of the binary and int8 presets: rescored per multiplier
 NPROBES = (8, 16, 32, 64, 128, 256)
 EF_SEARCHES = (16, 32, 64, 128, 256)
 RERANK = 100
@@ -133,10 +137,18 @@ def _log(row: dict) -> None:
 
 
 def reranked_row(
-    row: dict, index: DenseIndex, queries: np.ndarray, on_disk: np.ndarray, flat: dict, extra: dict
+    row: dict,
+    index: DenseIndex,
+    queries: np.ndarray,
+    on_disk: np.ndarray,
+    flat: dict,
+    extra: dict,
+    multiplier: int | None = None,
 ) -> dict:
-    """The same compressed index, its top-RERANK re-scored exactly from the vectors memory-mapped on disk."""
-    search = lambda q: index.search_reranked(q, 10, on_disk, candidates=RERANK)  # noqa: E731
+    """The same compressed index, its top-RERANK (or top multiplier x 10) re-scored exactly from the vectors
+    memory-mapped on disk."""
+    candidates = RERANK if multiplier is None else multiplier * 10
+    search = lambda q: index.search_reranked(q, 10, on_disk, candidates=candidates)  # noqa: E731
     before = rss()  # pages of the memory map that the re-ranking touches count as resident
     search(queries[: min(50, len(queries))])
     start = time.perf_counter()
@@ -157,7 +169,9 @@ def reranked_row(
         ndcg = round(evaluate(extra["qrels"], run, ["ndcg@10"]).metrics["ndcg@10"], 4)
     return {
         **row,
-        "index": f"{row['index']} + exact re-rank of {RERANK} (vectors mmap on disk)",
+        "index": f"{row['index']} + exact re-rank of {candidates} (vectors mmap on disk)"
+        if multiplier is None
+        else f"{row['index']} + rescore x{multiplier} ({candidates}, vectors mmap on disk)",
         "build_s": 0.0,
         "rss_growth_mb": round(grown / 2**20, 1),
         **recall_fields(found, flat["exact"]),
@@ -177,6 +191,7 @@ def bench_dataset(
     factories: list[str],
     device: str,
     workdir: str,
+    multipliers: tuple[int, ...] = (),
 ) -> dict:
     n, dim = vectors.shape
     os.makedirs(workdir, exist_ok=True)
@@ -217,6 +232,9 @@ def bench_dataset(
         _log(row)
         if "PQ" in index.factory and on_disk is not None:
             rows.append(reranked_row(row, index, queries, on_disk, flat, extra))
+            _log(rows[-1])
+        for multiplier in multipliers if index.factory in QUANTISED else ():
+            rows.append(reranked_row(row, index, queries, on_disk, flat, extra, multiplier))
             _log(rows[-1])
         del index
     return {"dataset": name, "vectors": n, "dim": dim, "queries": len(queries), "rows": rows}
@@ -280,6 +298,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: all)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument(
+        "--rescore-multiplier",
+        default="4,10",
+        help="comma-separated multipliers: the binary and int8 indexes are also measured with their top "
+        "multiplier x 10 rescored against the float32 vectors on disk (empty: none)",
+    )
+    parser.add_argument(
         "--workdir",
         default="/tmp/densekit-index-bench",
         help="where the vectors are written for memory-mapped re-ranking",
@@ -288,6 +312,7 @@ def main() -> None:
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     factories = args.factory or DEFAULT_FACTORIES
+    multipliers = tuple(int(m) for m in args.rescore_multiplier.split(",") if m.strip())
     for factory in factories:  # fail early on a bad factory string, not after an hour of building
         resolve(factory.format(nlist=ivf_lists(args.n)), args.n, args.dim)
     results = {
@@ -310,7 +335,7 @@ def main() -> None:
             label = "SciFact corpus, all-MiniLM-L6-v2"
         else:
             parser.error(f"unknown dataset {name!r}")
-        results["datasets"].append(bench_dataset(label, *data, factories, args.device, args.workdir))
+        results["datasets"].append(bench_dataset(label, *data, factories, args.device, args.workdir, multipliers))
         del data
         gc.collect()
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)

@@ -239,11 +239,11 @@ def mining_args(ctx: Context) -> list[str]:
 def index_args(ctx: Context) -> list[str]:
     work = ["--workdir", str(ctx.workdir / "index-vectors"), "--threads", str(1 if ctx.smoke else ctx.threads)]
     if ctx.smoke:
-        factories = ["flat", "hnsw", "ivf-flat", "sq8"]
+        factories = ["flat", "hnsw", "ivf-flat", "sq8", "binary"]
         return ["--datasets", "synthetic", "--n", "2000", "--queries", "20", "--dim", "32", *work] + [
             a for f in factories for a in ("--factory", f)
         ]
-    factories = ["flat", "sq8", "fp16", "ivf-flat", "ivf-pq", "ivf-pqr", "PCAR352,IVF{nlist},PQ176", "hnsw"]
+    factories = ["flat", "sq8", "fp16", "ivf-flat", "ivf-pq", "ivf-pqr", "PCAR352,IVF{nlist},PQ176", "hnsw", "binary"]
     return ["--datasets", "scifact,synthetic", *work] + [a for f in factories for a in ("--factory", f)]
 
 

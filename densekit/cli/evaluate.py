@@ -27,6 +27,7 @@ from densekit.cli.options import (
     QuietOpt,
     RerankCandidatesOpt,
     RerankVectorsOpt,
+    RescoreMultiplierOpt,
     ThreadsOpt,
     help_of,
 )
@@ -83,6 +84,7 @@ def eval_cmd(
     k_factor: KFactorOpt = None,
     rerank_vectors: RerankVectorsOpt = None,
     rerank_candidates: RerankCandidatesOpt = 100,
+    rescore_multiplier: RescoreMultiplierOpt = None,
     fmt: FormatOpt = "text",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -98,6 +100,7 @@ def eval_cmd(
         k_factor=k_factor,
         rerank_vectors=rerank_vectors,
         rerank_candidates=rerank_candidates,
+        rescore_multiplier=rescore_multiplier,
     )
     spec = RetrieverSpec(
         model=model,

@@ -86,6 +86,12 @@ RerankVectorsOpt = Annotated[
 RerankCandidatesOpt = Annotated[
     int, typer.Option("--rerank-candidates", help=help_of(SearchOptions, "rerank_candidates"))
 ]
+RescoreMultiplierOpt = Annotated[
+    int | None, typer.Option("--rescore-multiplier", help=help_of(SearchOptions, "rescore_multiplier"))
+]
+BuildRescoreOpt = Annotated[
+    int | None, typer.Option("--rescore-multiplier", help=help_of(IndexBuildConfig, "rescore_multiplier"))
+]
 
 
 # -- Typer options from a dataclass --------------------------------------------------------------------

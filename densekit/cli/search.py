@@ -22,6 +22,7 @@ from densekit.cli.options import (
     QuietOpt,
     RerankCandidatesOpt,
     RerankVectorsOpt,
+    RescoreMultiplierOpt,
     SearchDeviceOpt,
     ShardGpusOpt,
 )
@@ -53,6 +54,7 @@ def search(
     k_factor: KFactorOpt = None,
     rerank_vectors: RerankVectorsOpt = None,
     rerank_candidates: RerankCandidatesOpt = 100,
+    rescore_multiplier: RescoreMultiplierOpt = None,
     index_device: SearchDeviceOpt = "cpu",
     shard_gpus: ShardGpusOpt = False,
     float16: Float16Opt = False,
@@ -75,6 +77,7 @@ def search(
         k_factor=k_factor,
         rerank_vectors=rerank_vectors,
         rerank_candidates=rerank_candidates,
+        rescore_multiplier=rescore_multiplier,
         index_device=index_device,
         shard_gpus=shard_gpus,
         float16=float16,

@@ -15,8 +15,8 @@ class IndexBuildConfig:
     factory: str = field(
         default="Flat",
         metadata={
-            "help": "Index preset (flat, ivf-flat, ivf-pq, ivf-pqr, hnsw, sq8, fp16) or FAISS factory string, "
-            "e.g. OPQ96,IVF1024,PQ96."
+            "help": "Index preset (flat, ivf-flat, ivf-pq, ivf-pqr, hnsw, sq8, fp16, int8, binary) or FAISS "
+            "factory string, e.g. OPQ96,IVF1024,PQ96."
         },
     )
     metric: str = field(default="ip", metadata={"help": "ip (inner product; cosine on normalised vectors) or l2."})
@@ -27,6 +27,13 @@ class IndexBuildConfig:
     search_params: dict | None = field(
         default=None,
         metadata={"help": "Default search parameters stored in the manifest (nprobe, efSearch, k_factor)."},
+    )
+    rescore_multiplier: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the float32 vectors beside the index (vectors.npy, memory-mapped when searching) and "
+            "re-score the top multiplier x k candidates exactly against them (for the binary and int8 presets)."
+        },
     )
     device: str = field(default="cpu", metadata={"help": "Where FAISS builds: cpu, gpu, gpu:N, gpu:0,1, auto."})
     shard: bool = field(
@@ -50,3 +57,5 @@ class IndexBuildConfig:
         if self.train_sample is not None and self.train_sample <= 0:
             raise DensekitError(f"--train-sample must be positive, got {self.train_sample}")
         check_search_params(dict(self.search_params or {}))
+        if self.rescore_multiplier is not None and self.rescore_multiplier <= 0:
+            raise DensekitError(f"--rescore-multiplier must be positive, got {self.rescore_multiplier}")

@@ -30,6 +30,7 @@ import numpy as np
 
 from densekit import __version__
 from densekit.errors import DensekitError, IntegrityError
+from densekit.index.binary import new_index, read_index, serialized_bytes, write_index
 from densekit.index.exact_rerank import ExactRerank
 from densekit.index.factory import check_search_params, is_pqr, resolve
 from densekit.index.faiss_ops import (
@@ -128,7 +129,7 @@ class DenseIndex(ExactRerank):
         if metric == "ip" and is_pqr(spec.factory):
             faiss_metric = faiss.METRIC_L2  # same ranking on unit vectors; see _ip_over_l2
         try:
-            index = faiss.index_factory(dim, spec.factory, faiss_metric)
+            index = new_index(dim, spec.factory, faiss_metric)
         except RuntimeError as exc:
             raise DensekitError(f"invalid FAISS factory string {spec.factory!r}: {str(exc).splitlines()[0]}") from None
         skip_polysemous_training(index)
@@ -331,7 +332,7 @@ class DenseIndex(ExactRerank):
         if k == 0:
             return np.empty((len(queries), 0), np.float32), [[] for _ in range(len(queries))]
         if self._rerank is not None:
-            return self.search_reranked(queries, k, *self._rerank, params=params)
+            return self.search_rescored(queries, k, params)
         all_scores, all_labels = self.search_labels(queries, k, batch_size, params)
         return all_scores, [[self.ids[j] for j in row if j >= 0] for row in all_labels]
 
@@ -387,7 +388,7 @@ class DenseIndex(ExactRerank):
 
     def index_bytes(self) -> int:
         """Bytes of the FAISS index as serialised (what it occupies in memory, within a few KB)."""
-        return int(faiss.serialize_index(to_cpu(self.index)).nbytes)
+        return serialized_bytes(to_cpu(self.index))
 
     def manifest(self, files: dict[str, str]) -> dict:
         return {
@@ -420,11 +421,12 @@ class DenseIndex(ExactRerank):
         directory = Path(directory)
         with atomic_dir(directory, kind="index:dense", overwrite=overwrite) as staging:
             previous = previous_manifest(directory) if not overwrite else {}
-            faiss.write_index(to_cpu(self.index), str(staging / INDEX_FILE))
+            write_index(to_cpu(self.index), str(staging / INDEX_FILE))
             with open(staging / IDS_FILE, "w", encoding="utf-8") as handle:
                 json.dump(self.ids, handle)
             files = {name: sha256_file(staging / name) for name in (INDEX_FILE, IDS_FILE)}
-            manifest = self.manifest(files)
+            rescore = self.save_rescore_vectors(staging, files)
+            manifest = {**self.manifest(files), "rescore": rescore}
             for name, digest in previous.get("files", {}).items():
                 if name not in files and (directory / name).is_file():
                     shutil.copy2(directory / name, staging / name)
@@ -460,7 +462,7 @@ class DenseIndex(ExactRerank):
                 verify_files(directory, manifest)
             flags = mmap_flags(manifest["factory"]) if mmap else 0
             try:
-                index = faiss.read_index(str(directory / INDEX_FILE), flags)
+                index = read_index(str(directory / INDEX_FILE), manifest["factory"], flags)
             except RuntimeError as exc:
                 reason = str(exc).splitlines()[-1]
                 raise IntegrityError(f"{directory / INDEX_FILE}: FAISS cannot read it ({reason})") from None
@@ -489,4 +491,5 @@ class DenseIndex(ExactRerank):
             placement={"device": device, "shard": shard, "float16": float16},
         )
         loaded.edited = bool(manifest.get("edited", False))
+        loaded.open_rescore_vectors(directory, manifest)
         return loaded

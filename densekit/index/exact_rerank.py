@@ -4,14 +4,26 @@ Jegou et al., "Searching in one billion vectors: re-rank with source coding" (IC
 source itself as the refinement: an IVF-PQ index proposes `candidates` per query, and only their rows
 of the float32 embeddings (memory-mapped `.npy` or shard directory) are read to re-score them. A mixin
 of :class:`~densekit.index.dense.DenseIndex`, kept apart because it is an optional search stage.
+
+The same step rescores quantised embeddings (the ``binary`` and ``int8`` presets): with a
+`multiplier`, the depth follows k, ``multiplier * k`` candidates (sentence-transformers'
+``rescore_multiplier``), instead of a fixed count. An index saved while rescoring keeps its vectors
+as ``vectors.npy`` beside the FAISS file (the manifest's ``rescore`` entry says how deep), and
+:meth:`open_rescore_vectors` turns rescoring back on, memory-mapped, when it is loaded.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from densekit.errors import DensekitError
-from densekit.index.faiss_ops import as_float32
+from densekit.errors import DensekitError, IntegrityError
+from densekit.index.faiss_ops import ADD_BLOCK, as_float32
+from densekit.io import sha256_file
+from densekit.progress import announce
+
+RESCORE_FILE = "vectors.npy"
 
 
 class ExactRerank:
@@ -19,10 +31,12 @@ class ExactRerank:
     docstring); relies on its `ids`, `dim`, `metric`, `edited` and `search_labels`."""
 
     _rerank: tuple[object, int] | None = None
+    _rescore_multiplier: int | None = None
 
-    def use_reranking(self, vectors, candidates: int = 100) -> None:
+    def use_reranking(self, vectors, candidates: int = 100, multiplier: int | None = None) -> None:
         """Make :meth:`search` re-rank its top `candidates` exactly against `vectors` (see
-        :meth:`search_reranked`); `vectors` None turns it off.
+        :meth:`search_reranked`), or its top ``multiplier * k`` when `multiplier` is given; `vectors`
+        None turns it off.
 
         `vectors` is an (n, dim) array in label order (a memory-mapped `.npy` of the embeddings the
         index was built from) or :class:`~densekit.index.shards.ShardedEmbeddings`, whose ids are
@@ -34,6 +48,8 @@ class ExactRerank:
             return
         if candidates <= 0:
             raise DensekitError(f"re-rank candidates must be positive, got {candidates}")
+        if multiplier is not None and multiplier <= 0:
+            raise DensekitError(f"--rescore-multiplier must be positive, got {multiplier}")
         ids = getattr(vectors, "ids", None)
         if callable(ids):
             if ids() != self.ids:
@@ -51,6 +67,60 @@ class ExactRerank:
                 f"got shape {tuple(vectors.shape)}"
             )
         self._rerank = (vectors, candidates)
+        self._rescore_multiplier = multiplier
+
+    def search_rescored(
+        self, queries: np.ndarray, k: int, params: dict | None = None
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """:meth:`search_reranked` with what :meth:`use_reranking` set (vectors, candidates or multiplier)."""
+        vectors, candidates = self._rerank
+        if self._rescore_multiplier is not None:
+            candidates = self._rescore_multiplier * k
+        return self.search_reranked(queries, k, vectors, candidates, params=params)
+
+    def set_rescore_multiplier(self, multiplier: int) -> None:
+        """Re-score the top ``multiplier * k`` from now on, against the vectors already set."""
+        if self._rerank is None:
+            raise DensekitError(
+                "--rescore-multiplier needs float32 vectors: an index built with --rescore-multiplier "
+                "(it keeps vectors.npy) or --rerank-vectors"
+            )
+        self.use_reranking(self._rerank[0], self._rerank[1], multiplier)
+
+    def save_rescore_vectors(self, staging: Path, files: dict[str, str]) -> dict | None:
+        """Copy the rescoring vectors into `staging` (block by block, from a memory map or shards) and add
+        them to `files`; the manifest's ``rescore`` entry, or None when the index does not rescore."""
+        if self._rerank is None:
+            return None
+        vectors, candidates = self._rerank
+        if len(vectors) != len(self) or (self.edited and not callable(getattr(vectors, "ids", None))):
+            announce(
+                "documents were removed or updated, so the rescoring vectors no longer follow the labels: "
+                "the saved index does not rescore (rebuild it, or search with --rerank-vectors)"
+            )
+            return None
+        out = np.lib.format.open_memmap(
+            staging / RESCORE_FILE, mode="w+", dtype=np.float32, shape=(len(self), self.dim)
+        )
+        for start in range(0, len(self), ADD_BLOCK):
+            out[start : start + ADD_BLOCK] = vectors[np.arange(start, min(start + ADD_BLOCK, len(self)))]
+        out.flush()
+        del out
+        files[RESCORE_FILE] = sha256_file(staging / RESCORE_FILE)
+        return {"file": RESCORE_FILE, "candidates": candidates, "multiplier": self._rescore_multiplier}
+
+    def open_rescore_vectors(self, directory: Path, manifest: dict) -> None:
+        """Rescore as the manifest's ``rescore`` entry says, against its vectors opened memory-mapped."""
+        entry = manifest.get("rescore")
+        if not entry:
+            return
+        if entry.get("file") not in manifest.get("files", {}):
+            raise IntegrityError(f"{directory}: the manifest's rescore entry names a file it does not list")
+        if self.edited:
+            announce(f"{directory}: documents were removed or updated since it was built: rescoring is off")
+            return
+        vectors = np.load(directory / entry["file"], mmap_mode="r")
+        self.use_reranking(vectors, int(entry.get("candidates") or 100), entry.get("multiplier"))
 
     def search_reranked(
         self, queries: np.ndarray, k: int, vectors: np.ndarray, candidates: int = 100, params: dict | None = None

@@ -17,6 +17,10 @@ ivf-pqr    ``IVF1024,PQ48+128``            IVF-PQ with a residual PQ refinement 
 hnsw       ``HNSW32``                      graph index (Malkov & Yashunin, TPAMI 2018), no training
 sq8        ``SQ8``                         exhaustive, 8-bit scalar quantisation (1/4 of Flat)
 fp16       ``SQfp16``                      exhaustive, float16 storage (1/2 of Flat)
+int8       ``SQ8``                         int8 embedding quantisation: sq8 (8-bit codes over each
+                                           dimension's trained range), meant with rescoring
+binary     ``BFlat``                       sign bits in a FAISS binary index, Hamming search (1/32 of
+                                           Flat; index/binary.py), meant with rescoring
 ========== =============================== ==========================================================
 
 The number of inverted lists follows FAISS's guideline of O(sqrt(n)) lists (the nearest power of two,
@@ -46,8 +50,9 @@ from dataclasses import dataclass, field
 import faiss
 
 from densekit.errors import DensekitError
+from densekit.index.binary import is_binary
 
-PRESETS = ("flat", "ivf-flat", "ivf-pq", "ivf-pqr", "hnsw", "sq8", "fp16")
+PRESETS = ("flat", "ivf-flat", "ivf-pq", "ivf-pqr", "hnsw", "sq8", "fp16", "int8", "binary")
 SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor")
 PQR_K_FACTOR = 16
 HNSW_M = 32
@@ -139,8 +144,10 @@ def resolve(
         factory = f"IVF{lists},PQ{first}+{refine}"
     elif name == "hnsw":
         factory = f"HNSW{HNSW_M}"
-    elif name == "sq8":
+    elif name in ("sq8", "int8"):
         factory = "SQ8"
+    elif name == "binary":
+        factory = "BFlat"
     else:
         factory = "SQfp16"
     return IndexSpec(factory, _train_sample(factory, n, dim, train_sample), search_defaults(factory), name)
@@ -165,6 +172,8 @@ def is_pqr(factory: str) -> bool:
 
 def needs_training(factory: str, dim: int) -> bool:
     """Whether an index made from `factory` must be trained (asks FAISS: an empty index is cheap)."""
+    if is_binary(factory):
+        return False
     try:
         return not faiss.index_factory(dim, factory).is_trained
     except RuntimeError as exc:

@@ -95,7 +95,7 @@ def skip_polysemous_training(index: faiss.Index) -> None:
 
 
 def is_ivf(index: faiss.Index) -> bool:
-    return faiss.try_extract_index_ivf(index) is not None
+    return isinstance(index, faiss.Index) and faiss.try_extract_index_ivf(index) is not None
 
 
 def mmap_flags(factory: str) -> int:
@@ -107,6 +107,10 @@ def mmap_flags(factory: str) -> int:
 def structure(index: faiss.Index) -> dict:
     """FAISS classes from the outside in, and the build parameters that matter for memory and recall."""
     out: dict = {"faiss_classes": []}
+    if not isinstance(index, faiss.Index):  # index/binary.py's BinaryCodes
+        out["faiss_classes"].append(type(faiss.downcast_IndexBinary(index.binary)).__name__)
+        out["bits"] = int(index.d)
+        return out
     root = index  # owns the C++ object: the downcast wrappers below do not, and must not outlive it
     index = faiss.downcast_index(root)
     while True:

@@ -58,6 +58,8 @@ def parse_device(device: str) -> list[int] | None:
 
 def base_index(index: faiss.Index) -> faiss.Index:
     """The index under any pre-transform (OPQ, PCA), downcast to its concrete class."""
+    if not isinstance(index, faiss.Index):  # index/binary.py's BinaryCodes: CPU only, no transform
+        return index
     index = faiss.downcast_index(index)
     while isinstance(index, faiss.IndexPreTransform):
         index = faiss.downcast_index(index.index)
@@ -70,6 +72,8 @@ def gpu_capable(index: faiss.Index) -> bool:
 
 
 def is_on_gpu(index: faiss.Index) -> bool:
+    if not isinstance(index, faiss.Index):
+        return False
     name = type(faiss.downcast_index(index)).__name__
     if name.startswith("Gpu") or name in ("IndexShards", "IndexReplicas"):
         return True

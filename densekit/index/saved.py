@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import faiss
-
 from densekit.chunking import parent_id
 from densekit.errors import DensekitError, IntegrityError
+from densekit.index.binary import read_index
 from densekit.index.dense import DenseIndex
 from densekit.index.faiss_ops import mmap_flags, structure
 from densekit.index.manifest import INDEX_FILE, MANIFEST_FILE, read_manifest, verify_files
@@ -58,7 +57,8 @@ def describe_saved(directory: str | Path, verify: bool = True) -> dict:
         fraction_of_flat=round(size / max(count * dim * 4, 1), 4),
     )
     try:
-        info.update(structure(faiss.read_index(str(directory / INDEX_FILE), mmap_flags(manifest["factory"]))))
+        factory = manifest["factory"]
+        info.update(structure(read_index(str(directory / INDEX_FILE), factory, mmap_flags(factory))))
     except RuntimeError as exc:
         raise IntegrityError(f"{directory / INDEX_FILE}: FAISS cannot read it ({str(exc).splitlines()[-1]})") from None
     return info

@@ -241,8 +241,12 @@ def build_from_shards(
     float16: bool = False,
     verify: bool = True,
     show_progress: bool = False,
+    rescore_multiplier: int | None = None,
 ) -> DenseIndex:
     """A :class:`DenseIndex` over every shard: train once on a seeded sample, then add shard by shard.
+
+    With `rescore_multiplier`, the index re-scores its top ``multiplier * k`` against the shards (and
+    saving it keeps them as one vectors.npy; see :mod:`densekit.index.exact_rerank`).
 
     `model` (what the manifest records) defaults to the encoder the shards were written with.
     Gives the same index as :meth:`DenseIndex.build` over the concatenated embeddings with the same
@@ -261,4 +265,6 @@ def build_from_shards(
             bar.update(len(ids))
     if bar is not None:
         bar.close()
+    if rescore_multiplier is not None:
+        index.use_reranking(shards, multiplier=rescore_multiplier)
     return index

@@ -96,6 +96,14 @@ class SearchOptions:
         },
     )
     rerank_candidates: int = field(default=100, metadata={"help": "Candidates per query to re-score."})
+    rescore_multiplier: int | None = field(
+        default=None,
+        metadata={
+            "help": "Re-score the top multiplier x k candidates (instead of --rerank-candidates) against "
+            "--rerank-vectors or the vectors an index built with --rescore-multiplier keeps "
+            "(default: the index manifest's)."
+        },
+    )
     index_device: str = field(default="cpu", metadata={"help": "Where FAISS searches: cpu, gpu, gpu:N, gpu:0,1, auto."})
     shard_gpus: bool = field(
         default=False, metadata={"help": "On several GPUs: split the vectors (capacity) or copy them (throughput)."}
@@ -112,6 +120,7 @@ class SearchOptions:
         return (
             not self.params()
             and self.rerank_vectors is None
+            and self.rescore_multiplier is None
             and (self.index_device, self.shard_gpus, self.float16) == ("cpu", False, False)
         )
 
@@ -124,7 +133,12 @@ class SearchOptions:
 
         index = getattr(retriever, "index", None)
         if getattr(retriever, "index_kind", None) == "milvus":  # Milvus searches in its own process
-            if self.k_factor is not None or self.rerank_vectors is not None or self.index_device != "cpu":
+            if (
+                self.k_factor is not None
+                or self.rerank_vectors is not None
+                or self.rescore_multiplier is not None
+                or self.index_device != "cpu"
+            ):
                 raise DensekitError(
                     "a Milvus index takes --nprobe and --ef-search; --k-factor, --rerank-vectors and "
                     "--index-device apply to FAISS indexes"
@@ -141,7 +155,9 @@ class SearchOptions:
         if self.rerank_vectors is not None:
             from densekit.index.shards import open_vectors
 
-            index.use_reranking(open_vectors(self.rerank_vectors), self.rerank_candidates)
+            index.use_reranking(open_vectors(self.rerank_vectors), self.rerank_candidates, self.rescore_multiplier)
+        elif self.rescore_multiplier is not None:
+            index.set_rescore_multiplier(self.rescore_multiplier)
 
 
 def parse_weights(weights: str | None) -> list[float] | None:

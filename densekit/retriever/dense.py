@@ -51,10 +51,12 @@ class DenseRetriever:
         device: str = "cpu",
         cache: bool = True,
         show_progress: bool = True,
+        rescore_multiplier: int | None = None,
         **index_options,
     ) -> DenseRetriever:
         """Encode `corpus` (cached) and index it; `index_options` go to :meth:`DenseIndex.build`
-        (train_sample, seed, search_params, shard, float16)."""
+        (train_sample, seed, search_params, shard, float16). With `rescore_multiplier`, the index
+        re-scores its top ``multiplier * k`` against the embeddings (and saving it keeps them)."""
         embeddings = encode_corpus(encoder, corpus, cache=cache, show_progress=show_progress)
         index = DenseIndex.build(
             embeddings,
@@ -65,6 +67,8 @@ class DenseRetriever:
             device=device,
             **index_options,
         )
+        if rescore_multiplier is not None:
+            index.use_reranking(embeddings, multiplier=rescore_multiplier)
         return cls(encoder, index, corpus=corpus)
 
     def search(self, queries: dict[str, str], k: int, show_progress: bool = False) -> Run:
