@@ -74,6 +74,16 @@ class LossConfig:
             "the file has of ce_score, guide_score, teacher_score."
         },
     )
+    matryoshka_dims: str | None = field(
+        default=None,
+        metadata={
+            "help": "Matryoshka loss (Kusupati et al. 2022): the loss summed over these prefixes of the "
+            "embeddings, each re-normalised, e.g. 384,256,128,64 (at most the model's dimension)."
+        },
+    )
+    matryoshka_weights: str | None = field(
+        default=None, metadata={"help": "Weights of the --matryoshka-dims terms, in the same order (default 1 each)."}
+    )
 
     def validate(self) -> None:
         if self.name not in LOSSES:
@@ -101,6 +111,11 @@ class LossConfig:
             raise DensekitError("the gist loss needs a guide model (--guide)")
         if self.name != "gist" and self.guide:
             raise DensekitError("--guide is only used by the gist loss (--loss gist)")
+        from densekit.retriever.train.matryoshka import parse_dims, parse_weights
+
+        if self.matryoshka_weights is not None and not self.matryoshka_dims:
+            raise DensekitError("--matryoshka-weights needs --matryoshka-dims")
+        parse_weights(self.matryoshka_weights, len(parse_dims(self.matryoshka_dims)))
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 ``loss = contrastive + weight * distill`` (``--loss infonce|gist`` with ``--distill margin-mse|kl``),
 or ``weight * distill`` alone (``--loss none``). Without distillation the trainer uses the
-contrastive loss module itself, so checkpoints of plain runs keep their layout.
+contrastive loss module itself, so checkpoints of plain runs keep their layout. ``--matryoshka-dims``
+wraps whichever of these in :class:`~densekit.retriever.train.matryoshka.MatryoshkaLoss` (the same
+objective summed over prefixes of the embeddings).
 
 The student's scores in the distillation term are its InfoNCE logits, similarity / temperature (the
 contrastive loss's temperature, learnable with it): a cosine similarity lies in [-1, 1] and could
@@ -21,6 +23,7 @@ from torch import nn
 from densekit.retriever.train.config import LossConfig
 from densekit.retriever.train.distill import DistillInputs, ListwiseKLLoss, MarginMSELoss, margin_pairs
 from densekit.retriever.train.losses import InfoNCELoss, LossInputs, build_loss
+from densekit.retriever.train.matryoshka import MatryoshkaLoss, check_dims, parse_dims, parse_weights
 
 
 class DistillObjective(nn.Module):
@@ -76,8 +79,23 @@ class DistillObjective(nn.Module):
         return loss
 
 
-def build_objective(config: LossConfig) -> InfoNCELoss | DistillObjective:
-    """The loss module a :class:`LossConfig` describes (the contrastive loss itself without distillation)."""
+def build_objective(config: LossConfig, normalize: bool = True, dim: int | None = None) -> nn.Module:
+    """The loss module a :class:`LossConfig` describes (the contrastive loss itself without distillation),
+    summed over Matryoshka prefixes when ``matryoshka_dims`` is set: each re-normalised when `normalize`
+    (as the model's embeddings are), each checked against the model's dimension `dim` when given."""
+    objective = _build_objective(config)
+    dims = parse_dims(config.matryoshka_dims)
+    if not dims:
+        return objective
+    if dim is not None:
+        check_dims(dims, dim)
+    # weights are given in the order of --matryoshka-dims as typed; dims come back largest first
+    typed = [int(part) for part in str(config.matryoshka_dims).split(",") if part.strip()]
+    weights = dict(zip(typed, parse_weights(config.matryoshka_weights, len(typed)), strict=True))
+    return MatryoshkaLoss(objective, dims, [weights[d] for d in dims], normalize=normalize)
+
+
+def _build_objective(config: LossConfig) -> InfoNCELoss | DistillObjective:
     contrastive = build_loss(
         "infonce" if config.name == "none" else config.name,
         config.temperature,

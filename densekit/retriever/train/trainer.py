@@ -117,7 +117,7 @@ class Trainer(TrainingLoop):
         ).to(self.device)
         self.model.train()
         lc = cfg.loss
-        self.loss_fn = build_objective(lc).to(self.device)
+        self.loss_fn = build_objective(lc, normalize=enc_cfg.normalize, dim=self.encoder.dim).to(self.device)
         self.guide: GuideCache | None = None
         if lc.name == "gist":
             path = self.output / "guide_cache"
