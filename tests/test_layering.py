@@ -190,6 +190,14 @@ def test_eval_imports_retriever_only_from_its_drivers() -> None:
         assert module in graph, f"{module} is listed as an eval driver but does not exist"
 
 
+def test_mining_never_imports_the_trainer() -> None:
+    """The trainer re-mines through densekit.mining (retriever.train.remine); mining uses the encoder,
+    fusion and reranker of densekit.retriever but never the trainer, so that edge points one way."""
+    graph = import_graph()
+    bad = _edges(graph, _in("densekit.mining"), _in("densekit.retriever.train"))
+    assert not bad, "mining importing the trainer (it imports mining to re-mine):\n" + "\n".join(bad)
+
+
 def test_only_the_cli_imports_the_cli() -> None:
     graph = import_graph()
     bad = _edges(graph, lambda m: not _in("densekit.cli")(m), _in("densekit.cli"))

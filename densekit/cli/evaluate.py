@@ -29,6 +29,7 @@ from densekit.cli.options import (
     RerankVectorsOpt,
     RescoreMultiplierOpt,
     ThreadsOpt,
+    TruncateDimOpt,
     help_of,
 )
 from densekit.errors import DensekitError
@@ -64,6 +65,7 @@ def eval_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help=help_of(EvalConfig, "out"))] = None,
     run_out: Annotated[Path | None, typer.Option("--run-out", help=help_of(EvalConfig, "run_out"))] = None,
     factory: Annotated[str, typer.Option(help=_spec("factory"))] = "Flat",
+    truncate_dim: TruncateDimOpt = None,
     device: DeviceOpt = None,
     batch_size: BatchOpt = 64,
     cache: CacheOpt = True,
@@ -104,6 +106,7 @@ def eval_cmd(
     )
     spec = RetrieverSpec(
         model=model,
+        truncate_dim=truncate_dim,
         index=index,
         factory=factory,
         batch_size=batch_size,
@@ -154,6 +157,7 @@ def mteb_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for MTEB results.")] = None,
     prompts: Annotated[Path | None, typer.Option(help="JSON file of mteb model prompts by key.")] = None,
     language: Annotated[str, typer.Option(help="Language of non-mteb local folders.")] = "eng-Latn",
+    truncate_dim: TruncateDimOpt = None,
     device: DeviceOpt = None,
     batch_size: BatchOpt = 64,
     cache: CacheOpt = True,
@@ -170,7 +174,7 @@ def mteb_cmd(
     from densekit.retriever.encoder import Encoder
 
     prompt_map = read_prompt_file(prompts) if prompts is not None else None
-    encoder = Encoder(model, device=device, batch_size=batch_size)
+    encoder = Encoder(model, device=device, batch_size=batch_size, truncate_dim=truncate_dim)
     summary = run_mteb(
         encoder,
         data,

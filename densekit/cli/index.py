@@ -49,6 +49,7 @@ from densekit.cli.options import (
     StoreTextsOpt,
     ThreadsOpt,
     TrainSampleOpt,
+    TruncateDimOpt,
 )
 from densekit.errors import DensekitError
 from densekit.index.config import IndexBuildConfig
@@ -69,6 +70,7 @@ def index_build(
     ef_search: EfSearchOpt = None,
     k_factor: KFactorOpt = None,
     rescore_multiplier: BuildRescoreOpt = None,
+    truncate_dim: TruncateDimOpt = None,
     device: DeviceOpt = None,
     index_device: BuildDeviceOpt = "cpu",
     shard_gpus: ShardGpusOpt = False,
@@ -147,6 +149,7 @@ def index_build(
         store_texts=store_texts,
         overwrite=overwrite,
         chunking=ChunkConfig(chunk_size, chunk_overlap, aggregate),
+        truncate_dim=truncate_dim,
     )
     info["seconds"] = round(time.perf_counter() - start, 2)
     if as_json:

@@ -9,7 +9,7 @@ import typer
 
 from densekit.cli import render
 from densekit.cli.app import app
-from densekit.cli.options import BatchOpt, DataArg, DeviceOpt, JsonOpt, QuietOpt, help_of
+from densekit.cli.options import BatchOpt, DataArg, DeviceOpt, JsonOpt, QuietOpt, TruncateDimOpt, help_of
 from densekit.mining.config import MiningConfig
 
 
@@ -49,6 +49,7 @@ def mine_cmd(
     device: DeviceOpt = None,
     index_device: Annotated[str, typer.Option(help=_m("index_device"))] = "cpu",
     batch_size: BatchOpt = 64,
+    truncate_dim: TruncateDimOpt = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help=_m("cache"))] = True,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -79,6 +80,7 @@ def mine_cmd(
         device=device,
         index_device=index_device,
         batch_size=batch_size,
+        truncate_dim=truncate_dim,
         cache=cache,
     )
     config.validate()  # before any model loads

@@ -42,6 +42,7 @@ def describe_saved(directory: str | Path, verify: bool = True) -> dict:
             "densekit_version",
             "created",
             "documents",
+            "rescore",
         )
     }
     info["verified"] = verify

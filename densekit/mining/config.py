@@ -4,19 +4,31 @@
 (teacher, candidate sources, positive-aware filters of NV-Retriever arXiv 2407.15831, the GIST guide
 of arXiv 2402.16829, the sampler); `mine(config, ...)` is the one library call behind `densekit mine`.
 `validate()` checks everything that needs no model, so a wrong option fails before any model loads.
+
+`mine` records the options beside the negatives file, in an ``"options"`` block of the config sidecar
+``<out>.config.json``::
+
+    "options": {"mining": {...every MiningConfig field...}, "data": "/abs/beir/folder", "split": "train",
+                "negatives_sha256": "<sha256 of <out>>"}
+
+with paths (models, index folders, the dataset) made absolute. :func:`read_recorded` reads it back so
+that training can re-run the same mining with its current weights as the teacher (Conan-embedding,
+arXiv 2408.15710; :mod:`densekit.retriever.train.remine`): no sidecar, a sidecar without options (an
+older densekit) or a negatives file the sidecar does not describe (sha256) is a one-line DensekitError.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from densekit.errors import DensekitError
+from densekit.errors import DensekitError, IntegrityError
 
 if TYPE_CHECKING:
     from densekit.data import BeirDataset, Corpus
     from densekit.mining.miner import HardNegativeMiner, MiningResult
+    from densekit.mining.sources import DenseScorer
 
 
 @dataclass
@@ -161,15 +173,19 @@ def _encoder(model: str, config: MiningConfig):
     return Encoder(model, device=config.device, batch_size=config.batch_size)
 
 
-def build_miner(config: MiningConfig, corpus: Corpus) -> HardNegativeMiner:
-    """The miner `config` describes over `corpus`: teacher (and guide) scorers, sources, filters, sampler."""
+def build_miner(config: MiningConfig, corpus: Corpus, teacher: DenseScorer | None = None) -> HardNegativeMiner:
+    """The miner `config` describes over `corpus`: teacher (and guide) scorers, sources, filters, sampler.
+
+    `teacher` replaces the model `config.teacher` names (re-mining with the weights being trained); it
+    also serves the ``teacher`` source."""
     from densekit.mining.miner import HardNegativeMiner
     from densekit.mining.sources import DenseScorer
 
     config.validate()
-    teacher = DenseScorer(
-        _encoder(config.teacher, config), corpus, cache=config.cache, index_device=config.index_device
-    )
+    if teacher is None:
+        teacher = DenseScorer(
+            _encoder(config.teacher, config), corpus, cache=config.cache, index_device=config.index_device
+        )
     guide = None
     if config.guide is not None:
         guide = DenseScorer(_encoder(config.guide, config), corpus, cache=config.cache)
@@ -213,4 +229,82 @@ def mine(
     config.validate()
     ds = load_dataset(data, split=split)
     miner = build_miner(config, ds.corpus)
-    return miner.mine(ds, out, resume=resume, removed_out=removed_out), ds
+    result = miner.mine(ds, out, resume=resume, removed_out=removed_out)
+    result.config["options"] = record_options(out, config, ds.root, split)
+    return result, ds
+
+
+_PATH_FIELDS = ("teacher", "guide", "scorer")
+
+
+@dataclass
+class RecordedMining:
+    """What produced a negatives file: the options, the BEIR folder and the split that were mined."""
+
+    config: MiningConfig
+    data: str
+    split: str
+    sidecar: dict  # the whole <out>.config.json (dataset fingerprints, models, filters, ...)
+
+
+def _absolute(value: str | None) -> str | None:
+    if value is None or not Path(value).exists():
+        return value  # a model name resolves the same way wherever it runs
+    return str(Path(value).resolve())
+
+
+def record_options(out: str | Path, config: MiningConfig, data: str | Path, split: str) -> dict:
+    """Add the options block (see the module docstring) to `out`'s config sidecar; return the block."""
+    from densekit.io import read_json, sha256_file, write_json
+    from densekit.mining.output import config_path
+
+    mining = asdict(config)
+    for name in _PATH_FIELDS:
+        mining[name] = _absolute(mining[name])
+    mining["sources"] = [spec if spec == "teacher" else _absolute(spec) for spec in config.sources]
+    options = {
+        "mining": mining,
+        "data": str(Path(data).resolve()),
+        "split": split,
+        "negatives_sha256": sha256_file(out),
+    }
+    sidecar = read_json(config_path(out), IntegrityError)
+    write_json(config_path(out), {**sidecar, "options": options})
+    return options
+
+
+def read_recorded(negatives: str | Path) -> RecordedMining:
+    """The recorded mining of `negatives` (see the module docstring); DensekitError when there is none."""
+    from densekit.io import read_json, sha256_file
+    from densekit.mining.output import config_path
+
+    negatives = Path(negatives)
+    sidecar_path = config_path(negatives)
+    again = f"mine it again with `densekit mine ... --out {negatives}`"
+    if not sidecar_path.is_file():
+        raise DensekitError(
+            f"{negatives}: no mining configuration to re-run ({sidecar_path.name} is missing: the file was not "
+            f"written by `densekit mine`); {again}"
+        )
+    sidecar = read_json(sidecar_path)
+    options = sidecar.get("options") if isinstance(sidecar, dict) else None
+    if not isinstance(options, dict) or not isinstance(options.get("mining"), dict):
+        raise DensekitError(
+            f"{sidecar_path}: records no mining options (written by an older densekit), so the mining cannot be "
+            f"re-run exactly; {again}"
+        )
+    if sha256_file(negatives) != options.get("negatives_sha256"):
+        raise DensekitError(
+            f"{negatives}: its content differs from what {sidecar_path.name} describes (sha256), so the recorded "
+            f"mining did not write it; {again}"
+        )
+    unknown = sorted(set(options["mining"]) - {f.name for f in fields(MiningConfig)})
+    if unknown:
+        raise DensekitError(f"{sidecar_path}: unknown mining option(s) {', '.join(unknown)} (a newer densekit?)")
+    try:
+        config = MiningConfig(**options["mining"])
+        data, split = str(options["data"]), str(options["split"])
+    except (KeyError, TypeError) as exc:
+        raise DensekitError(f"{sidecar_path}: malformed options block ({exc})") from None
+    config.validate()
+    return RecordedMining(config, data, split, sidecar)

@@ -182,6 +182,14 @@ class RetrieverSpec:
     index: Path | None = field(default=None, metadata={"help": "Evaluate a saved index directory."})
     factory: str = field(default="Flat", metadata={"help": "FAISS factory string for --model."})
     batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch."})
+    truncate_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the first D dimensions of every embedding, re-normalised when the model normalises "
+            "(Matryoshka models lose little). Recorded in the embedding cache key and the index manifest; a "
+            "saved index encodes queries at the dimension it records."
+        },
+    )
     cache: bool = field(default=True, metadata={"help": "Reuse cached corpus embeddings."})
     device: str | None = field(
         default=None, metadata={"help": "Torch device for the encoder (default: cuda if available)."}
@@ -234,6 +242,8 @@ class RetrieverSpec:
             check_index_dir(self.index)
         if self.aggregate is not None and self.index is None:
             raise DensekitError("--aggregate applies to an index of passages: give --index")
+        if self.truncate_dim is not None and self.model is None:
+            raise DensekitError("--truncate-dim applies to --model (a saved index encodes at the dimension it records)")
         if self.index is None and not self.search.is_default():
             raise DensekitError("--nprobe, --ef-search, --rerank-vectors and --index-device need --index")
 
@@ -257,7 +267,7 @@ def build_retriever(spec: RetrieverSpec, corpus: Corpus | None = None) -> tuple[
         from densekit.retriever.dense import DenseRetriever
         from densekit.retriever.encoder import Encoder
 
-        encoder = Encoder(spec.model, device=spec.device, batch_size=spec.batch_size)
+        encoder = Encoder(spec.model, device=spec.device, batch_size=spec.batch_size, truncate_dim=spec.truncate_dim)
         retriever = DenseRetriever.build(encoder, corpus, factory=spec.factory, cache=spec.cache)
         config = {"model": spec.model, "factory": spec.factory, **encoder.describe()}
     elif spec.index is not None:

@@ -125,6 +125,7 @@ def encoder_from_manifest(directory: Path, info: dict, model: str | None, device
         max_length=info.get("max_length"),
         query_prompt=info.get("query_prompt"),
         document_prompt=info.get("document_prompt"),
+        truncate_dim=info.get("truncate_dim"),
     )
     check_model(directory, info, encoder, explicit=model is not None)
     return encoder

@@ -44,6 +44,7 @@ class EncoderConfig:
     do_lower_case: bool = False
     query_prompt: str = ""
     document_prompt: str = ""
+    truncate_dim: int | None = None  # keep the first D dimensions (Matryoshka), before normalising
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -149,6 +150,10 @@ class Encoder:
             (a plain transformers folder uses mean pooling, normalisation and 512 tokens by default).
         dtype: "float32", "float16" or "bfloat16". Default float16 on CUDA, float32 on CPU.
         batch_size: texts per forward pass.
+        truncate_dim: keep the first D dimensions of each embedding, re-normalised when the model
+            normalises (Matryoshka models keep most of their quality; see docs/training.md). Part of
+            :meth:`fingerprint` (so the embedding cache never mixes dimensions) and of :meth:`describe`
+            (so an index records it and reopens with it).
     """
 
     def __init__(
@@ -162,6 +167,7 @@ class Encoder:
         document_prompt: str | None = None,
         dtype: str | None = None,
         batch_size: int = 64,
+        truncate_dim: int | None = None,
     ) -> None:
         self.model_name = str(model)
         self.folder = resolve_model(model)
@@ -186,6 +192,13 @@ class Encoder:
         tokenizer_max = getattr(self.tokenizer, "model_max_length", None) or self.config.max_length
         position_max = getattr(self.model.config, "max_position_embeddings", None) or self.config.max_length
         self.config.max_length = min(self.config.max_length, tokenizer_max, position_max)
+        if truncate_dim is not None:
+            self.config.truncate_dim = truncate_dim
+        hidden = int(self.model.config.hidden_size)
+        if self.config.truncate_dim is not None and not 0 < self.config.truncate_dim <= hidden:
+            raise DensekitError(
+                f"--truncate-dim must be between 1 and the model's dimension {hidden}, got {self.config.truncate_dim}"
+            )
 
     @staticmethod
     def _load_config(folder: Path) -> EncoderConfig:
@@ -208,7 +221,7 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.config.truncate_dim or self.model.config.hidden_size)
 
     @property
     def model_id(self) -> str:
@@ -216,7 +229,7 @@ class Encoder:
 
     def fingerprint(self) -> str:
         """Identifies weights + encoding config: equal fingerprints give equal embeddings."""
-        settings = json.dumps(asdict(self.config), sort_keys=True)
+        settings = json.dumps(self._settings(), sort_keys=True)
         return f"{model_fingerprint(str(self.folder))}:{settings}"
 
     def describe(self) -> dict:
@@ -226,8 +239,15 @@ class Encoder:
             "model_folder": str(self.folder),
             "fingerprint": self.fingerprint(),
             "dim": self.dim,
-            **{k: v for k, v in asdict(self.config).items() if k != "extra"},
+            **{k: v for k, v in self._settings().items() if k != "extra"},
         }
+
+    def _settings(self) -> dict:
+        """The encoding config; truncate_dim only when set, so untruncated fingerprints stay as they were."""
+        settings = asdict(self.config)
+        if settings["truncate_dim"] is None:
+            del settings["truncate_dim"]
+        return settings
 
     def encode_queries(self, texts: list[str], batch_size: int | None = None, show_progress: bool = True) -> np.ndarray:
         return self.encode(
@@ -268,6 +288,8 @@ class Encoder:
         """Token ids -> pooled (and normalised, if configured) embeddings, with autograd if enabled."""
         out = self.model(**batch)
         emb = pool(out.last_hidden_state, batch["attention_mask"], self.config.pooling)
+        if self.config.truncate_dim is not None:
+            emb = emb[:, : self.config.truncate_dim]
         if self.config.normalize:
             emb = torch.nn.functional.normalize(emb.float(), p=2, dim=1)
         return emb

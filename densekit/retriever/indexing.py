@@ -42,9 +42,11 @@ def build_dense_index_dir(
     store_texts: bool = True,
     overwrite: bool = False,
     chunking: ChunkConfig | None = None,
+    truncate_dim: int | None = None,
 ) -> dict:
     """`densekit index build`: encode a BEIR corpus with `model`, index it as `config` says, save it to `out`
-    (with the texts when `store_texts`); returns what was built.
+    (with the texts when `store_texts`); returns what was built. `truncate_dim` keeps a prefix of each
+    embedding (the manifest records it, so searching encodes queries the same way).
 
     With `chunking` (a chunk size), the documents are split into passages first (:mod:`densekit.chunking`)
     and the index holds passages; searching it returns documents, aggregated as `chunking.aggregate` says."""
@@ -60,7 +62,7 @@ def build_dense_index_dir(
 
     ds = load_dataset(data)
     options = {k: v for k, v in config.options().items() if k not in ("factory", "device", "metric")}
-    encoder = Encoder(model, device=device, batch_size=batch_size)
+    encoder = Encoder(model, device=device, batch_size=batch_size, truncate_dim=truncate_dim)
     chunking.validate(encoder.config.max_length)
     corpus, passage_meta = ds.corpus, None
     if chunking.enabled:

@@ -32,6 +32,7 @@ from densekit.serialize import JSON_FILE, TENSORS_FILE, load_state, save_state
 LEGACY_STATE = "state.pt"
 TRAIN_CONFIG = "densekit_train.json"
 CHECKPOINTS = "checkpoints"
+REMINED = "remined"  # negatives re-mined during training (densekit.retriever.train.remine)
 STATE_KEYS = ("model", "loss", "optimizer", "scheduler", "scaler", "rng", "position", "best", "recipe")
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -76,13 +77,16 @@ def is_legacy(path: Path) -> bool:
 # ----------------------------------------------------------------------------- writing
 
 
-def write_checkpoint(target: Path, state: dict, config_json: dict) -> None:
-    """Write `state` (keys STATE_KEYS) and the run's configuration to `target` in one atomic swap."""
+def write_checkpoint(target: Path, state: dict, config_json: dict, files: dict[str, Path] | None = None) -> None:
+    """Write `state` (keys STATE_KEYS), the run's configuration and copies of `files` (name in the
+    checkpoint -> file, e.g. re-mined negatives) to `target` in one atomic swap."""
     # A legacy step-N (no marker) at the same step is densekit's own and is replaced.
     with atomic_dir(target, kind="checkpoint", overwrite=is_legacy(target)) as staging:
         save_state(staging, state)
         fault_point("checkpoint-write")  # the fault suite kills a run here, mid-checkpoint
         write_json(staging / TRAIN_CONFIG, config_json)
+        for name, source in (files or {}).items():
+            shutil.copyfile(source, staging / name)
 
 
 def rotate(output: Path, keep: int, written: Path) -> None:
@@ -173,12 +177,13 @@ def _refuse_foreign_models(output: Path) -> list[Path]:
 def clear_training_folder(output: Path) -> list[Path]:
     """Remove what `densekit train` wrote in `output` (for `overwrite`); return what was removed.
 
-    Checkpoints, ``model/``, ``best/``, ``metrics.jsonl`` and ``summary.json`` go; a ``model/`` or
+    Checkpoints, ``model/``, ``best/``, ``remined/``, ``metrics.jsonl`` and ``summary.json`` go; a ``model/`` or
     ``best/`` that densekit did not write is refused (DensekitError) before anything is removed, and
     other files under ``checkpoints/`` stay. The guide cache stays: it is keyed and verified.
     """
     models = _refuse_foreign_models(output)
-    removed = [*checkpoint_dirs(output), *models]
+    remined = [output / REMINED] if (output / REMINED).is_dir() else []
+    removed = [*checkpoint_dirs(output), *models, *remined]
     for path in removed:
         _remove_tree(path)
     with contextlib.suppress(OSError):

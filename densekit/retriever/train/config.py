@@ -18,6 +18,18 @@ CPU_FORWARD_BATCH_SIZE = 8  # measured on SciFact/MiniLM, benchmarks/RESULTS.md
 PRECISIONS = ("no", "bf16", "fp16")
 
 
+def parse_remine_every(value: str | None) -> int | str | None:
+    """`--remine-every`: None (off), a positive number of steps, or ``"epoch"``; DensekitError otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text == "epoch":
+        return "epoch"
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise DensekitError(f"--remine-every must be a positive number of steps or 'epoch', got {value!r}")
+
+
 @dataclass
 class LossConfig:
     """Which contrastive loss, and its knobs (each field's help says what it does)."""
@@ -196,10 +208,19 @@ class TrainConfig:
     )
     device: str | None = field(default=None, metadata={"help": "Torch device (default: cuda if available)."})
     log_steps: int = field(default=1, metadata={"help": "Log the loss every N steps."})
+    remine_every: str | None = field(
+        default=None,
+        metadata={
+            "help": "Re-mine the negatives with the current weights every N steps, or every 'epoch' (Conan-embedding): "
+            "re-runs the mining recorded beside the negatives file (filters, guide, scorer, sampler, seed) with the "
+            "model being trained as the teacher; the counts of changed negatives go to metrics.jsonl."
+        },
+    )
 
     def validate(self) -> None:
         self.loss.validate()
         self.data.validate()
+        parse_remine_every(self.remine_every)
         positive = {
             "epochs": self.epochs,
             "batch_size": self.batch_size,

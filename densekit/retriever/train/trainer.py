@@ -54,6 +54,7 @@ from densekit.retriever.train.losses import LossInputs
 from densekit.retriever.train.model import DualEncoder
 from densekit.retriever.train.objective import build_objective
 from densekit.retriever.train.optim import resolve_forward_batch_size
+from densekit.retriever.train.remine import Remining
 
 __all__ = ["GuideCache", "Trainer", "resolve_forward_batch_size", "rng_state", "set_rng_state", "train"]
 
@@ -67,6 +68,7 @@ class Trainer(TrainingLoop):
     def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False) -> None:
         super().__init__(config, resume, overwrite)
         self.find_unused_parameters = config.separate_towers
+        self.remining = Remining.prepare(config)  # reads the recorded mining before any model loads
 
     # ---------------------------------------------------------------- setup
     def _setup_task(self) -> None:
@@ -163,6 +165,21 @@ class Trainer(TrainingLoop):
             "teacher_score": self.teacher_score,  # the stored score distillation read (None: no distillation)
             "encoder": asdict(self.encoder.config),
         }
+
+    # ---------------------------------------------------------------- re-mining (remine.py)
+    def _after_step(self, log, epoch_done: bool) -> None:
+        last_epoch = self.epoch == self.config.epochs - 1
+        if self.remining is not None and self.remining.due(self.step, self.total_steps, epoch_done, last_epoch):
+            log(self.remining.run(self))
+
+    def _checkpoint_extra(self) -> tuple[dict, dict[str, Path]]:
+        if self.remining is None:
+            return {}, {}
+        return {"remine": self.remining.state()}, self.remining.files()
+
+    def _restore_extra(self, path: Path, state: dict) -> None:
+        if self.remining is not None:
+            self.remining.restore(self, path, state.get("remine"))
 
     # ---------------------------------------------------------------- one step
     def _loss_inputs(self, batch: ContrastiveBatch) -> LossInputs:
