@@ -185,6 +185,7 @@ class DenseIndex(ExactRerank):
         shard: bool = False,
         float16: bool = False,
         show_progress: bool = False,
+        rescore_multiplier: int | None = None,
     ) -> DenseIndex:
         """Build from `embeddings` (n, dim; an mmap is read block by block) and their `ids`.
 
@@ -193,6 +194,7 @@ class DenseIndex(ExactRerank):
         `train_sample` vectors with `seed` (the preset's default when None). `device` places the
         index (cpu, gpu, gpu:N, gpu:0,1, auto) before training, so training and adding run there;
         `shard` and `float16` are the multi-GPU layout and half-precision storage options.
+        `rescore_multiplier`: search rescores its top multiplier x k against `embeddings` (exact_rerank.py).
         """
         if len(ids) != len(embeddings):
             raise DensekitError(f"{len(embeddings)} embeddings but {len(ids)} ids")
@@ -210,6 +212,8 @@ class DenseIndex(ExactRerank):
             index.train(embeddings if rows is None else embeddings[rows])
         with stage(f"adding {len(ids)} vectors to {index.factory}") if long_add else contextlib.nullcontext():
             index.add_blocks(embeddings, list(ids), show_progress=show_progress)
+        if rescore_multiplier is not None:
+            index.use_reranking(embeddings, multiplier=rescore_multiplier)
         return index
 
     def add_blocks(

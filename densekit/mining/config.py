@@ -37,6 +37,9 @@ class MiningConfig:
     TopK-PercPos 95%, four negatives)."""
 
     teacher: str = field(default="all-MiniLM-L6-v2", metadata={"help": "Teacher encoder that scores candidates."})
+    truncate_dim: int | None = field(
+        default=None, metadata={"help": "Dense encoders (teacher, guide, model sources) keep this prefix."}
+    )
     guide: str | None = field(default=None, metadata={"help": "GIST guide encoder (adds the guide filter last)."})
     guide_margin: float | None = field(default=None, metadata={"help": "Guide filter: drop if guide >= guide_pos - m."})
     method: str = field(
@@ -170,7 +173,7 @@ def mining_source(spec: str, teacher, corpus: Corpus, config: MiningConfig):
 def _encoder(model: str, config: MiningConfig):
     from densekit.retriever.encoder import Encoder
 
-    return Encoder(model, device=config.device, batch_size=config.batch_size)
+    return Encoder(model, device=config.device, batch_size=config.batch_size, truncate_dim=config.truncate_dim)
 
 
 def build_miner(config: MiningConfig, corpus: Corpus, teacher: DenseScorer | None = None) -> HardNegativeMiner:
