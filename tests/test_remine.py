@@ -17,9 +17,10 @@ from conftest import run_cli
 from safetensors.torch import load_file
 
 from densekit.negatives import read_negatives
-from densekit.retriever.train import DataConfig, TrainConfig, train
+from densekit.retriever.train import DataConfig, LossConfig, TrainConfig, train
 from densekit.retriever.train.checkpoints import checkpoint_dirs
 from densekit.retriever.train.remine import count_changes
+from densekit.serialize import load_state
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,28 @@ def test_remine_every_epoch_with_unchanged_weights_reproduces_the_mined_file(
     sidecar = json.loads((out / "remined" / f"step-{remines[0]['step']}.negatives.jsonl.config.json").read_text())
     assert sidecar["teacher"]["fingerprint"].startswith("in-training:")
     assert sidecar["filters"] == json.loads(Path(f"{mined}.config.json").read_text())["filters"]
+
+
+def test_remine_with_a_gist_guide_and_distillation_trains_on_the_new_negatives(
+    tiny_model: Path, mined: Path, scifact_small: Path, tmp_path: Path
+) -> None:
+    """The GIST guide's embeddings and the distillation scores follow the re-mined negatives."""
+    out = tmp_path / "gist"
+    summary = train(
+        _config(
+            tiny_model,
+            mined,
+            scifact_small,
+            out,
+            remine_every="2",
+            max_steps=4,
+            loss=LossConfig(name="gist", guide=str(tiny_model), distill="margin-mse", teacher_score="teacher_score"),
+        )
+    )
+    assert summary["finished"] and [r["step"] for r in _records(out) if "remine" in r] == [2]
+    guide = load_state(out / "guide_cache")
+    remined = {n.id for r in read_negatives(out / "remined" / "step-2.negatives.jsonl") for n in r.negatives}
+    assert remined <= set(guide["doc_rows"])
 
 
 def test_remine_every_refuses_bad_values_and_files_without_a_recorded_mining(
