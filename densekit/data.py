@@ -28,6 +28,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from densekit.errors import DensekitError, InputError
 from densekit.io import atomic_file, open_text
 
@@ -106,13 +108,18 @@ def join_title_text(title: str, text: str) -> str:
 
 @dataclass
 class Corpus:
-    """Documents in file order: parallel lists of ids, titles and texts."""
+    """Documents in file order: parallel lists of ids, titles and texts.
+
+    Treat a Corpus as immutable once built: id positions and the content fingerprint are computed
+    once and remembered (build a new Corpus to change documents).
+    """
 
     ids: list[str]
     titles: list[str]
     body: list[str]
     path: Path | None = None
     _positions: dict[str, int] = field(default_factory=dict, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self._positions:
@@ -127,6 +134,11 @@ class Corpus:
     def position(self, doc_id: str) -> int:
         return self._positions[doc_id]
 
+    def positions(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """Row numbers (int64) of the given ids; KeyError for an id not in the corpus."""
+        lookup = self._positions
+        return np.array([lookup[d] for d in doc_ids], dtype=np.int64)
+
     def texts(self) -> list[str]:
         """Title and text joined for encoding (see :func:`join_title_text`)."""
         return [join_title_text(t, b) for t, b in zip(self.titles, self.body, strict=True)]
@@ -137,7 +149,9 @@ class Corpus:
 
     def fingerprint(self) -> str:
         """sha256 over ids, titles and texts (:func:`fingerprint`): identifies the corpus content for caches."""
-        return fingerprint(self.ids, self.titles, self.body)
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.ids, self.titles, self.body)
+        return self._fingerprint
 
     @classmethod
     def from_records(cls, records: Mapping[str, Mapping[str, str]] | list[dict]) -> Corpus:

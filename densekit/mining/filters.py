@@ -44,6 +44,7 @@ candidates the teacher scores higher than the positive. ``pos - (1 - p) * |pos|`
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -148,8 +149,8 @@ class _Described:
     def describe(self) -> dict:
         return {"name": self.kind, **asdict(self)}  # type: ignore[call-overload]
 
-    @property
-    def label(self) -> str:
+    @cached_property
+    def label(self) -> str:  # computed once: filters are not changed after construction
         params = ",".join(f"{v}" for v in asdict(self).values())  # type: ignore[call-overload]
         return f"{self.kind}({params})" if params else self.kind
 

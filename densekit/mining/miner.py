@@ -202,40 +202,28 @@ class HardNegativeMiner:
 
     def mine_query(
         self,
-        query_id: str,
+        candidates: Candidates,
         text: str,
-        positives: list[str],
-        candidate_lists: list[list[str]],
-        teacher_vector: np.ndarray,
-        guide_vector: np.ndarray | None,
         stats: MiningStats,
         removed_log: list[dict] | None = None,
         bm25_scores: dict[str, float] | None = None,
     ) -> dict:
-        """Fuse, score, filter and sample one query; update `stats`; return its output record.
+        """Filter and sample one query's scored candidates; update `stats`; return its output record.
 
+        `candidates` carries the fused candidate list with the teacher's (and guide's) scores of the
+        candidates and positives (:meth:`score_candidates`); cross-encoder and BM25 scores are added here.
         When `removed_log` is a list, every removed candidate is appended to it as
         `{"id", "rank", "teacher_score", "guide_score", ..., "filter"}`, in filter order.
         `bm25_scores`: the bm25 source's scores of what it retrieved for this query.
         """
-        fused = fuse(
-            candidate_lists, self.fusion, self.depth, teacher_score=lambda ids: self.teacher.score(teacher_vector, ids)
-        )
-        candidates = Candidates(
-            query_id,
-            fused,
-            self.teacher.score(teacher_vector, fused),
-            positives,
-            self.teacher.score(teacher_vector, positives),
-            guide_scores=None if self.guide is None else self.guide.score(guide_vector, fused),
-            positive_guide_scores=None if self.guide is None else self.guide.score(guide_vector, positives),
-            extra_scores=self._extra_scores(text, fused, positives, bm25_scores),
-        )
+        query_id, positives = candidates.query_id, candidates.positive_ids
+        candidates.extra_scores.update(self._extra_scores(text, candidates.doc_ids, positives, bm25_scores))
         removed_by: list[tuple[str, Candidates]] | None = [] if removed_log is not None else None
         survivors, removed = apply_filters(candidates, self.filters, removed_by)
         for label, gone in removed_by or []:
             removed_log.extend(_candidate_rows(gone, range(len(gone)), label))  # type: ignore[union-attr]
-        chosen = self.sampler.sample(survivors.teacher_scores, self.negatives, query_rng(self.seed, query_id))
+        rng = query_rng(self.seed, query_id) if getattr(self.sampler, "random", True) else None
+        chosen = self.sampler.sample(survivors.teacher_scores, self.negatives, rng)
         if self.scorer is not None and not self.score_all_candidates:  # positives and written negatives, one call
             positions = np.asarray(chosen, dtype=np.int64)
             scores = self.scorer.score(text, [*positives, *(survivors.doc_ids[i] for i in positions)])
@@ -267,6 +255,35 @@ class HardNegativeMiner:
             },
             "negatives": negatives,
         }
+
+    def score_candidates(
+        self, query_ids: list[str], positives: list[list[str]], candidate_lists: list[list[list[str]]]
+    ) -> list[Candidates]:
+        """Fuse each query's source lists and score candidates and positives with the teacher (and
+        guide), the whole chunk at once (:meth:`DenseScorer.score_lists`)."""
+        teacher_vectors = self.teacher.query_vectors(query_ids)
+        fused = [
+            fuse(lists, self.fusion, self.depth, teacher_score=lambda ids, v=vector: self.teacher.score(v, ids))
+            for lists, vector in zip(candidate_lists, teacher_vectors, strict=True)
+        ]
+        twice = np.concatenate([np.arange(len(fused))] * 2)  # each query's vector for its candidates and positives
+        teacher = self.teacher.score_lists(teacher_vectors[twice], fused + positives)
+        guide: list[np.ndarray | None] = [None] * (2 * len(fused))
+        if self.guide is not None:
+            guide = self.guide.score_lists(self.guide.query_vectors(query_ids)[twice], fused + positives)
+        n = len(fused)
+        return [
+            Candidates(
+                query_id,
+                fused[i],
+                teacher[i],
+                positives[i],
+                teacher[n + i],
+                guide_scores=guide[i],
+                positive_guide_scores=guide[n + i],
+            )
+            for i, query_id in enumerate(query_ids)
+        ]
 
     def _extra_scores(
         self, text: str, fused: list[str], positives: list[str], bm25_scores: dict[str, float] | None
@@ -390,21 +407,14 @@ class HardNegativeMiner:
                 per_source.append([[doc_id for doc_id, _ in hits] for hits in scored])
             else:
                 per_source.append(source.candidates(ids, texts, self.depth))
-        teacher_vectors = self.teacher.query_vectors(ids)
-        guide_vectors = None if self.guide is None else self.guide.query_vectors(ids)
+        candidates = self.score_candidates(
+            ids, [p for _, p in mined], [[lists[i] for lists in per_source] for i in range(len(ids))]
+        )
         lines, removed_lines = [], []
-        for i, (query_id, positives) in enumerate(mined):
+        for i, query_candidates in enumerate(candidates):
             removed: list[dict] | None = [] if log_removed else None
             record = self.mine_query(
-                query_id,
-                texts[i],
-                positives,
-                [lists[i] for lists in per_source],
-                teacher_vectors[i],
-                None if guide_vectors is None else guide_vectors[i],
-                stats,
-                removed,
-                None if bm25_scores is None else bm25_scores[i],
+                query_candidates, texts[i], stats, removed, None if bm25_scores is None else bm25_scores[i]
             )
             lines.append(NegativesRecord.from_json(record).line())  # the schema the trainer reads
             if removed:

@@ -36,13 +36,15 @@ def query_rng(seed: int, query_id: str) -> np.random.Generator:
 
 
 class Sampler(Protocol):
-    def sample(self, scores: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray: ...
+    def sample(self, scores: np.ndarray, n: int, rng: np.random.Generator | None) -> np.ndarray: ...
 
     def describe(self) -> dict: ...
 
 
 class _Described:
     kind: ClassVar[str]
+    #: whether `sample` reads its generator; the miner builds a query's generator only when it does
+    random: ClassVar[bool] = True
 
     def describe(self) -> dict:
         return {"name": self.kind, **asdict(self)}  # type: ignore[call-overload]
@@ -58,8 +60,9 @@ class TopSampler(_Described):
     """The first `n` candidates in candidate-list order."""
 
     kind: ClassVar[str] = "top"
+    random: ClassVar[bool] = False
 
-    def sample(self, scores: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, scores: np.ndarray, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
         _check(n)
         return np.arange(min(n, len(scores)))
 

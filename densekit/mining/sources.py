@@ -60,6 +60,7 @@ class DenseScorer:
         self.show_progress = show_progress
         self.query_chunk = query_chunk
         self.documents = encode_corpus(encoder, corpus, cache=cache, show_progress=show_progress)
+        self._rows = np.asarray(self.documents)  # a plain view of the mmap: numpy.memmap indexing is slow
         self._index: DenseIndex | None = None
         self._queries: dict[str, int] = {}
         self._query_vectors: np.ndarray | None = None
@@ -108,12 +109,29 @@ class DenseScorer:
         """Inner products of one query vector with the given documents (rows gathered from the mmap)."""
         if not doc_ids:
             return np.empty(0, dtype=np.float32)
-        rows = np.fromiter((self.corpus.position(d) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
-        # Gather in ascending row order (sequential mmap reads), then restore the caller's order.
-        order = np.argsort(rows, kind="stable")
-        gathered = np.empty((len(rows), self.documents.shape[1]), dtype=np.float32)
-        gathered[order] = self.documents[rows[order]]
-        return gathered @ query_vector.astype(np.float32)
+        return self.score_lists(query_vector[None, :], [doc_ids])[0]
+
+    def score_lists(
+        self, query_vectors: np.ndarray, id_lists: Sequence[Sequence[str]], block: int = 16384
+    ) -> list[np.ndarray]:
+        """:meth:`score` for many queries at once: `query_vectors[i]` against the documents `id_lists[i]`.
+
+        The rows of all lists are gathered and multiplied in blocks of `block` (query, document) pairs,
+        so memory stays bounded; each score is the same row-wise dot product whatever the blocking.
+        """
+        lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
+        flat = [d for ids in id_lists for d in ids]
+        rows = self.corpus.positions(flat)
+        owners = np.repeat(np.arange(len(id_lists)), lengths)
+        vectors = np.asarray(query_vectors, dtype=np.float32)
+        scores = np.empty(len(flat), dtype=np.float32)
+        for start in range(0, len(flat), block):
+            part = slice(start, start + block)
+            order = np.argsort(rows[part], kind="stable")  # ascending rows: sequential mmap reads
+            gathered = np.empty((len(order), self._rows.shape[1]), dtype=np.float32)
+            gathered[order] = self._rows[rows[part][order]]
+            scores[part] = np.einsum("ij,ij->i", gathered, vectors[owners[part]])
+        return np.split(scores, np.cumsum(lengths)[:-1]) if len(id_lists) else []
 
     # -- searching -----------------------------------------------------------------------------------
 
