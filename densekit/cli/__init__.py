@@ -3,7 +3,19 @@ and one thin module per command group. A command parses, builds a config, calls 
 and renders the result.
 """
 
-from densekit.cli import data, evaluate, index, mine, models, reports, search, serve, shards, train  # noqa: F401
+from densekit.cli import (  # noqa: F401
+    data,
+    evaluate,
+    index,
+    mine,
+    models,
+    reports,
+    search,
+    serve,
+    shards,
+    train,
+    train_reranker,
+)
 from densekit.cli.app import app, main
 
 __all__ = ["app", "main"]

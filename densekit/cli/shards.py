@@ -14,6 +14,7 @@ from densekit.cli.app import index_app
 from densekit.cli.options import (
     BatchOpt,
     BuildDeviceOpt,
+    BuildRescoreOpt,
     DataArg,
     DeviceOpt,
     EfSearchOpt,
@@ -25,6 +26,7 @@ from densekit.cli.options import (
     QuietOpt,
     ShardGpusOpt,
     TrainSampleOpt,
+    TruncateDimOpt,
     help_of,
 )
 from densekit.index.config import IndexBuildConfig
@@ -47,6 +49,8 @@ def index_encode(
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
     k_factor: KFactorOpt = None,
+    rescore_multiplier: BuildRescoreOpt = None,
+    truncate_dim: TruncateDimOpt = None,
     index_device: BuildDeviceOpt = "cpu",
     store_texts: Annotated[
         bool, typer.Option("--store-texts/--no-store-texts", help="Keep the document texts in the index.")
@@ -61,7 +65,13 @@ def index_encode(
     """
     render.setup(as_json, quiet)
     params = SearchOptions(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor).params()
-    config = IndexBuildConfig(factory=factory, train_sample=train_sample, search_params=params, device=index_device)
+    config = IndexBuildConfig(
+        factory=factory,
+        train_sample=train_sample,
+        search_params=params,
+        rescore_multiplier=rescore_multiplier,
+        device=index_device,
+    )
     from densekit.retriever.indexing import encode_shards_dir
 
     start = time.perf_counter()
@@ -75,6 +85,7 @@ def index_encode(
         index=index,
         config=config,
         store_texts=store_texts,
+        truncate_dim=truncate_dim,
     )
     if info is None:  # not rank 0
         return
@@ -98,6 +109,7 @@ def index_from_shards(
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
     k_factor: KFactorOpt = None,
+    rescore_multiplier: BuildRescoreOpt = None,
     index_device: BuildDeviceOpt = "cpu",
     shard_gpus: ShardGpusOpt = False,
     float16: Float16Opt = False,
@@ -113,6 +125,7 @@ def index_from_shards(
         train_sample=train_sample,
         seed=seed,
         search_params=params,
+        rescore_multiplier=rescore_multiplier,
         device=index_device,
         shard=shard_gpus,
         float16=float16,

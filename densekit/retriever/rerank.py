@@ -10,6 +10,15 @@ with one label its logit is the score (MS MARCO cross-encoders); with several la
 label's logit is taken as "relevant". Documents are read as title and text joined, the text
 sentence-transformers' BEIR evaluation passes to cross-encoders.
 
+Scores are raw logits, never passed through a sigmoid. sentence-transformers' `CrossEncoder.predict`
+applies the activation a folder records (``config.json`` -> ``sentence_transformers.activation_fn``)
+and, when none is recorded, a sigmoid for a one-label model. A sigmoid keeps the ranking in exact
+arithmetic but in float32 it rounds large logits to the same 1.0, which ties documents the logits
+separate; so densekit ranks by the logit, and the folders `densekit train-reranker` writes record
+the identity activation, so `CrossEncoder(folder).predict` returns these same scores (tested). For
+another folder that records (or defaults to) a sigmoid, densekit's score is sentence-transformers'
+score before its sigmoid: the same order, except where the sigmoid ties.
+
 No pretrained cross-encoder can be installed in this project's build environment (no model hub),
 so the tests check the mechanics with a tiny randomly initialised BERT classifier; its rankings are
 meaningless, the plumbing is what is tested.
@@ -23,6 +32,7 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,13 +52,16 @@ class CrossEncoderReranker:
     def __init__(
         self,
         retriever: Retriever,
-        model: str | Path,
+        model: str | Path | Any,
         corpus: Corpus,
         depth: int = 100,
         batch_size: int = 32,
         max_length: int = 512,
         device: str | None = None,
+        tokenizer=None,
     ) -> None:
+        """`model` is a folder, or a loaded sequence-classification module with its `tokenizer` (used as
+        it is, on its own device and in its own train/eval mode: the cross-encoder trainer's evaluation)."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -58,19 +71,25 @@ class CrossEncoderReranker:
             raise DensekitError(
                 f"depth, batch_size and max_length must be positive, got {depth}, {batch_size}, {max_length}"
             )
-        folder = Path(model).expanduser()
-        if not (folder / "config.json").is_file():
-            raise DensekitError(
-                f"{folder}: not a model folder (no config.json); a cross-encoder is a Hugging Face "
-                "sequence-classification folder"
-            )
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            self.model = AutoModelForSequenceClassification.from_pretrained(folder)
-        except (OSError, ValueError) as exc:
-            raise DensekitError(f"{folder}: cannot load a sequence-classification model ({exc})") from None
-        self.device = pick_device(device)
-        self.model.to(self.device).eval()
+        if isinstance(model, torch.nn.Module):
+            if tokenizer is None:
+                raise DensekitError("a loaded cross-encoder model needs its tokenizer")
+            self.model, self.tokenizer, folder = model, tokenizer, None
+            self.device = next(model.parameters()).device
+        else:
+            folder = Path(model).expanduser()
+            if not (folder / "config.json").is_file():
+                raise DensekitError(
+                    f"{folder}: not a model folder (no config.json); a cross-encoder is a Hugging Face "
+                    "sequence-classification folder"
+                )
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(folder)
+                self.model = AutoModelForSequenceClassification.from_pretrained(folder)
+            except (OSError, ValueError) as exc:
+                raise DensekitError(f"{folder}: cannot load a sequence-classification model ({exc})") from None
+            self.device = pick_device(device)
+            self.model.to(self.device).eval()
         self._torch = torch
         self.retriever = retriever
         self.corpus = corpus
@@ -117,4 +136,8 @@ class CrossEncoderReranker:
         return run
 
     def describe(self) -> dict:
-        return {"reranker": str(self.folder), "rerank_depth": self.depth, "rerank_max_length": self.max_length}
+        return {
+            "reranker": str(self.folder) if self.folder else None,
+            "rerank_depth": self.depth,
+            "rerank_max_length": self.max_length,
+        }
