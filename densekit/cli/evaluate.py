@@ -18,6 +18,7 @@ from densekit.cli.options import (
     DataArg,
     DeviceOpt,
     EfSearchOpt,
+    EncoderBackendOpt,
     FormatOpt,
     JsonOpt,
     K1Opt,
@@ -66,6 +67,7 @@ def eval_cmd(
     run_out: Annotated[Path | None, typer.Option("--run-out", help=help_of(EvalConfig, "run_out"))] = None,
     factory: Annotated[str, typer.Option(help=_spec("factory"))] = "Flat",
     truncate_dim: TruncateDimOpt = None,
+    encoder_backend: EncoderBackendOpt = None,
     device: DeviceOpt = None,
     batch_size: BatchOpt = 64,
     cache: CacheOpt = True,
@@ -107,6 +109,7 @@ def eval_cmd(
     spec = RetrieverSpec(
         model=model,
         truncate_dim=truncate_dim,
+        encoder_backend=encoder_backend,
         index=index,
         factory=factory,
         batch_size=batch_size,
@@ -158,6 +161,7 @@ def mteb_cmd(
     prompts: Annotated[Path | None, typer.Option(help="JSON file of mteb model prompts by key.")] = None,
     language: Annotated[str, typer.Option(help="Language of non-mteb local folders.")] = "eng-Latn",
     truncate_dim: TruncateDimOpt = None,
+    encoder_backend: EncoderBackendOpt = None,
     device: DeviceOpt = None,
     batch_size: BatchOpt = 64,
     cache: CacheOpt = True,
@@ -174,7 +178,12 @@ def mteb_cmd(
     from densekit.retriever.encoder import Encoder
 
     prompt_map = read_prompt_file(prompts) if prompts is not None else None
-    encoder = Encoder(model, device=device, batch_size=batch_size, truncate_dim=truncate_dim)
+    from densekit.retriever.backends import parse_backend
+
+    backend, quantize = parse_backend(encoder_backend or "torch")
+    encoder = Encoder(
+        model, device=device, batch_size=batch_size, truncate_dim=truncate_dim, backend=backend, quantize=quantize
+    )
     summary = run_mteb(
         encoder,
         data,

@@ -36,6 +36,7 @@ from densekit.cli.options import (
     DataArg,
     DeviceOpt,
     EfSearchOpt,
+    EncoderBackendOpt,
     FactoryOpt,
     Float16Opt,
     IndexDirArg,
@@ -71,6 +72,7 @@ def index_build(
     k_factor: KFactorOpt = None,
     rescore_multiplier: BuildRescoreOpt = None,
     truncate_dim: TruncateDimOpt = None,
+    encoder_backend: EncoderBackendOpt = None,
     device: DeviceOpt = None,
     index_device: BuildDeviceOpt = "cpu",
     shard_gpus: ShardGpusOpt = False,
@@ -150,6 +152,7 @@ def index_build(
         overwrite=overwrite,
         chunking=ChunkConfig(chunk_size, chunk_overlap, aggregate),
         truncate_dim=truncate_dim,
+        encoder_backend=encoder_backend,
     )
     info["seconds"] = round(time.perf_counter() - start, 2)
     if as_json:

@@ -9,7 +9,16 @@ import typer
 
 from densekit.cli import render
 from densekit.cli.app import app
-from densekit.cli.options import BatchOpt, DataArg, DeviceOpt, JsonOpt, QuietOpt, TruncateDimOpt, help_of
+from densekit.cli.options import (
+    BatchOpt,
+    DataArg,
+    DeviceOpt,
+    EncoderBackendOpt,
+    JsonOpt,
+    QuietOpt,
+    TruncateDimOpt,
+    help_of,
+)
 from densekit.mining.config import MiningConfig
 
 
@@ -50,6 +59,7 @@ def mine_cmd(
     index_device: Annotated[str, typer.Option(help=_m("index_device"))] = "cpu",
     batch_size: BatchOpt = 64,
     truncate_dim: TruncateDimOpt = None,
+    encoder_backend: EncoderBackendOpt = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help=_m("cache"))] = True,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -81,6 +91,7 @@ def mine_cmd(
         index_device=index_device,
         batch_size=batch_size,
         truncate_dim=truncate_dim,
+        encoder_backend=encoder_backend,
         cache=cache,
     )
     config.validate()  # before any model loads

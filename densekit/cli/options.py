@@ -47,6 +47,9 @@ IndexDirArg = Annotated[Path, typer.Argument(help="Index directory.")]
 DeviceOpt = Annotated[str | None, typer.Option(help=help_of(RetrieverSpec, "device"))]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help=help_of(RetrieverSpec, "batch_size"))]
 CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help=help_of(RetrieverSpec, "cache"))]
+EncoderBackendOpt = Annotated[
+    str | None, typer.Option("--encoder-backend", help=help_of(RetrieverSpec, "encoder_backend"))
+]
 TruncateDimOpt = Annotated[int | None, typer.Option("--truncate-dim", help=help_of(RetrieverSpec, "truncate_dim"))]
 
 # -- BM25 --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from densekit.cli.options import (
     AggregateOverrideOpt,
     DeviceOpt,
     EfSearchOpt,
+    EncoderBackendOpt,
     Float16Opt,
     IndexDirArg,
     JsonOpt,
@@ -49,6 +50,7 @@ def search(
         ),
     ] = None,
     device: DeviceOpt = None,
+    encoder_backend: EncoderBackendOpt = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
     k_factor: KFactorOpt = None,
@@ -97,6 +99,7 @@ def search(
             model=model,
             aggregate=aggregate,
             passages=passages,
+            encoder_backend=encoder_backend,
         )
         rows = result.pop("hits").get("q", [])
         if as_json:
@@ -127,6 +130,7 @@ def search(
         model=model,
         aggregate=aggregate,
         passages=passages,
+        encoder_backend=encoder_backend,
     )
     elapsed = time.perf_counter() - start
     # A TREC run has no line for a query without hits; evaluation counts such a judged query as 0.

@@ -84,6 +84,13 @@ class MiningConfig:
     )
     index_device: str = field(default="cpu", metadata={"help": "Where FAISS searches: cpu, gpu, gpu:N, auto."})
     batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch."})
+    encoder_backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "What runs the teacher, guide and dense-model encoders: torch (default), onnx, onnx-int8, "
+            "openvino or openvino-int8 (CPU)."
+        },
+    )
     cache: bool = field(default=True, metadata={"help": "Reuse cached embeddings."})
 
     def methods(self) -> list[str]:
@@ -131,6 +138,10 @@ class MiningConfig:
 
     def validate(self) -> None:
         """Every check that needs no model (the miner repeats the numeric ones)."""
+        if self.encoder_backend is not None:
+            from densekit.retriever.backends import parse_backend
+
+            parse_backend(self.encoder_backend)
         for name in ("negatives", "depth", "chunk_size"):
             if getattr(self, name) < 1:
                 raise DensekitError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -171,9 +182,18 @@ def mining_source(spec: str, teacher, corpus: Corpus, config: MiningConfig):
 
 
 def _encoder(model: str, config: MiningConfig):
+    from densekit.retriever.backends import parse_backend
     from densekit.retriever.encoder import Encoder
 
-    return Encoder(model, device=config.device, batch_size=config.batch_size, truncate_dim=config.truncate_dim)
+    backend, quantize = parse_backend(config.encoder_backend or "torch")
+    return Encoder(
+        model,
+        device=config.device,
+        batch_size=config.batch_size,
+        truncate_dim=config.truncate_dim,
+        backend=backend,
+        quantize=quantize,
+    )
 
 
 def build_miner(config: MiningConfig, corpus: Corpus, teacher: DenseScorer | None = None) -> HardNegativeMiner:

@@ -27,7 +27,11 @@ INDEX_KINDS = ("dense", "bm25", "milvus")
 
 
 def open_index(
-    directory: str | Path, model: str | None = None, device: str | None = None, aggregate: str | None = None
+    directory: str | Path,
+    model: str | None = None,
+    device: str | None = None,
+    aggregate: str | None = None,
+    encoder_backend: str | None = None,
 ) -> Retriever:
     """Open a saved index directory as a Retriever, choosing the loader from the manifest's `kind`.
 
@@ -35,6 +39,8 @@ def open_index(
     An index of passages (built with a chunk size) returns documents, its passages' scores aggregated
     as the manifest says or as `aggregate` (maxp, firstp, sump) overrides
     (:class:`~densekit.retriever.passages.PassageRetriever`; its `.passages` searches passages).
+    `encoder_backend` ("onnx", "openvino-int8"...) runs the query encoder on another backend than the
+    one the manifest records (dense indexes).
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -44,12 +50,14 @@ def open_index(
     if kind == "dense":
         from densekit.retriever.dense import DenseRetriever
 
-        dense = DenseRetriever.load(directory, device=device, model=model)
+        dense = DenseRetriever.load(directory, device=device, model=model, encoder_backend=encoder_backend)
         if "passages" not in manifest:
             return dense
         from densekit.retriever.passages import PassageRetriever
 
         return PassageRetriever(dense, aggregate=aggregate or manifest["passages"].get("aggregate", "maxp"))
+    if encoder_backend is not None and kind != "dense":
+        raise DensekitError(f"{directory}: --encoder-backend applies to dense (FAISS) indexes, not {kind}")
     if kind == "bm25":
         from densekit.retriever.bm25 import BM25Retriever
 
@@ -191,6 +199,14 @@ class RetrieverSpec:
         },
     )
     cache: bool = field(default=True, metadata={"help": "Reuse cached corpus embeddings."})
+    encoder_backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "What runs the encoder: torch, onnx, onnx-int8, openvino or openvino-int8 (CPU; exports are "
+            "made by `densekit models export`, or on first use into the cache, announced). Default: torch, or "
+            "the backend a saved index records."
+        },
+    )
     device: str | None = field(
         default=None, metadata={"help": "Torch device for the encoder (default: cuda if available)."}
     )
@@ -238,6 +254,12 @@ class RetrieverSpec:
             raise DensekitError("--fusion and --weights fuse two retrievers: give --bm25 with --model or --index")
         if self.depth <= 0:
             raise DensekitError(f"--depth must be positive, got {self.depth}")
+        if self.encoder_backend is not None:
+            from densekit.retriever.backends import parse_backend
+
+            parse_backend(self.encoder_backend)
+            if self.model is None and self.index is None:
+                raise DensekitError("--encoder-backend applies to --model or --index (BM25 has no encoder)")
         if self.index is not None:
             check_index_dir(self.index)
         if self.aggregate is not None and self.index is None:
@@ -264,14 +286,25 @@ def build_retriever(spec: RetrieverSpec, corpus: Corpus | None = None) -> tuple[
     retriever: Any = None
     config: dict = {}
     if spec.model is not None:
+        from densekit.retriever.backends import parse_backend
         from densekit.retriever.dense import DenseRetriever
         from densekit.retriever.encoder import Encoder
 
-        encoder = Encoder(spec.model, device=spec.device, batch_size=spec.batch_size, truncate_dim=spec.truncate_dim)
+        backend, quantize = parse_backend(spec.encoder_backend or "torch")
+        encoder = Encoder(
+            spec.model,
+            device=spec.device,
+            batch_size=spec.batch_size,
+            truncate_dim=spec.truncate_dim,
+            backend=backend,
+            quantize=quantize,
+        )
         retriever = DenseRetriever.build(encoder, corpus, factory=spec.factory, cache=spec.cache)
         config = {"model": spec.model, "factory": spec.factory, **encoder.describe()}
     elif spec.index is not None:
-        retriever = open_index(spec.index, device=spec.device, aggregate=spec.aggregate)
+        retriever = open_index(
+            spec.index, device=spec.device, aggregate=spec.aggregate, encoder_backend=spec.encoder_backend
+        )
         spec.search.apply(retriever)
         config = {"index": str(spec.index), **retriever_config(retriever)}
     if spec.bm25:
@@ -332,6 +365,7 @@ def search_index(
     model: str | None = None,
     aggregate: str | None = None,
     passages: bool = False,
+    encoder_backend: str | None = None,
 ) -> dict:
     """`densekit search`: open a saved index, apply `options`, search `queries` (the Retriever protocol).
 
@@ -342,7 +376,7 @@ def search_index(
     documents (`aggregate` overrides how passage scores combine) and each row names the passage that
     scored it best (`"passage"`, its text as `"text"`); with `passages`, hits are the passages themselves.
     """
-    retriever = open_index(directory, model=model, device=device, aggregate=aggregate)
+    retriever = open_index(directory, model=model, device=device, aggregate=aggregate, encoder_backend=encoder_backend)
     (options or SearchOptions()).apply(retriever)
     search_passages = getattr(retriever, "search_passages", None)
     if passages and search_passages is None:

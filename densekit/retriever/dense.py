@@ -97,7 +97,12 @@ class DenseRetriever:
 
     @classmethod
     def load(
-        cls, directory: str | Path, device: str | None = None, index_device: str = "cpu", model: str | None = None
+        cls,
+        directory: str | Path,
+        device: str | None = None,
+        index_device: str = "cpu",
+        model: str | None = None,
+        encoder_backend: str | None = None,
     ) -> DenseRetriever:
         """Reopen a saved index with the encoder its manifest names (or `model` to override).
 
@@ -105,13 +110,20 @@ class DenseRetriever:
         docstring); an index saved before fingerprints were recorded is searched with an announcement.
         """
         directory = Path(directory)
-        encoder = encoder_from_manifest(directory, read_manifest(directory).get("model") or {}, model, device)
+        info = read_manifest(directory).get("model") or {}
+        encoder = encoder_from_manifest(directory, info, model, device, encoder_backend)
         index = DenseIndex.load(directory, device=index_device)
         return cls(encoder, index)
 
 
-def encoder_from_manifest(directory: Path, info: dict, model: str | None, device: str | None) -> Encoder:
-    """The encoder an index manifest's ``model`` entry names (or `model`), checked by fingerprint."""
+def encoder_from_manifest(
+    directory: Path, info: dict, model: str | None, device: str | None, encoder_backend: str | None = None
+) -> Encoder:
+    """The encoder an index manifest's ``model`` entry names (or `model`), checked by fingerprint, on
+    `encoder_backend` ("onnx-int8"...; default: the backend the manifest records, else torch)."""
+    from densekit.retriever.backends import parse_backend
+
+    backend, quantize = parse_backend(encoder_backend or info.get("backend") or "torch")
     name = model or info.get("model_folder") or info.get("model")
     if not name:
         raise DensekitError(f"{directory}: the manifest names no model; pass one explicitly")
@@ -126,6 +138,8 @@ def encoder_from_manifest(directory: Path, info: dict, model: str | None, device
         query_prompt=info.get("query_prompt"),
         document_prompt=info.get("document_prompt"),
         truncate_dim=info.get("truncate_dim"),
+        backend=backend,
+        quantize=quantize,
     )
     check_model(directory, info, encoder, explicit=model is not None)
     return encoder
@@ -135,6 +149,14 @@ def check_model(directory: Path, recorded: dict, encoder: Encoder, explicit: boo
     """Refuse an encoder whose fingerprint differs from the one the index was built with."""
     expected = recorded.get("fingerprint")
     actual = encoder.fingerprint()
+    if expected is not None and expected != actual and expected.split("|")[0] == actual.split("|")[0]:
+        # same weights and settings, another backend (onnx, int8...): the vectors are comparable
+        built = recorded.get("backend", "torch")
+        announce(
+            f"{directory}: queries are encoded with the {encoder.backend_name} backend; "
+            f"the index was built with {built}"
+        )
+        return
     if expected is None:
         announce(
             f"{directory}: the index predates model fingerprints, so densekit cannot check that "

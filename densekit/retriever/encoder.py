@@ -154,6 +154,10 @@ class Encoder:
             normalises (Matryoshka models keep most of their quality; see docs/training.md). Part of
             :meth:`fingerprint` (so the embedding cache never mixes dimensions) and of :meth:`describe`
             (so an index records it and reopens with it).
+        backend: what runs the transformer: "torch", "onnx" (ONNX Runtime) or "openvino", on CPU
+            (:mod:`densekit.retriever.backends`); pooling and normalisation are densekit's either way.
+        quantize: "int8" runs the folder's int8 export (onnx: dynamic; openvino: static). A folder
+            without the export is exported into densekit's cache first (announced).
     """
 
     def __init__(
@@ -168,8 +172,14 @@ class Encoder:
         dtype: str | None = None,
         batch_size: int = 64,
         truncate_dim: int | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
     ) -> None:
+        from densekit.retriever.backends import check_backend
+
+        check_backend(backend, quantize)
         self.model_name = str(model)
+        self.backend, self.quantize = backend, quantize
         self.folder = resolve_model(model)
         self.config = self._load_config(self.folder)
         for key, value in (
@@ -187,18 +197,45 @@ class Encoder:
         self.batch_size = batch_size
         self.last_cut = 0  # texts of the last encode() call longer than the window (cut)
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        self.model = AutoModel.from_pretrained(self.folder, dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.runner = None
+        self.backend_file: Path | None = None
+        if backend == "torch":
+            self.model = AutoModel.from_pretrained(self.folder, dtype=self.dtype)
+            self.model.to(self.device).eval()
+            self.model_config = self.model.config
+        else:
+            self._open_runner()
         tokenizer_max = getattr(self.tokenizer, "model_max_length", None) or self.config.max_length
-        position_max = getattr(self.model.config, "max_position_embeddings", None) or self.config.max_length
+        position_max = getattr(self.model_config, "max_position_embeddings", None) or self.config.max_length
         self.config.max_length = min(self.config.max_length, tokenizer_max, position_max)
         if truncate_dim is not None:
             self.config.truncate_dim = truncate_dim
-        hidden = int(self.model.config.hidden_size)
+        hidden = int(self.model_config.hidden_size)
         if self.config.truncate_dim is not None and not 0 < self.config.truncate_dim <= hidden:
             raise DensekitError(
                 f"--truncate-dim must be between 1 and the model's dimension {hidden}, got {self.config.truncate_dim}"
             )
+
+    def _open_runner(self) -> None:
+        """The ONNX/OpenVINO runner; no torch weights are loaded (`self.model` is None)."""
+        from transformers import AutoConfig
+
+        from densekit.retriever.backends import open_runner
+        from densekit.retriever.backends.export import exported_file
+
+        if self.device.type != "cpu":
+            raise DensekitError(f"the {self.backend} backend runs on CPU; use --device cpu (or the torch backend)")
+        self.model = None
+        self.model_config = AutoConfig.from_pretrained(self.folder)
+        self.backend_file = exported_file(
+            self.folder,
+            self.backend,
+            self.quantize,
+            self._base_fingerprint(),
+            lambda: AutoModel.from_pretrained(self.folder, dtype=torch.float32),
+            self.tokenizer,
+        )
+        self.runner = open_runner(self.backend_file, self.backend, torch.get_num_threads())
 
     @staticmethod
     def _load_config(folder: Path) -> EncoderConfig:
@@ -221,16 +258,29 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.config.truncate_dim or self.model.config.hidden_size)
+        return int(self.config.truncate_dim or self.model_config.hidden_size)
 
     @property
     def model_id(self) -> str:
         return self.model_name
 
-    def fingerprint(self) -> str:
-        """Identifies weights + encoding config: equal fingerprints give equal embeddings."""
+    def _base_fingerprint(self) -> str:
         settings = json.dumps(self._settings(), sort_keys=True)
         return f"{model_fingerprint(str(self.folder))}:{settings}"
+
+    @property
+    def backend_name(self) -> str:
+        """torch, onnx, onnx-int8, openvino or openvino-int8."""
+        return self.backend + (f"-{self.quantize}" if self.quantize else "")
+
+    def fingerprint(self) -> str:
+        """Identifies weights + encoding config (+ the backend and its exported file, when not torch):
+        equal fingerprints give equal embeddings."""
+        if self.runner is None:
+            return self._base_fingerprint()
+        from densekit.io import sha256_file
+
+        return f"{self._base_fingerprint()}|{self.backend_name}:{sha256_file(self.backend_file)[:16]}"
 
     def describe(self) -> dict:
         """What an index manifest records about the model."""
@@ -239,6 +289,7 @@ class Encoder:
             "model_folder": str(self.folder),
             "fingerprint": self.fingerprint(),
             "dim": self.dim,
+            **({"backend": self.backend_name} if self.runner is not None else {}),
             **{k: v for k, v in self._settings().items() if k != "extra"},
         }
 
@@ -294,6 +345,17 @@ class Encoder:
             emb = torch.nn.functional.normalize(emb.float(), p=2, dim=1)
         return emb
 
+    def _run_exported(self, features: dict) -> np.ndarray:
+        """One batch through the ONNX/OpenVINO runner, pooled, cut and normalised as :meth:`forward` does."""
+        arrays = self.tokenizer.pad(features, padding=True, return_tensors="np")
+        hidden = torch.from_numpy(self.runner(dict(arrays)))
+        emb = pool(hidden, torch.from_numpy(arrays["attention_mask"]), self.config.pooling)
+        if self.config.truncate_dim is not None:
+            emb = emb[:, : self.config.truncate_dim]
+        if self.config.normalize:
+            emb = torch.nn.functional.normalize(emb.float(), p=2, dim=1)
+        return emb.float().numpy()
+
     def encode(
         self,
         texts: list[str],
@@ -323,9 +385,12 @@ class Encoder:
                 for b in range(0, len(order), batch_size):
                     chosen = order[b : b + batch_size]
                     features = {key: [encoded[key][i] for i in chosen] for key in encoded}
-                    batch = self.tokenizer.pad(features, padding=True, return_tensors="pt")
-                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                    emb = self.forward(batch).float().cpu().numpy()
+                    if self.runner is not None:
+                        emb = self._run_exported(features)
+                    else:
+                        batch = self.tokenizer.pad(features, padding=True, return_tensors="pt")
+                        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                        emb = self.forward(batch).float().cpu().numpy()
                     out[[start + i for i in chosen]] = emb
                     if bar is not None:
                         bar.update(len(chosen))
@@ -340,6 +405,8 @@ class Encoder:
         from densekit.io import atomic_dir
 
         folder = Path(folder)
+        if model is None and self.model is None:
+            raise DensekitError(f"an encoder on the {self.backend} backend has no torch weights to save")
         with atomic_dir(folder, kind="model", overwrite=overwrite) as staging:
             write_sentence_transformers_folder(staging, model or self.model, self.tokenizer, self.config)
         return folder

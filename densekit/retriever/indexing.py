@@ -43,10 +43,12 @@ def build_dense_index_dir(
     overwrite: bool = False,
     chunking: ChunkConfig | None = None,
     truncate_dim: int | None = None,
+    encoder_backend: str | None = None,
 ) -> dict:
     """`densekit index build`: encode a BEIR corpus with `model`, index it as `config` says, save it to `out`
     (with the texts when `store_texts`); returns what was built. `truncate_dim` keeps a prefix of each
-    embedding (the manifest records it, so searching encodes queries the same way).
+    embedding (the manifest records it, so searching encodes queries the same way). `encoder_backend`
+    ("onnx", "openvino-int8"...) runs the encoder on ONNX Runtime or OpenVINO; the manifest records it too.
 
     With `chunking` (a chunk size), the documents are split into passages first (:mod:`densekit.chunking`)
     and the index holds passages; searching it returns documents, aggregated as `chunking.aggregate` says."""
@@ -62,7 +64,12 @@ def build_dense_index_dir(
 
     ds = load_dataset(data)
     options = {k: v for k, v in config.options().items() if k not in ("factory", "device", "metric")}
-    encoder = Encoder(model, device=device, batch_size=batch_size, truncate_dim=truncate_dim)
+    from densekit.retriever.backends import parse_backend
+
+    backend, quantize = parse_backend(encoder_backend or "torch")
+    encoder = Encoder(
+        model, device=device, batch_size=batch_size, truncate_dim=truncate_dim, backend=backend, quantize=quantize
+    )
     chunking.validate(encoder.config.max_length)
     corpus, passage_meta = ds.corpus, None
     if chunking.enabled:

@@ -164,9 +164,18 @@ def _find_config_root(folder: Path) -> Path:
     return folder
 
 
+# exports for the ONNX/OpenVINO backends: fingerprinted by the Encoder that runs them, not as the weights
+EXPORT_DIRS = ("onnx", "openvino")
+
+
 def _model_files(root: Path) -> list[Path]:
     return [
-        p for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".") and p.suffix not in (".md",)
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix not in (".md",)
+        and p.relative_to(root).parts[0] not in EXPORT_DIRS
     ]
 
 
