@@ -135,8 +135,12 @@ def test_saved_folder_scores_equal_in_densekit_and_sentence_transformers(
     ds = load_dataset(scifact_small, split="test")
     query = next(iter(ds.queries.values()))
     docs = [join_title_text(d["title"], d["text"]) for d in map(ds.corpus.document, list(ds.corpus.ids)[:6])]
-    ours = CrossEncoderReranker(None, folder, ds.corpus, device="cpu", batch_size=4).score(query, docs)
-    theirs = CrossEncoder(str(folder), device="cpu").predict([(query, d) for d in docs], batch_size=4)
+    reranker = CrossEncoderReranker(None, folder, ds.corpus, device="cpu", batch_size=4)
+    cross_encoder = CrossEncoder(str(folder), device="cpu")
+    assert reranker.max_length == cross_encoder.tokenizer.model_max_length == 64  # the trained length, both
+    assert max(len(reranker.tokenizer(query, d)["input_ids"]) for d in docs) > 64  # so truncation is compared too
+    ours = reranker.score(query, docs)
+    theirs = cross_encoder.predict([(query, d) for d in docs], batch_size=4)
     assert ours.shape == theirs.shape == (6,)
     assert float(abs(ours - theirs).max()) < 1e-5
     assert float(ours.std()) > 0  # distinct scores: the comparison is not vacuous

@@ -41,6 +41,8 @@ from densekit.errors import DensekitError
 from densekit.progress import progress
 from densekit.retriever.base import Retriever
 
+MAX_LENGTH = 512  # BERT-like position limit; tokenizers without a recorded length say 1e30
+
 
 class CrossEncoderReranker:
     """Rerank the top `depth` hits of `retriever` with a cross-encoder; keeps the Retriever protocol.
@@ -56,7 +58,7 @@ class CrossEncoderReranker:
         corpus: Corpus,
         depth: int = 100,
         batch_size: int = 32,
-        max_length: int = 512,
+        max_length: int | None = None,
         device: str | None = None,
         tokenizer=None,
     ) -> None:
@@ -67,7 +69,7 @@ class CrossEncoderReranker:
 
         from densekit.retriever.encoder import pick_device
 
-        if depth <= 0 or batch_size <= 0 or max_length <= 0:
+        if depth <= 0 or batch_size <= 0 or (max_length is not None and max_length <= 0):
             raise DensekitError(
                 f"depth, batch_size and max_length must be positive, got {depth}, {batch_size}, {max_length}"
             )
@@ -96,7 +98,10 @@ class CrossEncoderReranker:
         self.folder = folder
         self.depth = depth
         self.batch_size = batch_size
-        self.max_length = max_length
+        # Default: the length the tokenizer records (a folder `densekit train-reranker` writes records the
+        # length it trained at; sentence-transformers' CrossEncoder truncates there too), at most 512.
+        recorded = int(min(getattr(self.tokenizer, "model_max_length", MAX_LENGTH) or MAX_LENGTH, MAX_LENGTH))
+        self.max_length = max_length or recorded
 
     def score(self, query: str, documents: list[str]) -> np.ndarray:
         """Relevance score of each (query, document) pair, float32, in input order."""

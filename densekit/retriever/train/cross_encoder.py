@@ -323,6 +323,7 @@ class CrossEncoderTrainer(TrainingLoop):
     def _write_model(self, folder: Path) -> None:
         classifier = self.model.classifier
         classifier.config.sentence_transformers = {"activation_fn": IDENTITY_ACTIVATION}
+        self.tokenizer.model_max_length = self.max_length  # scored at the trained length, here and in ST
         with atomic_dir(folder, kind="model") as staging:
             classifier.save_pretrained(staging, safe_serialization=True)
             self.tokenizer.save_pretrained(staging)
