@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,59 @@ def test_bad_input_is_one_line_exit_2(
     assert code == 0, stderr
     skipped = len(json.loads(lines[1])["positives"])
     assert json.loads(stdout)["examples"] == sum(len(json.loads(x)["positives"]) for x in lines) - skipped
+
+
+def _uneven(negatives: Path, target: Path) -> Path:
+    """`negatives` with 1, 2 or 3 negatives per query: the processes' shards hold different pair counts."""
+    lines = [json.loads(line) for line in negatives.read_text().splitlines()]
+    for i, record in enumerate(lines):
+        record["negatives"] = record["negatives"][: 1 + i % 3]
+    target.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return target
+
+
+def _distributed_config(model: str, negatives: str, corpus: str, output: str) -> RerankerTrainConfig:
+    return _config(Path(model), Path(negatives), Path(corpus), Path(output), loss="bce", epochs=1, max_steps=2)
+
+
+@pytest.mark.slow  # two torchrun processes: about 20 s of process start-up and imports
+def test_torchrun_two_processes_train_as_one(
+    tiny_model: Path, negatives: Path, scifact_small: Path, tmp_path: Path
+) -> None:
+    """2 gloo processes: ranks stay identical, and the BCE losses of the first two steps (uneven pair
+    counts per shard, so the global pair count matters) equal one process's on the same batches."""
+    import os
+    import shutil
+    import subprocess
+
+    model = tmp_path / "no_dropout"  # dropout off: one process and two draw different masks
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    data = _uneven(negatives, tmp_path / "uneven.jsonl")
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__]
+    args = [str(model), str(data), str(scifact_small), str(two)]
+    done = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = load_file(two / "rank0.safetensors"), load_file(two / "rank1.safetensors")
+    assert all(torch.equal(rank1[name], tensor) for name, tensor in rank0.items())
+    assert json.loads((two / "summary.json").read_text())["world_size"] == 2
+
+    train_reranker(_distributed_config(str(model), str(data), str(scifact_small), str(one)))
+    assert [s for s, _ in _losses(two)] == [1, 2]
+    for (_, expected), (_, got) in zip(_losses(one), _losses(two), strict=True):
+        assert got == pytest.approx(expected, abs=1e-5)
+
+
+if __name__ == "__main__":  # the torchrun worker of test_torchrun_two_processes_train_as_one
+    from densekit.retriever.train.cross_encoder import CrossEncoderTrainer
+
+    trainer = CrossEncoderTrainer(_distributed_config(*sys.argv[1:5]))
+    trainer.train()
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in trainer.model.state_dict().items()}
+    save_file(state, Path(sys.argv[4]) / f"rank{trainer.ctx.rank}.safetensors")
