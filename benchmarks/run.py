@@ -97,11 +97,23 @@ def table(header: list[str], rows: list[list]) -> str:
 
 def render_encode(record: dict) -> str:
     f = record["figures"]
+    ratios, cosines = f.get("ratio_vs_st_torch", {}), f.get("min_cosine_vs_densekit_torch", {})
     rows = [
-        [name, rate, ", ".join(map(str, f["all_rounds_docs_per_s"][name]))] for name, rate in f["docs_per_s"].items()
+        [name, rate, ratios.get(name), cosines.get(name), ", ".join(map(str, f["all_rounds_docs_per_s"][name]))]
+        for name, rate in f["docs_per_s"].items()
     ]
-    rows.append(["**ratio densekit / ST**", f"**{f['ratio_densekit_vs_st']:.3f}x**", ""])
-    return table(["library", "docs/s (median)", "rounds"], rows)
+    rows += [[name, "unavailable", "", "", why] for name, why in f.get("unavailable", {}).items()]
+    rows.append(["**ratio densekit / ST (torch)**", f"**{f['ratio_densekit_vs_st']:.3f}x**", "", "", ""])
+    out = table(["encoder", "docs/s (median)", "x ST torch", "min cosine vs torch", "rounds"], rows)
+    if f.get("latency"):
+        lat = [
+            [name, *(f"{v[part]['p50_ms']:.2f} / {v[part]['p99_ms']:.2f}" for part in ("encode", "flat", "hnsw"))]
+            for name, v in f["latency"].items()
+        ]
+        out += "\n\nSingle short query, ms p50 / p99:\n\n" + table(["encoder", "encode", "+ Flat", "+ HNSW"], lat)
+    if f.get("ndcg_at_10"):
+        out += "\n\n" + table(["densekit backend", "nDCG@10"], [[k, v] for k, v in f["ndcg_at_10"].items()])
+    return out
 
 
 def render_mining(record: dict) -> str:
@@ -225,8 +237,14 @@ def encode_args(ctx: Context) -> list[str]:
             "1",
             "--threads",
             "1",
+            "--backends",
+            "torch,onnx",
+            "--latency",
+            "--latency-repeats",
+            "5",
         ]
-    return ["--docs", "500", "--rounds", "5", "--threads", str(ctx.threads)]
+    backends = "torch,onnx,onnx-int8,openvino,openvino-int8"
+    return ["--docs", "500", "--rounds", "5", "--threads", str(ctx.threads), "--backends", backends, "--latency"]
 
 
 def mining_args(ctx: Context) -> list[str]:
