@@ -158,6 +158,14 @@ def test_models_export_cli_json_and_index_on_onnx(
     code, stdout, err = run_cli(args, capsys, monkeypatch)
     assert code == 0 and "built with onnx" in err
     assert [h["doc_id"] for h in json.loads(stdout)["hits"]] == [h["doc_id"] for h in hits]
+    # eval of a model folder on the onnx backend scores as the torch backend does (fp32 export)
+    scores = {}
+    for backend in ("torch", "onnx"):
+        args = ["eval", str(scifact_small), "--model", str(out), "--encoder-backend", backend, "--depth", "10"]
+        code, stdout, err = run_cli([*args, "--no-cache", "--json"], capsys, monkeypatch)
+        assert code == 0, err
+        scores[backend] = json.loads(stdout)["metrics"]
+    assert scores["onnx"] == pytest.approx(scores["torch"], abs=1e-6)
 
 
 @pytest.mark.slow
