@@ -110,6 +110,9 @@ def test_binary_needs_whole_bytes_and_inner_product() -> None:
         DenseIndex.create(12, 100, "binary")
     with pytest.raises(DensekitError, match="use --metric ip"):
         DenseIndex.create(16, 100, "binary", metric="l2")
+    index = DenseIndex.build(np.eye(16, dtype=np.float32), [str(i) for i in range(16)], "binary")
+    with pytest.raises(DensekitError, match="nprobe=4 does not apply"):
+        index.search(np.eye(16, dtype=np.float32)[:2], 3, params={"nprobe": 4})
 
 
 def test_binary_from_shards_rescores_against_the_shards(data, tmp_path: Path) -> None:

@@ -382,7 +382,7 @@ class DenseIndex(ExactRerank):
         space = parameter_space(index)
         for name, value in params.items():
             try:
-                space.set_index_parameter(index, name, value)
+                space.set_index_parameter(getattr(index, "binary", index), name, value)  # BinaryCodes: its IndexBinary
             except RuntimeError as exc:
                 raise DensekitError(
                     f"search parameter {name}={value} does not apply to this index: {str(exc).splitlines()[-1]}"
