@@ -7,7 +7,9 @@
 - :mod:`optim`: AdamW groups, warmup + linear decay, seeding
 - :mod:`gradcache`: one training step, plain or GradCache, for every loss
 - :mod:`distributed`: torchrun process group and gathers with gradient
-- :mod:`trainer`: the loop, resume, evaluation; :mod:`checkpoints`: checkpoint files and the output folder
+- :mod:`loop`: the training loop both trainers share (schedule, checkpoints, resume, evaluation, torchrun);
+  :mod:`trainer`: the dual-encoder task over it; :mod:`checkpoints`: checkpoint files and the output folder
+- :mod:`cross_encoder` (recipe in :mod:`reranker_config`): the cross-encoder (reranker) task, `train_reranker`
 - :mod:`guide`: the GIST guide's embedding cache
 
 Imports are lazy so `import densekit.retriever.train` stays cheap.

@@ -1,4 +1,6 @@
-"""The contrastive trainer: AdamW, warmup + linear decay, clipping, AMP, checkpoints, resume, DDP.
+"""The contrastive trainer: the dual-encoder task of the shared loop (:mod:`~densekit.retriever.train.loop`:
+AdamW, warmup + linear decay, clipping, AMP, checkpoints, resume, DDP), which the cross-encoder
+trainer (:mod:`~densekit.retriever.train.cross_encoder`) shares.
 
 Example::
 
