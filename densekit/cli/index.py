@@ -107,6 +107,7 @@ def index_build(
         milvus.search_params = SearchOptions(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor).params()
         faiss_only = train_sample is not None or index_device != "cpu" or shard_gpus or float16 or chunk_size
         build = {"device": device, "batch_size": batch_size, "cache": cache, "store_texts": store_texts}
+        build["encoder_backend"] = encoder_backend
         return build_milvus(data, out, model, milvus, as_json, quiet, faiss_only, overwrite=overwrite, **build)
     check_milvus_options_unused(milvus)
     from densekit.retriever.indexing import build_bm25_index_dir, build_dense_index_dir
@@ -119,6 +120,8 @@ def index_build(
             raise DensekitError("--model and --bm25 build different indexes; give one of them")
         if chunk_size is not None:
             raise DensekitError("--chunk-size splits documents for a dense index; BM25 indexes whole documents")
+        if encoder_backend is not None:
+            raise DensekitError("--encoder-backend runs the dense encoder; a BM25 index has none")
         info = build_bm25_index_dir(data, out, backend=backend, k1=k1, b=b, threads=threads, overwrite=overwrite)
         info["seconds"] = round(time.perf_counter() - start, 2)
         if as_json:

@@ -18,6 +18,7 @@ from densekit.cli.options import (
     DataArg,
     DeviceOpt,
     EfSearchOpt,
+    EncoderBackendOpt,
     FactoryOpt,
     Float16Opt,
     JsonOpt,
@@ -51,6 +52,7 @@ def index_encode(
     k_factor: KFactorOpt = None,
     rescore_multiplier: BuildRescoreOpt = None,
     truncate_dim: TruncateDimOpt = None,
+    encoder_backend: EncoderBackendOpt = None,
     index_device: BuildDeviceOpt = "cpu",
     store_texts: Annotated[
         bool, typer.Option("--store-texts/--no-store-texts", help="Keep the document texts in the index.")
@@ -86,6 +88,7 @@ def index_encode(
         config=config,
         store_texts=store_texts,
         truncate_dim=truncate_dim,
+        encoder_backend=encoder_backend,
     )
     if info is None:  # not rank 0
         return

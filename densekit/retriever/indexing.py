@@ -145,10 +145,12 @@ def encode_shards_dir(
     config: IndexBuildConfig | None = None,
     store_texts: bool = True,
     truncate_dim: int | None = None,
+    encoder_backend: str | None = None,
 ) -> dict | None:
     """`densekit index encode`: encode a corpus into resumable .npy shards (each torchrun process its share),
     then, with `index`, build that index from the shards on rank 0. Returns the summary on rank 0, None
-    on the other ranks. `truncate_dim` keeps a prefix of each embedding (the shard plan records it)."""
+    on the other ranks. `truncate_dim` keeps a prefix of each embedding (the shard plan records it);
+    `encoder_backend` ("onnx-int8"...) runs the encoder on ONNX Runtime / OpenVINO."""
     from densekit.data import load_dataset
     from densekit.distributed import barrier, finish_distributed, init_distributed
     from densekit.index import shards as sharding
@@ -162,7 +164,17 @@ def encode_shards_dir(
     group = init_distributed("cpu")  # gloo: encoding needs only a barrier, even on GPUs
     rank, world = group.rank, group.world_size
     ds = load_dataset(data)
-    encoder = Encoder(model, device=torchrun_device(device, world), batch_size=batch_size, truncate_dim=truncate_dim)
+    from densekit.retriever.backends import parse_backend
+
+    backend, quantize = parse_backend(encoder_backend or "torch")
+    encoder = Encoder(
+        model,
+        device=torchrun_device(device, world),
+        batch_size=batch_size,
+        truncate_dim=truncate_dim,
+        backend=backend,
+        quantize=quantize,
+    )
     plan = sharding.encode_shards(encoder, ds.corpus, out, shard_size, rank, world)
     barrier(group)  # every shard is written
     finish_distributed(group)  # the merge below needs no other process (nor a barrier timeout)

@@ -119,9 +119,11 @@ def build_milvus_index_dir(
     store_texts: bool = True,
     overwrite: bool = False,
     show_progress: bool = True,
+    encoder_backend: str | None = None,
 ) -> dict:
-    """`densekit index build --backend milvus`: encode a BEIR corpus with `model` (cached), write it into a
-    Milvus collection as `options` say, and save the index directory `out`; returns what was built."""
+    """`densekit index build --backend milvus`: encode a BEIR corpus with `model` (cached; on `encoder_backend`,
+    e.g. "onnx-int8", when given), write it into a Milvus collection as `options` say, and save the index
+    directory `out`; returns what was built."""
     options.validate()
     check_output_target(out, "index:milvus", overwrite)
     from densekit.data import load_dataset
@@ -132,7 +134,10 @@ def build_milvus_index_dir(
 
     check_uri_outside(options.uri, out)
     ds = load_dataset(data)
-    encoder = Encoder(model, device=device, batch_size=batch_size)
+    from densekit.retriever.backends import parse_backend
+
+    backend, quantize = parse_backend(encoder_backend or "torch")
+    encoder = Encoder(model, device=device, batch_size=batch_size, backend=backend, quantize=quantize)
     embeddings = encode_corpus(encoder, ds.corpus, cache=cache, show_progress=show_progress)
     index = _create(options, out, encoder.dim, len(ds.corpus), encoder.describe(), overwrite)
     store = DocStore.from_corpus(ds.corpus)
