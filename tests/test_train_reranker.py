@@ -99,13 +99,30 @@ def test_listwise_training_lowers_the_loss(straight: tuple[dict, Path]) -> None:
     assert sum(losses[-per_epoch:]) < 0.5 * sum(losses[:per_epoch])  # last epoch well below the first
 
 
-def test_bce_option_trains(tiny_model: Path, negatives: Path, scifact_small: Path, tmp_path: Path) -> None:
-    summary = train_reranker(_config(tiny_model, negatives, scifact_small, tmp_path / "bce", loss="bce"))
+def test_bce_option_trains_and_evaluates_a_run_file(
+    tiny_model: Path, negatives: Path, scifact_small: Path, tmp_path: Path
+) -> None:
+    from densekit.data import load_dataset
+    from densekit.errors import InputError
+    from densekit.retriever.bm25 import BM25Retriever
+
+    ds = load_dataset(scifact_small, split="test")
+    first_stage = BM25Retriever.build(ds.corpus, backend="bm25s").search(ds.queries, 5)
+    first_stage.write_trec(tmp_path / "first.trec")
+    evaluation = {"eval_data": str(scifact_small), "eval_split": "test", "eval_candidates": tmp_path / "first.trec"}
+    config = _config(tiny_model, negatives, scifact_small, tmp_path / "bce", loss="bce", eval_depth=5, **evaluation)
+    summary = train_reranker(config)
     assert summary["finished"] and summary["config"]["loss"] == "bce"
+    assert summary["best"]["step"] == summary["steps"] and 0 < summary["best"]["ndcg@10"] <= 1
     losses = [loss for _, loss in _losses(tmp_path / "bce")]
     per_epoch = len(losses) // 4
     assert sum(losses[-per_epoch:]) < 0.8 * sum(losses[:per_epoch])
     assert math.log(2) * 0.5 < losses[0] < math.log(2) * 2  # a fresh head: logits near 0, BCE near log 2
+
+    (tmp_path / "other.trec").write_text("nobody Q0 d1 1 1.0 x\n")
+    config.eval_candidates, config.output = tmp_path / "other.trec", tmp_path / "refused"
+    with pytest.raises(InputError, match="none of the evaluation queries"):
+        train_reranker(config)
 
 
 def test_resume_is_bit_identical(

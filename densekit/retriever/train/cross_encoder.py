@@ -293,7 +293,7 @@ class CrossEncoderTrainer(TrainingLoop):
         """The evaluation's candidates: the run file, or BM25 over the evaluation corpus (built once)."""
         assert self.eval_dataset is not None
         cfg = self.config
-        if cfg.eval_candidates is not None:
+        if cfg.eval_candidates is not None:  # read on every rank, so a bad file fails them all alike
             run = Run.read_trec(cfg.eval_candidates)
             missing = [q for q in self.eval_dataset.queries if q not in run]
             if len(missing) == len(self.eval_dataset.queries):
@@ -301,6 +301,8 @@ class CrossEncoderTrainer(TrainingLoop):
             if missing:
                 announce(f"{cfg.eval_candidates}: {len(missing)} evaluation queries have no candidates (they score 0)")
             return _FixedRun(run)
+        if not self.ctx.is_main:  # only the main process evaluates
+            return None
         from densekit.retriever.bm25 import BM25Retriever
 
         return BM25Retriever.build(self.eval_dataset.corpus, backend="bm25s")
