@@ -98,13 +98,13 @@ def test_save_load_search_identical(factory, corpus, queries, exact, tmp_path):
     index = DenseIndex.build(vectors, ids, factory, train_sample=2500, model={"model": "synthetic"})
     scores, found = index.search(queries, 10)
     lossy = "PQ" in index.factory or "PCA" in index.factory  # codes or fewer dimensions
-    floor = 0.2 if factory == "binary" else (0.5 if lossy else 0.8)  # binary: 1 bit a dimension, no rescoring
+    floor = 0.2 if factory.startswith("binary") else (0.5 if lossy else 0.8)  # 1 bit a dimension, no rescoring
     assert recall_at(10, found, exact) >= floor
     index.save(tmp_path / "idx")
     manifest = read_manifest(tmp_path / "idx")
     assert manifest["factory"] == index.factory and manifest["count"] == N and manifest["dim"] == DIM
     assert manifest["search_params"] == index.search_params
-    assert manifest["train_sample"] == (None if factory in ("flat", "hnsw", "fp16", "binary") else 2500)
+    assert manifest["train_sample"] == (None if factory in ("flat", "hnsw", "fp16", "binary", "binary-hnsw") else 2500)
     for mmap in (False, True):
         loaded = DenseIndex.load(tmp_path / "idx", mmap=mmap)
         again_scores, again = loaded.search(queries, 10)

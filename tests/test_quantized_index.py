@@ -162,3 +162,24 @@ def test_cli_binary_build_search_info_round_trip(
     assert code == 2 and "needs float32 vectors" in err
     code, _, err = run_cli([*build[:-1], "--factory", "binary", "--rescore-multiplier", "0"], capsys, monkeypatch)
     assert code == 2 and "--rescore-multiplier must be positive" in err
+
+
+def test_binary_hnsw_searches_with_ef_search_and_rebuilds_on_remove(data, tmp_path: Path) -> None:
+    vectors, ids, queries = data
+    flat = DenseIndex.build(vectors, ids, "binary")
+    graph = DenseIndex.build(vectors, ids, "binary-hnsw")
+    assert graph.factory == "BHNSW32" and graph.search_params == {"efSearch": 128}
+    wide = graph.search(queries, 10, params={"efSearch": 512})[0]
+    assert np.allclose(wide, flat.search(queries, 10)[0])  # a wide graph search finds the same distances
+    graph.use_reranking(vectors, multiplier=10)
+    assert recall(graph.search(queries, 10)[1], exact_top(vectors, queries, 10)) >= 0.8
+    graph.save(tmp_path / "g")
+    loaded = DenseIndex.load(tmp_path / "g", mmap=True)
+    assert loaded.search(queries, 10)[1] == graph.search(queries, 10)[1]
+    loaded = DenseIndex.load(tmp_path / "g")
+    assert loaded.remove(["d3", "d4"]) == 2 and loaded.ids[3] == "d5" and loaded.index.ntotal == N - 2
+    with pytest.raises(DensekitError, match="added or removed since rescoring was set up"):
+        loaded.search(queries, 10)
+    loaded.use_reranking(None)
+    scores, found = loaded.search(vectors[5:6], 1, params={"efSearch": 512})
+    assert found[0] == ["d5"] and scores[0, 0] == pytest.approx(1.0)  # labels renumbered with the ids

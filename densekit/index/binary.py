@@ -16,22 +16,27 @@ sign bits alone is coarse (Yamada et al., ACL 2021; the sentence-transformers "e
 quantization" recipe); re-scoring the top ``rescore_multiplier * k`` candidates against the float32
 vectors on disk (:mod:`densekit.index.exact_rerank`) restores nearly all of Flat's recall.
 
-Factory strings: ``BFlat`` (preset ``binary``). The dimension must be a multiple of 8.
+Factory strings: ``BFlat`` (preset ``binary``) and ``BHNSW<M>`` (preset ``binary-hnsw``: FAISS's
+IndexBinaryHNSW, a graph over the codes searched with ``efSearch``; it cannot delete in place, so
+removing documents rebuilds it from its stored codes, announced). The dimension must be a multiple of 8.
 """
 
 from __future__ import annotations
+
+import re
 
 import faiss
 import numpy as np
 
 from densekit.errors import DensekitError
+from densekit.progress import announce
 
-BINARY_FACTORIES = ("BFlat",)
+BINARY_FACTORY = re.compile(r"BFlat|BHNSW\d+")
 
 
 def is_binary(factory: str) -> bool:
-    """Whether `factory` names a FAISS binary index (densekit offers ``BFlat``)."""
-    return factory.strip() in BINARY_FACTORIES
+    """Whether `factory` names a FAISS binary index (densekit offers ``BFlat`` and ``BHNSW<M>``)."""
+    return BINARY_FACTORY.fullmatch(factory.strip()) is not None
 
 
 def binarize(vectors: np.ndarray) -> np.ndarray:
@@ -49,8 +54,9 @@ class BinaryCodes:
     metric_type = faiss.METRIC_INNER_PRODUCT
     is_trained = True
 
-    def __init__(self, binary: faiss.IndexBinary) -> None:
+    def __init__(self, binary: faiss.IndexBinary, factory: str = "BFlat") -> None:
         self.binary = binary
+        self.factory = factory
 
     @property
     def d(self) -> int:
@@ -70,11 +76,21 @@ class BinaryCodes:
         scores[labels < 0] = -np.inf
         return scores, labels
 
-    def remove_ids(self, selector: faiss.IDSelector) -> int:
-        return int(self.binary.remove_ids(selector))
-
-    def reset(self) -> None:
-        self.binary.reset()
+    def without_labels(self, labels: np.ndarray) -> BinaryCodes:
+        """These codes without the sorted `labels`, the rest renumbered 0..n-1 (the flat index in place;
+        HNSW rebuilt from its stored codes)."""
+        hnsw = faiss.downcast_IndexBinary(self.binary)
+        if not isinstance(hnsw, faiss.IndexBinaryHNSW):
+            self.binary.remove_ids(faiss.IDSelectorBatch(labels))
+            return self
+        announce(f"HNSW cannot delete vectors in place: rebuilding the graph over {self.ntotal - len(labels)} codes")
+        storage = faiss.downcast_IndexBinary(hnsw.storage)
+        codes = faiss.vector_to_array(storage.xb).reshape(self.ntotal, storage.code_size)
+        rebuilt = faiss.index_binary_factory(self.d, self.factory)
+        rebuilt.hnsw.efConstruction = hnsw.hnsw.efConstruction
+        rebuilt.hnsw.efSearch = hnsw.hnsw.efSearch
+        rebuilt.add(codes[np.setdiff1d(np.arange(self.ntotal), labels)])
+        return BinaryCodes(rebuilt, self.factory)
 
 
 def new_index(dim: int, factory: str, metric: int) -> faiss.Index | BinaryCodes:
@@ -85,7 +101,7 @@ def new_index(dim: int, factory: str, metric: int) -> faiss.Index | BinaryCodes:
         raise DensekitError("a binary index ranks by sign agreement (inner product / cosine): use --metric ip")
     if dim % 8:
         raise DensekitError(f"a binary index packs 8 dimensions per byte; dimension {dim} is not a multiple of 8")
-    return BinaryCodes(faiss.index_binary_factory(dim, factory.strip()))
+    return BinaryCodes(faiss.index_binary_factory(dim, factory.strip()), factory.strip())
 
 
 def write_index(index: faiss.Index | BinaryCodes, path: str) -> None:
@@ -99,7 +115,7 @@ def write_index(index: faiss.Index | BinaryCodes, path: str) -> None:
 def read_index(path: str, factory: str, flags: int = 0) -> faiss.Index | BinaryCodes:
     """Read an index file written by :func:`write_index`; `factory` (from the manifest) says its kind."""
     if is_binary(factory):
-        return BinaryCodes(faiss.read_index_binary(path, flags))
+        return BinaryCodes(faiss.read_index_binary(path, flags), factory.strip())
     return faiss.read_index(path, flags)
 
 

@@ -15,8 +15,8 @@ class IndexBuildConfig:
     factory: str = field(
         default="Flat",
         metadata={
-            "help": "Index preset (flat, ivf-flat, ivf-pq, ivf-pqr, hnsw, sq8, fp16, int8, binary) or FAISS "
-            "factory string, e.g. OPQ96,IVF1024,PQ96."
+            "help": "Index preset (flat, ivf-flat, ivf-pq, ivf-pqr, hnsw, sq8, fp16, int8, binary, binary-hnsw) "
+            "or FAISS factory string, e.g. OPQ96,IVF1024,PQ96."
         },
     )
     metric: str = field(default="ip", metadata={"help": "ip (inner product; cosine on normalised vectors) or l2."})

@@ -74,6 +74,11 @@ class ExactRerank:
     ) -> tuple[np.ndarray, list[list[str]]]:
         """:meth:`search_reranked` with what :meth:`use_reranking` set (vectors, candidates or multiplier)."""
         vectors, candidates = self._rerank
+        if len(vectors) != len(self):
+            raise DensekitError(
+                f"documents were added or removed since rescoring was set up ({len(vectors)} vectors for "
+                f"{len(self)} documents): set the vectors again (use_reranking) or save and rebuild"
+            )
         if self._rescore_multiplier is not None:
             candidates = self._rescore_multiplier * k
         return self.search_reranked(queries, k, vectors, candidates, params=params)

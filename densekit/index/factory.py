@@ -21,6 +21,8 @@ int8       ``SQ8``                         int8 embedding quantisation: sq8 (8-b
                                            dimension's trained range), meant with rescoring
 binary     ``BFlat``                       sign bits in a FAISS binary index, Hamming search (1/32 of
                                            Flat; index/binary.py), meant with rescoring
+binary-    ``BHNSW32``                     the sign bits in a graph (IndexBinaryHNSW), efSearch
+hnsw
 ========== =============================== ==========================================================
 
 The number of inverted lists follows FAISS's guideline of O(sqrt(n)) lists (the nearest power of two,
@@ -52,7 +54,7 @@ import faiss
 from densekit.errors import DensekitError
 from densekit.index.binary import is_binary
 
-PRESETS = ("flat", "ivf-flat", "ivf-pq", "ivf-pqr", "hnsw", "sq8", "fp16", "int8", "binary")
+PRESETS = ("flat", "ivf-flat", "ivf-pq", "ivf-pqr", "hnsw", "sq8", "fp16", "int8", "binary", "binary-hnsw")
 SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor")
 PQR_K_FACTOR = 16
 HNSW_M = 32
@@ -148,6 +150,8 @@ def resolve(
         factory = "SQ8"
     elif name == "binary":
         factory = "BFlat"
+    elif name == "binary-hnsw":
+        factory = f"BHNSW{HNSW_M}"
     else:
         factory = "SQfp16"
     return IndexSpec(factory, _train_sample(factory, n, dim, train_sample), search_defaults(factory), name)

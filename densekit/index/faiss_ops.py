@@ -169,6 +169,8 @@ def without_labels(cpu: faiss.Index, labels: np.ndarray, factory: str, metric: s
     """`cpu` (a CPU index) with the vectors at sorted `labels` removed and the rest renumbered 0..n-1:
     FAISS's remove_ids, inverted lists compacted, HNSW rebuilt. Returns the (possibly new) index."""
     base = base_index(cpu)
+    if hasattr(base, "without_labels"):  # index/binary.py's BinaryCodes
+        return base.without_labels(labels)
     if isinstance(base, faiss.IndexHNSW):
         return rebuilt_hnsw_without(cpu, labels, factory, metric)
     try:
