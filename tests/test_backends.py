@@ -47,6 +47,8 @@ def test_fp32_backends_embed_as_torch(tiny_exported: Path, backend: str) -> None
     assert got.dtype == np.float32 and got.shape == reference.shape
     assert np.abs(got - reference).max() < 1e-4
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    single = encoder.encode_queries(TEXTS[:1], show_progress=False)  # one query, batch 1 (the RAG path)
+    assert np.abs(single - reference[:1]).max() < 1e-4
 
 
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
@@ -168,7 +170,6 @@ def test_models_export_cli_json_and_index_on_onnx(
     assert scores["onnx"] == pytest.approx(scores["torch"], abs=1e-6)
 
 
-@pytest.mark.slow
 def test_minilm_int8_cosine(minilm_folder: Path, tmp_path: Path) -> None:
     """Trained weights: every int8 embedding within a cosine of 0.99 of torch's (ONNX dynamic int8)."""
     out = tmp_path / "minilm"

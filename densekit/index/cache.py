@@ -131,6 +131,7 @@ def encode_corpus(encoder, corpus: Corpus, cache: bool = True, show_progress: bo
     announce_cut(encoder, cut, len(corpus))
     if use_cache:
         meta = {"model": encoder.model_id, "documents": len(corpus), "corpus": str(corpus.path or ""), "cut": cut}
+        meta["backend"] = getattr(encoder, "backend_name", "torch")  # also in the key, through the fingerprint
         return store(key, embeddings, meta)
     return embeddings
 
