@@ -99,15 +99,14 @@ def index_build(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Encode a corpus and save a FAISS index directory (with --bm25, a BM25 one; with --backend milvus, fill a
-    Milvus collection and save its index directory)."""
+    """Encode a corpus and save a FAISS index directory (--bm25: a BM25 one; --backend milvus: a Milvus one)."""
     render.setup(as_json, quiet)
     milvus = MilvusOptions(uri or "", collection, token, factory, num_shards, consistency_level, insert_batch, resume)
     if backend == "milvus" and not bm25:
         milvus.search_params = SearchOptions(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor).params()
         faiss_only = train_sample is not None or index_device != "cpu" or shard_gpus or float16 or chunk_size
         build = {"device": device, "batch_size": batch_size, "cache": cache, "store_texts": store_texts}
-        build["encoder_backend"] = encoder_backend
+        build |= {"encoder_backend": encoder_backend}
         return build_milvus(data, out, model, milvus, as_json, quiet, faiss_only, overwrite=overwrite, **build)
     check_milvus_options_unused(milvus)
     from densekit.retriever.indexing import build_bm25_index_dir, build_dense_index_dir
@@ -116,12 +115,10 @@ def index_build(
     if bm25 or backend is not None:
         if not bm25:
             raise DensekitError("--backend chooses the BM25 backend; add --bm25")
-        if model is not None:
-            raise DensekitError("--model and --bm25 build different indexes; give one of them")
+        if model is not None or encoder_backend is not None:
+            raise DensekitError("--model / --encoder-backend and --bm25 build different indexes; give one of them")
         if chunk_size is not None:
             raise DensekitError("--chunk-size splits documents for a dense index; BM25 indexes whole documents")
-        if encoder_backend is not None:
-            raise DensekitError("--encoder-backend runs the dense encoder; a BM25 index has none")
         info = build_bm25_index_dir(data, out, backend=backend, k1=k1, b=b, threads=threads, overwrite=overwrite)
         info["seconds"] = round(time.perf_counter() - start, 2)
         if as_json:
