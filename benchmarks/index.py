@@ -47,7 +47,7 @@ from densekit.index.factory import ivf_lists, resolve
 from densekit.index.synthetic import clustered_vectors
 
 DEFAULT_FACTORIES = ["flat", "ivf-flat", "ivf-pq", "ivf-pqr", "hnsw", "sq8", "fp16", "int8", "binary"]
-QUANTISED = ("BFlat", "SQ8")  # factories of the binary and int8 presets: rescored per multiplier
+QUANTISED = ("BFlat", "BHNSW32", "SQ8")  # factories of the binary(-hnsw) and int8 presets: rescored per multiplier
 NPROBES = (8, 16, 32, 64, 128, 256)
 EF_SEARCHES = (16, 32, 64, 128, 256)
 RERANK = 100
