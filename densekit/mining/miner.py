@@ -331,12 +331,8 @@ class HardNegativeMiner:
         stats.negatives_per_query = self.negatives
         resumed_at = done
         texts = [dataset.queries[q] for q in query_ids]
-        for scorer in (self.teacher, self.guide):
-            if scorer is not None:
-                scorer.prepare_queries(query_ids, texts)
-        for source in self.sources:
-            if isinstance(source, DenseSource) and source.scorer not in (self.teacher, self.guide):
-                source.scorer.prepare_queries(query_ids, texts)
+        for scorer in self._scorers():
+            scorer.prepare_queries(query_ids, texts)
 
         bar = progress_bar("mining", total=len(query_ids), unit="query")
         bar.update(done)
@@ -422,7 +418,15 @@ class HardNegativeMiner:
                     record_line({**{k: v for k, v in record.items() if k != "negatives"}, "removed": removed})
                 )
         stats.queries_mined += len(mined)
+        for scorer in self._scorers():
+            scorer.release()  # keeps resident memory to one chunk's pages (see densekit.index.mapped)
         return lines, removed_lines
+
+    def _scorers(self) -> list[DenseScorer]:
+        """Every dense model of the run: teacher, guide and any other dense source's."""
+        scorers = [self.teacher] + ([self.guide] if self.guide is not None else [])
+        extra = [s.scorer for s in self.sources if isinstance(s, DenseSource) and s.scorer not in scorers]
+        return scorers + extra
 
     def _start(
         self, out: Path, config: dict, resume: bool, removed_out: Path | None = None

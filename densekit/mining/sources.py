@@ -6,8 +6,9 @@
   pairs are dot products of the query vector with the few document rows gathered from the mmap, so no
   query x corpus matrix ever exists. The teacher and the GIST guide are both DenseScorers.
 - A *candidate source* proposes, for a chunk of queries, a ranked list of document ids:
-  :class:`DenseSource` searches a DenseScorer's FAISS index (exact inner product, built in blocks from
-  the mmap; FAISS GPU's k <= 2048 limit is handled by :class:`~densekit.index.dense.DenseIndex`), and
+  :class:`DenseSource` runs a DenseScorer's exact inner-product search (on CPU block by block over the
+  mmap, releasing each block's pages, :mod:`densekit.index.mapped`; on a GPU through a FAISS index,
+  whose k <= 2048 limit :class:`~densekit.index.dense.DenseIndex` handles), and
   :class:`RetrieverSource` adapts anything that keeps the Retriever protocol (BM25, hybrid, ...).
 - :func:`fuse` combines several sources' lists: reciprocal rank fusion (Cormack et al., SIGIR 2009,
   k = 60; the package's one implementation, in :mod:`densekit.retriever.hybrid`, ties by document id)
@@ -27,6 +28,7 @@ from densekit.errors import DensekitError
 from densekit.index.cache import cache_enabled, cache_key, encode_corpus, load_cached, store_with
 from densekit.index.dense import DenseIndex
 from densekit.index.gpu import place
+from densekit.index.mapped import MappedRows
 from densekit.protocols import Retriever
 from densekit.retriever.hybrid import reciprocal_rank_fusion
 
@@ -60,7 +62,8 @@ class DenseScorer:
         self.show_progress = show_progress
         self.query_chunk = query_chunk
         self.documents = encode_corpus(encoder, corpus, cache=cache, show_progress=show_progress)
-        self._rows = np.asarray(self.documents)  # a plain view of the mmap: numpy.memmap indexing is slow
+        self._matrix = MappedRows(self.documents)
+        self._rows = self._matrix.rows
         self._index: DenseIndex | None = None
         self._queries: dict[str, int] = {}
         self._query_vectors: np.ndarray | None = None
@@ -135,9 +138,34 @@ class DenseScorer:
 
     # -- searching -----------------------------------------------------------------------------------
 
+    def search(self, query_vectors: np.ndarray, k: int, block: int = 32768) -> list[list[str]]:
+        """Each query's top-`k` document ids by exact inner product, best first.
+
+        On CPU the corpus is read block by block from the mmap and the blocks' top-`k` are merged
+        (:class:`faiss.ResultHeap`), releasing each block's pages: memory is one block, not the corpus.
+        On a GPU (`index_device`) the corpus is copied into a FAISS index there (:attr:`index`).
+        """
+        queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        k = min(k, len(self._rows))
+        if self.index_device != "cpu":
+            return self.index.search(queries, k)[1]
+        heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+        for start in range(0, len(self._rows), block):
+            part = np.ascontiguousarray(self._rows[start : start + block])
+            scores, labels = faiss.knn(queries, part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
+            heap.add_result(scores, labels + start)
+            self._matrix.release()
+        heap.finalize()
+        ids = self.corpus.ids
+        return [[ids[j] for j in row if j >= 0] for row in heap.I]
+
+    def release(self) -> None:
+        """Hand the corpus pages read so far back to the OS (see :mod:`densekit.index.mapped`)."""
+        self._matrix.release()
+
     @property
     def index(self) -> DenseIndex:
-        """Exact inner-product FAISS index over the corpus, added in blocks from the mmap."""
+        """Exact inner-product FAISS index over the corpus on `index_device` (a copy of the corpus)."""
         if self._index is None:
             flat = faiss.IndexFlatIP(int(self.documents.shape[1]))
             block = 65536
@@ -169,8 +197,7 @@ class DenseSource:
         return {"name": self.name, "kind": "dense", "model": self.scorer.encoder.model_id}
 
     def candidates(self, query_ids: list[str], texts: list[str], k: int) -> list[list[str]]:
-        _, ids = self.scorer.index.search(self.scorer.query_vectors(query_ids), k)
-        return ids
+        return self.scorer.search(self.scorer.query_vectors(query_ids), k)
 
 
 class RetrieverSource:
