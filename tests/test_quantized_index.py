@@ -113,6 +113,11 @@ def test_binary_needs_whole_bytes_and_inner_product() -> None:
     index = DenseIndex.build(np.eye(16, dtype=np.float32), [str(i) for i in range(16)], "binary")
     with pytest.raises(DensekitError, match="nprobe=4 does not apply"):
         index.search(np.eye(16, dtype=np.float32)[:2], 3, params={"nprobe": 4})
+    with pytest.raises(RuntimeError, match="sign bits"):  # LangChain's MMR then embeds again, announced
+        index.index.reconstruct_batch(np.array([0]))
+    from densekit.index.milvus_export import is_exact
+
+    assert not is_exact("BFlat") and not is_exact("BHNSW32")  # Milvus export wants --vectors or the cache
 
 
 def test_binary_from_shards_rescores_against_the_shards(data, tmp_path: Path) -> None:

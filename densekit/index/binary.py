@@ -76,6 +76,10 @@ class BinaryCodes:
         scores[labels < 0] = -np.inf
         return scores, labels
 
+    def reconstruct_batch(self, labels: np.ndarray) -> np.ndarray:
+        # RuntimeError, as FAISS raises for an index that cannot return vectors: callers fall back on it
+        raise RuntimeError("a binary index keeps sign bits, not the vectors")
+
     def without_labels(self, labels: np.ndarray) -> BinaryCodes:
         """These codes without the sorted `labels`, the rest renumbered 0..n-1 (the flat index in place;
         HNSW rebuilt from its stored codes)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from densekit.data import Corpus
 from densekit.errors import DensekitError
+from densekit.index.binary import is_binary
 from densekit.index.cache import cache_enabled, cache_key, load_cached
 from densekit.index.dense import DenseIndex
 from densekit.index.docstore import DocStore
@@ -69,6 +70,8 @@ def shard_source(directory: str | Path) -> tuple[list[str], ShardSlices, dict]:
 
 def is_exact(factory: str) -> bool:
     """Whether a FAISS factory string stores full float32 vectors (so they can be read back as they were)."""
+    if is_binary(factory):  # sign bits only
+        return False
     parts = [p.strip() for p in factory.split(",")]
     return all(not p.startswith(("PQ", "SQ", "OPQ", "LSH", "RQ", "LSQ")) and "PQ" not in p for p in parts)
 
