@@ -157,7 +157,56 @@ def worker_densekit(args) -> dict:
     return {"seconds": seconds, "traced_peak_mb": traced, "negatives": negatives}
 
 
-def run_worker(args, library: str, workdir: Path, depth: int) -> dict:
+def worker_explain(args) -> dict:
+    """Why the two libraries' negatives differ for some queries, in densekit's teacher scores.
+
+    For each differing query: the documents only one library wrote, their teacher score and its gap to
+    the PercPos threshold (lowest positive score - 0.05 |that score|), and the gap between the 4th and
+    5th surviving candidate (where the top sampler cuts). Gaps of the order of float32 rounding (1e-6)
+    mean the two encoders' last-bit differences decided, not the rule.
+    """
+    import torch
+
+    os.environ["DENSEKIT_HOME"] = str(args.home or args.workdir / "densekit-home")
+    from densekit.mining import DenseScorer
+    from densekit.progress import set_quiet
+    from densekit.retriever.encoder import Encoder
+
+    set_quiet(True)
+    torch.set_num_threads(args.threads)
+    ds = _dataset(args)
+    compare = json.loads(args.explain.read_text(encoding="utf-8"))
+    teacher = DenseScorer(Encoder(args.model, device="cpu", batch_size=args.batch_size), ds.corpus, show_progress=False)
+    teacher.prepare_queries(list(ds.queries), list(ds.queries.values()))
+    rows = []
+    for query_id in compare["differing"]:
+        ours, theirs = compare["densekit"].get(query_id, []), compare["sentence-transformers"].get(query_id, [])
+        vector = teacher.query_vectors([query_id])[0]
+        positives = [d for d, rel in ds.qrels[query_id].items() if rel > 0 and d in ds.corpus]
+        lowest = float(teacher.score(vector, positives).min())
+        threshold = lowest - 0.05 * abs(lowest)
+        ranked = teacher.search(vector[None, :], args.depth)[0]
+        survivors = [d for d in ranked if d not in positives]
+        scores = teacher.score(vector, survivors)
+        kept = sorted(scores[scores <= threshold], reverse=True)
+        only = {
+            "densekit": [d for d in ours if d not in theirs],
+            "sentence-transformers": [d for d in theirs if d not in ours],
+        }
+        gaps = [abs(float(teacher.score(vector, [d])[0]) - threshold) for side in only.values() for d in side]
+        rows.append(
+            {
+                "query": query_id,
+                "only": {k: [(d, round(float(teacher.score(vector, [d])[0]), 6)) for d in v] for k, v in only.items()},
+                "threshold": round(threshold, 6),
+                "smallest_threshold_gap": min(gaps) if gaps else None,
+                "cut_gap_4th_5th": float(kept[3] - kept[4]) if len(kept) > 4 else None,
+            }
+        )
+    return {"explained": rows}
+
+
+def run_worker(args, library: str, workdir: Path, depth: int, explain: Path | None = None) -> dict:
     """One measurement in a fresh process; returns its result with the process's peak RSS."""
     result_file = workdir / f"{library}-{depth}-{time.monotonic_ns()}.json"
     command = [
@@ -186,6 +235,8 @@ def run_worker(args, library: str, workdir: Path, depth: int) -> dict:
     ]
     if args.home:
         command += ["--home", str(args.home)]
+    if explain is not None:
+        command += ["--explain", str(explain)]
     subprocess.run(command, check=True)
     with open(result_file, encoding="utf-8") as handle:
         return json.load(handle)
@@ -224,14 +275,17 @@ def main() -> None:
         help="DENSEKIT_HOME for densekit's embedding cache in warm mode "
         "(default: a fresh one, filled by an untimed first run)",
     )
-    parser.add_argument("--worker", choices=("densekit", "sentence-transformers"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("densekit", "sentence-transformers", "explain"), help=argparse.SUPPRESS)
+    parser.add_argument("--explain", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--depth", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        work = worker_densekit if args.worker == "densekit" else worker_sentence_transformers
+        work = {"densekit": worker_densekit, "sentence-transformers": worker_sentence_transformers}.get(
+            args.worker, worker_explain
+        )
         result = work(args)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with open(args.result, "w", encoding="utf-8") as handle:
@@ -251,9 +305,17 @@ def main() -> None:
                 memory[library].append((result["peak_rss_mb"], result["traced_peak_mb"]))
                 last[library] = result
         default_depth = run_worker(args, "densekit", workdir, 100) if args.mode == "warm" else None
+        agree = agreement(last["sentence-transformers"]["negatives"], last["densekit"]["negatives"])
+        explained = []
+        if args.mode == "warm" and agree["differing"]:
+            compare = workdir / "compare.json"
+            compare.write_text(
+                json.dumps({"differing": agree["differing"], **{k: v["negatives"] for k, v in last.items()}}),
+                encoding="utf-8",
+            )
+            explained = run_worker(args, "explain", workdir, depth, explain=compare)["explained"]
 
     st, dk = statistics.median(times["sentence-transformers"]), statistics.median(times["densekit"])
-    agree = agreement(last["sentence-transformers"]["negatives"], last["densekit"]["negatives"])
     summary = {
         "mode": args.mode,
         "data": f"{args.data}/{args.split}",
@@ -271,6 +333,7 @@ def main() -> None:
         "peak_rss_mb_runs": {k: [round(m[0]) for m in v] for k, v in memory.items()},
         "traced_peak_mb": {k: None if v[0][1] is None else max(m[1] for m in v) for k, v in memory.items()},
         "agreement": agree,
+        "differences_explained": explained,
     }
     if default_depth is not None:
         summary["agreement_at_depth_100"] = agreement(
@@ -294,6 +357,12 @@ def main() -> None:
         f"same negative ids: {agree['same_ids']}/{agree['queries']} ({share:.2f}%), "
         f"same order: {agree['same_order']}; differing queries: {agree['differing']}"
     )
+    for row in explained:
+        print(
+            f"query {row['query']}: only densekit {row['only']['densekit']}, only ST "
+            f"{row['only']['sentence-transformers']}; threshold {row['threshold']}, smallest gap to it "
+            f"{row['smallest_threshold_gap']}, 4th-5th gap {row['cut_gap_4th_5th']}"
+        )
     if default_depth is not None:
         a100 = summary["agreement_at_depth_100"]
         print(
