@@ -239,11 +239,11 @@ def index_update(
     """Insert or replace documents by id, encoded with the index's own model."""
     render.setup(as_json, quiet)
     from densekit.data import read_corpus
-    from densekit.retriever.dense import update_saved
+    from densekit.retriever.milvus_updates import update_saved_index
 
     if not documents.is_file():
         raise DensekitError(f"{documents}: no such file")
-    replaced, added = update_saved(directory, read_corpus(documents), device=device)
+    replaced, added = update_saved_index(directory, read_corpus(documents), device=device)
     if as_json:
         render.emit({"index": str(directory), "replaced": replaced, "added": added})
     else:

@@ -108,6 +108,10 @@ def remove_from_saved(directory: str | Path, ids: list[str], missing_ok: bool = 
     """Remove documents by id from a saved index (and its document store); returns how many index entries
     went (in an index of passages, a document's id removes all its passages)."""
     directory = Path(directory)
+    if read_manifest(directory).get("kind") == "milvus":
+        from densekit.index.milvus_saved import remove_from_milvus_dir
+
+        return remove_from_milvus_dir(directory, ids, missing_ok=missing_ok)
     index = DenseIndex.load(directory)
     if read_manifest(directory).get("passages"):
         from densekit.index.passage_index import passages_of
