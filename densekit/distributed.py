@@ -71,6 +71,17 @@ def broadcast_object(obj: T, ctx: DistributedContext) -> T:
     return holder[0]
 
 
+def all_gather_object(obj: T, ctx: DistributedContext) -> list[T]:
+    """Every rank's `obj`, in rank order, on every rank (``[obj]`` alone; picklable objects of this run only)."""
+    if not ctx.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered: list = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def finish_distributed(ctx: DistributedContext) -> None:
     """Leave the process group (after the last collective), so that work left to rank 0 alone cannot hit
     a barrier timeout and the process exits cleanly."""

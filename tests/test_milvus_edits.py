@@ -76,3 +76,71 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.mark.slow  # two torch processes and a Milvus Lite server start (about a minute on 2 busy cores)
+def test_torchrun_ranks_write_their_shards_into_one_collection(
+    milvus_dir, tiny_model, scifact_small, tmp_path, capsys, monkeypatch
+):
+    """`index encode --backend milvus` under torchrun (gloo, CPU), through Milvus Lite's gRPC server (a Lite
+    file opens in one process only): each id exactly once, search as the single-process FAISS Flat build;
+    a rerun with --resume finds every id already there."""
+    from densekit.data import load_dataset
+    from densekit.index.milvus import MilvusIndex
+    from densekit.retriever.compose import open_index
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "server"), "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert "listening" in server.stdout.readline()
+        uri, shards, idx = f"http://127.0.0.1:{port}", tmp_path / "shards", tmp_path / "ranks.idx"
+        args = ["index", "encode", str(scifact_small), "--model", str(tiny_model), "--out", str(shards)]
+        args += ["--shard-size", "64", "--device", "cpu", "--backend", "milvus", "--uri", uri, "--collection", "ranks"]
+        args += ["--index", str(idx), "--json"]
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "DENSEKIT_QUIET": "1", "DENSEKIT_MILVUS_TOKEN": "root:Milvus"}
+        done = subprocess.run(
+            [*torchrun, "-m", "densekit.cli", *args], env=env, capture_output=True, text=True, timeout=600, cwd=REPO
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(done.stdout)  # only rank 0 prints
+        corpus = load_dataset(scifact_small).corpus
+        assert report["world_size"] == 2 and report["shards"] == 4
+        assert report["written"] == report["count"] == len(corpus) and report["already_there"] == 0
+        index = MilvusIndex.load(idx)
+        rows = index.client.query(index.collection, filter="", output_fields=["id"], limit=16384)
+        assert sorted(r["id"] for r in rows) == sorted(corpus.ids)  # every id exactly once
+
+        flat = tmp_path / "flat.idx"
+        assert run_cli(["index", "build", str(scifact_small), "--model", str(tiny_model), "--out", str(flat)])[0] == 0
+        queries = dict(load_dataset(scifact_small).queries.items())
+        expected, got = open_index(flat).search(queries, k=10), open_index(idx).search(queries, k=10)
+        for query_id, hits in expected.items():
+            assert [d for d, _ in got[query_id]] == [d for d, _ in hits]
+            np.testing.assert_allclose([s for _, s in got[query_id]], [s for _, s in hits], atol=1e-5)
+
+        monkeypatch.setenv("DENSEKIT_MILVUS_TOKEN", "root:Milvus")
+        capsys.readouterr()
+        code, out, _ = run_cli([*args, "--resume"], capsys, monkeypatch)  # one process finishes/redoes all shards
+        again = json.loads(out)
+        assert code == 0 and again["written"] == 0 and again["already_there"] == again["count"] == len(corpus)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_torchrun_refuses_a_milvus_lite_file(tiny_model, scifact_small, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["index", "encode", str(scifact_small), "--model", str(tiny_model), "--out", str(tmp_path / "s")]
+    args += ["--backend", "milvus", "--uri", str(tmp_path / "x.db"), "--index", str(tmp_path / "x.idx")]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and "one process only" in err and not (tmp_path / "s").exists()
+    monkeypatch.delenv("WORLD_SIZE")
+    code, _, err = run_cli([*args[:-6], "--uri", str(tmp_path / "x.db")], capsys, monkeypatch)
+    assert code == 2 and "apply to --backend milvus" in err

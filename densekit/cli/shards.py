@@ -11,6 +11,17 @@ import typer
 
 from densekit.cli import render
 from densekit.cli.app import index_app
+from densekit.cli.milvus import (
+    CollectionOpt,
+    ConsistencyOpt,
+    InsertBatchOpt,
+    NumShardsOpt,
+    ResumeOpt,
+    TokenOpt,
+    UriOpt,
+    check_milvus_options_unused,
+    say_ingested,
+)
 from densekit.cli.options import (
     BatchOpt,
     BuildDeviceOpt,
@@ -30,8 +41,10 @@ from densekit.cli.options import (
     TruncateDimOpt,
     help_of,
 )
+from densekit.errors import DensekitError
 from densekit.index.config import IndexBuildConfig
 from densekit.retriever.compose import SearchOptions
+from densekit.retriever.milvus_indexing import MilvusOptions
 
 
 @index_app.command("encode")
@@ -57,16 +70,58 @@ def index_encode(
     store_texts: Annotated[
         bool, typer.Option("--store-texts/--no-store-texts", help="Keep the document texts in the index.")
     ] = True,
+    backend: Annotated[
+        str, typer.Option("--backend", help="Where --index goes: faiss, or milvus (each rank writes its shards).")
+    ] = "faiss",
+    uri: UriOpt = None,
+    collection: CollectionOpt = None,
+    token: TokenOpt = None,
+    resume: ResumeOpt = False,
+    num_shards: NumShardsOpt = 1,
+    consistency_level: ConsistencyOpt = "Strong",
+    insert_batch: InsertBatchOpt = 1000,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Encode a corpus into resumable .npy shards; under torchrun each process encodes its share.
 
     Run it again after an interruption: finished shards are kept. With --index, the shards are
-    merged into one index (on rank 0 when distributed).
+    merged into one index (on rank 0 when distributed); with --backend milvus --uri URI, every rank
+    writes its own shards into one Milvus collection and rank 0 saves the index directory.
     """
     render.setup(as_json, quiet)
     params = SearchOptions(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor).params()
+    milvus = MilvusOptions(uri or "", collection, token, factory, num_shards, consistency_level, insert_batch, resume)
+    if backend == "milvus":
+        milvus.search_params = params
+        if index is None or not uri:
+            raise DensekitError("--backend milvus needs --index DIR and --uri (a Milvus server under torchrun)")
+        if train_sample is not None or k_factor is not None or rescore_multiplier is not None or index_device != "cpu":
+            raise DensekitError("--train-sample, --k-factor, --rescore-multiplier and --index-device apply to FAISS")
+        from densekit.retriever.milvus_shards import encode_shards_into_milvus
+
+        start = time.perf_counter()
+        info = encode_shards_into_milvus(
+            data,
+            out,
+            index,
+            model,
+            milvus,
+            shard_size,
+            device,
+            batch_size,
+            store_texts,
+            truncate_dim,
+            encoder_backend,
+            show_progress=not (as_json or quiet),
+        )
+        if info is None:  # not rank 0
+            return
+        info["seconds"] = round(time.perf_counter() - start, 2)
+        return render.emit(info) if as_json else say_ingested(info, f"{info['world_size']} rank(s) encoded {data}")
+    if backend != "faiss":
+        raise DensekitError(f"--backend must be faiss or milvus, got {backend!r}")
+    check_milvus_options_unused(milvus)
     config = IndexBuildConfig(
         factory=factory,
         train_sample=train_sample,

@@ -78,7 +78,8 @@ def collection_name(out: str | Path, given: str | None) -> str:
     return name if name[0].isalpha() else f"dk_{name}"
 
 
-def _create(options: MilvusOptions, out: str | Path, dim: int, n: int, model: dict, overwrite: bool):
+def create_collection(options: MilvusOptions, out: str | Path, dim: int, n: int, model: dict, overwrite: bool):
+    """The collection `options` name (created, reopened with resume, or replaced with `overwrite`)."""
     from densekit.index.milvus import MilvusIndex
 
     existing = "resume" if options.resume else ("overwrite" if overwrite else "error")
@@ -139,7 +140,7 @@ def build_milvus_index_dir(
     backend, quantize = parse_backend(encoder_backend or "torch")
     encoder = Encoder(model, device=device, batch_size=batch_size, backend=backend, quantize=quantize)
     embeddings = encode_corpus(encoder, ds.corpus, cache=cache, show_progress=show_progress)
-    index = _create(options, out, encoder.dim, len(ds.corpus), encoder.describe(), overwrite)
+    index = create_collection(options, out, encoder.dim, len(ds.corpus), encoder.describe(), overwrite)
     store = DocStore.from_corpus(ds.corpus)
     report = ingest(index, embeddings, ds.corpus.ids, store, options.insert_batch, options.resume, show_progress)
     count = len(index)
@@ -187,7 +188,7 @@ def export_to_milvus(
             missing = [i for i in ids if i not in store]
             if missing:
                 raise DensekitError(f"{texts}: {len(missing)} encoded documents have no text, e.g. {missing[0]!r}")
-        target = _create(options, out, array.shape[1], len(ids), model, overwrite)
+        target = create_collection(options, out, array.shape[1], len(ids), model, overwrite)
         report = ingest(target, array, ids, store, options.insert_batch, options.resume, show_progress)
         count = len(target)
         save_milvus_dir(target, out, count, store, overwrite=overwrite)
@@ -205,7 +206,7 @@ def export_to_milvus(
         announce(f"{directory} stores no texts: the collection's title and text stay empty")
     array, source = index_vectors(index, store, vectors)
     announce(f"exporting {len(index)} vectors from {source}, not re-encoding")
-    target = _create(options, out, index.dim, len(index), index.model, overwrite)
+    target = create_collection(options, out, index.dim, len(index), index.model, overwrite)
     report = ingest(target, array, index.ids, store, options.insert_batch, options.resume, show_progress)
     count = len(target)
     save_milvus_dir(target, out, count, store, overwrite=overwrite)
