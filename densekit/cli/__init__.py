@@ -6,6 +6,7 @@ and renders the result.
 from densekit.cli import (  # noqa: F401
     data,
     evaluate,
+    finetune,
     index,
     mine,
     models,

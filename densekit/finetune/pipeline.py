@@ -1,0 +1,332 @@
+"""`densekit finetune`: the whole recipe as one resumable run of cached stages.
+
+Stages, each in its own folder of the finetune folder ``DIR``:
+
+1. ``split/``     a dev slice held out of the training split (:mod:`densekit.splits`): ``split/data`` is a
+                  BEIR folder with ``train`` and ``dev`` qrels and no other split;
+2. ``mine/``      hard negatives of the ``train`` part, mined with the base model;
+3. ``reranker/``  a cross-encoder trained on them (``densekit train-reranker``), its step chosen on dev;
+4. ``score/``     the negatives mined again with the cross-encoder's scores stored (``ce_score``) and,
+                  by default, its false-negative filter (``mine --scorer``);
+5. ``train/``     one bi-encoder per distillation candidate (``densekit train``, optional re-mining), each
+                  evaluated on dev during training; the best step of the best candidate on dev is kept;
+6. ``eval/``      dev and test metrics of the base model, the fine-tuned model and the fine-tuned model
+                  reranked by the cross-encoder. The test split is read here and nowhere else.
+
+Every stage writes ``started.json`` (its inputs) when it starts and ``done.json`` (inputs, fingerprint,
+outputs) when it ends. A stage's inputs are the settings it reads (:data:`~densekit.finetune.config.STAGE_FIELDS`)
+and the fingerprint of the stage before it, so a rerun skips every done stage whose inputs are unchanged;
+a changed setting re-runs the first stage that reads it and all after it (announced); a stage that
+was interrupted resumes (the trainers from their newest checkpoint, mining from its partial file).
+
+``DIR`` must be absent, empty or a finetune folder (its ``.densekit.json`` says so); anything else is
+refused. Only the stage folders inside it are ever removed, and only when a stage starts afresh.
+At the end ``DIR`` holds ``model/`` (the chosen bi-encoder), ``cross-encoder/``, ``negatives.jsonl``,
+``report.json``, ``report.md`` and ``dev_ndcg.png`` (:mod:`~densekit.finetune.report`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from densekit.errors import DensekitError
+from densekit.finetune.config import STAGE_FIELDS, STAGES, FinetuneConfig
+from densekit.io import MARKER, atomic_dir, atomic_file, check_output_target, read_json, read_marker, write_json
+from densekit.progress import announce, stage
+
+KIND = "finetune"
+STARTED, DONE = "started.json", "done.json"
+
+
+def fingerprint_of(inputs: dict) -> str:
+    """sha256 of a stage's inputs (canonical JSON)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def prepare_output(output: Path) -> None:
+    """Claim `output` as a finetune folder: absent, empty or one already; anything else is refused."""
+    check_output_target(output, KIND)
+    output.mkdir(parents=True, exist_ok=True)
+    if read_marker(output) is None:
+        write_json(output / MARKER, {"kind": KIND, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+def _source_identity(data: str, split: str) -> dict:
+    """What identifies the source dataset cheaply: the split's qrels and queries by sha256, the corpus
+    file by size and modification time (hashing a large corpus on every rerun would cost minutes)."""
+    from densekit.data import qrels_path, resolve_dataset
+    from densekit.io import sha256_file
+
+    root = resolve_dataset(data)
+    identity: dict[str, Any] = {"root": str(root.resolve()), "qrels": sha256_file(qrels_path(root, split))}
+    for name in ("queries.jsonl", "queries.jsonl.gz", "corpus.jsonl", "corpus.jsonl.gz"):
+        path = root / name
+        if path.is_file():
+            stat = path.stat()
+            identity[name] = sha256_file(path) if name.startswith("queries") else [stat.st_size, stat.st_mtime_ns]
+    return identity
+
+
+class Pipeline:
+    """Runs a :class:`FinetuneConfig` stage by stage (see the module docstring); `until` stops after that stage."""
+
+    def __init__(self, config: FinetuneConfig, until: str | None = None) -> None:
+        config.validate()
+        if until is not None and until not in STAGES:
+            raise DensekitError(f"unknown stage {until!r}; expected one of {', '.join(STAGES)}")
+        self.config = config
+        self.until = until
+        self.output = Path(config.output)  # type: ignore[arg-type]
+        self.stages: dict[str, dict] = {}
+        self.outputs: dict[str, dict] = {}
+        self._upstream: str | None = None
+
+    # ---------------------------------------------------------------- the stage machinery
+    def _inputs(self, name: str, extra: dict | None = None) -> dict:
+        cfg = self.config.to_json()
+        return {"upstream": self._upstream, **{k: cfg[k] for k in STAGE_FIELDS[name]}, **(extra or {})}
+
+    def _stage(self, name: str, body: Callable[[Path, bool], dict], extra: dict | None = None) -> dict:
+        """Skip `name` when done with these inputs, else run `body(folder, resume)`; returns its outputs."""
+        folder = self.output / name
+        inputs = self._inputs(name, extra)
+        print_ = f"stage {STAGES.index(name) + 1}/{len(STAGES)} {name}"
+        fp = fingerprint_of(inputs)
+        done = read_json(folder / DONE) if (folder / DONE).is_file() else None
+        if done is not None and done.get("fingerprint") == fp:
+            announce(f"{print_}: done before with the same inputs, skipped")
+            self._finish(name, fp, done["outputs"], "skipped", done.get("seconds", 0.0))
+            return done["outputs"]
+        started = read_json(folder / STARTED) if (folder / STARTED).is_file() else None
+        resume = done is None and started is not None and started.get("fingerprint") == fp
+        previous = (done or started or {}).get("inputs")
+        if resume:
+            announce(f"{print_}: resuming an interrupted run")
+        elif previous is not None:
+            changed = sorted(k for k in set(inputs) | set(previous) if inputs.get(k) != previous.get(k))
+            why = "an earlier stage re-ran" if changed == ["upstream"] else f"{', '.join(changed)} changed"
+            announce(f"{print_}: {why}; re-running it and every stage after it")
+        if not resume and folder.exists():
+            shutil.rmtree(folder)  # a stage folder of this finetune folder (prepare_output checked it)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / STARTED, {"stage": name, "inputs": inputs, "fingerprint": fp})
+        start = time.perf_counter()
+        with stage(print_):
+            outputs = body(folder, resume)
+        seconds = round(time.perf_counter() - start, 3)
+        write_json(
+            folder / DONE, {"stage": name, "inputs": inputs, "fingerprint": fp, "outputs": outputs, "seconds": seconds}
+        )
+        self._finish(name, fp, outputs, "ran", seconds)
+        return outputs
+
+    def _finish(self, name: str, fp: str, outputs: dict, status: str, seconds: float) -> None:
+        self._upstream = fp
+        self.outputs[name] = outputs
+        self.stages[name] = {"status": status, "seconds": seconds, "fingerprint": fp[:16]}
+
+    # ---------------------------------------------------------------- the run
+    def run(self) -> dict:
+        """Run (or skip) every stage up to `until`; write the report after the last one. Returns a summary."""
+        prepare_output(self.output)
+        cfg = self.config
+        bodies = {
+            "split": (self._split, {"source": _source_identity(cfg.data, cfg.train_split)}),  # type: ignore[arg-type]
+            "mine": (self._mine, None),
+            "reranker": (self._reranker, None),
+            "score": (self._score, None),
+            "train": (self._train, None),
+            "eval": (self._eval, None),
+        }
+        for name in STAGES:
+            body, extra = bodies[name]
+            self._stage(name, body, extra)
+            if name == self.until:
+                break
+        summary: dict[str, Any] = {"output": str(self.output), "stages": self.stages, "report": None}
+        if "eval" in self.outputs:
+            from densekit.finetune.report import write_report
+
+            summary.update(write_report(self.output, cfg, self.outputs, self.stages))
+        return summary
+
+    # ---------------------------------------------------------------- stages
+    def _rel(self, path: Path) -> str:
+        """Outputs record paths relative to the finetune folder, so the folder can move."""
+        return str(path.relative_to(self.output))
+
+    def path(self, stage_name: str, key: str) -> Path:
+        """The file or folder output `key` of stage `stage_name`, as a path."""
+        return self.output / self.outputs[stage_name][key]
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path("split", "data")
+
+    def _split(self, folder: Path, resume: bool) -> dict:
+        from densekit.splits import write_holdout
+
+        cfg = self.config
+        info = write_holdout(cfg.data, cfg.train_split, folder / "data", cfg.dev_fraction, cfg.split_seed)  # type: ignore[arg-type]
+        return {"data": self._rel(folder / "data"), **info}
+
+    def _mining(self, scorer: str | None = None) -> Any:
+        from densekit.mining.config import MiningConfig
+
+        cfg = self.config
+        methods = [m.strip() for m in cfg.mine_method.split(",") if m.strip()]
+        if scorer is not None and cfg.ce_filter:
+            methods = ["ce"] if methods == ["naive"] else [*methods, "ce"]
+        return MiningConfig(
+            teacher=cfg.model,  # type: ignore[arg-type]
+            method=",".join(methods),
+            percentage=cfg.mine_percentage if "percpos" in methods else None,
+            margin=cfg.mine_margin,
+            threshold=cfg.mine_threshold,
+            scorer=scorer,
+            ce_margin=cfg.ce_margin if "ce" in methods else None,
+            negatives=cfg.mine_negatives,
+            depth=cfg.mine_depth,
+            seed=cfg.seed,
+            device=cfg.device,
+            batch_size=cfg.encode_batch_size,
+        )
+
+    def _run_mining(self, folder: Path, scorer: str | None) -> dict:
+        from densekit.mining.config import mine
+        from densekit.mining.miner import checkpoint_path
+
+        out = folder / "negatives.jsonl"
+        result, _ = mine(self._mining(scorer), self.data_dir, "train", out, resume=checkpoint_path(out).is_file())
+        stats = result.stats.to_json()
+        return {"negatives": self._rel(out), "queries": stats.get("queries"), "resumed_at": result.resumed_at}
+
+    def _mine(self, folder: Path, resume: bool) -> dict:
+        return self._run_mining(folder, None)
+
+    def _score(self, folder: Path, resume: bool) -> dict:
+        return self._run_mining(folder, str(self.path("reranker", "model")))
+
+    def _reranker(self, folder: Path, resume: bool) -> dict:
+        from densekit.retriever.train.cross_encoder import train_reranker
+        from densekit.retriever.train.reranker_config import RerankerDataConfig, RerankerTrainConfig
+
+        cfg = self.config
+        run = folder / "run"
+        config = RerankerTrainConfig(
+            model=cfg.ce_model or cfg.model,  # type: ignore[arg-type]
+            output=run,
+            data=RerankerDataConfig(
+                negatives=self.path("mine", "negatives"),
+                corpus=str(self.data_dir),
+                negatives_per_query=cfg.ce_negatives,
+                skip_queries_without_negatives=True,
+            ),
+            loss=cfg.ce_loss,
+            epochs=cfg.ce_epochs,
+            max_steps=cfg.ce_max_steps,
+            batch_size=cfg.ce_batch_size,
+            learning_rate=cfg.ce_lr,
+            seed=cfg.seed,
+            max_length=cfg.ce_max_length,
+            eval_data=str(self.data_dir),
+            eval_split="dev",
+            eval_steps=cfg.eval_steps,
+            save_steps=cfg.save_steps,
+            device=cfg.device,
+        )
+        summary = train_reranker(config, resume=resume and run.exists())
+        model = run / "best" if (run / "best").is_dir() else run / "model"
+        return {"model": self._rel(model), "best": summary["best"], "steps": summary["steps"]}
+
+    def _train(self, folder: Path, resume: bool) -> dict:
+        from densekit.retriever.train import train
+        from densekit.retriever.train.config import DataConfig, LossConfig, TrainConfig
+
+        cfg = self.config
+        runs: dict[str, dict] = {}
+        for candidate in cfg.candidates():
+            out = folder / candidate
+            summary_file = out / "summary.json"
+            if summary_file.is_file() and read_json(summary_file).get("finished"):
+                summary = read_json(summary_file)  # this candidate finished before an interruption
+            else:
+                config = TrainConfig(
+                    model=cfg.model,  # type: ignore[arg-type]
+                    output=out,
+                    data=DataConfig(
+                        negatives=self.path("score", "negatives"),
+                        corpus=str(self.data_dir),
+                        negatives_per_query=cfg.negatives_per_query,
+                    ),
+                    loss=LossConfig(
+                        name=cfg.loss,
+                        temperature=cfg.temperature,
+                        guide=cfg.guide,
+                        distill=candidate,
+                        distill_weight=cfg.distill_weight,
+                        distill_temperature=cfg.distill_temperature,
+                        teacher_score="ce_score" if candidate != "none" else None,
+                        matryoshka_dims=cfg.matryoshka_dims,
+                    ),
+                    epochs=cfg.epochs,
+                    max_steps=cfg.max_steps,
+                    batch_size=cfg.batch_size,
+                    learning_rate=cfg.learning_rate,
+                    seed=cfg.seed,
+                    max_length=cfg.max_length,
+                    eval_data=str(self.data_dir),
+                    eval_split="dev",
+                    eval_steps=cfg.eval_steps,
+                    save_steps=cfg.save_steps,
+                    device=cfg.device,
+                    remine_every=cfg.remine_every,
+                )
+                summary = train(config, resume=out.exists())
+            runs[candidate] = {
+                "model": self._rel(out / "best"),
+                "best": summary["best"],
+                "steps": summary["steps"],
+                "metrics_log": self._rel(out / "metrics.jsonl"),
+            }
+        chosen = max(runs, key=lambda c: (runs[c]["best"] or {}).get("ndcg@10", float("-inf")))
+        if len(runs) > 1:
+            scores = ", ".join(f"{c} {(r['best'] or {}).get('ndcg@10', float('nan')):.4f}" for c, r in runs.items())
+            announce(f"dev ndcg@10 per distillation candidate: {scores}; keeping {chosen}")
+        return {"chosen": chosen, "model": runs[chosen]["model"], "runs": runs}
+
+    def _eval(self, folder: Path, resume: bool) -> dict:
+        from densekit.finetune.report import evaluate_models
+
+        cfg = self.config
+        results = evaluate_models(
+            base=cfg.model,  # type: ignore[arg-type]
+            tuned=str(self.path("train", "model")),
+            cross_encoder=str(self.path("reranker", "model")),
+            dev=(self.data_dir, "dev"),
+            test=None if cfg.test_split == "none" else (cfg.data, cfg.test_split),  # type: ignore[arg-type]
+            rerank_depth=cfg.rerank_depth,
+            device=cfg.device,
+            batch_size=cfg.encode_batch_size,
+        )
+        write_json(folder / "results.json", results)
+        for name, source in (("model", self.path("train", "model")), ("cross-encoder", self.path("reranker", "model"))):
+            with atomic_dir(self.output / name, kind="model") as staging:
+                shutil.copytree(source, staging, dirs_exist_ok=True)
+        with (
+            open(self.path("score", "negatives"), "rb") as src,
+            atomic_file(self.output / "negatives.jsonl", "wb") as dst,
+        ):
+            shutil.copyfileobj(src, dst)
+        return {"results": self._rel(folder / "results.json"), "metrics": results}
+
+
+def finetune(config: FinetuneConfig, until: str | None = None) -> dict:
+    """`densekit finetune`: run :class:`Pipeline`; returns its summary (stages, report paths, metrics)."""
+    return Pipeline(config, until).run()
