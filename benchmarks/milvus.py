@@ -15,7 +15,7 @@ for gRPC), queries per second for the whole batch (k=10, batches of 1,024
 queries, efSearch 128 for HNSW) and recall@10 against exact search.
 
     python benchmarks/milvus.py --size 50000                 # a few minutes on 2 busy cores
-    python benchmarks/milvus.py --size 1000000               # the issue's size: an idle machine, ~1 h
+    python benchmarks/milvus.py --size 1000000               # the issue's size: an idle machine, 1-2.5 h
     python benchmarks/milvus.py --backends faiss,lite-file --factory hnsw
 """
 

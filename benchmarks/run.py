@@ -290,9 +290,11 @@ def serve_args(ctx: Context) -> list[str]:
 
 
 def milvus_args(ctx: Context) -> list[str]:
+    backends = ["--backends", "faiss,lite-file,lite-grpc"]  # the gRPC server too: the path a cluster uses
     if ctx.smoke:
-        return ["--size", "1000", "--queries", "20", "--dim", "32", "--backends", "faiss,lite-file"]
-    return ["--size", "1000000"]
+        return ["--size", "1000", "--queries", "20", "--dim", "32", *backends]
+    full = ["--size", "1000000", "--dim", "384", "--queries", "1000", "--factory", "flat", "--factory", "hnsw"]
+    return [*full, *backends]
 
 
 def scaling_args(kind: str) -> Callable[[Context], list[str]]:
