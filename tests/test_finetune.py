@@ -1,0 +1,226 @@
+"""`densekit finetune`: the stages end to end on a tiny SciFact subset with the tiny random BERT.
+
+One finished run (module fixture, through the CLI with --json) is shared: its artefacts and report, a
+rerun that skips every stage, a changed setting that re-runs from its stage, the dev slice kept out of
+training and the test split read only by the final evaluation, a run killed mid-stage (fault point
+``checkpoint-write``) that resumes at that stage, and bad config files. The numbers are meaningless
+(random model); the plumbing is what is tested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, run_cli_subprocess
+from test_cli_shape import KEYS_FILE, key_paths
+
+from densekit.finetune.config import STAGES
+
+TINY = [
+    "--mine-method",
+    "naive",
+    "--mine-depth",
+    "20",
+    "--ce-max-steps",
+    "2",
+    "--ce-batch-size",
+    "4",
+    "--ce-max-length",
+    "32",
+    "--max-steps",
+    "3",
+    "--batch-size",
+    "4",
+    "--max-length",
+    "32",
+    "--eval-steps",
+    "1",
+    "--save-steps",
+    "1",
+    "--device",
+    "cpu",
+    "--encode-batch-size",
+    "32",
+]
+
+
+def _subset(source: Path, target: Path, sizes: dict[str, int], distractors: int) -> Path:
+    """The first `sizes[split]` judged queries of each split, their judged documents and some others."""
+    (target / "qrels").mkdir(parents=True)
+    queries, docs = set(), set()
+    for split, n in sizes.items():
+        with open(source / "qrels" / f"{split}.tsv", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle, delimiter="\t"))[1:]
+        chosen = list(dict.fromkeys(r[0] for r in rows))[:n]
+        kept = [r for r in rows if r[0] in chosen]
+        with open(target / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as handle:
+            handle.write("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in kept))
+        queries |= set(chosen)
+        docs |= {r[1] for r in kept}
+    for name, keep, others in (("corpus.jsonl", docs, distractors), ("queries.jsonl", queries, 0)):
+        with open(source / name, encoding="utf-8") as src, open(target / name, "w", encoding="utf-8") as dst:
+            for line in src:
+                doc_id = json.loads(line)["_id"]
+                if doc_id in keep or others > 0:
+                    others -= doc_id not in keep
+                    dst.write(line)
+    return target
+
+
+@pytest.fixture(scope="module")
+def ft_data(scifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _subset(scifact_dir, tmp_path_factory.mktemp("ft_data"), {"train": 24, "test": 8}, 100)
+
+
+@pytest.fixture(scope="module")
+def finished(ft_data: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A finished run through the CLI (--json), with every qrels file read recorded in order and a
+    mark where the final evaluation stage began."""
+    import densekit.data
+    import densekit.splits
+    from densekit.finetune.pipeline import Pipeline
+
+    out = tmp_path_factory.mktemp("ft") / "run"
+    reads: list[str] = []
+    original_read, original_eval = densekit.data.read_qrels, Pipeline._eval
+
+    def recording_read(path):
+        reads.append(str(Path(path).resolve()))
+        return original_read(path)
+
+    def marked_eval(self, folder, resume):
+        reads.append("<eval>")
+        return original_eval(self, folder, resume)
+
+    args = ["finetune", str(ft_data), "-m", str(tiny_model), "-o", str(out), *TINY, "--json"]
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
+        patch.setattr(densekit.data, "read_qrels", recording_read)
+        patch.setattr(densekit.splits, "read_qrels", recording_read)
+        patch.setattr(Pipeline, "_eval", marked_eval)
+        code, _, _ = run_cli(args)
+    assert code == 0
+    return {"out": out, "args": args, "summary": json.loads(stdout.getvalue()), "reads": reads}
+
+
+def test_end_to_end_writes_every_artefact_and_the_report(finished) -> None:
+    out, summary = finished["out"], finished["summary"]
+    assert [summary["stages"][s]["status"] for s in STAGES] == ["ran"] * len(STAGES)
+    for path in ("model/config.json", "cross-encoder/config.json", "negatives.jsonl", "report.json", "report.md"):
+        assert (out / path).is_file(), path
+    assert (out / "dev_ndcg.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "report.json").read_text())
+    assert {"config", "split", "chosen", "candidates", "metrics", "dev_curves", "model", "stages"} <= set(report)
+    assert set(report["candidates"]) == {"none", "kl"} and report["chosen"]["distill"] in ("none", "kl")
+    for split in ("dev", "test"):
+        assert set(report["metrics"][split]) == {"base", "finetuned", "reranked"}
+        assert set(report["metrics"][split]["base"]) == {"ndcg@10", "recall@100"}
+    assert [step for step, _ in report["dev_curves"]["none"]] == [1, 2, 3]
+    markdown = (out / "report.md").read_text()
+    assert "| split | model | ndcg@10 | recall@100 |" in markdown
+    assert markdown.count("| test |") == 3 and markdown.count("| dev |") == 3
+    assert key_paths(summary) == json.loads(KEYS_FILE.read_text())["finetune"]
+
+
+def test_rerun_skips_every_stage(finished, capsys, monkeypatch) -> None:
+    start = time.perf_counter()
+    code, out, err = run_cli(finished["args"], capsys, monkeypatch)
+    assert code == 0, err
+    assert [s["status"] for s in json.loads(out)["stages"].values()] == ["skipped"] * len(STAGES)
+    assert err.count("skipped") == len(STAGES)
+    assert time.perf_counter() - start < 20  # no model trained or encoded again (about 2 s idle)
+
+
+def test_changed_setting_reruns_from_its_stage(finished, tmp_path, capsys, monkeypatch) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(finished["out"], copy)  # the finetune folder can move: outputs are relative
+    args = [a if a != str(finished["out"]) else str(copy) for a in finished["args"]] + ["--lr", "3e-5"]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    statuses = {name: s["status"] for name, s in json.loads(out)["stages"].items()}
+    assert statuses == {
+        "split": "skipped",
+        "mine": "skipped",
+        "reranker": "skipped",
+        "score": "skipped",
+        "train": "ran",
+        "eval": "ran",
+    }
+    assert "learning_rate changed; re-running it and every stage after it" in err
+    assert "an earlier stage re-ran" in err
+
+
+def test_dev_slice_stays_out_of_training_and_test_is_read_only_by_eval(finished, ft_data) -> None:
+    from densekit.data import read_qrels
+    from densekit.negatives import read_negatives
+    from densekit.splits import split_queries
+
+    data = finished["out"] / "split" / "data"
+    assert sorted(p.name for p in (data / "qrels").iterdir()) == ["dev.tsv", "train.tsv"]
+    train, dev = set(read_qrels(data / "qrels" / "train.tsv")), set(read_qrels(data / "qrels" / "dev.tsv"))
+    assert train and dev and not train & dev and train | dev == set(read_qrels(ft_data / "qrels" / "train.tsv"))
+    assert split_queries(sorted(train | dev), 0.15, 0) == (sorted(train), sorted(dev))  # seeded, deterministic
+    for stage in ("mine", "score"):
+        mined = {record.query_id for record in read_negatives(finished["out"] / stage / "negatives.jsonl")}
+        assert mined and mined <= train, stage
+    test_qrels = str((ft_data / "qrels" / "test.tsv").resolve())
+    reads = finished["reads"]
+    assert test_qrels in reads and reads.index(test_qrels) > reads.index("<eval>")
+
+
+def test_killed_stage_resumes_there(finished, tmp_path, capsys, monkeypatch) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(finished["out"], copy)
+    args = [a if a != str(finished["out"]) else str(copy) for a in finished["args"]]
+    args = [*args, "--max-steps", "4", "--until", "train"]  # the train stage runs again, 4 steps
+    killed = run_cli_subprocess(args, env={"DENSEKIT_FAULT": "checkpoint-write:2", "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -9, killed.stderr  # SIGKILL while writing the step-2 checkpoint
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    stages = json.loads(out)["stages"]
+    assert list(stages) == list(STAGES[:-1]) and stages["train"]["status"] == "ran"
+    assert "train: resuming an interrupted run" in err
+    resumed = json.loads((copy / "train" / "none" / "summary.json").read_text())
+    assert resumed["resumed_from"].endswith("step-1") and resumed["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("max_stepz = 3\n", "unknown setting 'max_stepz'"),
+        ('max_steps = "three"\n', "setting 'max_steps' must be int, got 'three'"),
+        ("dev_fraction = true\n", "setting 'dev_fraction' must be float"),
+        ("max_steps = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_file_is_one_line_and_exit_2(text, expected, tmp_path, capsys, monkeypatch) -> None:
+    config = tmp_path / "ft.toml"
+    config.write_text(text, encoding="utf-8")
+    code, _, err = run_cli(
+        ["finetune", "scifact", "-m", "m", "-o", str(tmp_path / "o"), "--config", str(config)], capsys, monkeypatch
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(config) in err and expected in err
+
+
+def test_config_file_settings_and_flags_override(tmp_path) -> None:
+    from densekit.finetune.config import build_config, read_config_file
+
+    config = tmp_path / "ft.toml"
+    config.write_text('data = "scifact"\nmodel = "m"\noutput = "o"\nmax-steps = 7\nce_lr = 1\n', encoding="utf-8")
+    built = build_config(read_config_file(config), {"max_steps": 9, "epochs": None})
+    assert (built.data, built.max_steps, built.ce_lr, built.epochs, built.output) == ("scifact", 9, 1.0, 2, Path("o"))
+
+
+def test_a_folder_that_is_not_a_finetune_folder_is_refused(tmp_path, capsys, monkeypatch) -> None:
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    code, _, err = run_cli(["finetune", "scifact", "-m", "m", "-o", str(tmp_path)], capsys, monkeypatch)
+    assert code == 2 and "holds files densekit did not write" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
