@@ -37,7 +37,16 @@ from typing import Any
 
 from densekit.errors import DensekitError
 from densekit.finetune.config import STAGE_FIELDS, STAGES, FinetuneConfig
-from densekit.io import MARKER, atomic_dir, atomic_file, check_output_target, read_json, read_marker, write_json
+from densekit.io import (
+    MARKER,
+    atomic_dir,
+    atomic_file,
+    check_output_target,
+    read_json,
+    read_marker,
+    write_json,
+    write_lock,
+)
 from densekit.progress import announce, stage
 
 KIND = "finetune"
@@ -136,19 +145,22 @@ class Pipeline:
         """Run (or skip) every stage up to `until`; write the report after the last one. Returns a summary."""
         prepare_output(self.output)
         cfg = self.config
+        test = None if cfg.test_split == "none" else cfg.test_split
+        # Identities of the source files, computed when their stage comes (the test qrels only at eval).
         bodies = {
-            "split": (self._split, {"source": _source_identity(cfg.data, cfg.train_split)}),  # type: ignore[arg-type]
-            "mine": (self._mine, None),
-            "reranker": (self._reranker, None),
-            "score": (self._score, None),
-            "train": (self._train, None),
-            "eval": (self._eval, None),
+            "split": (self._split, lambda: {"source": _source_identity(cfg.data, cfg.train_split)}),  # type: ignore[arg-type]
+            "mine": (self._mine, dict),
+            "reranker": (self._reranker, dict),
+            "score": (self._score, dict),
+            "train": (self._train, dict),
+            "eval": (self._eval, lambda: {"test": test and _source_identity(cfg.data, test)}),  # type: ignore[arg-type]
         }
-        for name in STAGES:
-            body, extra = bodies[name]
-            self._stage(name, body, extra)
-            if name == self.until:
-                break
+        with write_lock(self.output):  # one finetune run per folder at a time
+            for name in STAGES:
+                body, extra = bodies[name]
+                self._stage(name, body, extra())
+                if name == self.until:
+                    break
         summary: dict[str, Any] = {"output": str(self.output), "stages": self.stages, "report": None}
         if "eval" in self.outputs:
             from densekit.finetune.report import write_report
