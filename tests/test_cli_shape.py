@@ -218,6 +218,7 @@ except SystemExit as exc:
         ["mine", "scifact", "--out", "neg.jsonl", "--guide-margin", "0.1"],
         ["eval", "scifact", "--model", "all-MiniLM-L6-v2", "--nprobe", "4"],
         ["index", "build", "scifact", "--out", "idx", "--train-sample", "0"],
+        ["finetune", "scifact", "-m", "all-MiniLM-L6-v2", "-o", "ft", "--distill", "none,foo"],
     ],
 )
 def test_bad_options_fail_before_any_model_loads(args, tmp_path) -> None:
