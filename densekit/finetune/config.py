@@ -65,6 +65,13 @@ class FinetuneConfig:
         metadata={"help": "Score stage: drop candidates the cross-encoder scores >= positive - --ce-margin."},
     )
     ce_margin: float = field(default=0.0, metadata={"help": "Margin of the cross-encoder false-negative filter."})
+    score_depth: int | None = field(
+        default=None,
+        metadata={
+            "help": "Candidates per query in the score stage (default --mine-depth); with the ce filter the "
+            "cross-encoder scores each of them, the costliest pass on a CPU."
+        },
+    )
     loss: str = field(default="infonce", metadata={"help": "Bi-encoder loss: infonce, gist or none."})
     guide: str | None = field(default=None, metadata={"help": "GIST guide model (with --loss gist)."})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature."})
@@ -135,7 +142,7 @@ class FinetuneConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise DensekitError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("ce_max_steps", "max_steps", "ce_max_length", "max_length"):
+        for name in ("ce_max_steps", "max_steps", "ce_max_length", "max_length", "score_depth"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise DensekitError(f"{name} must be positive, got {getattr(self, name)}")
         if self.eval_steps < 0 or self.save_steps < 0:
@@ -173,7 +180,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "eval_steps",
         "seed",
     ),
-    "score": ("ce_filter", "ce_margin"),
+    "score": ("ce_filter", "ce_margin", "score_depth"),
     "train": (
         "loss",
         "guide",

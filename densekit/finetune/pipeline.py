@@ -204,7 +204,7 @@ class Pipeline:
             scorer=scorer,
             ce_margin=cfg.ce_margin if "ce" in methods else None,
             negatives=cfg.mine_negatives,
-            depth=cfg.mine_depth,
+            depth=(cfg.score_depth or cfg.mine_depth) if scorer is not None else cfg.mine_depth,
             seed=cfg.seed,
             device=cfg.device,
             batch_size=cfg.encode_batch_size,
