@@ -185,7 +185,7 @@ def worker_explain(args) -> dict:
         positives = [d for d, rel in ds.qrels[query_id].items() if rel > 0 and d in ds.corpus]
         lowest = float(teacher.score(vector, positives).min())
         threshold = lowest - 0.05 * abs(lowest)
-        ranked = teacher.search(vector[None, :], args.depth)[0]
+        ranked = teacher.search(vector[None, :], args.depth)[0][0]
         survivors = [d for d in ranked if d not in positives]
         scores = teacher.score(vector, survivors)
         kept = sorted(scores[scores <= threshold], reverse=True)

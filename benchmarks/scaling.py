@@ -271,8 +271,11 @@ def child(function: str, spec: dict) -> dict:
     if status:
         raise SystemExit(f"point failed ({function} {spec})")
     result = json.loads(output.strip().splitlines()[-1])
+    peak = usage.ru_maxrss / 1024
+    added = {"added_rss_mb": round(peak - result["rss_before_mb"], 1)} if "rss_before_mb" in result else {}
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()} | {
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)
+        "peak_rss_mb": round(peak, 1),
+        **added,
     }
 
 
@@ -284,7 +287,7 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
 
 
 SERIES = {  # kind -> (x key, y keys, series key: the points that share it form one line)
-    "mining": ("docs", ("seconds", "peak_rss_mb"), ("method", "queries")),
+    "mining": ("docs", ("seconds", "peak_rss_mb", "added_rss_mb"), ("method", "queries")),
     "search": ("docs", ("latency_ms", "peak_rss_mb"), ("method",)),
     "train": ("batch", ("examples_per_s", "peak_rss_mb"), ("method",)),
 }
@@ -328,10 +331,19 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=Path("docs"), help="folder for scaling-<kind>.png")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/densekit-scaling"), help="vectors and outputs")
     parser.add_argument("--json-out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--docs", help="comma-separated corpus sizes instead of the size's grid")
+    parser.add_argument("--queries", help="comma-separated query counts (mining) or the query count (search)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and FAISS threads of each point")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # the points inherit it
-    grid = GRIDS[args.kind][args.size]
+    grid = dict(GRIDS[args.kind][args.size])
+    for key in ("docs", "queries"):
+        if getattr(args, key) and key in grid:
+            grid[key] = (
+                [int(v) for v in getattr(args, key).split(",")]
+                if isinstance(grid[key], list)
+                else int(getattr(args, key))
+            )
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.kind == "mining":
         points = mining_points(grid, args.workdir)

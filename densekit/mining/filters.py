@@ -107,17 +107,17 @@ class Candidates:
     def subset(self, keep: np.ndarray) -> Candidates:
         """The candidates where `keep` is True, order and ranks preserved."""
         idx = np.flatnonzero(keep)
-        return Candidates(
-            self.query_id,
-            [self.doc_ids[i] for i in idx],
-            self.teacher_scores[idx],
-            self.positive_ids,
-            self.positive_scores,
-            self.ranks[idx],
-            None if self.guide_scores is None else self.guide_scores[idx],
-            self.positive_guide_scores,
-            {name: (scores[idx], positive) for name, (scores, positive) in self.extra_scores.items()},
+        doc_ids = self.doc_ids
+        subset = object.__new__(Candidates)  # every array is already checked: skip __post_init__
+        subset.__dict__.update(
+            self.__dict__,
+            doc_ids=[doc_ids[i] for i in idx.tolist()],
+            teacher_scores=self.teacher_scores[idx],
+            ranks=self.ranks[idx],
+            guide_scores=None if self.guide_scores is None else self.guide_scores[idx],
+            extra_scores={name: (scores[idx], positive) for name, (scores, positive) in self.extra_scores.items()},
         )
+        return subset
 
     def scores_of(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(candidate scores, positive scores) of teacher `name`: teacher, guide, or an extra one."""

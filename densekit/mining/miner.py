@@ -257,21 +257,32 @@ class HardNegativeMiner:
         }
 
     def score_candidates(
-        self, query_ids: list[str], positives: list[list[str]], candidate_lists: list[list[list[str]]]
+        self,
+        query_ids: list[str],
+        positives: list[list[str]],
+        candidate_lists: list[list[list[str]]],
+        searched: list[np.ndarray] | None = None,
     ) -> list[Candidates]:
         """Fuse each query's source lists and score candidates and positives with the teacher (and
-        guide), the whole chunk at once (:meth:`DenseScorer.score_lists`)."""
+        guide), the whole chunk at once (:meth:`DenseScorer.score_lists`).
+
+        `searched`: the teacher's scores of the candidates when its own exact search is the only source
+        (the scores that search computed; only the positives are then gathered and scored).
+        """
         teacher_vectors = self.teacher.query_vectors(query_ids)
         fused = [
             fuse(lists, self.fusion, self.depth, teacher_score=lambda ids, v=vector: self.teacher.score(v, ids))
             for lists, vector in zip(candidate_lists, teacher_vectors, strict=True)
         ]
-        twice = np.concatenate([np.arange(len(fused))] * 2)  # each query's vector for its candidates and positives
-        teacher = self.teacher.score_lists(teacher_vectors[twice], fused + positives)
+        n = len(fused)
+        twice = np.concatenate([np.arange(n)] * 2)  # each query's vector for its candidates and positives
+        if searched is None:
+            teacher = self.teacher.score_lists(teacher_vectors[twice], fused + positives)
+        else:
+            teacher = list(searched) + self.teacher.score_lists(teacher_vectors, positives)
         guide: list[np.ndarray | None] = [None] * (2 * len(fused))
         if self.guide is not None:
             guide = self.guide.score_lists(self.guide.query_vectors(query_ids)[twice], fused + positives)
-        n = len(fused)
         return [
             Candidates(
                 query_id,
@@ -395,16 +406,19 @@ class HardNegativeMiner:
             return [], []
         ids = [q for q, _ in mined]
         texts = [dataset.queries[q] for q in ids]
-        per_source, bm25_scores = [], None
+        per_source, bm25_scores, searched = [], None, None
         for source in self.sources:
             if source is self.bm25:
                 scored = source.scored_candidates(ids, texts, self.depth)
                 bm25_scores = [dict(hits) for hits in scored]
                 per_source.append([[doc_id for doc_id, _ in hits] for hits in scored])
+            elif isinstance(source, DenseSource) and source.scorer is self.teacher and len(self.sources) == 1:
+                found, searched = source.scored_candidates(ids, texts, self.depth)
+                per_source.append(found)
             else:
                 per_source.append(source.candidates(ids, texts, self.depth))
         candidates = self.score_candidates(
-            ids, [p for _, p in mined], [[lists[i] for lists in per_source] for i in range(len(ids))]
+            ids, [p for _, p in mined], [[lists[i] for lists in per_source] for i in range(len(ids))], searched
         )
         lines, removed_lines = [], []
         for i, query_candidates in enumerate(candidates):

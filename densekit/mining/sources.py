@@ -66,7 +66,7 @@ class DenseScorer:
         self._rows = self._matrix.rows
         self._index: DenseIndex | None = None
         self._queries: dict[str, int] = {}
-        self._query_vectors: np.ndarray | None = None
+        self._query_vectors: MappedRows | None = None
 
     def describe(self) -> dict:
         return {**self.encoder.describe(), "fingerprint": self.encoder.fingerprint()}
@@ -80,10 +80,10 @@ class DenseScorer:
         key = cache_key(self.encoder.fingerprint(), fingerprint(query_ids, texts), role="query")
         cached = load_cached(key) if self.cache else None
         if cached is not None and len(cached) == len(query_ids):
-            self._query_vectors = cached
+            self._query_vectors = MappedRows(cached)
             return
         if not self.cache:
-            self._query_vectors = self._encode_queries(list(texts))
+            self._query_vectors = MappedRows(self._encode_queries(list(texts)))
             return
 
         def fill(array: np.ndarray) -> None:
@@ -93,8 +93,8 @@ class DenseScorer:
                 )
 
         meta = {"model": self.encoder.model_id, "role": "query", "queries": len(texts)}
-        self._query_vectors = store_with(
-            key, (len(texts), self.encoder.dim), fill, meta, lambda: self._encode_queries(list(texts))
+        self._query_vectors = MappedRows(
+            store_with(key, (len(texts), self.encoder.dim), fill, meta, lambda: self._encode_queries(list(texts)))
         )
 
     def _encode_queries(self, texts: list[str]) -> np.ndarray:
@@ -104,7 +104,7 @@ class DenseScorer:
         if self._query_vectors is None:
             raise DensekitError("call prepare_queries() before scoring")
         rows = [self._queries[q] for q in query_ids]
-        return np.ascontiguousarray(self._query_vectors[rows], dtype=np.float32)
+        return np.ascontiguousarray(self._query_vectors.rows[rows], dtype=np.float32)
 
     # -- scoring -------------------------------------------------------------------------------------
 
@@ -115,12 +115,13 @@ class DenseScorer:
         return self.score_lists(query_vector[None, :], [doc_ids])[0]
 
     def score_lists(
-        self, query_vectors: np.ndarray, id_lists: Sequence[Sequence[str]], block: int = 16384
+        self, query_vectors: np.ndarray, id_lists: Sequence[Sequence[str]], block: int = 1024
     ) -> list[np.ndarray]:
         """:meth:`score` for many queries at once: `query_vectors[i]` against the documents `id_lists[i]`.
 
-        The rows of all lists are gathered and multiplied in blocks of `block` (query, document) pairs,
-        so memory stays bounded; each score is the same row-wise dot product whatever the blocking.
+        The rows of all lists are gathered (:meth:`MappedRows.gather`: by pread from a large corpus
+        file, so nothing of it stays resident) and multiplied in blocks of `block` (query, document)
+        pairs. Each score is the same row-wise dot product whatever the blocking.
         """
         lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
         flat = [d for ids in id_lists for d in ids]
@@ -130,16 +131,16 @@ class DenseScorer:
         scores = np.empty(len(flat), dtype=np.float32)
         for start in range(0, len(flat), block):
             part = slice(start, start + block)
-            order = np.argsort(rows[part], kind="stable")  # ascending rows: sequential mmap reads
+            order = np.argsort(rows[part], kind="stable")  # ascending rows: sequential reads
             gathered = np.empty((len(order), self._rows.shape[1]), dtype=np.float32)
-            gathered[order] = self._rows[rows[part][order]]
+            gathered[order] = self._matrix.gather(rows[part][order])
             scores[part] = np.einsum("ij,ij->i", gathered, vectors[owners[part]])
         return np.split(scores, np.cumsum(lengths)[:-1]) if len(id_lists) else []
 
     # -- searching -----------------------------------------------------------------------------------
 
-    def search(self, query_vectors: np.ndarray, k: int, block: int = 32768) -> list[list[str]]:
-        """Each query's top-`k` document ids by exact inner product, best first.
+    def search(self, query_vectors: np.ndarray, k: int, block: int = 32768) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Each query's top-`k` document ids by exact inner product, best first, and their scores.
 
         On CPU the corpus is read block by block from the mmap and the blocks' top-`k` are merged
         (:class:`faiss.ResultHeap`), releasing each block's pages: memory is one block, not the corpus.
@@ -148,7 +149,8 @@ class DenseScorer:
         queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
         k = min(k, len(self._rows))
         if self.index_device != "cpu":
-            return self.index.search(queries, k)[1]
+            scores, found = self.index.search(queries, k)
+            return found, [row[: len(ids)] for row, ids in zip(scores, found, strict=True)]
         heap = faiss.ResultHeap(len(queries), k, keep_max=True)
         for start in range(0, len(self._rows), block):
             part = np.ascontiguousarray(self._rows[start : start + block])
@@ -156,12 +158,18 @@ class DenseScorer:
             heap.add_result(scores, labels + start)
             self._matrix.release()
         heap.finalize()
-        ids = self.corpus.ids
-        return [[ids[j] for j in row if j >= 0] for row in heap.I]
+        ids, found, kept = self.corpus.ids, [], []
+        for row_labels, row_scores in zip(heap.I, heap.D, strict=True):
+            valid = row_labels >= 0
+            found.append([ids[j] for j in row_labels[valid]])
+            kept.append(row_scores[valid].astype(np.float32))
+        return found, kept
 
     def release(self) -> None:
-        """Hand the corpus pages read so far back to the OS (see :mod:`densekit.index.mapped`)."""
+        """Hand the corpus and query pages read so far back to the OS (see :mod:`densekit.index.mapped`)."""
         self._matrix.release()
+        if self._query_vectors is not None:
+            self._query_vectors.release()
 
     @property
     def index(self) -> DenseIndex:
@@ -196,8 +204,12 @@ class DenseSource:
     def describe(self) -> dict:
         return {"name": self.name, "kind": "dense", "model": self.scorer.encoder.model_id}
 
-    def candidates(self, query_ids: list[str], texts: list[str], k: int) -> list[list[str]]:
+    def scored_candidates(self, query_ids: list[str], texts: list[str], k: int) -> tuple[list[list[str]], list]:
+        """Each query's top-`k` ids and the scorer's scores of them (from the search itself)."""
         return self.scorer.search(self.scorer.query_vectors(query_ids), k)
+
+    def candidates(self, query_ids: list[str], texts: list[str], k: int) -> list[list[str]]:
+        return self.scored_candidates(query_ids, texts, k)[0]
 
 
 class RetrieverSource:
