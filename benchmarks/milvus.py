@@ -30,12 +30,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
+from peak import PeakRSS
 
 from densekit.index.dense import DenseIndex
 from densekit.index.milvus import MilvusIndex
@@ -44,32 +43,6 @@ from densekit.index.synthetic import clustered_vectors
 
 BACKENDS = ("faiss", "lite-file", "lite-grpc")
 EF_SEARCH = 128
-
-
-class PeakRSS:
-    """Peak resident memory of a process, sampled on a thread while the block runs."""
-
-    def __init__(self, pid: int | None = None, every: float = 0.05) -> None:
-        self.process = psutil.Process(pid or os.getpid())
-        self.every = every
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> PeakRSS:
-        self.start = self.peak = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(self.every)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
 
 
 def recall_at_10(found: list[list[str]], exact: list[list[str]]) -> float:

@@ -36,35 +36,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
-
-
-class PeakRSS:
-    """Highest resident memory of this process (sampled every 0.1 s) while the block runs, in MiB.
-
-    Both trainers run in one process one after the other, so ru_maxrss could not tell them apart.
-    """
-
-    def __enter__(self) -> PeakRSS:
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        process = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, process.memory_info().rss)
-            self._stop.wait(0.1)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.mib = round(self.peak / 2**20, 1)
+from peak import PeakRSS
 
 
 def write_tuples_file(source: Path, target: Path, negatives: int) -> int:

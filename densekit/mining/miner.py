@@ -59,7 +59,17 @@ from densekit.mining.filters import (
     VoteFilter,
     apply_filters,
 )
-from densekit.mining.output import NegativesRecord, append_lines, config_path, record_line, stats_path, truncate_to
+from densekit.mining.output import (
+    NegativesRecord,
+    append_lines,
+    candidate_rows,
+    checkpoint_path,
+    config_path,
+    partial_path,
+    record_line,
+    stats_path,
+    truncate_to,
+)
 from densekit.mining.samplers import Sampler, TopSampler, query_rng
 from densekit.mining.sources import CandidateSource, DenseScorer, DenseSource, RetrieverSource, fuse
 from densekit.mining.stats import MiningStats
@@ -73,14 +83,6 @@ class MiningResult:
     config: dict
     stats: MiningStats
     resumed_at: int = 0
-
-
-def partial_path(out: str | Path) -> Path:
-    return Path(f"{out}.partial")
-
-
-def checkpoint_path(out: str | Path) -> Path:
-    return Path(f"{out}.partial.json")
 
 
 class HardNegativeMiner:
@@ -221,7 +223,7 @@ class HardNegativeMiner:
         removed_by: list[tuple[str, Candidates]] | None = [] if removed_log is not None else None
         survivors, removed = apply_filters(candidates, self.filters, removed_by)
         for label, gone in removed_by or []:
-            removed_log.extend(_candidate_rows(gone, range(len(gone)), label))  # type: ignore[union-attr]
+            removed_log.extend(candidate_rows(gone, range(len(gone)), label))  # type: ignore[union-attr]
         rng = query_rng(self.seed, query_id) if getattr(self.sampler, "random", True) else None
         chosen = self.sampler.sample(survivors.teacher_scores, self.negatives, rng)
         if self.scorer is not None and not self.score_all_candidates:  # positives and written negatives, one call
@@ -229,7 +231,7 @@ class HardNegativeMiner:
             scores = self.scorer.score(text, [*positives, *(survivors.doc_ids[i] for i in positions)])
             candidates.extra_scores["ce"][1][:] = scores[: len(positives)]  # shared with the survivors
             survivors.extra_scores["ce"][0][positions] = scores[len(positives) :]
-        negatives = _candidate_rows(survivors, chosen)
+        negatives = candidate_rows(survivors, chosen)
         stats.candidates_seen += len(candidates)
         stats.add_removed(removed)
         stats.candidates_kept += len(survivors)
@@ -485,21 +487,3 @@ class HardNegativeMiner:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(checkpoint)
         return MiningStats(), 0, 0
-
-
-def _candidate_rows(candidates: Candidates, positions, removed_by: str | None = None) -> list[dict]:
-    """Output rows (id, rank, every teacher's score, and the filter when removed) of some candidates."""
-    rows = []
-    for i in positions:
-        row = {
-            "id": candidates.doc_ids[i],
-            "rank": int(candidates.ranks[i]),
-            "teacher_score": float(candidates.teacher_scores[i]),
-            "guide_score": None if candidates.guide_scores is None else float(candidates.guide_scores[i]),
-        }
-        for name, (scores, _) in candidates.extra_scores.items():
-            row[f"{name}_score"] = None if np.isnan(scores[i]) else float(scores[i])
-        if removed_by is not None:
-            row["filter"] = removed_by
-        rows.append(row)
-    return rows

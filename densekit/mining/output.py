@@ -15,13 +15,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from densekit.errors import IntegrityError
+from densekit.mining.filters import Candidates
 from densekit.negatives import NegativesRecord, json_line, read_negatives
 
 __all__ = [
     "NegativesRecord",
     "append_lines",
+    "candidate_rows",
+    "checkpoint_path",
     "config_path",
+    "partial_path",
     "read_negatives",
     "record_line",
     "stats_path",
@@ -30,6 +36,16 @@ __all__ = [
 
 #: One line of any mining output (negatives file, removed-candidates log), with its newline.
 record_line = json_line
+
+
+def partial_path(out: str | Path) -> Path:
+    """Where an unfinished run's output grows (renamed to `out` at the end)."""
+    return Path(f"{out}.partial")
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """The unfinished run's checkpoint: configuration, queries done, byte lengths, statistics."""
+    return Path(f"{out}.partial.json")
 
 
 def config_path(out: str | Path) -> Path:
@@ -55,3 +71,21 @@ def truncate_to(path: Path, length: int) -> None:
         raise IntegrityError(f"{path}: shorter than its checkpoint records; run without --resume")
     with open(path, "r+b") as handle:
         handle.truncate(length)
+
+
+def candidate_rows(candidates: Candidates, positions, removed_by: str | None = None) -> list[dict]:
+    """Output rows (id, rank, every teacher's score, and the filter when removed) of some candidates."""
+    rows = []
+    for i in positions:
+        row = {
+            "id": candidates.doc_ids[i],
+            "rank": int(candidates.ranks[i]),
+            "teacher_score": float(candidates.teacher_scores[i]),
+            "guide_score": None if candidates.guide_scores is None else float(candidates.guide_scores[i]),
+        }
+        for name, (scores, _) in candidates.extra_scores.items():
+            row[f"{name}_score"] = None if np.isnan(scores[i]) else float(scores[i])
+        if removed_by is not None:
+            row["filter"] = removed_by
+        rows.append(row)
+    return rows
