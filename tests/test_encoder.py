@@ -90,3 +90,18 @@ def test_name_with_org_prefix_resolves_to_packaged_weights(minilm_folder: Path) 
     from densekit.retriever.models import resolve_model
 
     assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == resolve_model("all-MiniLM-L6-v2")
+
+
+def test_weights_load_only_when_something_is_encoded(tiny_model: Path) -> None:
+    """A warm run (every embedding cached) never loads the torch weights (issue 23)."""
+    from densekit.data import Corpus
+    from densekit.index.cache import encode_corpus
+
+    corpus = Corpus(["a", "b"], ["", ""], ["first text", "second text"])
+    first = Encoder(tiny_model, device="cpu")
+    assert first._model is None and first.dim > 0  # the dimension comes from the config alone
+    stored = np.array(encode_corpus(first, corpus, show_progress=False))
+    assert first._model is not None
+    warm = Encoder(tiny_model, device="cpu")
+    assert np.array_equal(np.array(encode_corpus(warm, corpus, show_progress=False)), stored)
+    assert warm._model is None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from densekit.errors import DensekitError
 from densekit.progress import announce, progress_bar
@@ -199,10 +199,9 @@ class Encoder:
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self.runner = None
         self.backend_file: Path | None = None
-        if backend == "torch":
-            self.model = AutoModel.from_pretrained(self.folder, dtype=self.dtype)
-            self.model.to(self.device).eval()
-            self.model_config = self.model.config
+        self._model: torch.nn.Module | None = None
+        if backend == "torch":  # the weights load on first use (:attr:`model`): not for cached embeddings
+            self.model_config = AutoConfig.from_pretrained(self.folder)
         else:
             self._open_runner()
         tokenizer_max = getattr(self.tokenizer, "model_max_length", None) or self.config.max_length
@@ -218,14 +217,11 @@ class Encoder:
 
     def _open_runner(self) -> None:
         """The ONNX/OpenVINO runner; no torch weights are loaded (`self.model` is None)."""
-        from transformers import AutoConfig
-
         from densekit.retriever.backends import open_runner
         from densekit.retriever.backends.export import exported_file
 
         if self.device.type != "cpu":
             raise DensekitError(f"the {self.backend} backend runs on CPU; use --device cpu (or the torch backend)")
-        self.model = None
         self.model_config = AutoConfig.from_pretrained(self.folder)
         self.backend_file = exported_file(
             self.folder,
@@ -236,6 +232,18 @@ class Encoder:
             self.tokenizer,
         )
         self.runner = open_runner(self.backend_file, self.backend, torch.get_num_threads())
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The torch model, loaded on first use (None on the ONNX/OpenVINO backends).
+
+        An encoder whose embeddings all come from the cache never loads its weights: a warm
+        ``densekit mine`` or ``eval`` reads vectors and the fingerprint (hashed files), nothing more.
+        """
+        if self._model is None and self.backend == "torch":
+            model = AutoModel.from_pretrained(self.folder, dtype=self.dtype)
+            self._model = model.to(self.device).eval()
+        return self._model
 
     @staticmethod
     def _load_config(folder: Path) -> EncoderConfig:
