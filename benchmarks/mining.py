@@ -10,9 +10,9 @@ the same rule: sentence-transformers drops a candidate when `score > pos - |pos|
 lowest positive score of the query; densekit's PercPos drops it when `score > pos - (1 - 0.95) * |pos|`,
 `pos` the lowest positive. To compare like with like:
 
-- depth: with a margin and no `range_max`, sentence-transformers searches `range_max + max_positives`
+- depth: with a margin and no `range_max`, sentence-transformers 6.3 searches `range_max + max_positives + 1`
   candidates, `range_max = 10 * num_negatives + max_positives` (max over queries); densekit gets that
-  same depth (50 on SciFact train, whose queries have at most 5 positives). Agreement at densekit's
+  same depth (51 on SciFact train, whose queries have at most 5 positives; 50 before 6.3). Agreement at densekit's
   default depth 100 is reported too.
 - data: the dataset is one (query text, positive text) row per qrels pair, the corpus is every document
   as BEIR joins title and text. sentence-transformers works on texts: it merges queries with identical
@@ -61,7 +61,9 @@ def st_depth(ds) -> int:
         if query_id in ds.queries:
             per_text[ds.queries[query_id]] += sum(1 for d, rel in docs.items() if rel > 0 and d in ds.corpus)
     max_positives = max(per_text.values())
-    return (10 * 4 + max_positives) + max_positives
+    # sentence-transformers 6.3: range_max = 10 * num_negatives + max_positives (with a margin), and FAISS
+    # returns range_max + max_positives + 1 ("num_extra_candidates"); before 6.3 it was without the + 1.
+    return (10 * 4 + max_positives) + max_positives + 1
 
 
 def measure(call, mode: str):
@@ -102,7 +104,7 @@ def worker_sentence_transformers(args) -> dict:
     pairs = Dataset.from_dict({"query": anchors, "positive": positives})
     corpus = ds.corpus.texts()
     text_to_id = {t: d for d, t in zip(ds.corpus.ids, corpus, strict=True)}
-    cache = args.workdir / "st-cache" if args.mode == "warm" else None
+    cache = (args.st_cache or args.workdir / "st-cache") if args.mode == "warm" else None
 
     def call():
         return mine_hard_negatives(
@@ -235,6 +237,8 @@ def run_worker(args, library: str, workdir: Path, depth: int, explain: Path | No
     ]
     if args.home:
         command += ["--home", str(args.home)]
+    if args.st_cache:
+        command += ["--st-cache", str(args.st_cache)]
     if explain is not None:
         command += ["--explain", str(explain)]
     subprocess.run(command, check=True)
@@ -274,6 +278,11 @@ def main() -> None:
         type=Path,
         help="DENSEKIT_HOME for densekit's embedding cache in warm mode "
         "(default: a fresh one, filled by an untimed first run)",
+    )
+    parser.add_argument(
+        "--st-cache",
+        type=Path,
+        help="sentence-transformers' cache_folder in warm mode (default: a fresh one, filled by an untimed first run)",
     )
     parser.add_argument("--worker", choices=("densekit", "sentence-transformers", "explain"), help=argparse.SUPPRESS)
     parser.add_argument("--explain", type=Path, help=argparse.SUPPRESS)
@@ -329,7 +338,10 @@ def main() -> None:
         "seconds": {k: v for k, v in times.items()},
         "median_seconds": {"sentence-transformers": st, "densekit": dk},
         "ratio_densekit_over_st": dk / st,
-        "peak_rss_mb": {k: max(m[0] for m in v) for k, v in memory.items()},
+        # In warm mode the first round's processes also fill the caches (encoding): its peak is not mining's.
+        "peak_rss_mb": {
+            k: max(m[0] for m in (v[1:] if args.mode == "warm" and len(v) > 1 else v)) for k, v in memory.items()
+        },
         "peak_rss_mb_runs": {k: [round(m[0]) for m in v] for k, v in memory.items()},
         "traced_peak_mb": {k: None if v[0][1] is None else max(m[1] for m in v) for k, v in memory.items()},
         "agreement": agree,

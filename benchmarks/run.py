@@ -251,7 +251,8 @@ def mining_args(ctx: Context) -> list[str]:
     if ctx.smoke:
         data, model = _smoke_data(ctx), _smoke_model(ctx)
         return ["--data", data, "--split", "test", "--model", model, "--rounds", "1", "--threads", "1"]
-    return ["--mode", "warm", "--rounds", "3", "--threads", str(ctx.threads)]
+    caches = ["--home", str(ctx.workdir / "mining-home"), "--st-cache", str(ctx.workdir / "mining-st-cache")]
+    return ["--mode", "warm", "--rounds", "5", "--threads", str(ctx.threads), *caches]
 
 
 def index_args(ctx: Context) -> list[str]:
