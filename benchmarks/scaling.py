@@ -267,15 +267,20 @@ def train_points(grid: dict, workdir: Path, size: str) -> list[dict]:
 
 
 def child(function: str, spec: dict) -> dict:
-    """Run `function(spec)` in a fresh process; its result with the process's peak RSS in MB."""
+    """Run `function(spec)` in a fresh process; its result with the process's peak RSS in MB.
+
+    The peak is the child's own ``VmHWM`` (its memory's high-water mark since exec), not ``ru_maxrss``
+    from wait4: Linux carries the forking parent's resident size over into the child's ``ru_maxrss``
+    at exec, so a parent that had just generated 1M vectors made every later point read 1.86 GB.
+    """
     command = [sys.executable, __file__, "point", function, json.dumps(spec)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    _, status, _ = os.wait4(process.pid, 0)
     if status:
         raise SystemExit(f"point failed ({function} {spec})")
     result = json.loads(output.strip().splitlines()[-1])
-    peak = usage.ru_maxrss / 1024
+    peak = result.pop("vm_hwm_mb")
     added = {"added_rss_mb": round(peak - result["rss_before_mb"], 1)} if "rss_before_mb" in result else {}
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()} | {
         "peak_rss_mb": round(peak, 1),
@@ -327,7 +332,10 @@ def fit_and_plot(kind: str, points: list[dict], plot: Path) -> dict[str, float |
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "point":  # a child: one measurement, one JSON line
-        print(json.dumps(globals()[sys.argv[2]](json.loads(sys.argv[3]))), flush=True)
+        result = globals()[sys.argv[2]](json.loads(sys.argv[3]))
+        with open("/proc/self/status", encoding="ascii") as handle:
+            hwm = next(int(line.split()[1]) / 1024 for line in handle if line.startswith("VmHWM:"))
+        print(json.dumps({**result, "vm_hwm_mb": hwm}), flush=True)
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=sorted(GRIDS))
