@@ -29,6 +29,15 @@ def help_of(cls: type, name: str) -> str:
 # -- every command -----------------------------------------------------------------------------------
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or library log lines.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")]
+RestartOpt = Annotated[  # the trainers' --overwrite: start a run over (OverwriteOpt below is for outputs)
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Start over in an output folder that holds a run (its checkpoints, model/, best/ "
+        "and metrics are removed first).",
+    ),
+]
 OverwriteOpt = Annotated[
     bool,
     typer.Option(

@@ -4,29 +4,32 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated
-
-import typer
 
 from densekit.cli import render
 from densekit.cli.app import app
-from densekit.cli.options import JsonOpt, QuietOpt, config_options
+from densekit.cli.options import JsonOpt, QuietOpt, RestartOpt, ResumeOpt, config_options
 from densekit.retriever.train.config import TrainConfig
+
+
+def show_training_summary(summary: dict, title: str, keys: tuple[str, ...], as_json: bool) -> None:
+    """Print a trainer's summary (rank 0 only): JSON, or a table of `keys` and the best checkpoint."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if as_json:
+        render.emit(summary)
+        return
+    rows = [[key, summary[key]] for key in keys]
+    if summary["best"]:
+        rows.append(["best", json.dumps(summary["best"])])
+    render.table(f"{title} ({summary['steps']}/{summary['total_steps']} steps)", ["", ""], rows)
 
 
 @app.command("train")
 @config_options(TrainConfig)
 def train_cmd(
     config: TrainConfig,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")] = False,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Start over in an output folder that holds a run (its checkpoints, model/, best/ "
-            "and metrics are removed first).",
-        ),
-    ] = False,
+    resume: ResumeOpt = False,
+    overwrite: RestartOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -36,15 +39,5 @@ def train_cmd(
     from densekit.retriever.train import train
 
     summary = train(config, resume=resume, overwrite=overwrite)
-    if os.environ.get("RANK", "0") != "0":
-        return
-    if as_json:
-        render.emit(summary)
-        return
-    rows = [
-        [key, summary[key]]
-        for key in ("examples_this_run", "train_seconds", "examples_per_s", "final_loss", "temperature", "model")
-    ]
-    if summary["best"]:
-        rows.append(["best", json.dumps(summary["best"])])
-    render.table(f"training summary ({summary['steps']}/{summary['total_steps']} steps)", ["", ""], rows)
+    keys = ("examples_this_run", "train_seconds", "examples_per_s", "final_loss", "temperature", "model")
+    show_training_summary(summary, "training summary", keys, as_json)
