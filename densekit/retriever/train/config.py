@@ -228,9 +228,6 @@ class TrainConfig:
             "keep_checkpoints": self.keep_checkpoints,
             "log_steps": self.log_steps,
         }
-        for name, value in positive.items():
-            if value <= 0:
-                raise DensekitError(f"{name} must be positive, got {value}")
         optional_positive = {
             "max_steps": self.max_steps,
             "chunk_size": self.chunk_size,
@@ -238,17 +235,7 @@ class TrainConfig:
             "query_max_length": self.query_max_length,
             "stop_after_steps": self.stop_after_steps,
         }
-        for name, value in optional_positive.items():
-            if value is not None and value <= 0:
-                raise DensekitError(f"{name} must be positive, got {value}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise DensekitError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.forward_batch_size is not None and self.forward_batch_size < 0:
-            raise DensekitError(f"forward_batch_size must be >= 0, got {self.forward_batch_size}")
-        if self.eval_steps < 0 or self.save_steps < 0:
-            raise DensekitError("eval_steps and save_steps must be >= 0")
-        if self.precision not in PRECISIONS:
-            raise DensekitError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        check_loop_settings(self, positive, optional_positive)
         if self.eval_steps and not self.eval_data:
             raise DensekitError("eval_steps needs eval_data (a BEIR dataset with an evaluation split)")
         if self.loss.distill != "none" and self.data.negatives_per_query == 0:
@@ -286,3 +273,19 @@ class TrainConfig:
         ):
             out.pop(key, None)
         return out
+
+
+def check_loop_settings(config, positive: dict[str, float], optional: dict[str, float | None]) -> None:
+    """The checks every trainer's config shares (the loop's settings): `positive` values must be > 0,
+    `optional` ones None or > 0; warm-up ratio, forward batch size, eval/save steps and precision."""
+    for name, value in [*positive.items(), *optional.items()]:
+        if value is not None and value <= 0:
+            raise DensekitError(f"{name} must be positive, got {value}")
+    if not 0 <= config.warmup_ratio < 1:
+        raise DensekitError(f"warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
+    if config.forward_batch_size is not None and config.forward_batch_size < 0:
+        raise DensekitError(f"forward_batch_size must be >= 0, got {config.forward_batch_size}")
+    if config.eval_steps < 0 or config.save_steps < 0:
+        raise DensekitError("eval_steps and save_steps must be >= 0")
+    if config.precision not in PRECISIONS:
+        raise DensekitError(f"unknown precision {config.precision!r}; expected one of {', '.join(PRECISIONS)}")

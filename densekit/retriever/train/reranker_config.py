@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from densekit.errors import DensekitError
-from densekit.retriever.train.config import POSITIVE_SAMPLING, PRECISIONS, DataConfig, TrainConfig
+from densekit.retriever.train.config import POSITIVE_SAMPLING, DataConfig, TrainConfig, check_loop_settings
 
 RERANKER_LOSSES = ("listwise", "bce")
 _TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -136,17 +136,7 @@ class RerankerTrainConfig:
             "max_length": self.max_length,
             "stop_after_steps": self.stop_after_steps,
         }
-        for name, value in [*positive.items(), *optional.items()]:
-            if value is not None and value <= 0:
-                raise DensekitError(f"{name} must be positive, got {value}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise DensekitError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.forward_batch_size is not None and self.forward_batch_size < 0:
-            raise DensekitError(f"forward_batch_size must be >= 0, got {self.forward_batch_size}")
-        if self.eval_steps < 0 or self.save_steps < 0:
-            raise DensekitError("eval_steps and save_steps must be >= 0")
-        if self.precision not in PRECISIONS:
-            raise DensekitError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        check_loop_settings(self, positive, optional)
         if (self.eval_steps or self.eval_candidates) and not self.eval_data:
             raise DensekitError(
                 "eval_steps and eval_candidates need eval_data (a BEIR dataset with an evaluation split)"
