@@ -128,13 +128,11 @@ def latency(encode_query, embeddings: np.ndarray, repeats: int) -> dict:
 def ndcg_at_10(folder: Path, backend: str, data: str, batch_size: int) -> float:
     from densekit.data import load_dataset
     from densekit.eval.harness import evaluate_retriever
-    from densekit.retriever.backends import parse_backend
     from densekit.retriever.dense import DenseRetriever
     from densekit.retriever.encoder import Encoder
 
-    kind, quantize = parse_backend(backend)
     ds = load_dataset(data, split="test")
-    encoder = Encoder(folder, device="cpu", batch_size=batch_size, backend=kind, quantize=quantize)
+    encoder = Encoder(folder, device="cpu", batch_size=batch_size, backend=backend)
     retriever = DenseRetriever.build(encoder, ds.corpus, cache=False, show_progress=False)
     metrics = evaluate_retriever(retriever, ds, depth=100).result.to_json()
     flat = metrics.get("metrics", metrics)
@@ -146,7 +144,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from densekit.data import load_dataset
     from densekit.progress import set_quiet
-    from densekit.retriever.backends import parse_backend
     from densekit.retriever.encoder import Encoder
 
     set_quiet(True)
@@ -167,9 +164,8 @@ def main() -> None:
 
     runners, unavailable = {}, {}
     for backend in backends:
-        kind, quantize = parse_backend(backend)
         encoder = base if backend == "torch" else Encoder(folder, device="cpu", batch_size=args.batch_size,
-                                                          backend=kind, quantize=quantize)  # fmt: skip
+                                                          backend=backend)  # fmt: skip
         name = "densekit" if backend == "torch" else f"densekit {backend}"
         runners[name] = (lambda e=encoder: e.encode_documents(texts, show_progress=False), encoder)
     for backend in st_backends:

@@ -93,6 +93,13 @@ def test_fingerprints_and_cache_keys_differ_by_backend(tiny_exported: Path) -> N
     assert len({cache_key(p, "corpus") for p in prints.values()}) == 5
     # the weights part is shared: an index built on one backend opens on another (announced)
     assert len({p.split("|")[0] for p in prints.values()}) == 1
+    # the CLI's spelling is the constructor's: "onnx-int8" is backend="onnx", quantize="int8"
+    for spec, fingerprint in prints.items():
+        spelled = Encoder(tiny_exported, device="cpu", backend=spec)
+        assert spelled.fingerprint() == fingerprint and spelled.backend_name == spec
+    assert Encoder(tiny_exported, device="cpu", backend=None).backend_name == "torch"
+    with pytest.raises(DensekitError, match="disagree"):
+        Encoder(tiny_exported, device="cpu", backend="onnx-int8", quantize="fp16")
 
 
 def test_bad_backend_and_missing_extra_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:

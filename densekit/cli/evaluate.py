@@ -178,12 +178,7 @@ def mteb_cmd(
     from densekit.retriever.encoder import Encoder
 
     prompt_map = read_prompt_file(prompts) if prompts is not None else None
-    from densekit.retriever.backends import parse_backend
-
-    backend, quantize = parse_backend(encoder_backend or "torch")
-    encoder = Encoder(
-        model, device=device, batch_size=batch_size, truncate_dim=truncate_dim, backend=backend, quantize=quantize
-    )
+    encoder = Encoder(model, device=device, batch_size=batch_size, truncate_dim=truncate_dim, backend=encoder_backend)
     summary = run_mteb(
         encoder,
         data,

@@ -182,17 +182,14 @@ def mining_source(spec: str, teacher, corpus: Corpus, config: MiningConfig):
 
 
 def _encoder(model: str, config: MiningConfig):
-    from densekit.retriever.backends import parse_backend
     from densekit.retriever.encoder import Encoder
 
-    backend, quantize = parse_backend(config.encoder_backend or "torch")
     return Encoder(
         model,
         device=config.device,
         batch_size=config.batch_size,
         truncate_dim=config.truncate_dim,
-        backend=backend,
-        quantize=quantize,
+        backend=config.encoder_backend,
     )
 
 

@@ -286,18 +286,15 @@ def build_retriever(spec: RetrieverSpec, corpus: Corpus | None = None) -> tuple[
     retriever: Any = None
     config: dict = {}
     if spec.model is not None:
-        from densekit.retriever.backends import parse_backend
         from densekit.retriever.dense import DenseRetriever
         from densekit.retriever.encoder import Encoder
 
-        backend, quantize = parse_backend(spec.encoder_backend or "torch")
         encoder = Encoder(
             spec.model,
             device=spec.device,
             batch_size=spec.batch_size,
             truncate_dim=spec.truncate_dim,
-            backend=backend,
-            quantize=quantize,
+            backend=spec.encoder_backend,
         )
         retriever = DenseRetriever.build(encoder, corpus, factory=spec.factory, cache=spec.cache)
         config = {"model": spec.model, "factory": spec.factory, **encoder.describe()}

@@ -121,9 +121,6 @@ def encoder_from_manifest(
 ) -> Encoder:
     """The encoder an index manifest's ``model`` entry names (or `model`), checked by fingerprint, on
     `encoder_backend` ("onnx-int8"...; default: the backend the manifest records, else torch)."""
-    from densekit.retriever.backends import parse_backend
-
-    backend, quantize = parse_backend(encoder_backend or info.get("backend") or "torch")
     name = model or info.get("model_folder") or info.get("model")
     if not name:
         raise DensekitError(f"{directory}: the manifest names no model; pass one explicitly")
@@ -138,8 +135,7 @@ def encoder_from_manifest(
         query_prompt=info.get("query_prompt"),
         document_prompt=info.get("document_prompt"),
         truncate_dim=info.get("truncate_dim"),
-        backend=backend,
-        quantize=quantize,
+        backend=encoder_backend or info.get("backend"),
     )
     check_model(directory, info, encoder, explicit=model is not None)
     return encoder

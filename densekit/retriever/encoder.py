@@ -154,10 +154,13 @@ class Encoder:
             normalises (Matryoshka models keep most of their quality; see docs/training.md). Part of
             :meth:`fingerprint` (so the embedding cache never mixes dimensions) and of :meth:`describe`
             (so an index records it and reopens with it).
-        backend: what runs the transformer: "torch", "onnx" (ONNX Runtime) or "openvino", on CPU
-            (:mod:`densekit.retriever.backends`); pooling and normalisation are densekit's either way.
-        quantize: "int8" runs the folder's int8 export (onnx: dynamic; openvino: static). A folder
-            without the export is exported into densekit's cache first (announced).
+        backend: what runs the transformer: "torch" (None means torch), "onnx" (ONNX Runtime) or
+            "openvino", on CPU (:mod:`densekit.retriever.backends`), optionally with the quantisation
+            after a dash as the CLI's `--encoder-backend` writes it ("onnx-int8"); pooling and
+            normalisation are densekit's either way.
+        quantize: "int8" runs the folder's int8 export (onnx: dynamic; openvino: static); the same as
+            the "-int8" suffix of `backend`. A folder without the export is exported into densekit's
+            cache first (announced).
     """
 
     def __init__(
@@ -172,11 +175,15 @@ class Encoder:
         dtype: str | None = None,
         batch_size: int = 64,
         truncate_dim: int | None = None,
-        backend: str = "torch",
+        backend: str | None = "torch",
         quantize: str | None = None,
     ) -> None:
-        from densekit.retriever.backends import check_backend
+        from densekit.retriever.backends import check_backend, parse_backend
 
+        backend, suffix = parse_backend(backend or "torch")
+        if quantize is not None and suffix is not None and quantize != suffix:
+            raise DensekitError(f"backend {backend}-{suffix} and quantize={quantize!r} disagree; give one")
+        quantize = quantize or suffix
         check_backend(backend, quantize)
         self.model_name = str(model)
         self.backend, self.quantize = backend, quantize

@@ -64,12 +64,7 @@ def build_dense_index_dir(
 
     ds = load_dataset(data)
     options = {k: v for k, v in config.options().items() if k not in ("factory", "device", "metric")}
-    from densekit.retriever.backends import parse_backend
-
-    backend, quantize = parse_backend(encoder_backend or "torch")
-    encoder = Encoder(
-        model, device=device, batch_size=batch_size, truncate_dim=truncate_dim, backend=backend, quantize=quantize
-    )
+    encoder = Encoder(model, device=device, batch_size=batch_size, truncate_dim=truncate_dim, backend=encoder_backend)
     chunking.validate(encoder.config.max_length)
     corpus, passage_meta = ds.corpus, None
     if chunking.enabled:
@@ -164,16 +159,12 @@ def encode_shards_dir(
     group = init_distributed("cpu")  # gloo: encoding needs only a barrier, even on GPUs
     rank, world = group.rank, group.world_size
     ds = load_dataset(data)
-    from densekit.retriever.backends import parse_backend
-
-    backend, quantize = parse_backend(encoder_backend or "torch")
     encoder = Encoder(
         model,
         device=torchrun_device(device, world),
         batch_size=batch_size,
         truncate_dim=truncate_dim,
-        backend=backend,
-        quantize=quantize,
+        backend=encoder_backend,
     )
     plan = sharding.encode_shards(encoder, ds.corpus, out, shard_size, rank, world)
     barrier(group)  # every shard is written

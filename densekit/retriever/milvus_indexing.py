@@ -135,10 +135,7 @@ def build_milvus_index_dir(
 
     check_uri_outside(options.uri, out)
     ds = load_dataset(data)
-    from densekit.retriever.backends import parse_backend
-
-    backend, quantize = parse_backend(encoder_backend or "torch")
-    encoder = Encoder(model, device=device, batch_size=batch_size, backend=backend, quantize=quantize)
+    encoder = Encoder(model, device=device, batch_size=batch_size, backend=encoder_backend)
     embeddings = encode_corpus(encoder, ds.corpus, cache=cache, show_progress=show_progress)
     index = create_collection(options, out, encoder.dim, len(ds.corpus), encoder.describe(), overwrite)
     store = DocStore.from_corpus(ds.corpus)

@@ -78,7 +78,6 @@ def encode_shards_into_milvus(
     from densekit.index import shards as sharding
     from densekit.index.docstore import DocStore
     from densekit.index.milvus_ingest import check_uri_outside, ingest, save_milvus_dir
-    from densekit.retriever.backends import parse_backend
     from densekit.retriever.encoder import Encoder
     from densekit.retriever.indexing import torchrun_device
 
@@ -91,14 +90,12 @@ def encode_shards_into_milvus(
     group = init_distributed("cpu")  # gloo: only barriers and small objects travel between ranks
     rank, world = group.rank, group.world_size
     ds = load_dataset(data)
-    backend, quantize = parse_backend(encoder_backend or "torch")
     encoder = Encoder(
         model,
         device=torchrun_device(device, world),
         batch_size=batch_size,
         truncate_dim=truncate_dim,
-        backend=backend,
-        quantize=quantize,
+        backend=encoder_backend,
     )
     n, dim, described = len(ds.corpus), int(encoder.dim), encoder.describe()
     index, failure = None, None
