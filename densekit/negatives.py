@@ -118,10 +118,9 @@ class NegativesRecord:
     @classmethod
     def from_json(cls, obj: object, path: str | Path = "<record>", line: int | None = None) -> NegativesRecord:
         """Check one parsed line against the schema; InputError names `path` and `line`."""
-        path = Path(path)
 
         def fail(message: str) -> InputError:
-            return InputError(path, message, line)
+            return InputError(Path(path), message, line)
 
         if not isinstance(obj, dict):
             raise fail(f"expected a JSON object, got {type(obj).__name__}")

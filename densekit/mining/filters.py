@@ -353,7 +353,9 @@ def apply_filters(
         if mask.shape != (len(current),):
             raise DensekitError(f"filter {candidate_filter.label} returned a mask of shape {mask.shape}")
         removed[candidate_filter.label] = removed.get(candidate_filter.label, 0) + int((~mask).sum())
-        if removed_log is not None and not mask.all():
+        if mask.all():  # the common case: nothing to copy
+            continue
+        if removed_log is not None:
             removed_log.append((candidate_filter.label, current.subset(~mask)))
         current = current.subset(mask)
     return current, removed

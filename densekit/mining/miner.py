@@ -428,7 +428,8 @@ class HardNegativeMiner:
             record = self.mine_query(
                 query_candidates, texts[i], stats, removed, None if bm25_scores is None else bm25_scores[i]
             )
-            lines.append(NegativesRecord.from_json(record).line())  # the schema the trainer reads
+            NegativesRecord.from_json(record)  # the schema the trainer reads: never write a line it refuses
+            lines.append(record_line(record))  # the same bytes as the checked record's .line()
             if removed:
                 removed_lines.append(
                     record_line({**{k: v for k, v in record.items() if k != "negatives"}, "removed": removed})
