@@ -173,6 +173,22 @@ def render_train(record: dict) -> str:
     return table(["round", "first", "densekit examples/s", "sentence-transformers examples/s", "ratio"], rows)
 
 
+def render_matryoshka(record: dict) -> str:
+    f = record["figures"]
+    models = list(f["metrics"])
+    rows = [
+        [
+            dim,
+            *(f["metrics"][m][str(dim)]["ndcg@10"] for m in models),
+            *(f["metrics"][m][str(dim)]["recall@100"] for m in models),
+        ]
+        for dim in f["dims"]
+    ]
+    header = ["dims", *(f"ndcg@10 {m}" for m in models), *(f"recall@100 {m}" for m in models)]
+    walls = ", ".join(f"{name} {s:.0f} s" for name, s in f["train_wall_s"].items())
+    return table(header, rows) + f"\n\n{f['steps']} training steps each; training wall time: {walls}."
+
+
 def render_serve(record: dict) -> str:
     keys = ("p50_ms", "p99_ms", "requests_per_s", "failed", "lost", "different")
     rows = [[r["clients"], r["requests"], *(r.get(k) for k in keys)] for r in record["figures"]["rows"]]
@@ -290,6 +306,27 @@ def serve_args(ctx: Context) -> list[str]:
     return ["--threads", str(ctx.threads)]
 
 
+def matryoshka_args(ctx: Context) -> list[str]:
+    if ctx.smoke:
+        data, model = _smoke_data(ctx), _smoke_model(ctx)
+        steps = ["--max-steps", "1", "--batch-size", "4", "--max-length", "32", "--threads", "1"]
+        out = ["--out", str(ctx.workdir / "matryoshka-smoke"), "--plot", str(ctx.workdir / "plots" / "mrl.png")]
+        return [
+            "--data",
+            data,
+            "--model",
+            model,
+            "--negatives-file",
+            str(ctx.negatives()),
+            "--dims",
+            "32,16,8",
+            *steps,
+            *out,
+        ]
+    out = ["--out", str(ctx.workdir / "matryoshka"), "--plot", str(ctx.plots / "matryoshka-scifact.png")]
+    return ["--negatives-file", str(ctx.negatives()), "--threads", str(ctx.threads), *out]
+
+
 def milvus_args(ctx: Context) -> list[str]:
     backends = ["--backends", "faiss,lite-file,lite-grpc"]  # the gRPC server too: the path a cluster uses
     if ctx.smoke:
@@ -318,6 +355,7 @@ REGISTRY: dict[str, Benchmark] = {
             "train", "train.py", train_args, render_train, output=None, figures_file="train-bench/throughput.json"
         ),
         Benchmark("serve", "serve.py", serve_args, render_serve),
+        Benchmark("matryoshka", "matryoshka.py", matryoshka_args, render_matryoshka, output="--json-out"),
         Benchmark("milvus", "milvus.py", milvus_args, render_milvus, output="--json"),
         Benchmark("scaling-mining", "scaling.py", scaling_args("mining"), render_scaling, output="--json-out"),
         Benchmark("scaling-search", "scaling.py", scaling_args("search"), render_scaling, output="--json-out"),
