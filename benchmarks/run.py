@@ -143,24 +143,37 @@ def render_index(record: dict) -> str:
 
 
 def render_bm25(record: dict) -> str:
+    results = record["figures"]["results"]
+    lucene = {r["corpus"]: r for r in results if r["backend"] == "lucene" and "error" not in r}
+
+    def ratio(r: dict, key: str) -> str | None:
+        anchor = lucene.get(r["corpus"])
+        return f"{r[key] / anchor[key]:.3g}x" if anchor and anchor[key] else None
+
     rows = []
-    for r in record["figures"]["results"]:
+    for r in results:
         if "error" in r:
-            rows.append([r["corpus"], r["backend"], r["error"], "", "", "", ""])
+            rows.append([r["corpus"], r["backend"], r["error"], *[""] * 8])
             continue
-        qps = f"{r['qps']:.1f}" + (" (partial)" if r["partial"] else "")
+        qps = f"{r['qps']:.1f}" + (f" (partial: {r['searched']} of {r['queries']} queries)" if r["partial"] else "")
+        index_mb = round(r["peak_rss_mb"] - r["rss_before_mb"])  # as bm25.py defines it
         rows.append(
             [
                 r["corpus"],
                 r["backend"],
                 f"{r['build_s']:.1f}",
+                ratio(r, "build_s"),
                 qps,
+                ratio(r, "qps"),
                 round(r["peak_rss_mb"]),
+                ratio(r, "peak_rss_mb"),
+                index_mb,
                 r["documents"],
                 r.get("ndcg@10"),
             ]
         )
-    return table(["corpus", "backend", "build s", "QPS", "peak RSS MB", "documents", "nDCG@10"], rows)
+    header = ["corpus", "backend", "build s", "x Lucene", "QPS", "x Lucene", "peak RSS MB", "x Lucene", "index MB"]
+    return table([*header, "documents", "nDCG@10"], rows)
 
 
 def render_train(record: dict) -> str:
@@ -260,7 +273,10 @@ def encode_args(ctx: Context) -> list[str]:
             "5",
         ]
     backends = "torch,onnx,onnx-int8,openvino,openvino-int8"
-    return ["--docs", "500", "--rounds", "5", "--threads", str(ctx.threads), "--backends", backends, "--latency"]
+    # DENSEKIT_ST_PYTHON: sentence-transformers from a second venv where optimum works (docs/benchmarks.md)
+    st_python = ["--st-python", os.environ["DENSEKIT_ST_PYTHON"]] if os.environ.get("DENSEKIT_ST_PYTHON") else []
+    return ["--docs", "500", "--rounds", "5", "--threads", str(ctx.threads), "--backends", backends, "--latency",
+            *st_python]  # fmt: skip
 
 
 def mining_args(ctx: Context) -> list[str]:
