@@ -14,6 +14,12 @@ folder with ``backend="onnx"``/``"openvino"`` and the same files (``--st-backend
 cannot load (optimum missing, or an optimum that does not support the installed transformers) is
 listed under ``unavailable`` with the reason, never silently dropped.
 
+``--st-python PATH``: every sentence-transformers backend (torch too) runs instead in a worker process
+started with that interpreter (``benchmarks/st_worker.py``), e.g. a venv with
+``sentence-transformers[onnx,openvino]`` on transformers 4.x, where optimum works (docs/benchmarks.md).
+The worker times ``model.encode`` itself (the pipe and the .npy hand-over are not counted), uses the same
+thread count, and reports its versions (``st_environment`` in the result).
+
 ``--latency``: a single short query, encoded and then searched in a Flat and an HNSW index over the
 encoded documents, repeated ``--latency-repeats`` times per backend: p50 / p99 milliseconds.
 ``--ndcg``: SciFact test nDCG@10 of each densekit backend (the whole corpus is encoded per backend).
@@ -39,9 +45,9 @@ import torch
 
 ALL_BACKENDS = "torch,onnx,onnx-int8,openvino,openvino-int8"
 ST_FILES = {
-    "onnx": ("onnx", None),
+    "onnx": ("onnx", "onnx/model.onnx"),
     "onnx-int8": ("onnx", "onnx_int8"),
-    "openvino": ("openvino", None),
+    "openvino": ("openvino", "openvino/openvino_model.xml"),
     "openvino-int8": ("openvino", "openvino/openvino_model_qint8_quantized.xml"),
 }
 LATENCY_QUERY = "what causes scurvy?"
@@ -58,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backends", default="torch", help=f"densekit backends, comma-separated ({ALL_BACKENDS})")
     parser.add_argument("--st-backends", default=None, help="sentence-transformers backends (default: --backends)")
+    parser.add_argument("--st-python", help="run sentence-transformers in a worker with this interpreter")
     parser.add_argument("--export-dir", type=Path, help="where the exports go (default: a temporary folder)")
     parser.add_argument("--calibration", type=int, default=300, help="corpus texts calibrating OpenVINO int8")
     parser.add_argument("--latency", action="store_true", help="also single-query encode + search latency")
@@ -80,16 +87,22 @@ def export_for(model_folder: Path, backends: list[str], out: Path, calibration: 
             export_model(source, kind, out, quantize=quantize, calibration=calibration if quantize else None)
 
 
+def st_file(folder: Path, backend: str) -> tuple[str, str | None]:
+    """The sentence-transformers backend kind and the export file (inside `folder`) for `backend`."""
+    kind, file_name = ST_FILES[backend]
+    if file_name == "onnx_int8":
+        found = sorted((folder / "onnx").glob("model_qint8_*.onnx"))
+        file_name = f"onnx/{found[0].name}" if found else None
+    return kind, file_name
+
+
 def st_loader(folder: Path, backend: str, device: str):
     """A sentence-transformers model on `backend` over densekit's export, or the reason it cannot load."""
     from sentence_transformers import SentenceTransformer
 
     if backend == "torch":
         return SentenceTransformer(str(folder), device=device), None
-    kind, file_name = ST_FILES[backend]
-    if file_name == "onnx_int8":
-        found = sorted((folder / "onnx").glob("model_qint8_*.onnx"))
-        file_name = f"onnx/{found[0].name}" if found else None
+    kind, file_name = st_file(folder, backend)
     kwargs = {"file_name": file_name} if file_name else {}
     try:
         return SentenceTransformer(str(folder), device="cpu", backend=kind, model_kwargs=kwargs), None
@@ -102,8 +115,20 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
 
+def timed(encode_query):
+    """`encode_query` returning its vector and the seconds it took (wall clock around the call)."""
+
+    def run():
+        start = time.perf_counter()
+        vector = encode_query()
+        return vector, time.perf_counter() - start
+
+    return run
+
+
 def latency(encode_query, embeddings: np.ndarray, repeats: int) -> dict:
-    """Single-query encode, and encode + search in Flat and in HNSW (M=32, efSearch 64), p50/p99."""
+    """Single-query encode, and encode + search in Flat and in HNSW (M=32, efSearch 64), p50/p99.
+    `encode_query()` returns the query vector and its encode seconds (see :func:`timed`)."""
     import faiss
 
     dim = embeddings.shape[1]
@@ -116,12 +141,11 @@ def latency(encode_query, embeddings: np.ndarray, repeats: int) -> dict:
     times: dict[str, list[float]] = {"encode": [], "flat": [], "hnsw": []}
     for _ in range(repeats):
         for name, index in (("flat", flat), ("hnsw", hnsw)):
+            vector, encode_s = encode_query()
             start = time.perf_counter()
-            vector = encode_query()
-            encoded = time.perf_counter()
             index.search(vector, 10)
-            times[name].append(time.perf_counter() - start)
-            times["encode"].append(encoded - start)
+            times[name].append(encode_s + time.perf_counter() - start)
+            times["encode"].append(encode_s)
     return {name: percentiles(values) for name, values in times.items()}
 
 
@@ -168,9 +192,30 @@ def main() -> None:
                                                           backend=backend)  # fmt: skip
         name = "densekit" if backend == "torch" else f"densekit {backend}"
         runners[name] = (lambda e=encoder: e.encode_documents(texts, show_progress=False), encoder)
+    worker, st_environment = None, None
+    if args.st_python:
+        from st_worker import STWorker, WorkerError, WorkerModel
+
+        worker = STWorker(args.st_python, args.threads)
+        st_environment = worker.request(op="versions") | {"timing": "model.encode inside the worker"}
+        texts_file = Path(worker.dir.name) / "texts.json"
+        texts_file.write_text(json.dumps(texts), encoding="utf-8")
+        st_environment["settings"] = {}
     for backend in st_backends:
-        model, why = st_loader(folder, backend, args.device)
         name = "sentence-transformers" if backend == "torch" else f"sentence-transformers {backend}"
+        if worker is not None:
+            kind, file_name = ("torch", None) if backend == "torch" else st_file(folder, backend)
+            try:
+                loaded = worker.request(op="load", name=name, folder=str(folder), backend=kind, file=file_name,
+                                        device=args.device)  # fmt: skip
+            except WorkerError as exc:
+                unavailable[name] = str(exc)
+                continue
+            st_environment["settings"][name] = loaded["settings"]
+            model = WorkerModel(worker, name, texts_file, args.batch_size)
+            runners[name] = (model.encode, model)
+            continue
+        model, why = st_loader(folder, backend, args.device)
         if model is None:
             unavailable[name] = why
             continue
@@ -181,6 +226,8 @@ def main() -> None:
             model,
         )
 
+    if "sentence-transformers" not in runners:
+        raise SystemExit(f"sentence-transformers (torch) did not load: {unavailable['sentence-transformers']}")
     for fn, _ in runners.values():  # warm-up: first-call allocations, lazy imports
         fn()
     rates: dict[str, list[float]] = {name: [] for name in runners}
@@ -190,7 +237,10 @@ def main() -> None:
         for name in order if round_ % 2 == 0 else reversed(order):  # alternate who goes first
             start = time.perf_counter()
             outputs[name] = runners[name][0]()
-            rates[name].append(len(texts) / (time.perf_counter() - start))
+            seconds = time.perf_counter() - start
+            if worker is not None and isinstance(runners[name][1], WorkerModel):
+                seconds = runners[name][1].last_seconds  # the worker's own timing
+            rates[name].append(len(texts) / seconds)
     median = {k: statistics.median(v) for k, v in rates.items()}
     st_torch = median["sentence-transformers"]
     reference = outputs["densekit"]
@@ -212,19 +262,24 @@ def main() -> None:
         },
         "max_abs_embedding_diff": float(np.abs(outputs["densekit"] - outputs["sentence-transformers"]).max()),
         "unavailable": unavailable,
+        **({"st_environment": st_environment} if st_environment else {}),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
     }
     if args.latency:
         result["latency"] = {}
         for name, (_, model) in runners.items():
             if name.startswith("densekit"):
-                query = lambda m=model: m.encode_queries([LATENCY_QUERY], show_progress=False)  # noqa: E731
+                query = timed(lambda m=model: m.encode_queries([LATENCY_QUERY], show_progress=False))
+            elif worker is not None:
+                query = lambda m=model: m.query(LATENCY_QUERY)  # noqa: E731 - timed inside the worker
             else:
-                query = lambda m=model: m.encode([LATENCY_QUERY], convert_to_numpy=True)  # noqa: E731
+                query = timed(lambda m=model: m.encode([LATENCY_QUERY], convert_to_numpy=True))
             result["latency"][name] = latency(query, np.ascontiguousarray(outputs[name], dtype=np.float32),
                                               args.latency_repeats)  # fmt: skip
     if args.ndcg:
         result["ndcg_at_10"] = {b: round(ndcg_at_10(folder, b, args.data, args.batch_size), 4) for b in backends}
+    if worker is not None:
+        worker.close()
     if tmp is not None:
         tmp.cleanup()
     if args.json_out:
@@ -242,6 +297,10 @@ def main() -> None:
         print(f"  {name:<36} {rate:8.2f} docs/s  {ratio:6.3f}x ST torch  min cos {cosine:.4f}  rounds: {rates[name]}")
     for name, why in unavailable.items():
         print(f"  {name:<36} unavailable: {why}")
+    if st_environment:
+        v = st_environment["versions"]
+        print(f"  sentence-transformers side: worker on Python {st_environment['python']} "
+              f"({st_environment['executable']}), " + ", ".join(f"{k} {x}" for k, x in v.items() if x))  # fmt: skip
     print(f"  ratio densekit / sentence-transformers (torch): {result['ratio_densekit_vs_st']:.3f}x")
     print(f"  max |difference| of embeddings (torch): {result['max_abs_embedding_diff']:.2e}")
     for name, figures in result.get("latency", {}).items():
