@@ -113,6 +113,9 @@ def render_encode(record: dict) -> str:
         out += "\n\nSingle short query, ms p50 / p99:\n\n" + table(["encoder", "encode", "+ Flat", "+ HNSW"], lat)
     if f.get("ndcg_at_10"):
         out += "\n\n" + table(["densekit backend", "nDCG@10"], [[k, v] for k, v in f["ndcg_at_10"].items()])
+    if f.get("st_environment"):  # sentence-transformers ran in its own environment (--st-python)
+        versions = ", ".join(f"{k} {v}" for k, v in f["st_environment"].get("versions", {}).items())
+        out += f"\n\nsentence-transformers rows ran in a second environment ({versions}), timed inside it."
     return out
 
 
@@ -311,7 +314,7 @@ def train_args(ctx: Context) -> list[str]:
         negatives = ctx.negatives()
         steps = ["--max-steps", "1", "--throughput-rounds", "1", "--batch-size", "4", "--max-length", "32"]
         return ["--data", data, "--model", model, "--negatives-file", str(negatives), *steps, *out]
-    return ["--negatives-file", str(ctx.negatives()), "--max-steps", "3", "--throughput-rounds", "2", *out]
+    return ["--negatives-file", str(ctx.negatives()), "--max-steps", "3", "--throughput-rounds", "3", *out]
 
 
 def serve_args(ctx: Context) -> list[str]:
