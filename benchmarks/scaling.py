@@ -253,14 +253,29 @@ def train_points(grid: dict, workdir: Path, size: str) -> list[dict]:
     else:
         data, model, max_length = "scifact", "all-MiniLM-L6-v2", 256
         negatives = fixtures.mined_negatives(data, "train", model, workdir / "negatives-train.jsonl")
-    points = []
+    points: list[dict] = []
+    total_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
     for batch in grid["batch"]:
         for method, chunk in (("whole batch", None), (f"GradCache chunk {grid['chunk']}", grid["chunk"])):
+            need = _projected_peak_mb(points, method, batch)
+            if need is not None and need > 0.8 * total_mb:  # the OOM killer would end the whole run
+                points.append({"method": method, "batch": batch, "skipped": f"needs ~{need / 1024:.0f} GB"})
+                print(json.dumps(points[-1]), file=sys.stderr, flush=True)
+                continue
             spec = {"model": model, "data": data, "negatives": str(negatives), "batch": batch, "chunk": chunk}
             spec |= {"steps": grid["steps"], "max_length": max_length, "out": str(workdir / f"train-{batch}-{chunk}")}
             points.append({"method": method, "batch": batch, **child("train_point", spec)})
             print(json.dumps(points[-1]), file=sys.stderr, flush=True)
     return points
+
+
+def _projected_peak_mb(points: list[dict], method: str, batch: int) -> float | None:
+    """Peak RSS expected at `batch`, growing linearly from the method's largest measured batch."""
+    measured = [p for p in points if p["method"] == method and "peak_rss_mb" in p]
+    if not measured:
+        return None
+    last = max(measured, key=lambda p: p["batch"])
+    return last["peak_rss_mb"] * batch / last["batch"]
 
 
 # ----------------------------------------------------------------------------- points, slopes, plots
@@ -313,7 +328,7 @@ def fit_and_plot(kind: str, points: list[dict], plot: Path) -> dict[str, float |
     slopes = {}
     for ax, y_key in zip(axes, y_keys, strict=True):
         for label in dict.fromkeys(tuple(p[k] for k in series_keys) for p in points):
-            line = [p for p in points if tuple(p[k] for k in series_keys) == label]
+            line = [p for p in points if tuple(p[k] for k in series_keys) == label and y_key in p]  # not skipped
             xs, ys = [p[x_key] for p in line], [p[y_key] for p in line]
             name = ", ".join(f"{k} {v}" if k != "method" else str(v) for k, v in zip(series_keys, label, strict=True))
             b = slope(xs, ys)
