@@ -9,6 +9,8 @@ TORCH := torch==2.13.0
 SHARED_DATA := $(abspath ../shared/data/beir)
 export DENSEKIT_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist): 2 on this 2-core machine; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint bench clean
 
@@ -32,7 +34,7 @@ demo: $(VENV)/.base
 	$(VENV)/bin/densekit search runs/scifact-minilm.idx "Vitamin D deficiency increases the risk of multiple sclerosis." -k 5
 
 test: $(VENV)/.dev
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check densekit tests benchmarks notebooks

@@ -234,7 +234,7 @@ def lock_path(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, mode: int, create: bool) -> Iterator[None]:
+def _flock(path: Path, mode: int, create: bool, timeout: float | None = None) -> Iterator[None]:
     lock = lock_path(path)
     try:
         if create:
@@ -248,7 +248,7 @@ def _flock(path: Path, mode: int, create: bool) -> Iterator[None]:
         yield  # no lock file and none can be made (a read-only folder): nothing can be writing there
         return
     try:
-        timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, "600"))
+        timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, "600")) if timeout is None else timeout
         deadline = time.monotonic() + timeout
         announced = False
         while True:
@@ -272,9 +272,10 @@ def _flock(path: Path, mode: int, create: bool) -> Iterator[None]:
         os.close(fd)
 
 
-def write_lock(path: str | Path) -> contextlib.AbstractContextManager[None]:
-    """Hold the exclusive lock of output `path` (waits for other writers and readers)."""
-    return _flock(Path(path), fcntl.LOCK_EX, create=True)
+def write_lock(path: str | Path, timeout: float | None = None) -> contextlib.AbstractContextManager[None]:
+    """Hold the exclusive lock of output `path` (waits for other writers and readers; at most `timeout`
+    seconds, default $DENSEKIT_LOCK_TIMEOUT or 600, `math.inf` for as long as the holder lives)."""
+    return _flock(Path(path), fcntl.LOCK_EX, create=True, timeout=timeout)
 
 
 def read_lock(path: str | Path) -> contextlib.AbstractContextManager[None]:

@@ -15,6 +15,13 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker gets one OpenMP/torch
+# thread: two workers with two threads each spin-wait for each other's cores (docs/next-engineer.md).
+# Set before anything imports torch; subprocesses (CLI runs, benchmark smoke runs) inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_BEIR = REPO.parent / "shared" / "data" / "beir"
 
@@ -49,11 +56,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def densekit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private cache root for the whole test session (embeddings, fetched models).
+    """A private cache root for the whole test run (embeddings, fetched models), shared by its xdist workers.
 
     $DENSEKIT_TEST_HOME keeps a cache across sessions (useful when iterating locally).
     """
-    home = Path(os.environ.get("DENSEKIT_TEST_HOME") or tmp_path_factory.mktemp("densekit_home"))
+    if os.environ.get("DENSEKIT_TEST_HOME"):
+        home = Path(os.environ["DENSEKIT_TEST_HOME"])
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        # one cache for all workers of this run (their basetemps share a parent): a corpus is encoded
+        # once, the other workers wait for it (encode_corpus's lock) instead of encoding it again
+        home = tmp_path_factory.getbasetemp().parent / "densekit_home"
+        home.mkdir(exist_ok=True)
+    else:
+        home = tmp_path_factory.mktemp("densekit_home")
     os.environ["DENSEKIT_HOME"] = str(home)
     os.environ["DENSEKIT_QUIET"] = "1"
     from densekit.progress import set_quiet

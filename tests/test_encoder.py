@@ -105,3 +105,32 @@ def test_weights_load_only_when_something_is_encoded(tiny_model: Path) -> None:
     warm = Encoder(tiny_model, device="cpu")
     assert np.array_equal(np.array(encode_corpus(warm, corpus, show_progress=False)), stored)
     assert warm._model is None
+
+
+def test_a_corpus_being_encoded_elsewhere_is_waited_for_not_encoded_twice(tiny_model: Path, monkeypatch) -> None:
+    """While another process holds a cache key's encoding lock, encode_corpus waits and then reads that
+    process's entry (parallel evaluations and test workers encode each corpus once)."""
+    import threading
+    import time
+
+    from densekit.data import Corpus
+    from densekit.index.cache import cache_key, cache_root, encode_corpus, store
+    from densekit.io import write_lock
+
+    corpus = Corpus(["x", "y"], ["", ""], ["a text being encoded elsewhere", "and its neighbour"])
+    encoder = Encoder(tiny_model, device="cpu")
+    key = cache_key(encoder.fingerprint(), corpus.fingerprint())
+    calls: list[int] = []
+    monkeypatch.setattr(encoder, "encode_documents", lambda texts, **kw: calls.append(len(texts)))
+    theirs = np.full((2, encoder.dim), 0.5, dtype=np.float32)
+    got: list[np.ndarray] = []
+    with write_lock(cache_root() / f"{key}.encoding"):  # "the other process", encoding
+        waiter = threading.Thread(
+            target=lambda: got.append(np.array(encode_corpus(encoder, corpus, show_progress=False)))
+        )
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive() and not got  # waiting on the lock, not encoding
+        store(key, theirs, {"model": encoder.model_id, "documents": 2, "corpus": "", "cut": 0})
+    waiter.join(timeout=30)
+    assert calls == [] and np.array_equal(got[0], theirs)

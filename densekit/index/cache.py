@@ -12,8 +12,10 @@ with the embeddings in memory. `DENSEKIT_NO_CACHE=1` or `cache=False` turns the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +25,7 @@ import numpy as np
 from densekit.data import Corpus
 from densekit.errors import DensekitError, IntegrityError
 from densekit.faults import fault_point
-from densekit.io import atomic_dir, read_json, read_lock, sha256_file
+from densekit.io import atomic_dir, read_json, read_lock, sha256_file, write_lock
 from densekit.paths import embeddings_dir
 from densekit.progress import announce
 
@@ -120,20 +122,33 @@ def store(key: str, embeddings: np.ndarray, meta: dict) -> np.ndarray:
 def encode_corpus(encoder, corpus: Corpus, cache: bool = True, show_progress: bool = True) -> np.ndarray:
     """Document embeddings of `corpus` in corpus order, from the cache when possible."""
     use_cache = cache and cache_enabled()
-    key = cache_key(encoder.fingerprint(), corpus.fingerprint()) if use_cache else ""
-    if use_cache:
-        cached = load_cached(key)
-        if cached is not None:
-            announce_cut(encoder, cached_meta(key).get("cut"), len(corpus))
-            return cached
+    if not use_cache:
+        return _encode(encoder, corpus, show_progress)
+    key = cache_key(encoder.fingerprint(), corpus.fingerprint())
+    cached = load_cached(key)
+    if cached is None:
+        with contextlib.ExitStack() as held:
+            # Another process encoding the same corpus with the same model (parallel evaluations, test
+            # workers) holds this lock: wait for its entry instead of encoding it a second time.
+            with contextlib.suppress(OSError):  # an unwritable cache: store() announces it
+                held.enter_context(write_lock(cache_root() / f"{key}.encoding", timeout=math.inf))
+            cached = load_cached(key)
+            if cached is None:
+                return _encode(encoder, corpus, show_progress, key)
+    announce_cut(encoder, cached_meta(key).get("cut"), len(corpus))
+    return cached
+
+
+def _encode(encoder, corpus: Corpus, show_progress: bool, key: str | None = None) -> np.ndarray:
+    """Encode `corpus`; store the result under `key` when one is given."""
     embeddings = encoder.encode_documents(corpus.texts(), show_progress=show_progress)
     cut = getattr(encoder, "last_cut", None)
     announce_cut(encoder, cut, len(corpus))
-    if use_cache:
-        meta = {"model": encoder.model_id, "documents": len(corpus), "corpus": str(corpus.path or ""), "cut": cut}
-        meta["backend"] = getattr(encoder, "backend_name", "torch")  # also in the key, through the fingerprint
-        return store(key, embeddings, meta)
-    return embeddings
+    if key is None:
+        return embeddings
+    meta = {"model": encoder.model_id, "documents": len(corpus), "corpus": str(corpus.path or ""), "cut": cut}
+    meta["backend"] = getattr(encoder, "backend_name", "torch")  # also in the key, through the fingerprint
+    return store(key, embeddings, meta)
 
 
 def cached_meta(key: str) -> dict:
