@@ -85,7 +85,7 @@ def train_densekit(args, negatives: Path, out: Path) -> dict:
         forward_batch_size=args.forward_batch_size,
         max_steps=args.max_steps,
     )
-    return train(config)
+    return train(config, overwrite=True)  # the benchmark's own scratch folder: a rerun starts over
 
 
 def train_sentence_transformers(args, negatives: Path, out: Path) -> dict:
