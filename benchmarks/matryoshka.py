@@ -134,12 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dims = [int(d) for d in args.dims.split(",")]
     if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the training subprocesses too
-        import torch
-
-        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch loads; the training subprocesses too
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     trained = {"plain": train(args, args.out / "plain", None), "matryoshka": train(args, args.out / "matryoshka", dims)}
     models = {"start model": args.model, **{name: str(args.out / name / "model") for name in trained}}
