@@ -23,7 +23,7 @@ import run as runner  # noqa: E402
 
 # Many processes each (both libraries, fresh process per measurement, a JVM or a server): minutes
 # on a busy machine, so they run with the slow tests.
-SLOW = {"mining", "bm25", "serve", "milvus", "train", "matryoshka", "scaling-mining", "scaling-train"}
+SLOW = {"mining", "bm25", "serve", "milvus", "train", "matryoshka", "ablation", "scaling-mining", "scaling-train"}
 CASES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in runner.REGISTRY]
 
 

@@ -1,0 +1,346 @@
+"""The mining ablation: which way of choosing hard negatives trains the better bi-encoder (issue 15).
+
+Trains the start model (all-MiniLM-L6-v2 by default) on the training split for the same number of
+steps, with the same recipe and seeds, once per variant of the negatives, and evaluates every trained
+model on the evaluation split. The variants (``--variants``, in this order by default):
+
+| variant | mining (`densekit mine`) | training (`densekit train`) |
+|---|---|---|
+| naive | top-k, labelled positives removed only (`--method naive`) | InfoNCE |
+| abs | TopK-Abs: drop candidates the teacher scores above `--abs-threshold` | InfoNCE |
+| margin | TopK-MarginPos: drop if score > positive - `--margin` | InfoNCE |
+| percpos | TopK-PercPos: drop if score > 95% of the positive's (NV-Retriever's best) | InfoNCE |
+| percpos+gist | PercPos, then the GIST guide filter (`--guide`, all-mpnet-base-v2) | InfoNCE |
+| percpos+ce | PercPos, then the cross-encoder filter (`--method percpos,ce`) | InfoNCE |
+| percpos+kl | PercPos, cross-encoder scores stored (`--scorer`) | InfoNCE + listwise KL from the scores |
+| percpos+remine | PercPos | InfoNCE, negatives re-mined every epoch (Conan-embedding) |
+
+NV-Retriever: Moreira et al., arXiv 2407.15831; GISTEmbed: Solatorio, arXiv 2402.16829;
+Conan-embedding: arXiv 2408.15710. The cross-encoder is trained once by `densekit train-reranker`
+on the PercPos negatives of the training split (`--ce-negatives-from`; or given with
+`--cross-encoder`). Every variant mines from the same teacher (the start model) at the same
+`--depth`, keeps `--mine-negatives` per query and trains on `--negatives-per-query` of them.
+
+Reported per variant: ndcg@10 and recall@100 mean and standard deviation over the seeds, each seed's
+value, the training steps, and the paired comparison against naive top-k over every seed's queries
+pooled (query q of seed s paired with query q of the same seed): mean delta, paired t-test p-value and
+randomisation-test p-value (:func:`densekit.eval.compare.compare_runs`). No setting is chosen here:
+the evaluation split is read for the report only, after every model is trained.
+
+Every stage is kept in ``--out`` and skipped when it is there (mined files, the cross-encoder, trained
+models, TREC runs), so an interrupted run is continued by running the same command again.
+
+    DENSEKIT_DATA=../shared/data/beir python benchmarks/ablation.py --data scifact --out /tmp/ablation \\
+        --seeds 1,2,3 --json-out /tmp/ablation/result.json
+    # NFCorpus, the three best variants, one positive per query per epoch:
+    python benchmarks/ablation.py --data nfcorpus --positives one --variants naive,percpos,percpos+kl \\
+        --out /tmp/ablation-nf --seeds 1,2,3
+
+Cost on the 2-core CPU (estimated from docs/training.md, not measured as one run): a SciFact training
+of 2 epochs at batch 32 takes 20-50 minutes and its test evaluation about 4 (encoding 5,183 documents),
+so the eight variants at three seeds are roughly 10-20 hours; on a GPU, minutes each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DENSEKIT = str(Path(sys.executable).with_name("densekit"))
+VARIANT_NAMES = "naive,abs,margin,percpos,percpos+gist,percpos+ce,percpos+kl,percpos+remine"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: how its negatives are mined and what its training adds."""
+
+    name: str
+    mine: tuple[str, ...]
+    train: tuple[str, ...] = ()
+    scored: bool = False  # the cross-encoder scores the mined file (`--scorer`)
+    negatives: str = ""  # the mined file's name when variants share one (default: the variant's name)
+
+
+def variants(args: argparse.Namespace) -> dict[str, Variant]:
+    percpos = ("--method", "percpos", "--percentage", str(args.percentage))
+    rows = [
+        Variant("naive", ("--method", "naive")),
+        Variant("abs", ("--method", "abs", "--threshold", str(args.abs_threshold))),
+        Variant("margin", ("--method", "margin", "--margin", str(args.margin))),
+        Variant("percpos", percpos),
+        Variant("percpos+gist", (*percpos, "--guide", args.guide)),
+        Variant("percpos+ce", ("--method", "percpos,ce", *percpos[2:]), scored=True),
+        Variant("percpos+kl", percpos, ("--distill", "kl", "--teacher-score", "ce_score"), scored=True,
+                negatives="percpos+scored"),
+        Variant("percpos+remine", percpos, ("--remine-every", "epoch"), negatives="percpos"),
+    ]  # fmt: skip
+    return {v.name: v for v in rows}
+
+
+@dataclass
+class Ablation:
+    """The run's settings and folders; each method does one stage and skips it when it is done."""
+
+    args: argparse.Namespace
+    log: list[dict] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return self.args.out
+
+    def run(self, name: str, command: list[str], done: Path) -> dict | None:
+        """Run one densekit command (skipped when `done` exists); its JSON output, also kept in `done`."""
+        if done.is_file():
+            return json.loads(done.read_text(encoding="utf-8"))
+        print(f"[ablation] {name}: {' '.join(command)}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"[ablation] {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        summary = {"command": command, "wall_s": round(time.perf_counter() - start, 1)}
+        summary["output"] = json.loads(result.stdout) if result.stdout.strip() else None
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        self.log.append({"stage": name, "wall_s": summary["wall_s"]})
+        return summary
+
+    def mine(self, key: str, method: tuple[str, ...], scorer: str | None = None) -> Path:
+        """Negatives of the training split mined with `method` (and the cross-encoder's scores)."""
+        a = self.args
+        path = self.out / "negatives" / f"{key}.jsonl"
+        command = [
+            DENSEKIT, "mine", a.data, "--split", a.train_split, "--teacher", a.model, "--out", str(path),
+            "--depth", str(a.depth), "--negatives", str(a.mine_negatives), *method, *self.device, "--json", "--quiet",
+        ]  # fmt: skip
+        if scorer:
+            command += ["--scorer", scorer]
+        self.run(f"mine {key}", command, path.with_suffix(".done.json"))
+        return path
+
+    def cross_encoder(self) -> str:
+        """The cross-encoder that scores and filters: `--cross-encoder`, or trained once here."""
+        a = self.args
+        if a.cross_encoder:
+            return a.cross_encoder
+        folder = self.out / "cross-encoder"
+        source = variants(a)[a.ce_negatives_from]
+        negatives = self.mine(source.negatives or source.name, source.mine)
+        command = [
+            DENSEKIT, "train-reranker", "-m", a.ce_model or a.model, "-o", str(folder), "--negatives", str(negatives),
+            "--corpus", a.data, "--epochs", str(a.ce_epochs), "--batch-size", str(a.ce_batch_size),
+            "--negatives-per-query", str(a.ce_negatives), "--lr", str(a.ce_lr), "--seed", "42", *self.device,
+            "--skip-queries-without-negatives", "--overwrite", "--json", "--quiet",
+        ]  # fmt: skip
+        if a.ce_max_steps:
+            command += ["--max-steps", str(a.ce_max_steps)]
+        if a.ce_max_length:
+            command += ["--max-length", str(a.ce_max_length)]
+        self.run("train-reranker", command, folder.with_name("cross-encoder.done.json"))
+        return str(folder / "model")
+
+    def negatives_for(self, variant: Variant) -> Path:
+        scorer = self.cross_encoder() if variant.scored else None
+        return self.mine(variant.negatives or variant.name, variant.mine, scorer=scorer)
+
+    def train(self, variant: Variant, seed: int) -> tuple[Path, int]:
+        """The bi-encoder of `variant` at `seed`; its model folder and training steps."""
+        a = self.args
+        folder = self.out / "train" / variant.name / f"seed{seed}"
+        command = [
+            DENSEKIT, "train", "-m", a.model, "-o", str(folder), "--negatives", str(self.negatives_for(variant)),
+            "--corpus", a.data, "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
+            "--negatives-per-query", str(a.negatives_per_query), "--positives", a.positives, "--seed", str(seed),
+            *variant.train, *self.device, "--overwrite", "--json", "--quiet",
+        ]  # fmt: skip
+        if a.max_steps:
+            command += ["--max-steps", str(a.max_steps)]
+        if a.max_length:
+            command += ["--max-length", str(a.max_length)]
+        summary = self.run(f"train {variant.name} seed {seed}", command, folder.with_name(f"seed{seed}.done.json"))
+        return folder / "model", int((summary.get("output") or {}).get("steps", 0))
+
+    def evaluate(self, variant: Variant, seed: int, model: Path) -> Path:
+        """The TREC run of `model` on the evaluation split (top 100)."""
+        run = self.out / "runs" / f"{variant.name}-seed{seed}.trec"
+        command = [
+            DENSEKIT, "eval", self.args.data, "--model", str(model), "--split", self.args.eval_split, "--depth", "100",
+            "--run-out", str(run), *self.device, "--json", "--quiet",
+        ]  # fmt: skip
+        self.run(f"eval {variant.name} seed {seed}", command, run.with_suffix(".done.json"))
+        return run
+
+    @property
+    def device(self) -> list[str]:
+        return ["--device", self.args.device] if self.args.device else []
+
+
+def pooled(runs: dict[int, Path], qrels: dict) -> tuple[dict, dict]:
+    """Runs and qrels of every seed as one set of queries, ``{qid}#s{seed}`` (the pairing across variants)."""
+    from densekit.data import Run
+
+    run_all, qrels_all = Run(), {}
+    for seed, path in runs.items():
+        for qid, hits in Run.read_trec(path).items():
+            run_all[f"{qid}#s{seed}"] = hits
+        for qid, judged in qrels.items():
+            qrels_all[f"{qid}#s{seed}"] = judged
+    return run_all, qrels_all
+
+
+def summarise(names: list[str], runs: dict[str, dict[int, Path]], steps: dict, args: argparse.Namespace) -> dict:
+    """Per-variant metrics (mean, sd, per seed) and the pooled paired comparison against the first variant."""
+    from densekit.data import Run, load_dataset
+    from densekit.eval.compare import compare_runs
+    from densekit.eval.metrics import evaluate
+
+    metrics = ["ndcg@10", "recall@100"]
+    qrels = load_dataset(args.data, split=args.eval_split).qrels
+    rows = {}
+    for name in names:
+        per_seed = {
+            seed: {k: float(v) for k, v in evaluate(qrels, Run.read_trec(path), metrics).metrics.items()}
+            for seed, path in runs[name].items()
+        }
+        row = {
+            "steps": steps[name],
+            "per_seed": {str(s): {k: round(v, 4) for k, v in m.items()} for s, m in per_seed.items()},
+        }
+        for metric in metrics:
+            values = [m[metric] for m in per_seed.values()]
+            row[metric] = {"mean": round(statistics.fmean(values), 4),
+                           "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None}  # fmt: skip
+        rows[name] = row
+    baseline = names[0]
+    base_run, pooled_qrels = pooled(runs[baseline], qrels)
+    for name in names[1:]:
+        other, _ = pooled(runs[name], qrels)
+        comparison = compare_runs(base_run, other, pooled_qrels, metrics, name_a=baseline, name_b=name)
+        rows[name]["vs_" + baseline] = {
+            metric: {
+                "delta": round(c.delta, 4),
+                "t_p_value": round(c.t_p_value, 4),
+                "randomization_p_value": round(c.randomization_p_value, 4),
+                "wins_ties_losses": [c.wins, c.ties, c.losses],
+            }
+            for metric, c in comparison.metrics.items()
+        }
+    return rows
+
+
+def markdown(result: dict) -> str:
+    """The ablation table (what RESULTS.md and docs show)."""
+    base = result["baseline"]
+    lines = [
+        f"| variant | ndcg@10 mean ± sd | recall@100 mean ± sd | Δ ndcg@10 vs {base} | p (t / randomisation) | steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in result["variants"].items():
+        n, r = row["ndcg@10"], row["recall@100"]
+        sd = lambda m: "" if m["sd"] is None else f" ± {m['sd']:.4f}"  # noqa: E731
+        c = row.get("vs_" + base, {}).get("ndcg@10")
+        delta = f"{c['delta']:+.4f}" if c else ""
+        p = f"{c['t_p_value']:.3f} / {c['randomization_p_value']:.3f}" if c else ""
+        lines.append(f"| {name} | {n['mean']:.4f}{sd(n)} | {r['mean']:.4f}{sd(r)} | {delta} | {p} | {row['steps']} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="scifact", help="BEIR name or folder")
+    p.add_argument("--train-split", default="train", help="qrels split mined and trained on")
+    p.add_argument("--eval-split", default="test", help="qrels split of the report (read after all training)")
+    p.add_argument("--model", default="all-MiniLM-L6-v2", help="start model, also the mining teacher")
+    p.add_argument("--out", type=Path, required=True, help="folder of every stage (rerun to continue)")
+    p.add_argument("--variants", default=VARIANT_NAMES, help="comma-separated; the first is the baseline of the tests")
+    p.add_argument("--seeds", default="1,2,3", help="training seeds, comma-separated")
+    p.add_argument("--depth", type=int, default=30, help="candidates mined per query, every variant")
+    p.add_argument("--mine-negatives", type=int, default=4, help="negatives kept per query")
+    p.add_argument("--abs-threshold", type=float, default=0.7, help="TopK-Abs threshold (NV-Retriever's 0.7)")
+    p.add_argument("--margin", type=float, default=0.05, help="TopK-MarginPos margin")
+    p.add_argument("--percentage", type=float, default=0.95, help="TopK-PercPos percentage")
+    p.add_argument("--guide", default="all-mpnet-base-v2", help="GIST guide (densekit models fetch all-mpnet-base-v2)")
+    p.add_argument("--cross-encoder", help="an existing cross-encoder folder (default: trained here)")
+    p.add_argument("--ce-model", help="cross-encoder start weights (default --model)")
+    p.add_argument(
+        "--ce-negatives-from",
+        default="percpos",
+        choices=["percpos", "naive"],
+        help="the mined file the cross-encoder trains on (queries it left without negatives are skipped)",
+    )
+    p.add_argument("--ce-epochs", type=int, default=1)
+    p.add_argument("--ce-batch-size", type=int, default=16)
+    p.add_argument("--ce-negatives", type=int, default=4)
+    p.add_argument("--ce-lr", type=float, default=2e-5)
+    p.add_argument("--ce-max-steps", type=int)
+    p.add_argument("--ce-max-length", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=2, help="the current SciFact recipe: 2 epochs")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--negatives-per-query", type=int, default=1)
+    p.add_argument("--positives", default="all", help="all (SciFact) or one (NFCorpus)")
+    p.add_argument("--max-steps", type=int, help="cap every training at this many steps")
+    p.add_argument("--max-length", type=int, help="document token limit in training")
+    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="OMP threads of every process")
+    p.add_argument("--json-out", type=Path, help="write the result JSON here too")
+    p.add_argument("--markdown-out", type=Path, help="write the table here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every densekit subprocess inherits it
+    known = variants(args)
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise SystemExit(f"--variants: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    ablation = Ablation(args)
+    start = time.perf_counter()
+    runs: dict[str, dict[int, Path]] = {}
+    steps: dict[str, list[int]] = {}
+    for name in names:  # every model trained before any evaluation split is read
+        for seed in seeds:
+            model, n = ablation.train(known[name], seed)
+            steps.setdefault(name, []).append(n)
+            runs.setdefault(name, {})[seed] = model  # type: ignore[assignment]
+    for name in names:
+        runs[name] = {seed: ablation.evaluate(known[name], seed, model) for seed, model in runs[name].items()}
+    step_counts = {name: sorted(set(s)) for name, s in steps.items()}
+    rows = summarise(names, runs, {n: s[0] if len(s) == 1 else s for n, s in step_counts.items()}, args)
+    result = {
+        "data": args.data,
+        "model": args.model,
+        "train_split": args.train_split,
+        "eval_split": args.eval_split,
+        "seeds": seeds,
+        "baseline": names[0],
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "json_out", "markdown_out")},
+        "same_steps": len({tuple(s) for s in step_counts.values()}) == 1,
+        "variants": rows,
+        "stages_run_now": ablation.log,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    result["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in result["settings"].items()}
+    table = markdown(result)
+    if args.markdown_out:
+        args.markdown_out.write_text(table + "\n", encoding="utf-8")
+    text = json.dumps(result, indent=1)
+    if args.json_out:
+        args.json_out.write_text(text, encoding="utf-8")
+    print(text)
+    print(table, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
