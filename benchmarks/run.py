@@ -364,14 +364,14 @@ def matryoshka_args(ctx: Context) -> list[str]:
 
 
 def ablation_args(ctx: Context) -> list[str]:
-    if ctx.smoke:  # every mechanism once (cross-encoder training, scorer, guide, KL, re-mining): 2 seeds
+    if ctx.smoke:  # every mechanism once (cross-encoder training, scorer, guide, KL, re-mining), one seed
         data, model = _smoke_data(ctx), _smoke_model(ctx)
         variants = "naive,percpos+gist,percpos+ce,percpos+kl,percpos+remine"
         tiny = ["--max-steps", "2", "--batch-size", "4", "--max-length", "32", "--epochs", "1"]
         ce = ["--ce-max-steps", "1", "--ce-batch-size", "2", "--ce-negatives", "1", "--ce-max-length", "32"]
         ce += ["--ce-negatives-from", "naive"]  # a random tiny model's PercPos leaves no query a negative
         return ["--data", data, "--model", model, "--guide", model, "--train-split", "test", "--variants", variants,
-                "--seeds", "1,2", "--depth", "10", "--out", str(ctx.workdir / "ablation-smoke"), *tiny, *ce,
+                "--seeds", "1", "--depth", "10", "--out", str(ctx.workdir / "ablation-smoke"), *tiny, *ce,
                 "--device", "cpu", "--threads", "1"]  # fmt: skip
     return ["--out", str(ctx.workdir / "ablation"), "--threads", str(ctx.threads)]
 
