@@ -28,7 +28,8 @@ randomisation-test p-value (:func:`densekit.eval.compare.compare_runs`). No sett
 the evaluation split is read for the report only, after every model is trained.
 
 Every stage is kept in ``--out`` and skipped when it is there (mined files, the cross-encoder, trained
-models, TREC runs), so an interrupted run is continued by running the same command again.
+models, TREC runs), so an interrupted run is continued by running the same command again; a stage
+that an earlier command with other settings made is an error, never reused.
 
     DENSEKIT_DATA=../shared/data/beir python benchmarks/ablation.py --data scifact --out /tmp/ablation \\
         --seeds 1,2,3 --json-out /tmp/ablation/result.json
@@ -95,10 +96,14 @@ class Ablation:
     def out(self) -> Path:
         return self.args.out
 
-    def run(self, name: str, command: list[str], done: Path) -> dict | None:
-        """Run one densekit command (skipped when `done` exists); its JSON output, also kept in `done`."""
+    def run(self, name: str, command: list[str], done: Path) -> dict:
+        """Run one densekit command (skipped when `done` holds the same command); its JSON output, kept in `done`."""
         if done.is_file():
-            return json.loads(done.read_text(encoding="utf-8"))
+            summary = json.loads(done.read_text(encoding="utf-8"))
+            if summary["command"] != command:  # another setting: never reuse a stage silently
+                raise SystemExit(f"[ablation] {name}: {done} was made by another command ({summary['command']}); "
+                                 "use another --out, or delete that stage's files to run it again")  # fmt: skip
+            return summary
         print(f"[ablation] {name}: {' '.join(command)}", file=sys.stderr, flush=True)
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
