@@ -311,15 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     ablation = Ablation(args)
     start = time.perf_counter()
-    runs: dict[str, dict[int, Path]] = {}
-    steps: dict[str, list[int]] = {}
+    models: dict[str, dict[int, Path]] = {name: {} for name in names}
+    steps: dict[str, list[int]] = {name: [] for name in names}
     for name in names:  # every model trained before any evaluation split is read
         for seed in seeds:
-            model, n = ablation.train(known[name], seed)
-            steps.setdefault(name, []).append(n)
-            runs.setdefault(name, {})[seed] = model  # type: ignore[assignment]
-    for name in names:
-        runs[name] = {seed: ablation.evaluate(known[name], seed, model) for seed, model in runs[name].items()}
+            models[name][seed], n = ablation.train(known[name], seed)
+            steps[name].append(n)
+    runs = {
+        name: {seed: ablation.evaluate(known[name], seed, model) for seed, model in by_seed.items()}
+        for name, by_seed in models.items()
+    }
     step_counts = {name: sorted(set(s)) for name, s in steps.items()}
     rows = summarise(names, runs, {n: s[0] if len(s) == 1 else s for n, s in step_counts.items()}, args)
     result = {
@@ -329,13 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         "eval_split": args.eval_split,
         "seeds": seeds,
         "baseline": names[0],
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "json_out", "markdown_out")},
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k not in ("out", "json_out", "markdown_out")
+        },
         "same_steps": len({tuple(s) for s in step_counts.values()}) == 1,
         "variants": rows,
         "stages_run_now": ablation.log,
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    result["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in result["settings"].items()}
     table = markdown(result)
     if args.markdown_out:
         args.markdown_out.write_text(table + "\n", encoding="utf-8")
