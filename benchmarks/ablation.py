@@ -103,18 +103,28 @@ class Ablation:
             if summary["command"] != command:  # another setting: never reuse a stage silently
                 raise SystemExit(f"[ablation] {name}: {done} was made by another command ({summary['command']}); "
                                  "use another --out, or delete that stage's files to run it again")  # fmt: skip
+            self._note(name, summary, reused=True)
             return summary
         print(f"[ablation] {name}: {' '.join(command)}", file=sys.stderr, flush=True)
-        start = time.perf_counter()
+        load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"[ablation] {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
         summary = {"command": command, "wall_s": round(time.perf_counter() - start, 1)}
+        summary["load_before_after"] = [load_before, round(os.getloadavg()[0], 2)]
         summary["output"] = json.loads(result.stdout) if result.stdout.strip() else None
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        self.log.append({"stage": name, "wall_s": summary["wall_s"]})
+        self._note(name, summary, reused=False)
         return summary
+
+    def _note(self, name: str, summary: dict, reused: bool) -> None:
+        """Every stage in the result, also one kept from an earlier run (its own wall time and load)."""
+        if any(entry["stage"] == name for entry in self.log):
+            return
+        entry = {"stage": name, "wall_s": summary["wall_s"], "reused": reused}
+        entry["load_before_after"] = summary.get("load_before_after")
+        self.log.append(entry)
 
     def mine(self, key: str, method: tuple[str, ...], scorer: str | None = None) -> Path:
         """Negatives of the training split mined with `method` (and the cross-encoder's scores)."""
@@ -337,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "same_steps": len({tuple(s) for s in step_counts.values()}) == 1,
         "variants": rows,
-        "stages_run_now": ablation.log,
+        "stages": ablation.log,
+        "stages_wall_s": round(sum(entry["wall_s"] for entry in ablation.log), 1),
         "wall_s": round(time.perf_counter() - start, 1),
     }
     table = markdown(result)

@@ -92,3 +92,12 @@ def test_render_rewrites_only_the_marked_blocks(tmp_path: Path) -> None:
 def test_make_bench_runs_the_runner() -> None:
     done = subprocess.run(["make", "-n", "bench", "SIZE=smoke"], cwd=REPO, capture_output=True, text=True, check=True)
     assert "benchmarks/run.py --size smoke" in done.stdout
+
+
+def test_args_reach_the_one_benchmark_and_only_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ctx = runner.Context("full", tmp_path, 2, extra=["--variants", "naive,percpos"])
+    command = runner.REGISTRY["ablation"].command(ctx, tmp_path / "figures.json")
+    assert command[-4:] == ["--variants", "naive,percpos", "--json-out", str(tmp_path / "figures.json")]
+    with pytest.raises(SystemExit) as stopped:
+        runner.main(["--only", "ablation,encode", "--args", "--seeds 1", "--list"])
+    assert stopped.value.code == 2 and "exactly one benchmark" in capsys.readouterr().err
