@@ -253,8 +253,9 @@ def markdown(result: dict) -> str:
     """The ablation table (what RESULTS.md and docs show)."""
     base = result["baseline"]
     lines = [
-        f"| variant | ndcg@10 mean ± sd | recall@100 mean ± sd | Δ ndcg@10 vs {base} | p (t / randomisation) | steps |",
-        "|---|---|---|---|---|---|",
+        f"| variant | ndcg@10 mean ± sd | ndcg@10 per seed | recall@100 mean ± sd | Δ ndcg@10 vs {base} "
+        "| p (t / randomisation) | Δ recall@100 (p t) | steps |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in result["variants"].items():
         n, r = row["ndcg@10"], row["recall@100"]
@@ -262,7 +263,11 @@ def markdown(result: dict) -> str:
         c = row.get("vs_" + base, {}).get("ndcg@10")
         delta = f"{c['delta']:+.4f}" if c else ""
         p = f"{c['t_p_value']:.3f} / {c['randomization_p_value']:.3f}" if c else ""
-        lines.append(f"| {name} | {n['mean']:.4f}{sd(n)} | {r['mean']:.4f}{sd(r)} | {delta} | {p} | {row['steps']} |")
+        seeds = ", ".join(f"{m['ndcg@10']:.4f}" for m in row["per_seed"].values())
+        cr = row.get("vs_" + base, {}).get("recall@100")
+        recall = f"{cr['delta']:+.4f} ({cr['t_p_value']:.3f})" if cr else ""
+        lines.append(f"| {name} | {n['mean']:.4f}{sd(n)} | {seeds} | {r['mean']:.4f}{sd(r)} | {delta} | {p} "
+                     f"| {recall} | {row['steps']} |")  # fmt: skip
     return "\n".join(lines)
 
 

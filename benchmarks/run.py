@@ -220,6 +220,16 @@ def render_ablation(record: dict) -> str:
     note = (f"\n\n{f['data']} ({f['train_split']} -> {f['eval_split']}), {f['model']}, seeds "
             f"{', '.join(map(str, f['seeds']))}; {steps} number of steps in every run; p-values paired over every "
             f"seed's queries against {f['baseline']}.")  # fmt: skip
+    stages = f.get("stages", [])
+    if stages:
+        loads = [x for stage in stages for x in (stage.get("load_before_after") or [])]
+        kept = sum(1 for stage in stages if stage.get("reused"))
+        note += f" {len(stages)} stages (mining, training, evaluation), {f['stages_wall_s'] / 3600:.1f} hours in all"
+        if loads:
+            note += f", load average (1 min) {min(loads):.2f}-{max(loads):.2f} around them"
+        if kept:
+            note += f"; {kept} kept from an earlier run of the same command"
+        note += "."
     return ablation.markdown(f) + note
 
 
