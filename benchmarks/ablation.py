@@ -25,7 +25,9 @@ Reported per variant: ndcg@10 and recall@100 mean and standard deviation over th
 value, the training steps, and the paired comparison against naive top-k over every seed's queries
 pooled (query q of seed s paired with query q of the same seed): mean delta, paired t-test p-value and
 randomisation-test p-value (:func:`densekit.eval.compare.compare_runs`). No setting is chosen here:
-the evaluation split is read for the report only, after every model is trained.
+the evaluation split is read for the report only, after every model is trained. ``--generality
+nfcorpus`` also scores every trained model and the start model on another dataset's test split
+(zero-shot: does training on SciFact cost the model elsewhere?), paired against the start model.
 
 Every stage is kept in ``--out`` and skipped when it is there (mined files, the cross-encoder, trained
 models, TREC runs), so an interrupted run is continued by running the same command again; a stage
@@ -183,12 +185,19 @@ class Ablation:
 
     def evaluate(self, variant: Variant, seed: int, model: Path) -> Path:
         """The TREC run of `model` on the evaluation split (top 100)."""
-        run = self.out / "runs" / f"{variant.name}-seed{seed}.trec"
+        return self._eval(self.args.data, f"{variant.name}-seed{seed}", model, f"eval {variant.name} seed {seed}")
+
+    def evaluate_elsewhere(self, data: str, key: str, model: Path | str) -> Path:
+        """The TREC run of `model` on `data`'s test split, which it was not trained on (`--generality`)."""
+        return self._eval(data, f"{Path(data).name}/{key}", model, f"eval {key} on {data}", split="test")
+
+    def _eval(self, data: str, key: str, model: Path | str, name: str, split: str | None = None) -> Path:
+        run = self.out / "runs" / f"{key}.trec"
         command = [
-            DENSEKIT, "eval", self.args.data, "--model", str(model), "--split", self.args.eval_split, "--depth", "100",
+            DENSEKIT, "eval", data, "--model", str(model), "--split", split or self.args.eval_split, "--depth", "100",
             "--run-out", str(run), *self.device, "--json", "--quiet",
         ]  # fmt: skip
-        self.run(f"eval {variant.name} seed {seed}", command, run.with_suffix(".done.json"))
+        self.run(name, command, run.with_suffix(".done.json"))
         return run
 
     @property
@@ -249,6 +258,31 @@ def summarise(names: list[str], runs: dict[str, dict[int, Path]], steps: dict, a
     return rows
 
 
+def generality(data: str, base: Path, runs: dict[str, dict[int, Path]]) -> dict:
+    """Zero-shot on another dataset: each variant's models against the start model, paired over the queries."""
+    from densekit.data import Run, load_dataset
+    from densekit.eval.compare import compare_runs
+    from densekit.eval.metrics import evaluate
+
+    qrels = load_dataset(data, split="test").qrels
+    score = lambda path: float(evaluate(qrels, Run.read_trec(path), ["ndcg@10"]).metrics["ndcg@10"])  # noqa: E731
+    start = score(base)
+    result: dict = {"start_model_ndcg@10": round(start, 4), "variants": {}}
+    base_pooled, pooled_qrels = pooled(dict.fromkeys(next(iter(runs.values())), base), qrels)
+    for name, by_seed in runs.items():
+        values = [score(path) for path in by_seed.values()]
+        c = compare_runs(base_pooled, pooled(by_seed, qrels)[0], pooled_qrels, ["ndcg@10"]).metrics["ndcg@10"]
+        result["variants"][name] = {
+            "mean": round(statistics.fmean(values), 4),
+            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+            "per_seed": [round(v, 4) for v in values],
+            "delta_vs_start": round(c.delta, 4),
+            "t_p_value": round(c.t_p_value, 4),
+            "randomization_p_value": round(c.randomization_p_value, 4),
+        }
+    return result
+
+
 def markdown(result: dict) -> str:
     """The ablation table (what RESULTS.md and docs show)."""
     base = result["baseline"]
@@ -268,6 +302,15 @@ def markdown(result: dict) -> str:
         recall = f"{cr['delta']:+.4f} ({cr['t_p_value']:.3f})" if cr else ""
         lines.append(f"| {name} | {n['mean']:.4f}{sd(n)} | {seeds} | {r['mean']:.4f}{sd(r)} | {delta} | {p} "
                      f"| {recall} | {row['steps']} |")  # fmt: skip
+    for data, g in result.get("generality", {}).items():
+        lines += ["", f"Zero-shot on {data} (test ndcg@10; the start model: {g['start_model_ndcg@10']:.4f}):", "",
+                  "| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p (t / randomisation) |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name, v in g["variants"].items():
+            sd = "" if v["sd"] is None else f" ± {v['sd']:.4f}"
+            seeds = ", ".join(f"{x:.4f}" for x in v["per_seed"])
+            lines.append(f"| {name} | {v['mean']:.4f}{sd} | {seeds} | {v['delta_vs_start']:+.4f} "
+                         f"| {v['t_p_value']:.3f} / {v['randomization_p_value']:.3f} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -307,6 +350,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--positives", default="all", help="all (SciFact) or one (NFCorpus)")
     p.add_argument("--max-steps", type=int, help="cap every training at this many steps")
     p.add_argument("--max-length", type=int, help="document token limit in training")
+    p.add_argument("--generality", default="", help="comma-separated datasets whose test split every trained model "
+                   "and the start model are also scored on, zero-shot (e.g. nfcorpus)")  # fmt: skip
     p.add_argument("--device", help="torch device (default: cuda if available)")
     p.add_argument("--threads", type=int, help="OMP threads of every process")
     p.add_argument("--json-out", type=Path, help="write the result JSON here too")
@@ -336,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         name: {seed: ablation.evaluate(known[name], seed, model) for seed, model in by_seed.items()}
         for name, by_seed in models.items()
     }
+    elsewhere = {}
+    for data in [d.strip() for d in args.generality.split(",") if d.strip()]:
+        base = ablation.evaluate_elsewhere(data, "start-model", args.model)
+        other = {
+            name: {seed: ablation.evaluate_elsewhere(data, f"{name}-seed{seed}", model) for seed, model in by.items()}
+            for name, by in models.items()
+        }
+        elsewhere[data] = generality(data, base, other)
     step_counts = {name: sorted(set(s)) for name, s in steps.items()}
     rows = summarise(names, runs, {n: s[0] if len(s) == 1 else s for n, s in step_counts.items()}, args)
     result = {
@@ -352,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "same_steps": len({tuple(s) for s in step_counts.values()}) == 1,
         "variants": rows,
+        "generality": elsewhere,
         "stages": ablation.log,
         "stages_wall_s": round(sum(entry["wall_s"] for entry in ablation.log), 1),
         "wall_s": round(time.perf_counter() - start, 1),

@@ -385,7 +385,7 @@ def ablation_args(ctx: Context) -> list[str]:
         ce += ["--ce-negatives-from", "naive"]  # a random tiny model's PercPos leaves no query a negative
         return ["--data", data, "--model", model, "--guide", model, "--train-split", "test", "--variants", variants,
                 "--seeds", "1", "--depth", "10", "--out", str(ctx.workdir / "ablation-smoke"), *tiny, *ce,
-                "--device", "cpu", "--threads", "1"]  # fmt: skip
+                "--generality", data, "--device", "cpu", "--threads", "1"]  # fmt: skip
     return ["--out", str(ctx.workdir / "ablation"), "--threads", str(ctx.threads)]
 
 

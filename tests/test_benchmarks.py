@@ -55,6 +55,10 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
     record["_path"] = str(path)
     table = runner.REGISTRY[name].render(record)
     assert table.count("|") > 4, table
+    if name == "ablation":  # every trained model and the start model also scored zero-shot (--generality)
+        [g] = record["figures"]["generality"].values()
+        assert set(g["variants"]) == set(record["figures"]["variants"]) and 0 <= g["start_model_ndcg@10"] <= 1
+        assert "Zero-shot on" in table
 
 
 def test_render_rewrites_only_the_marked_blocks(tmp_path: Path) -> None:
