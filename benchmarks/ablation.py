@@ -29,6 +29,10 @@ the evaluation split is read for the report only, after every model is trained. 
 nfcorpus`` also scores every trained model and the start model on another dataset's test split
 (zero-shot: does training on SciFact cost the model elsewhere?), paired against the start model.
 
+To *choose* a recipe, run it in selection mode: ``--dev-fraction 0.15`` holds the same seeded dev
+slice out of the training split that `densekit finetune` holds out, trains every variant on the rest
+and reports on the slice; the test split is not read at all.
+
 Every stage is kept in ``--out`` and skipped when it is there (mined files, the cross-encoder, trained
 models, TREC runs), so an interrupted run is continued by running the same command again; a stage
 that an earlier command with other settings made is an error, never reused.
@@ -205,80 +209,96 @@ class Ablation:
         return ["--device", self.args.device] if self.args.device else []
 
 
-def pooled(runs: dict[int, Path], qrels: dict) -> tuple[dict, dict]:
+def read_runs(runs: dict[int, Path]) -> dict:
+    """Each seed's TREC run, read once: ``{seed: Run}``."""
+    from densekit.data import Run
+
+    return {seed: Run.read_trec(path) for seed, path in runs.items()}
+
+
+def pooled(runs: dict, qrels: dict) -> tuple[dict, dict]:
     """Runs and qrels of every seed as one set of queries, ``{qid}#s{seed}`` (the pairing across variants)."""
     from densekit.data import Run
 
     run_all, qrels_all = Run(), {}
-    for seed, path in runs.items():
-        for qid, hits in Run.read_trec(path).items():
+    for seed, run in runs.items():
+        for qid, hits in run.items():
             run_all[f"{qid}#s{seed}"] = hits
         for qid, judged in qrels.items():
             qrels_all[f"{qid}#s{seed}"] = judged
     return run_all, qrels_all
 
 
+def spread(values: list[float]) -> dict:
+    """Mean and sample sd (None for one value) over seeds, rounded for the record."""
+    return {"mean": round(statistics.fmean(values), 4),
+            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None}  # fmt: skip
+
+
+def paired(base: dict, other: dict, qrels: dict, metrics: list[str], names: tuple[str, str] = ("a", "b")) -> dict:
+    """The paired comparison of two variants' seed runs (``{seed: Run}`` each) pooled over all seeds' queries."""
+    from densekit.eval.compare import compare_runs
+
+    base_run, pooled_qrels = pooled(base, qrels)
+    other_run = pooled(other, qrels)[0]
+    comparison = compare_runs(base_run, other_run, pooled_qrels, metrics, name_a=names[0], name_b=names[1])
+    return {
+        metric: {
+            "delta": round(c.delta, 4),
+            "t_p_value": round(c.t_p_value, 4),
+            "randomization_p_value": round(c.randomization_p_value, 4),
+            "wins_ties_losses": [c.wins, c.ties, c.losses],
+        }
+        for metric, c in comparison.metrics.items()
+    }
+
+
 def summarise(names: list[str], runs: dict[str, dict[int, Path]], steps: dict, args: argparse.Namespace) -> dict:
     """Per-variant metrics (mean, sd, per seed) and the pooled paired comparison against the first variant."""
-    from densekit.data import Run, load_dataset
-    from densekit.eval.compare import compare_runs
+    from densekit.data import load_dataset
     from densekit.eval.metrics import evaluate
 
     metrics = ["ndcg@10", "recall@100"]
     qrels = load_dataset(args.data, split=args.eval_split).qrels
+    read = {name: read_runs(runs[name]) for name in names}
     rows = {}
     for name in names:
         per_seed = {
-            seed: {k: float(v) for k, v in evaluate(qrels, Run.read_trec(path), metrics).metrics.items()}
-            for seed, path in runs[name].items()
+            seed: {k: float(v) for k, v in evaluate(qrels, run, metrics).metrics.items()}
+            for seed, run in read[name].items()
         }
         row = {
             "steps": steps[name],
             "per_seed": {str(s): {k: round(v, 4) for k, v in m.items()} for s, m in per_seed.items()},
         }
         for metric in metrics:
-            values = [m[metric] for m in per_seed.values()]
-            row[metric] = {"mean": round(statistics.fmean(values), 4),
-                           "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None}  # fmt: skip
+            row[metric] = spread([m[metric] for m in per_seed.values()])
         rows[name] = row
     baseline = names[0]
-    base_run, pooled_qrels = pooled(runs[baseline], qrels)
     for name in names[1:]:
-        other, _ = pooled(runs[name], qrels)
-        comparison = compare_runs(base_run, other, pooled_qrels, metrics, name_a=baseline, name_b=name)
-        rows[name]["vs_" + baseline] = {
-            metric: {
-                "delta": round(c.delta, 4),
-                "t_p_value": round(c.t_p_value, 4),
-                "randomization_p_value": round(c.randomization_p_value, 4),
-                "wins_ties_losses": [c.wins, c.ties, c.losses],
-            }
-            for metric, c in comparison.metrics.items()
-        }
+        rows[name]["vs_" + baseline] = paired(read[baseline], read[name], qrels, metrics, (baseline, name))
     return rows
 
 
 def generality(data: str, base: Path, runs: dict[str, dict[int, Path]]) -> dict:
     """Zero-shot on another dataset: each variant's models against the start model, paired over the queries."""
     from densekit.data import Run, load_dataset
-    from densekit.eval.compare import compare_runs
     from densekit.eval.metrics import evaluate
 
     qrels = load_dataset(data, split="test").qrels
-    score = lambda path: float(evaluate(qrels, Run.read_trec(path), ["ndcg@10"]).metrics["ndcg@10"])  # noqa: E731
-    start = score(base)
-    result: dict = {"start_model_ndcg@10": round(start, 4), "variants": {}}
-    base_pooled, pooled_qrels = pooled(dict.fromkeys(next(iter(runs.values())), base), qrels)
+    score = lambda run: float(evaluate(qrels, run, ["ndcg@10"]).metrics["ndcg@10"])  # noqa: E731
+    start_run = Run.read_trec(base)
+    result: dict = {"start_model_ndcg@10": round(score(start_run), 4), "variants": {}}
     for name, by_seed in runs.items():
-        values = [score(path) for path in by_seed.values()]
-        c = compare_runs(base_pooled, pooled(by_seed, qrels)[0], pooled_qrels, ["ndcg@10"]).metrics["ndcg@10"]
+        read = read_runs(by_seed)
+        values = [score(run) for run in read.values()]
+        c = paired(dict.fromkeys(read, start_run), read, qrels, ["ndcg@10"])["ndcg@10"]
         result["variants"][name] = {
-            "mean": round(statistics.fmean(values), 4),
-            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+            **spread(values),
             "per_seed": [round(v, 4) for v in values],
-            "delta_vs_start": round(c.delta, 4),
-            "t_p_value": round(c.t_p_value, 4),
-            "randomization_p_value": round(c.randomization_p_value, 4),
+            "delta_vs_start": c["delta"],
+            "t_p_value": c["t_p_value"],
+            "randomization_p_value": c["randomization_p_value"],
         }
     return result
 
@@ -352,11 +372,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, help="document token limit in training")
     p.add_argument("--generality", default="", help="comma-separated datasets whose test split every trained model "
                    "and the start model are also scored on, zero-shot (e.g. nfcorpus)")  # fmt: skip
+    p.add_argument("--dev-fraction", type=float, help="select on a dev slice: hold this fraction of the "
+                   "training split's queries out (as finetune does), train on the rest, report on it")  # fmt: skip
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the dev slice (finetune's default 0)")
     p.add_argument("--device", help="torch device (default: cuda if available)")
     p.add_argument("--threads", type=int, help="OMP threads of every process")
     p.add_argument("--json-out", type=Path, help="write the result JSON here too")
     p.add_argument("--markdown-out", type=Path, help="write the table here")
     return p.parse_args(argv)
+
+
+def use_dev_slice(args: argparse.Namespace) -> dict:
+    """Point the run at a dev slice of the training split (the selection mode; the test split is never read).
+
+    The slice is the one `densekit finetune` holds out (:func:`densekit.splits.write_holdout`, same
+    fraction and seed give the same queries), written once under ``--out/dev<F>-seed<S>/``; every stage
+    of this mode lives in that folder, apart from the test-mode stages. Returns the slice's summary.
+    """
+    from densekit.splits import DEV, TRAIN, write_holdout
+
+    args.out = args.out / f"dev{args.dev_fraction}-seed{args.split_seed}"
+    folder, summary = args.out / "slice", args.out / "slice.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not summary.is_file():
+        info = write_holdout(args.data, args.train_split, folder, args.dev_fraction, args.split_seed, overwrite=True)
+        summary.write_text(json.dumps(info, indent=1), encoding="utf-8")
+    info = json.loads(summary.read_text(encoding="utf-8"))
+    args.data, args.train_split, args.eval_split = str(folder), TRAIN, DEV
+    return {k: info[k] for k in ("source", "split", "train_queries", "dev_queries")} | {
+        "fraction": args.dev_fraction,
+        "seed": args.split_seed,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not names:
         raise SystemExit(f"--variants: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    holdout = use_dev_slice(args) if args.dev_fraction else None
     ablation = Ablation(args)
     start = time.perf_counter()
     models: dict[str, dict[int, Path]] = {name: {} for name in names}
@@ -397,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_split": args.train_split,
         "eval_split": args.eval_split,
         "seeds": seeds,
+        "dev_slice": holdout,
         "baseline": names[0],
         "settings": {
             k: str(v) if isinstance(v, Path) else v

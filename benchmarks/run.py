@@ -217,7 +217,13 @@ def render_ablation(record: dict) -> str:
 
     f = record["figures"]
     steps = "the same" if f["same_steps"] else "**not the same**"
-    note = (f"\n\n{f['data']} ({f['train_split']} -> {f['eval_split']}), {f['model']}, seeds "
+    data = f"{f['data']} ({f['train_split']} -> {f['eval_split']})"
+    if f.get("dev_slice"):
+        d = f["dev_slice"]
+        data = (f"{Path(d['source']).name} {d['split']} less its dev slice ({d['train_queries']} queries) "
+                f"-> the slice ({d['dev_queries']} queries, fraction {d['fraction']}, seed {d['seed']}; "
+                "test not read)")  # fmt: skip
+    note = (f"\n\n{data}, {f['model']}, seeds "
             f"{', '.join(map(str, f['seeds']))}; {steps} number of steps in every run; p-values paired over every "
             f"seed's queries against {f['baseline']}.")  # fmt: skip
     stages = f.get("stages", [])
@@ -389,6 +395,17 @@ def ablation_args(ctx: Context) -> list[str]:
     return ["--out", str(ctx.workdir / "ablation"), "--threads", str(ctx.threads)]
 
 
+def ablation_dev_args(ctx: Context) -> list[str]:
+    """The ablation in selection mode: trained on SciFact train less finetune's dev slice, reported on the slice."""
+    if ctx.smoke:  # the slice mechanism once; the variants' mechanisms are the `ablation` smoke run's
+        data, model = _smoke_data(ctx), _smoke_model(ctx)
+        tiny = ["--max-steps", "2", "--batch-size", "4", "--max-length", "32", "--epochs", "1"]
+        return ["--data", data, "--model", model, "--train-split", "test", "--dev-fraction", "0.5", "--variants",
+                "naive,abs", "--seeds", "1", "--depth", "10", "--out", str(ctx.workdir / "ablation-dev-smoke"), *tiny,
+                "--device", "cpu", "--threads", "1"]  # fmt: skip
+    return ["--out", str(ctx.workdir / "ablation"), "--dev-fraction", "0.15", "--threads", str(ctx.threads)]
+
+
 def milvus_args(ctx: Context) -> list[str]:
     backends = ["--backends", "faiss,lite-file,lite-grpc"]  # the gRPC server too: the path a cluster uses
     if ctx.smoke:
@@ -422,6 +439,7 @@ REGISTRY: dict[str, Benchmark] = {
         Benchmark("matryoshka", "matryoshka.py", matryoshka_args, render_matryoshka, output="--json-out"),
         Benchmark("milvus", "milvus.py", milvus_args, render_milvus, output="--json"),
         Benchmark("ablation", "ablation.py", ablation_args, render_ablation, output="--json-out", in_all=False),
+        Benchmark("ablation-dev", "ablation.py", ablation_dev_args, render_ablation, output="--json-out", in_all=False),
         Benchmark("scaling-mining", "scaling.py", scaling_args("mining"), render_scaling, output="--json-out"),
         Benchmark("scaling-search", "scaling.py", scaling_args("search"), render_scaling, output="--json-out"),
         Benchmark("scaling-train", "scaling.py", scaling_args("train"), render_scaling, output="--json-out"),

@@ -23,7 +23,18 @@ import run as runner  # noqa: E402
 
 # Many processes each (both libraries, fresh process per measurement, a JVM or a server): minutes
 # on a busy machine, so they run with the slow tests.
-SLOW = {"mining", "bm25", "serve", "milvus", "train", "matryoshka", "ablation", "scaling-mining", "scaling-train"}
+SLOW = {
+    "mining",
+    "bm25",
+    "serve",
+    "milvus",
+    "train",
+    "matryoshka",
+    "ablation",
+    "ablation-dev",
+    "scaling-mining",
+    "scaling-train",
+}
 CASES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in runner.REGISTRY]
 
 
@@ -59,6 +70,10 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
         [g] = record["figures"]["generality"].values()
         assert set(g["variants"]) == set(record["figures"]["variants"]) and 0 <= g["start_model_ndcg@10"] <= 1
         assert "Zero-shot on" in table
+    if name == "ablation-dev":  # selection mode: trained and reported inside the training split, test never read
+        f = record["figures"]
+        assert f["eval_split"] == "dev" and f["dev_slice"]["dev_queries"] >= 1 and f["dev_slice"]["train_queries"] >= 1
+        assert "test not read" in table
 
 
 def test_render_rewrites_only_the_marked_blocks(tmp_path: Path) -> None:
