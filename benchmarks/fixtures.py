@@ -19,18 +19,25 @@ import json
 from pathlib import Path
 
 
-def smoke_dataset(source: Path, target: Path, n_queries: int = 20, n_distractors: int = 200) -> Path:
-    """A BEIR subset of `source` (test split) in `target`; see the module docstring."""
+def smoke_dataset(
+    source: Path, target: Path, n_queries: int = 20, n_distractors: int = 200, splits: dict[str, int] | None = None
+) -> Path:
+    """A BEIR subset of `source` in `target` (the first `n_queries` of its test split, or the first
+    queries of each split `splits` names, ``{split: count}``); see the module docstring."""
     if (target / "queries.jsonl").is_file():
         return target
     (target / "qrels").mkdir(parents=True, exist_ok=True)
-    with open(source / "qrels" / "test.tsv", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle, delimiter="\t"))[1:]
-    chosen = list(dict.fromkeys(r[0] for r in rows))[:n_queries]
-    kept = [r for r in rows if r[0] in chosen]
-    judged = {r[1] for r in kept}
-    with open(target / "qrels" / "test.tsv", "w", encoding="utf-8") as handle:
-        handle.write("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in kept))
+    chosen: list[str] = []
+    judged: set[str] = set()
+    for split, count in (splits or {"test": n_queries}).items():
+        with open(source / "qrels" / f"{split}.tsv", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle, delimiter="\t"))[1:]
+        picked = list(dict.fromkeys(r[0] for r in rows))[:count]
+        kept = [r for r in rows if r[0] in picked]
+        chosen += picked
+        judged |= {r[1] for r in kept}
+        with open(target / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as handle:
+            handle.write("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in kept))
     extra = 0
     with open(source / "corpus.jsonl", encoding="utf-8") as src, open(target / "corpus.jsonl", "w") as dst:
         for line in src:

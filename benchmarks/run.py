@@ -239,6 +239,21 @@ def render_ablation(record: dict) -> str:
     return ablation.markdown(f) + note
 
 
+def render_finetune(record: dict) -> str:
+    import finetune
+
+    f = record["figures"]
+    seeds = f["per_seed"]
+    walls = ", ".join(f"seed {s} {r['wall_s'] / 60:.0f} min" for s, r in seeds.items())
+    loads = [x for r in seeds.values() for x in r["load_before_after"]]
+    first = next(iter(seeds.values()))
+    note = (f"\n\n{f['data']}, {f['model']}, seeds {', '.join(map(str, f['seeds']))}; dev slice "
+            f"{first['split']['dev_queries']} of {first['split']['train_queries'] + first['split']['dev_queries']} "
+            f"training queries; distillation chosen on dev by the first seed: {f['chosen_on_dev_by_first_seed']}; "
+            f"wall time {walls}; load average (1 min) {min(loads):.2f}-{max(loads):.2f} around them.")  # fmt: skip
+    return finetune.markdown(f) + note
+
+
 def render_serve(record: dict) -> str:
     keys = ("p50_ms", "p99_ms", "requests_per_s", "failed", "lost", "different")
     rows = [[r["clients"], r["requests"], *(r.get(k) for k in keys)] for r in record["figures"]["rows"]]
@@ -401,9 +416,29 @@ def ablation_dev_args(ctx: Context) -> list[str]:
         data, model = _smoke_data(ctx), _smoke_model(ctx)
         tiny = ["--max-steps", "2", "--batch-size", "4", "--max-length", "32", "--epochs", "1"]
         return ["--data", data, "--model", model, "--train-split", "test", "--dev-fraction", "0.5", "--variants",
-                "naive,abs", "--seeds", "1", "--depth", "10", "--out", str(ctx.workdir / "ablation-dev-smoke"), *tiny,
+                "naive", "--seeds", "1", "--depth", "10", "--out", str(ctx.workdir / "ablation-dev-smoke"), *tiny,
                 "--device", "cpu", "--threads", "1"]  # fmt: skip
     return ["--out", str(ctx.workdir / "ablation"), "--dev-fraction", "0.15", "--threads", str(ctx.threads)]
+
+
+# The ablation's recipe (2 epochs, batch 32, lr 5e-5, 1 of 4 negatives mined at depth 30) inside finetune.
+FINETUNE_RECIPE = (
+    "--epochs 2 --batch-size 32 --lr 5e-5 --negatives-per-query 1 --mine-depth 30 --mine-negatives 4 "
+    "--score-depth 30 --ce-max-length 256 --eval-steps 25 --save-steps 25"
+)
+
+
+def finetune_args(ctx: Context) -> list[str]:
+    """`densekit finetune` at three seeds (benchmarks/finetune.py); smoke: a tiny model, two seeds, 3 steps."""
+    if ctx.smoke:
+        source = Path(_beir_root()) / "scifact"
+        data = fixtures.smoke_dataset(source, ctx.workdir / "scifact-smoke-ft", splits={"train": 16, "test": 8})
+        tiny = ("--mine-method naive --mine-depth 20 --dev-fraction 0.25 --ce-max-steps 2 --ce-batch-size 4 "
+                "--ce-max-length 32 --max-steps 3 --batch-size 4 --max-length 32 --eval-steps 1 --save-steps 1 "
+                "--encode-batch-size 32 --rerank-depth 20")  # fmt: skip
+        return ["--data", str(data), "--model", _smoke_model(ctx), "--seeds", "1,2", "--device", "cpu",
+                "--out", str(ctx.workdir / "finetune-smoke"), "--finetune-args", tiny, "--threads", "1"]  # fmt: skip
+    return ["--out", str(ctx.workdir / "finetune"), "--finetune-args", FINETUNE_RECIPE, "--threads", str(ctx.threads)]
 
 
 def milvus_args(ctx: Context) -> list[str]:
@@ -440,6 +475,7 @@ REGISTRY: dict[str, Benchmark] = {
         Benchmark("milvus", "milvus.py", milvus_args, render_milvus, output="--json"),
         Benchmark("ablation", "ablation.py", ablation_args, render_ablation, output="--json-out", in_all=False),
         Benchmark("ablation-dev", "ablation.py", ablation_dev_args, render_ablation, output="--json-out", in_all=False),
+        Benchmark("finetune", "finetune.py", finetune_args, render_finetune, output="--json-out", in_all=False),
         Benchmark("scaling-mining", "scaling.py", scaling_args("mining"), render_scaling, output="--json-out"),
         Benchmark("scaling-search", "scaling.py", scaling_args("search"), render_scaling, output="--json-out"),
         Benchmark("scaling-train", "scaling.py", scaling_args("train"), render_scaling, output="--json-out"),

@@ -70,6 +70,12 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
         [g] = record["figures"]["generality"].values()
         assert set(g["variants"]) == set(record["figures"]["variants"]) and 0 <= g["start_model_ndcg@10"] <= 1
         assert "Zero-shot on" in table
+    if name == "finetune":  # the later seed reused the first seed's teachers and trained the dev choice only
+        f = record["figures"]
+        assert f["per_seed"]["2"]["stages"]["reranker"]["status"] == "skipped"
+        assert f["per_seed"]["2"]["stages"]["train"]["status"] == "ran"
+        assert set(f["comparisons"]) == {"finetuned_vs_base", "reranked_vs_finetuned"}
+        assert f["rows"]["test/finetuned"]["ndcg@10"]["sd"] is not None
     if name == "ablation-dev":  # selection mode: trained and reported inside the training split, test never read
         f = record["figures"]
         assert f["eval_split"] == "dev" and f["dev_slice"]["dev_queries"] >= 1 and f["dev_slice"]["train_queries"] >= 1

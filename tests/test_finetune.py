@@ -21,6 +21,8 @@ import pytest
 from conftest import run_cli, run_cli_subprocess
 from test_cli_shape import KEYS_FILE, key_paths
 
+from densekit.data import Run, load_dataset
+from densekit.eval.metrics import evaluate
 from densekit.finetune.config import STAGES
 
 TINY = [
@@ -110,7 +112,7 @@ def finished(ft_data: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathF
     return {"out": out, "args": args, "summary": json.loads(stdout.getvalue()), "reads": reads}
 
 
-def test_end_to_end_writes_every_artefact_and_the_report(finished) -> None:
+def test_end_to_end_writes_every_artefact_and_the_report(finished, ft_data) -> None:
     out, summary = finished["out"], finished["summary"]
     assert [summary["stages"][s]["status"] for s in STAGES] == ["ran"] * len(STAGES)
     for path in ("model/config.json", "cross-encoder/config.json", "negatives.jsonl", "report.json", "report.md"):
@@ -123,6 +125,12 @@ def test_end_to_end_writes_every_artefact_and_the_report(finished) -> None:
         assert set(report["metrics"][split]) == {"base", "finetuned", "reranked"}
         assert set(report["metrics"][split]["base"]) == {"ndcg@10", "recall@100"}
     assert [step for step, _ in report["dev_curves"]["none"]] == [1, 2, 3]
+    # every evaluated run is kept (TREC) and scores what the report says: seeds and recipes compare query by query
+    qrels = load_dataset(ft_data, split="test").qrels
+    for label in ("base", "finetuned", "reranked"):
+        run = Run.read_trec(out / "eval" / "runs" / f"test-{label}.trec")
+        ndcg = evaluate(qrels, run, ["ndcg@10"]).metrics["ndcg@10"]
+        assert ndcg == pytest.approx(report["metrics"]["test"][label]["ndcg@10"], abs=1e-4), label
     markdown = (out / "report.md").read_text()
     assert "| split | model | ndcg@10 | recall@100 |" in markdown
     assert markdown.count("| test |") == 3 and markdown.count("| dev |") == 3
@@ -138,10 +146,15 @@ def test_rerun_skips_every_stage(finished, capsys, monkeypatch) -> None:
     assert time.perf_counter() - start < 20  # no model trained or encoded again (about 2 s idle)
 
 
-def test_changed_setting_reruns_from_its_stage(finished, tmp_path, capsys, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("change", "field"),
+    # a new bi-encoder seed keeps the mined files and the cross-encoder (three seeds cost three trainings)
+    [(["--lr", "3e-5"], "learning_rate"), (["--seed", "7"], "seed")],
+)
+def test_changed_setting_reruns_from_its_stage(change, field, finished, tmp_path, capsys, monkeypatch) -> None:
     copy = tmp_path / "run"
     shutil.copytree(finished["out"], copy)  # the finetune folder can move: outputs are relative
-    args = [a if a != str(finished["out"]) else str(copy) for a in finished["args"]] + ["--lr", "3e-5"]
+    args = [a if a != str(finished["out"]) else str(copy) for a in finished["args"]] + change
     code, out, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     statuses = {name: s["status"] for name, s in json.loads(out)["stages"].items()}
@@ -153,7 +166,7 @@ def test_changed_setting_reruns_from_its_stage(finished, tmp_path, capsys, monke
         "train": "ran",
         "eval": "ran",
     }
-    assert "learning_rate changed; re-running it and every stage after it" in err
+    assert f"{field} changed; re-running it and every stage after it" in err
     assert "an earlier stage re-ran" in err
 
 

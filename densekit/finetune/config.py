@@ -101,7 +101,11 @@ class FinetuneConfig:
     )
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (an interrupted stage resumes)."})
     rerank_depth: int = field(default=100, metadata={"help": "Dense hits per query the cross-encoder reranks."})
-    seed: int = field(default=42, metadata={"help": "Seed of mining samplers and both trainers."})
+    seed: int = field(
+        default=42,
+        metadata={"help": "Seed of the bi-encoder training (a new seed re-runs only the train and eval stages)."},
+    )
+    teacher_seed: int = field(default=42, metadata={"help": "Seed of the mining samplers and the cross-encoder."})
     device: str | None = field(default=None, metadata={"help": "Torch device (default: cuda if available)."})
     encode_batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch (mining, evaluation)."})
 
@@ -165,7 +169,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "mine_threshold",
         "mine_negatives",
         "mine_depth",
-        "seed",
+        "teacher_seed",
     ),
     "reranker": (
         "model",
@@ -178,7 +182,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "ce_negatives",
         "ce_max_length",
         "eval_steps",
-        "seed",
+        "teacher_seed",
     ),
     "score": ("ce_filter", "ce_margin", "score_depth"),
     "train": (
@@ -197,6 +201,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "remine_every",
         "matryoshka_dims",
         "eval_steps",
+        "seed",
     ),
     "eval": ("data", "test_split", "rerank_depth"),
 }

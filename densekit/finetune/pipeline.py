@@ -205,7 +205,7 @@ class Pipeline:
             ce_margin=cfg.ce_margin if "ce" in methods else None,
             negatives=cfg.mine_negatives,
             depth=(cfg.score_depth or cfg.mine_depth) if scorer is not None else cfg.mine_depth,
-            seed=cfg.seed,
+            seed=cfg.teacher_seed,
             device=cfg.device,
             batch_size=cfg.encode_batch_size,
         )
@@ -245,7 +245,7 @@ class Pipeline:
             max_steps=cfg.ce_max_steps,
             batch_size=cfg.ce_batch_size,
             learning_rate=cfg.ce_lr,
-            seed=cfg.seed,
+            seed=cfg.teacher_seed,
             max_length=cfg.ce_max_length,
             eval_data=str(self.data_dir),
             eval_split="dev",
@@ -326,6 +326,7 @@ class Pipeline:
             rerank_depth=cfg.rerank_depth,
             device=cfg.device,
             batch_size=cfg.encode_batch_size,
+            runs_dir=folder / "runs",
         )
         write_json(folder / "results.json", results)
         for name, source in (("model", self.path("train", "model")), ("cross-encoder", self.path("reranker", "model"))):
@@ -336,7 +337,11 @@ class Pipeline:
             atomic_file(self.output / "negatives.jsonl", "wb") as dst,
         ):
             shutil.copyfileobj(src, dst)
-        return {"results": self._rel(folder / "results.json"), "metrics": results}
+        runs = {
+            split: {label: self._rel(folder / "runs" / f"{split}-{label}.trec") for label in r}
+            for split, r in results.items()
+        }
+        return {"results": self._rel(folder / "results.json"), "metrics": results, "runs": runs}
 
 
 def finetune(config: FinetuneConfig, until: str | None = None) -> dict:

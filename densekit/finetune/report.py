@@ -39,10 +39,13 @@ def evaluate_models(
     rerank_depth: int = 100,
     device: str | None = None,
     batch_size: int = 64,
+    runs_dir: Path | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{split: {"base" | "finetuned" | "reranked": {metric: value}}}`` for dev and (when given) test.
 
     `dev` and `test` are (dataset, split); both must share one corpus (the dev slice's folder links it).
+    With `runs_dir`, every run is also written there as ``{split}-{label}.trec`` (TREC format), so
+    two finetune folders (seeds, recipes) can be compared query by query (`densekit compare`).
     """
     from densekit.data import load_dataset
     from densekit.eval.harness import evaluate_run
@@ -61,13 +64,21 @@ def evaluate_models(
         for name, ds in datasets.items():
             run = retriever.search(ds.queries, DEPTH)
             results[name][label] = dict(evaluate_run(run, ds, METRICS).result.metrics)
+            _keep(run, runs_dir, f"{name}-{label}")
             if label == "finetuned":
                 runs[name] = run
     for name, ds in datasets.items():
         reranker = CrossEncoderReranker(_FixedRun(runs[name]), cross_encoder, corpus, depth=rerank_depth, device=device)
         run = reranker.search(ds.queries, rerank_depth)
         results[name]["reranked"] = dict(evaluate_run(run, ds, METRICS).result.metrics)
+        _keep(run, runs_dir, f"{name}-reranked")
     return results
+
+
+def _keep(run: Run, runs_dir: Path | None, name: str) -> None:
+    if runs_dir is not None:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        run.write_trec(runs_dir / f"{name}.trec", tag=name)
 
 
 def dev_curves(output: Path, runs: dict[str, dict]) -> dict[str, list[tuple[int, float]]]:
