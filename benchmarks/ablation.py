@@ -458,10 +458,14 @@ def main(argv: list[str] | None = None) -> int:
         "stages_wall_s": round(sum(entry["wall_s"] for entry in ablation.log), 1),
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    table = markdown(result)
+    return emit(result, markdown(result), args)
+
+
+def emit(result: dict, table: str, args: argparse.Namespace) -> int:
+    """Print the result JSON (stdout) and its table (stderr); write them to --json-out / --markdown-out."""
     if args.markdown_out:
         args.markdown_out.write_text(table + "\n", encoding="utf-8")
-    text = json.dumps(result, indent=1)
+    text = json.dumps(result, indent=1, default=str)
     if args.json_out:
         args.json_out.write_text(text, encoding="utf-8")
     print(text)

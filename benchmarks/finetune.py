@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import paired, spread
+from ablation import emit, paired, spread
 
 DENSEKIT = str(Path(sys.executable).with_name("densekit"))
 LABELS = ("base", "finetuned", "reranked")
@@ -184,15 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         **summary,
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    table = markdown(result)
-    if args.markdown_out:
-        args.markdown_out.write_text(table + "\n", encoding="utf-8")
-    text = json.dumps(result, indent=1, default=str)
-    if args.json_out:
-        args.json_out.write_text(text, encoding="utf-8")
-    print(text)
-    print(table, file=sys.stderr)
-    return 0
+    return emit(result, markdown(result), args)
 
 
 if __name__ == "__main__":

@@ -438,11 +438,16 @@ class Run(dict):
         return Run({q: hits[:k] for q, hits in self.items()})
 
     def write_trec(self, path: str | Path, tag: str = "densekit") -> None:
-        """Write a TREC run file atomically."""
+        """Write a TREC run file atomically, each score in its shortest exact form.
+
+        A fixed number of decimals would merge scores that differ below it into ties, which
+        trec_eval and pytrec_eval break by document id: the file would score differently from
+        the run it was written from.
+        """
         with atomic_file(path) as handle:
             for query_id, hits in self.items():
                 for rank, (doc_id, score) in enumerate(hits, start=1):
-                    handle.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+                    handle.write(f"{query_id} Q0 {doc_id} {rank} {float(score)!r} {tag}\n")
 
     @classmethod
     def read_trec(cls, path: str | Path) -> Run:

@@ -220,6 +220,17 @@ def test_run_roundtrip_and_validation(tmp_path: Path) -> None:
         Run.read_trec(bad)
 
 
+def test_trec_keeps_scores_that_differ_below_six_decimals(tmp_path: Path) -> None:
+    # A reranker's near-equal scores: rounding them would turn their order into a tie broken by doc id.
+    import numpy as np
+
+    close = {"q1": {"a": 0.1234561, "b": 0.1234569, "c": float(np.float32(1e-9))}}
+    run = Run.from_scores(close)
+    run.write_trec(tmp_path / "run.trec")
+    assert Run.read_trec(tmp_path / "run.trec") == run
+    assert [doc for doc, _ in Run.read_trec(tmp_path / "run.trec")["q1"]] == ["b", "a", "c"]
+
+
 def test_copy_of_shared_data_is_not_modified(scifact_small: Path, tmp_path: Path) -> None:
     # The subset fixture copies files; loading must never write into a data folder.
     before = sorted(p.name for p in scifact_small.rglob("*"))
