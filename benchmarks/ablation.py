@@ -303,6 +303,13 @@ def generality(data: str, base: Path, runs: dict[str, dict[int, Path]]) -> dict:
     return result
 
 
+def _steps(steps: int | list[int]) -> str:
+    """`58`, or `50-51` when the seeds trained for different numbers of steps (a list from newer records)."""
+    if isinstance(steps, int):
+        return str(steps)
+    return "-".join(str(n) for n in (min(steps), max(steps))) if len(set(steps)) > 1 else str(steps[0])
+
+
 def markdown(result: dict) -> str:
     """The ablation table (what RESULTS.md and docs show)."""
     base = result["baseline"]
@@ -321,7 +328,7 @@ def markdown(result: dict) -> str:
         cr = row.get("vs_" + base, {}).get("recall@100")
         recall = f"{cr['delta']:+.4f} ({cr['t_p_value']:.3f})" if cr else ""
         lines.append(f"| {name} | {n['mean']:.4f}{sd(n)} | {seeds} | {r['mean']:.4f}{sd(r)} | {delta} | {p} "
-                     f"| {recall} | {row['steps']} |")  # fmt: skip
+                     f"| {recall} | {_steps(row['steps'])} |")  # fmt: skip
     for data, g in result.get("generality", {}).items():
         lines += ["", f"Zero-shot on {data} (test ndcg@10; the start model: {g['start_model_ndcg@10']:.4f}):", "",
                   "| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p (t / randomisation) |",
