@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import record as records  # noqa: E402
+import renderers  # noqa: E402
 import run as runner  # noqa: E402
 
 # Many processes each (both libraries, fresh process per measurement, a JVM or a server): minutes
@@ -102,7 +103,9 @@ def test_render_rewrites_only_the_marked_blocks(tmp_path: Path) -> None:
         + "<!-- table: encode -->\nold\n<!-- /table -->\n\nMore prose.\n<!-- table: index -->\nx\n<!-- /table -->\n"
     )
 
-    outcome = records.render_results({"encode": runner.render_encode, "index": runner.render_index}, results, target)
+    outcome = records.render_results(
+        {"encode": renderers.render_encode, "index": renderers.render_index}, results, target
+    )
 
     text = target.read_text(encoding="utf-8")
     assert outcome == {"encode": "rendered", "index": "no record"}

@@ -1,0 +1,205 @@
+"""RESULTS.md's generated tables: one function per benchmark, from its record (``record["figures"]``) to Markdown.
+
+``benchmarks/run.py --render`` calls them through its registry (:mod:`record`'s ``render_results``
+rewrites the ``<!-- table: NAME -->`` blocks); each returns the table and the notes under it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def render_encode(record: dict) -> str:
+    f = record["figures"]
+    ratios, cosines = f.get("ratio_vs_st_torch", {}), f.get("min_cosine_vs_densekit_torch", {})
+    rows = [
+        [name, rate, ratios.get(name), cosines.get(name), ", ".join(map(str, f["all_rounds_docs_per_s"][name]))]
+        for name, rate in f["docs_per_s"].items()
+    ]
+    rows += [[name, "unavailable", "", "", why] for name, why in f.get("unavailable", {}).items()]
+    rows.append(["**ratio densekit / ST (torch)**", f"**{f['ratio_densekit_vs_st']:.3f}x**", "", "", ""])
+    if "fastest_densekit" in f:
+        rows.append([f"**fastest densekit ({f['fastest_densekit']}) / ST torch**",
+                     f"**{f['ratio_fastest_vs_st_torch']:.3f}x**", "", "", ""])  # fmt: skip
+        rows.append([f"**fastest densekit / fastest ST ({f['fastest_st']})**",
+                     f"**{f['ratio_fastest_vs_st_fastest']:.3f}x**", "", "", ""])  # fmt: skip
+    out = table(["encoder", "docs/s (median)", "x ST torch", "min cosine vs torch", "rounds"], rows)
+    if f.get("latency"):
+        lat = [
+            [name, *(f"{v[part]['p50_ms']:.2f} / {v[part]['p99_ms']:.2f}" for part in ("encode", "flat", "hnsw"))]
+            for name, v in f["latency"].items()
+        ]
+        out += "\n\nSingle short query, ms p50 / p99:\n\n" + table(["encoder", "encode", "+ Flat", "+ HNSW"], lat)
+    if f.get("ndcg_at_10"):
+        out += "\n\n" + table(["densekit backend", "nDCG@10"], [[k, v] for k, v in f["ndcg_at_10"].items()])
+    if f.get("st_environment"):  # sentence-transformers ran in its own environment (--st-python)
+        versions = ", ".join(f"{k} {v}" for k, v in f["st_environment"].get("versions", {}).items())
+        out += f"\n\nsentence-transformers rows ran in a second environment ({versions}), timed inside it."
+    return out
+
+
+def render_mining(record: dict) -> str:
+    f = record["figures"]
+    rows = []
+    for lib in ("sentence-transformers", "densekit"):
+        runs = ", ".join(f"{s:.2f}" for s in f["seconds"][lib])
+        traced = f["traced_peak_mb"][lib]
+        rows.append(
+            [lib, f"{f['median_seconds'][lib]:.2f}", runs, round(f["peak_rss_mb"][lib]), traced and round(traced, 1)]
+        )
+    rows.append(["**ratio densekit / ST**", f"**{f['ratio_densekit_over_st']:.3f}x**", "", "", ""])
+    agree = f["agreement"]
+    return (
+        table(["library", "median s", "runs (s)", "peak RSS MB", "peak traced MB"], rows)
+        + f"\n\nSame negative ids for {agree['same_ids']} of {agree['queries']} queries; differing: "
+        + (", ".join(agree["differing"]) or "none")
+        + "."
+    )
+
+
+def render_index(record: dict) -> str:
+    import index as index_bench  # benchmarks/index.py renders its own tables
+
+    return "\n\n".join(index_bench.markdown(d) for d in record["figures"]["datasets"])
+
+
+def render_bm25(record: dict) -> str:
+    results = record["figures"]["results"]
+    lucene = {r["corpus"]: r for r in results if r["backend"] == "lucene" and "error" not in r}
+
+    def ratio(r: dict, key: str) -> str | None:
+        anchor = lucene.get(r["corpus"])
+        return f"{r[key] / anchor[key]:.3g}x" if anchor and anchor[key] else None
+
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["corpus"], r["backend"], r["error"], *[""] * 8])
+            continue
+        qps = f"{r['qps']:.1f}" + (f" (partial: {r['searched']} of {r['queries']} queries)" if r["partial"] else "")
+        index_mb = round(r["peak_rss_mb"] - r["rss_before_mb"])  # as bm25.py defines it
+        rows.append(
+            [
+                r["corpus"],
+                r["backend"],
+                f"{r['build_s']:.1f}",
+                ratio(r, "build_s"),
+                qps,
+                ratio(r, "qps"),
+                round(r["peak_rss_mb"]),
+                ratio(r, "peak_rss_mb"),
+                index_mb,
+                r["documents"],
+                r.get("ndcg@10"),
+            ]
+        )
+    header = ["corpus", "backend", "build s", "x Lucene", "QPS", "x Lucene", "peak RSS MB", "x Lucene", "index MB"]
+    return table([*header, "documents", "nDCG@10"], rows)
+
+
+def render_train(record: dict) -> str:
+    f = record["figures"]
+    rows = [
+        [r["round"], r["first"], r["densekit_examples_per_s"], r["st_examples_per_s"], f"{r['ratio']:.3f}"]
+        for r in f["throughput_rounds"]
+    ]
+    rows.append(["**mean**", "", "", "", f"**{f['throughput_ratio_mean']:.3f}x**"])
+    return table(["round", "first", "densekit examples/s", "sentence-transformers examples/s", "ratio"], rows)
+
+
+def render_matryoshka(record: dict) -> str:
+    f = record["figures"]
+    models = list(f["metrics"])
+    rows = [
+        [
+            dim,
+            *(f["metrics"][m][str(dim)]["ndcg@10"] for m in models),
+            *(f["metrics"][m][str(dim)]["recall@100"] for m in models),
+        ]
+        for dim in f["dims"]
+    ]
+    header = ["dims", *(f"ndcg@10 {m}" for m in models), *(f"recall@100 {m}" for m in models)]
+    walls = ", ".join(f"{name} {s:.0f} s" for name, s in f["train_wall_s"].items())
+    return table(header, rows) + f"\n\n{f['steps']} training steps each; training wall time: {walls}."
+
+
+def render_ablation(record: dict) -> str:
+    import ablation
+
+    f = record["figures"]
+    steps = "the same" if f["same_steps"] else "**not the same**"
+    data = f"{f['data']} ({f['train_split']} -> {f['eval_split']})"
+    if f.get("dev_slice"):
+        d = f["dev_slice"]
+        data = (f"{Path(d['source']).name} {d['split']} less its dev slice ({d['train_queries']} queries) "
+                f"-> the slice ({d['dev_queries']} queries, fraction {d['fraction']}, seed {d['seed']}; "
+                "test not read)")  # fmt: skip
+    note = (f"\n\n{data}, {f['model']}, seeds "
+            f"{', '.join(map(str, f['seeds']))}; {steps} number of steps in every run; p-values paired over every "
+            f"seed's queries against {f['baseline']}.")  # fmt: skip
+    stages = f.get("stages", [])
+    if stages:
+        loads = [x for stage in stages for x in (stage.get("load_before_after") or [])]
+        kept = sum(1 for stage in stages if stage.get("reused"))
+        note += f" {len(stages)} stages (mining, training, evaluation), {f['stages_wall_s'] / 3600:.1f} hours in all"
+        if loads:
+            note += f", load average (1 min) {min(loads):.2f}-{max(loads):.2f} around them"
+        if kept:
+            note += f"; {kept} kept from an earlier run of the same command"
+        note += "."
+    return ablation.markdown(f) + note
+
+
+def render_finetune(record: dict) -> str:
+    import finetune
+
+    f = record["figures"]
+    seeds = f["per_seed"]
+    walls = ", ".join(f"seed {s} {r['wall_s'] / 60:.0f} min" for s, r in seeds.items())
+    loads = [x for r in seeds.values() for x in r["load_before_after"]]
+    first = next(iter(seeds.values()))
+    note = (f"\n\n{f['data']}, {f['model']}, seeds {', '.join(map(str, f['seeds']))}; dev slice "
+            f"{first['split']['dev_queries']} of {first['split']['train_queries'] + first['split']['dev_queries']} "
+            f"training queries; distillation chosen on dev by the first seed: {f['chosen_on_dev_by_first_seed']}; "
+            f"wall time {walls}; load average (1 min) {min(loads):.2f}-{max(loads):.2f} around them.")  # fmt: skip
+    return finetune.markdown(f) + note
+
+
+def render_serve(record: dict) -> str:
+    keys = ("p50_ms", "p99_ms", "requests_per_s", "failed", "lost", "different")
+    rows = [[r["clients"], r["requests"], *(r.get(k) for k in keys)] for r in record["figures"]["rows"]]
+    return table(["clients", "requests", "p50 ms", "p99 ms", "requests/s", "failed", "lost", "different"], rows)
+
+
+def render_milvus(record: dict) -> str:
+    keys = [
+        "backend",
+        "index",
+        "ingest_s",
+        "vectors_per_s",
+        "ready_s",
+        "peak_rss_mb",
+        "rss_growth_mb",
+        "qps",
+        "recall@10",
+    ]
+    return f"{record['figures']['size']:,} vectors\n\n" + table(
+        keys, [[r[k] for k in keys] for r in record["figures"]["rows"]]
+    )
+
+
+def render_scaling(record: dict) -> str:
+    f = record["figures"]
+    rows = [[p.get(k) for k in f["columns"]] for p in f["points"]]
+    slopes = "; ".join(f"{k}: {v}" for k, v in f["slopes"].items())
+    return table(f["columns"], rows) + f"\n\nFitted log-log slopes: {slopes}. Plot: `{f['plot']}`."
