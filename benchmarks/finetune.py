@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             str(s): {
                 "chosen": r["report"]["chosen"],
                 "candidates_dev": r["report"]["candidates"],
+                "teacher": r["report"]["teacher"],
                 "command": r["command"],
                 "wall_s": r["wall_s"],
                 "load_before_after": r["load_before_after"],

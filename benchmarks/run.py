@@ -237,7 +237,7 @@ def ablation_dev_args(ctx: Context) -> list[str]:
 # The ablation's recipe (2 epochs, batch 32, lr 5e-5, 1 of 4 negatives mined at depth 30) inside finetune.
 FINETUNE_RECIPE = (
     "--epochs 2 --batch-size 32 --lr 5e-5 --negatives-per-query 1 --mine-depth 30 --mine-negatives 4 "
-    "--score-depth 30 --ce-max-length 256 --eval-steps 25 --save-steps 25"
+    "--score-depth 30 --ce-max-length 256 --rerank-depth 30 --eval-steps 25 --save-steps 25"
 )
 
 

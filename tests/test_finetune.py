@@ -50,6 +50,7 @@ TINY = [
     "cpu",
     "--encode-batch-size",
     "32",
+    "--teacher-min-gain=-1",  # a 2-step cross-encoder teaches here, so every stage's teacher path runs
 ]
 
 
@@ -131,10 +132,33 @@ def test_end_to_end_writes_every_artefact_and_the_report(finished, ft_data) -> N
         run = Run.read_trec(out / "eval" / "runs" / f"test-{label}.trec")
         ndcg = evaluate(qrels, run, ["ndcg@10"]).metrics["ndcg@10"]
         assert ndcg == pytest.approx(report["metrics"]["test"][label]["ndcg@10"], abs=1e-4), label
+    # the teacher check: the cross-encoder reranked the base model's dev run, whose ndcg@10 the report repeats
+    teacher = report["teacher"]
+    assert teacher["teaches"] and teacher["ce_dev_ndcg@10"] == report["reranker_best"]["ndcg@10"]
+    assert teacher["base_dev_ndcg@10"] == pytest.approx(report["metrics"]["dev"]["base"]["ndcg@10"], abs=1e-9)
+    dev_base = Run.read_trec(out / "reranker" / "dev-base.trec")
+    assert len(dev_base) == len(load_dataset(out / "split" / "data", split="dev").queries)
     markdown = (out / "report.md").read_text()
+    assert "it teaches" in markdown
     assert "| split | model | ndcg@10 | recall@100 |" in markdown
     assert markdown.count("| test |") == 3 and markdown.count("| dev |") == 3
     assert key_paths(summary) == json.loads(KEYS_FILE.read_text())["finetune"]
+
+
+def test_a_teacher_no_better_than_the_base_model_does_not_teach(finished, tmp_path, capsys, monkeypatch) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(finished["out"], out)
+    args = [*finished["args"], "--teacher-min-gain", "1"]  # no reranking gains a whole ndcg point
+    args[args.index("-o") + 1] = str(out)
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert [summary["stages"][s]["status"] for s in STAGES] == ["skipped"] * 3 + ["ran"] * 3
+    assert "does not teach" in err and summary["teacher"]["teaches"] is False
+    assert (out / "score" / "negatives.jsonl").read_bytes() == (out / "mine" / "negatives.jsonl").read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["candidates"]) == {"none"} and report["chosen"]["distill"] == "none"
+    assert "**does not teach**" in (out / "report.md").read_text()
 
 
 def test_rerun_skips_every_stage(finished, capsys, monkeypatch) -> None:

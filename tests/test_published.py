@@ -1,7 +1,9 @@
 """Reproductions of published numbers on the full datasets (slow: CI runs them).
 
-all-MiniLM-L6-v2, MTEB's published nDCG@10: SciFact 0.6451, NFCorpus 0.3159 (tolerance 0.002).
-Runs the real CLI (`densekit eval DATA --model M --split test --json`) on the shared BEIR data.
+all-MiniLM-L6-v2, MTEB's published nDCG@10 on SciFact: 0.6451 (tolerance 0.002), through the real CLI
+(`densekit eval DATA --model M --split test --json`) on the shared BEIR data. NFCorpus (0.3159) is
+reproduced by tests/test_reproduce.py::test_reproduce_minilm_and_bm25 through the same retriever and
+metrics; encoding its corpus a second time here cost two minutes of the suite's twenty.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import pytest
 from conftest import run_cli
 
-PUBLISHED = [("scifact", 0.6451), ("nfcorpus", 0.3159)]
+PUBLISHED = [("scifact", 0.6451)]
 
 
 @pytest.mark.slow

@@ -65,6 +65,15 @@ class FinetuneConfig:
         metadata={"help": "Score stage: drop candidates the cross-encoder scores >= positive - --ce-margin."},
     )
     ce_margin: float = field(default=0.0, metadata={"help": "Margin of the cross-encoder false-negative filter."})
+    teacher_min_gain: float = field(
+        default=0.0,
+        metadata={
+            "help": "The cross-encoder teaches (its filter, the distillation candidates) only if its best dev "
+            "ndcg@10, reranking the base model's dev top --rerank-depth, beats the base model's by more than "
+            "this; otherwise the score stage keeps the mined negatives and only 'none' is trained (announced, "
+            "in the report). A negative value such as -1 always uses it."
+        },
+    )
     score_depth: int | None = field(
         default=None,
         metadata={
@@ -182,9 +191,10 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "ce_negatives",
         "ce_max_length",
         "eval_steps",
+        "rerank_depth",
         "teacher_seed",
     ),
-    "score": ("ce_filter", "ce_margin", "score_depth"),
+    "score": ("ce_filter", "ce_margin", "score_depth", "teacher_min_gain"),
     "train": (
         "loss",
         "guide",

@@ -5,9 +5,12 @@ Stages, each in its own folder of the finetune folder ``DIR``:
 1. ``split/``     a dev slice held out of the training split (:mod:`densekit.splits`): ``split/data`` is a
                   BEIR folder with ``train`` and ``dev`` qrels and no other split;
 2. ``mine/``      hard negatives of the ``train`` part, mined with the base model;
-3. ``reranker/``  a cross-encoder trained on them (``densekit train-reranker``), its step chosen on dev;
-4. ``score/``     the negatives mined again with the cross-encoder's scores stored (``ce_score``) and,
-                  by default, its false-negative filter (``mine --scorer``);
+3. ``reranker/``  a cross-encoder trained on them (``densekit train-reranker``), its step chosen on dev,
+                  where it reranks the base model's top ``rerank_depth`` (``dev-base.trec``);
+4. ``score/``     the teacher check: the cross-encoder teaches only if its dev ndcg@10 beats the base
+                  model's by more than ``teacher_min_gain``. If it does, the negatives are mined again
+                  with its scores stored (``ce_score``) and, by default, its false-negative filter
+                  (``mine --scorer``); if not, the mined negatives are kept and only ``none`` trains;
 5. ``train/``     one bi-encoder per distillation candidate (``densekit train``, optional re-mining), each
                   evaluated on dev during training; the best step of the best candidate on dev is kept;
 6. ``eval/``      dev and test metrics of the base model, the fine-tuned model and the fine-tuned model
@@ -222,8 +225,50 @@ class Pipeline:
     def _mine(self, folder: Path, resume: bool) -> dict:
         return self._run_mining(folder, None)
 
+    def _first_stage_dev(self, folder: Path) -> tuple[Path, float]:
+        """The base model's dev run (top `rerank_depth`, TREC) that the cross-encoder reranks on dev, and
+        its ndcg@10: the number the cross-encoder must beat to teach."""
+        from densekit.data import Run, load_dataset
+        from densekit.eval.harness import evaluate_run
+        from densekit.retriever.dense import DenseRetriever
+        from densekit.retriever.encoder import Encoder
+
+        cfg = self.config
+        path = folder / "dev-base.trec"
+        dev = load_dataset(self.data_dir, split="dev")
+        if path.is_file():  # written atomically by an interrupted run of this stage
+            run = Run.read_trec(path)
+        else:
+            encoder = Encoder(cfg.model, device=cfg.device, batch_size=cfg.encode_batch_size)  # type: ignore[arg-type]
+            run = DenseRetriever.build(encoder, dev.corpus).search(dev.queries, cfg.rerank_depth)
+            run.write_trec(path, tag="base")
+        return path, float(evaluate_run(run, dev, ("ndcg@10",)).result.metrics["ndcg@10"])
+
+    def _teacher_verdict(self) -> dict:
+        """Whether the cross-encoder beat the base model on dev by more than `teacher_min_gain`."""
+        reranker = self.outputs["reranker"]
+        base = reranker["base_dev_ndcg@10"]
+        ce = (reranker["best"] or {}).get("ndcg@10")
+        gain = None if ce is None else ce - base
+        teaches = gain is not None and gain > self.config.teacher_min_gain
+        verdict = {"teaches": teaches, "ce_dev_ndcg@10": ce, "base_dev_ndcg@10": base, "gain": gain}
+        if not teaches:
+            measured = "was not evaluated on dev" if ce is None else f"reranks the dev slice to ndcg@10 {ce:.4f}"
+            announce(
+                f"the cross-encoder {measured}, the base model alone scores {base:.4f}: not better by more than "
+                f"teacher_min_gain {self.config.teacher_min_gain}, so it does not teach (mined negatives kept, "
+                "no distillation candidate but none)"
+            )
+        return verdict
+
     def _score(self, folder: Path, resume: bool) -> dict:
-        return self._run_mining(folder, str(self.path("reranker", "model")))
+        verdict = self._teacher_verdict()
+        if not verdict["teaches"]:
+            out = folder / "negatives.jsonl"
+            with open(self.path("mine", "negatives"), "rb") as src, atomic_file(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            return {"negatives": self._rel(out), "queries": self.outputs["mine"]["queries"], "teacher": verdict}
+        return {**self._run_mining(folder, str(self.path("reranker", "model"))), "teacher": verdict}
 
     def _reranker(self, folder: Path, resume: bool) -> dict:
         from densekit.retriever.train.cross_encoder import train_reranker
@@ -231,6 +276,7 @@ class Pipeline:
 
         cfg = self.config
         run = folder / "run"
+        first_stage, base_ndcg = self._first_stage_dev(folder)
         config = RerankerTrainConfig(
             model=cfg.ce_model or cfg.model,  # type: ignore[arg-type]
             output=run,
@@ -249,13 +295,20 @@ class Pipeline:
             max_length=cfg.ce_max_length,
             eval_data=str(self.data_dir),
             eval_split="dev",
+            eval_candidates=first_stage,
+            eval_depth=cfg.rerank_depth,
             eval_steps=cfg.eval_steps,
             save_steps=cfg.save_steps,
             device=cfg.device,
         )
         summary = train_reranker(config, resume=resume and run.exists())
         model = run / "best" if (run / "best").is_dir() else run / "model"
-        return {"model": self._rel(model), "best": summary["best"], "steps": summary["steps"]}
+        return {
+            "model": self._rel(model),
+            "best": summary["best"],
+            "steps": summary["steps"],
+            "base_dev_ndcg@10": base_ndcg,
+        }
 
     def _train(self, folder: Path, resume: bool) -> dict:
         from densekit.retriever.train import train
@@ -263,7 +316,8 @@ class Pipeline:
 
         cfg = self.config
         runs: dict[str, dict] = {}
-        for candidate in cfg.candidates():
+        candidates = cfg.candidates() if self.outputs["score"]["teacher"]["teaches"] else ["none"]
+        for candidate in candidates:
             out = folder / candidate
             summary_file = out / "summary.json"
             if summary_file.is_file() and read_json(summary_file).get("finished"):

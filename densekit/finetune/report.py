@@ -120,13 +120,19 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], chosen: str, path: P
     plt.close(fig)
 
 
-def markdown(results: dict[str, dict[str, dict[str, float]]], chosen: str, split: dict) -> str:
+def markdown(results: dict[str, dict[str, dict[str, float]]], chosen: str, split: dict, teacher: dict) -> str:
     """The report's Markdown: the metrics table and what was chosen on dev."""
+    ce = teacher["ce_dev_ndcg@10"]
+    check = (
+        f"The cross-encoder reranks the dev slice to ndcg@10 {'-' if ce is None else f'{ce:.4f}'} against the "
+        f"base model's {teacher['base_dev_ndcg@10']:.4f}: it "
+        + ("teaches (filter, distillation candidates)." if teacher["teaches"] else "**does not teach**.")
+    )
     lines = [
         "# densekit finetune report",
         "",
         f"Dev slice: {split['dev_queries']} of the {split['split']!r} split's queries held out "
-        f"(train on {split['train_queries']}). Distillation kept (best dev ndcg@10): **{chosen}**.",
+        f"(train on {split['train_queries']}). {check} Distillation kept (best dev ndcg@10): **{chosen}**.",
         "",
         "| split | model | ndcg@10 | recall@100 |",
         "|---|---|---:|---:|",
@@ -153,6 +159,7 @@ def write_report(output: Path, config: Any, outputs: dict[str, dict], stages: di
         "chosen": {"distill": train["chosen"], "best": train["runs"][train["chosen"]]["best"]},
         "candidates": {c: r["best"] for c, r in train["runs"].items()},
         "reranker_best": outputs["reranker"]["best"],
+        "teacher": outputs["score"]["teacher"],
         "metrics": results,
         "dev_curves": {c: [list(p) for p in points] for c, points in curves.items()},
         "model": str(output / "model"),
@@ -162,7 +169,7 @@ def write_report(output: Path, config: Any, outputs: dict[str, dict], stages: di
     }
     write_json(output / "report.json", report)
     with atomic_file(output / "report.md") as handle:
-        handle.write(markdown(results, train["chosen"], split))
+        handle.write(markdown(results, train["chosen"], split, report["teacher"]))
     return {
         "report": str(output / "report.json"),
         "report_md": str(output / "report.md"),
@@ -171,5 +178,6 @@ def write_report(output: Path, config: Any, outputs: dict[str, dict], stages: di
         "cross_encoder": report["cross_encoder"],
         "negatives": report["negatives"],
         "chosen": train["chosen"],
+        "teacher": report["teacher"],
         "metrics": results,
     }
