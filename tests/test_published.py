@@ -3,7 +3,8 @@
 all-MiniLM-L6-v2, MTEB's published nDCG@10 on SciFact: 0.6451 (tolerance 0.002), through the real CLI
 (`densekit eval DATA --model M --split test --json`) on the shared BEIR data. NFCorpus (0.3159) is
 reproduced by tests/test_reproduce.py::test_reproduce_minilm_and_bm25 through the same retriever and
-metrics; encoding its corpus a second time here cost two minutes of the suite's twenty.
+metrics; here it held a worker for two minutes, waiting for the shared embedding cache entry that
+the other test was encoding.
 """
 
 from __future__ import annotations
