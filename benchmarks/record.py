@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import time
 from collections.abc import Callable
@@ -196,7 +197,7 @@ def provenance(record: dict) -> str:
         + (f", {record['cpu_s']:.0f} s CPU." if record.get("cpu_s") is not None else "."),
         "",
         "```text",
-        " ".join(a.removeprefix(f"{REPO}/") for a in record["command"]),  # paths in the repository, relative
+        shlex.join(a.removeprefix(f"{REPO}/") for a in record["command"]),  # paths in the repository, relative
         "```",
     ]
     if loaded(record):
