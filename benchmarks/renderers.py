@@ -163,20 +163,15 @@ def render_ablation(record: dict) -> str:
 def render_finetune(record: dict) -> str:
     import finetune
 
+    from densekit.finetune.report import teacher_check
+
     f = record["figures"]
     seeds = f["per_seed"]
     walls = ", ".join(f"seed {s} {r['wall_s'] / 60:.0f} min" for s, r in seeds.items())
     loads = [x for r in seeds.values() for x in r["load_before_after"]]
     first = next(iter(seeds.values()))
-    teacher = first.get("teacher") or {}
-    if teacher:
-        ce = teacher["ce_dev_ndcg@10"]
-        verdict = "teaches" if teacher["teaches"] else "does not teach (mined negatives kept, no distillation)"
-        teacher_note = (f" The first seed's cross-encoder reranks the dev slice to ndcg@10 "
-                        f"{'-' if ce is None else f'{ce:.4f}'} against the base model's "
-                        f"{teacher['base_dev_ndcg@10']:.4f}: it {verdict}.")  # fmt: skip
-    else:
-        teacher_note = ""
+    teacher = first.get("teacher")  # records before the teacher check have none
+    teacher_note = f" The first seed's cross-encoder {teacher_check(teacher)}." if teacher else ""
     note = (f"\n\n{f['data']}, {f['model']}, seeds {', '.join(map(str, f['seeds']))}; dev slice "
             f"{first['split']['dev_queries']} of {first['split']['train_queries'] + first['split']['dev_queries']} "
             f"training queries; distillation chosen on dev by the first seed: {f['chosen_on_dev_by_first_seed']}; "

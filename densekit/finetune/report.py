@@ -120,14 +120,23 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], chosen: str, path: P
     plt.close(fig)
 
 
+def teacher_check(teacher: dict) -> str:
+    """The teacher check's verdict (the score stage's ``teacher`` output) as one Markdown clause."""
+    ce = teacher["ce_dev_ndcg@10"]
+    verdict = (
+        "teaches (its filter, the distillation candidates)"
+        if teacher["teaches"]
+        else "**does not teach** (mined negatives kept, no distillation)"
+    )
+    return (
+        f"reranks the dev slice to ndcg@10 {'-' if ce is None else f'{ce:.4f}'} against the base model's "
+        f"{teacher['base_dev_ndcg@10']:.4f}: it {verdict}"
+    )
+
+
 def markdown(results: dict[str, dict[str, dict[str, float]]], chosen: str, split: dict, teacher: dict) -> str:
     """The report's Markdown: the metrics table and what was chosen on dev."""
-    ce = teacher["ce_dev_ndcg@10"]
-    check = (
-        f"The cross-encoder reranks the dev slice to ndcg@10 {'-' if ce is None else f'{ce:.4f}'} against the "
-        f"base model's {teacher['base_dev_ndcg@10']:.4f}: it "
-        + ("teaches (filter, distillation candidates)." if teacher["teaches"] else "**does not teach**.")
-    )
+    check = f"The cross-encoder {teacher_check(teacher)}."
     lines = [
         "# densekit finetune report",
         "",
