@@ -37,7 +37,7 @@ from pathlib import Path
 from ablation import emit, paired, spread
 
 DENSEKIT = str(Path(sys.executable).with_name("densekit"))
-LABELS = ("base", "finetuned", "reranked")
+LABELS = ("base", "finetuned", "reranked", "refit")  # refit: test only, with `--refit`
 METRICS = ["ndcg@10", "recall@100"]
 
 
@@ -116,9 +116,15 @@ def summarise(seeds: dict[int, dict], baseline: Path | None, data: str) -> dict:
     comparisons = {}
     if all(test_runs(r["folder"], "finetuned").is_file() for r in seeds.values()):
         qrels = load_dataset(data, split="test").qrels
-        read = {label: {s: Run.read_trec(test_runs(r["folder"], label)) for s, r in seeds.items()} for label in LABELS}
+        read = {
+            label: {s: Run.read_trec(test_runs(r["folder"], label)) for s, r in seeds.items()}
+            for label in LABELS
+            if all(test_runs(r["folder"], label).is_file() for r in seeds.values())
+        }
         comparisons["finetuned_vs_base"] = paired(read["base"], read["finetuned"], qrels, METRICS)
         comparisons["reranked_vs_finetuned"] = paired(read["finetuned"], read["reranked"], qrels, METRICS)
+        if "refit" in read:
+            comparisons["refit_vs_finetuned"] = paired(read["finetuned"], read["refit"], qrels, METRICS)
         if baseline is not None:
             other = {s: Run.read_trec(test_runs(baseline / f"seed{s}", "finetuned")) for s in seeds}
             comparisons["finetuned_vs_baseline"] = paired(other, read["finetuned"], qrels, METRICS)

@@ -117,6 +117,17 @@ def render_train(record: dict) -> str:
     return table(["round", "first", "densekit examples/s", "sentence-transformers examples/s", "ratio"], rows)
 
 
+def render_train_quality(record: dict) -> str:
+    import train_quality
+
+    f = record["figures"]
+    walls = [r["wall_s"] for r in f["per_seed"].values() if not r["reused"] and r["wall_s"]]
+    note = (f"\n\n{f['data']}, {f['model']}, seeds {', '.join(map(str, f['seeds']))}; {f['queries']} training queries "
+            f"with a mined negative; each seed one process of benchmarks/train.py"
+            + (f" ({min(walls) / 60:.0f}-{max(walls) / 60:.0f} min each)." if walls else "."))  # fmt: skip
+    return train_quality.markdown(f) + note
+
+
 def render_matryoshka(record: dict) -> str:
     f = record["figures"]
     models = list(f["metrics"])
@@ -160,6 +171,14 @@ def render_ablation(record: dict) -> str:
     return ablation.markdown(f) + note
 
 
+def _seed_wall(seed_record: dict) -> str:
+    """'35 min', or 'reused' when every stage of the seed's folder was finished by an earlier run."""
+    stages = seed_record.get("stages") or {}
+    if stages and all(stage.get("status") == "skipped" for stage in stages.values()):
+        return "reused (done by an earlier run)"
+    return f"{seed_record['wall_s'] / 60:.0f} min"
+
+
 def render_finetune(record: dict) -> str:
     import finetune
 
@@ -167,7 +186,7 @@ def render_finetune(record: dict) -> str:
 
     f = record["figures"]
     seeds = f["per_seed"]
-    walls = ", ".join(f"seed {s} {r['wall_s'] / 60:.0f} min" for s, r in seeds.items())
+    walls = ", ".join(f"seed {s} {_seed_wall(r)}" for s, r in seeds.items())
     loads = [x for r in seeds.values() for x in r["load_before_after"]]
     first = next(iter(seeds.values()))
     teacher = first.get("teacher")  # records before the teacher check have none

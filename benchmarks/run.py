@@ -45,6 +45,7 @@ from renderers import (  # noqa: E402
     render_scaling,
     render_serve,
     render_train,
+    render_train_quality,
 )
 
 BENCH = Path(__file__).resolve().parent
@@ -254,6 +255,17 @@ def finetune_args(ctx: Context) -> list[str]:
     return ["--out", str(ctx.workdir / "finetune"), "--finetune-args", FINETUNE_RECIPE, "--threads", str(ctx.threads)]
 
 
+def train_quality_args(ctx: Context) -> list[str]:
+    """benchmarks/train_quality.py: both trainers at seeds 1-3 on the mined SciFact tuples (train.py's recipe)."""
+    out = ["--out", str(ctx.workdir / ("train-quality-smoke" if ctx.smoke else "train-quality"))]
+    if ctx.smoke:
+        tiny = "--max-steps 1 --batch-size 4 --max-length 32"
+        data, model = _smoke_data(ctx), _smoke_model(ctx)
+        return ["--data", data, "--model", model, "--negatives-file", str(ctx.negatives()), "--seeds", "1,2",
+                "--train-args", tiny, "--threads", "1", *out]  # fmt: skip
+    return ["--negatives-file", str(ctx.negatives()), "--seeds", "1,2,3", "--threads", str(ctx.threads), *out]
+
+
 def milvus_args(ctx: Context) -> list[str]:
     backends = ["--backends", "faiss,lite-file,lite-grpc"]  # the gRPC server too: the path a cluster uses
     if ctx.smoke:
@@ -282,6 +294,14 @@ REGISTRY: dict[str, Benchmark] = {
         Benchmark("bm25", "bm25.py", bm25_args, render_bm25, threads=lambda ctx: 1),
         Benchmark(
             "train", "train.py", train_args, render_train, output=None, figures_file="train-bench/throughput.json"
+        ),
+        Benchmark(
+            "train-quality",
+            "train_quality.py",
+            train_quality_args,
+            render_train_quality,
+            output="--json-out",
+            in_all=False,
         ),
         Benchmark("serve", "serve.py", serve_args, render_serve),
         Benchmark("matryoshka", "matryoshka.py", matryoshka_args, render_matryoshka, output="--json-out"),

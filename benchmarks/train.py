@@ -54,15 +54,19 @@ def write_tuples_file(source: Path, target: Path, negatives: int) -> int:
     return kept
 
 
-def evaluate_model(folder: str, data: str, split: str) -> float:
+def evaluate_model(folder: str, data: str, split: str, run_out: Path | None = None) -> float:
+    """ndcg@10 of the model in `folder` on `split` (top 1000, densekit's harness); the run kept as TREC
+    in `run_out` when given (for paired tests over queries)."""
     from densekit.data import load_dataset
-    from densekit.eval.harness import evaluate_retriever
+    from densekit.eval.harness import evaluate_run
     from densekit.retriever.dense import DenseRetriever
     from densekit.retriever.encoder import Encoder
 
     ds = load_dataset(data, split=split)
-    retriever = DenseRetriever.build(Encoder(folder, device="cpu"), ds.corpus)
-    return float(evaluate_retriever(retriever, ds, ("ndcg@10",)).result.metrics["ndcg@10"])
+    run = DenseRetriever.build(Encoder(folder, device="cpu"), ds.corpus).search(ds.queries, 1000)
+    if run_out is not None:
+        run.write_trec(run_out, tag=Path(folder).parent.name)
+    return float(evaluate_run(run, ds, ("ndcg@10",)).result.metrics["ndcg@10"])
 
 
 def train_densekit(args, negatives: Path, out: Path) -> dict:
@@ -460,7 +464,9 @@ def main() -> None:
         results["densekit"] = {k: dk[k] for k in keys}
         results["densekit"]["wall_s"] = round(time.perf_counter() - t0, 1)
         results["densekit"]["peak_rss_mib"] = memory.mib
-        results["densekit"]["ndcg@10"] = evaluate_model(str(args.out / "densekit" / "model"), args.data, args.split)
+        results["densekit"]["ndcg@10"] = evaluate_model(
+            str(args.out / "densekit" / "model"), args.data, args.split, args.out / "densekit" / f"{args.split}.trec"
+        )
         (args.out / "densekit_result.json").write_text(json.dumps(results["densekit"]))
     print(json.dumps(results["densekit"]), flush=True)
     if not args.skip_st:
@@ -469,7 +475,9 @@ def main() -> None:
             st = train_sentence_transformers(args, tuples, args.out / "st")
         st["wall_s"] = round(time.perf_counter() - t0, 1)
         st["peak_rss_mib"] = memory.mib
-        st["ndcg@10"] = evaluate_model(str(args.out / "st" / "model"), args.data, args.split)
+        st["ndcg@10"] = evaluate_model(
+            str(args.out / "st" / "model"), args.data, args.split, args.out / "st" / f"{args.split}.trec"
+        )
         results["sentence_transformers"] = st
         results["throughput_ratio"] = round(results["densekit"]["examples_per_s"] / st["examples_per_s"], 3)
         print(json.dumps(st), flush=True)

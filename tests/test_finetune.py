@@ -13,6 +13,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -115,7 +116,7 @@ def finished(ft_data: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathF
 
 def test_end_to_end_writes_every_artefact_and_the_report(finished, ft_data) -> None:
     out, summary = finished["out"], finished["summary"]
-    assert [summary["stages"][s]["status"] for s in STAGES] == ["ran"] * len(STAGES)
+    assert {s: summary["stages"][s]["status"] for s in STAGES} == {s: "off" if s == "refit" else "ran" for s in STAGES}
     for path in ("model/config.json", "cross-encoder/config.json", "negatives.jsonl", "report.json", "report.md"):
         assert (out / path).is_file(), path
     assert (out / "dev_ndcg.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -153,7 +154,7 @@ def test_a_teacher_no_better_than_the_base_model_does_not_teach(finished, tmp_pa
     code, stdout, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     summary = json.loads(stdout)
-    assert [summary["stages"][s]["status"] for s in STAGES] == ["skipped"] * 3 + ["ran"] * 3
+    assert [summary["stages"][s]["status"] for s in STAGES] == ["skipped"] * 3 + ["ran"] * 2 + ["off", "ran"]
     assert "does not teach" in err and summary["teacher"]["teaches"] is False
     assert (out / "score" / "negatives.jsonl").read_bytes() == (out / "mine" / "negatives.jsonl").read_bytes()
     report = json.loads((out / "report.json").read_text())
@@ -161,12 +162,65 @@ def test_a_teacher_no_better_than_the_base_model_does_not_teach(finished, tmp_pa
     assert "**does not teach**" in (out / "report.md").read_text()
 
 
-def test_rerun_skips_every_stage(finished, capsys, monkeypatch) -> None:
+def test_refit_trains_the_choice_again_with_the_dev_slice_and_delivers_it(
+    finished, ft_data, tmp_path, capsys, monkeypatch
+):
+    from densekit.data import read_qrels
+    from densekit.negatives import read_negatives
+
+    out = tmp_path / "run"
+    shutil.copytree(finished["out"], out)
+    args = [a if a != str(finished["out"]) else str(out) for a in finished["args"]] + ["--refit"]
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    statuses = {name: s["status"] for name, s in json.loads(stdout)["stages"].items()}
+    assert statuses == {**{s: "skipped" for s in STAGES[:5]}, "refit": "ran", "eval": "ran"}
+    report = json.loads((out / "report.json").read_text())
+    refit = report["refit"]
+    # every training query, dev slice included, has its negatives mined the same way, and trains
+    every = set(read_qrels(ft_data / "qrels" / "train.tsv"))
+    mined = {r.query_id for r in read_negatives(out / "refit" / "negatives.jsonl")}
+    assert mined == every and refit["queries"] == len(every) and refit["candidate"] == report["chosen"]["distill"]
+    assert (out / "negatives.jsonl").read_bytes() == (out / "refit" / "negatives.jsonl").read_bytes()
+    # the refit model is the delivered one, scored on test only (dev trained it), its run kept
+    delivered, trained = out / "model" / "model.safetensors", out / refit["model"] / "model.safetensors"
+    assert delivered.read_bytes() == trained.read_bytes()
+    assert "refit" in report["metrics"]["test"] and "refit" not in report["metrics"]["dev"]
+    run = Run.read_trec(out / "eval" / "runs" / "test-refit.trec")
+    ndcg = evaluate(load_dataset(ft_data, split="test").qrels, run, ["ndcg@10"]).metrics["ndcg@10"]
+    assert ndcg == pytest.approx(report["metrics"]["test"]["refit"]["ndcg@10"], abs=1e-4)
+    assert "refit with the dev slice (delivered)" in (out / "report.md").read_text()
+
+
+def test_refit_steps_follow_the_dev_choice() -> None:
+    from densekit.finetune.config import FinetuneConfig
+    from densekit.finetune.pipeline import Pipeline
+
+    pipeline = Pipeline(FinetuneConfig(data="d", model="m", output=Path("o"), max_steps=None))
+    pipeline.outputs["split"] = {"train_queries": 688, "dev_queries": 121}
+
+    def steps(best: int | None, last: int) -> int | None:
+        pipeline.outputs["train"] = {
+            "chosen": "none",
+            "runs": {"none": {"best": best and {"step": best}, "steps": last}},
+        }
+        return pipeline.refit_steps()
+
+    assert steps(50, 50) is None  # dev chose the end: the whole schedule again, on 809 queries
+    assert steps(25, 50) == 29  # an earlier step: scaled to the larger split (25 * 809 / 688 = 29.4)
+    assert steps(None, 50) is None
+
+
+def test_rerun_skips_every_stage(finished, ft_data, capsys, monkeypatch) -> None:
+    corpus = ft_data / "corpus.jsonl"
+    stat = corpus.stat()
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a restored copy: same bytes, new time
     start = time.perf_counter()
     code, out, err = run_cli(finished["args"], capsys, monkeypatch)
     assert code == 0, err
-    assert [s["status"] for s in json.loads(out)["stages"].values()] == ["skipped"] * len(STAGES)
-    assert err.count("skipped") == len(STAGES)
+    statuses = [s["status"] for s in json.loads(out)["stages"].values()]
+    assert statuses == ["off" if s == "refit" else "skipped" for s in STAGES]
+    assert err.count("skipped") == len(STAGES) - 1
     assert time.perf_counter() - start < 20  # no model trained or encoded again (about 2 s idle)
 
 
@@ -188,6 +242,7 @@ def test_changed_setting_reruns_from_its_stage(change, field, finished, tmp_path
         "reranker": "skipped",
         "score": "skipped",
         "train": "ran",
+        "refit": "off",
         "eval": "ran",
     }
     assert f"{field} changed; re-running it and every stage after it" in err
@@ -222,7 +277,7 @@ def test_killed_stage_resumes_there(finished, tmp_path, capsys, monkeypatch) -> 
     code, out, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     stages = json.loads(out)["stages"]
-    assert list(stages) == list(STAGES[:-1]) and stages["train"]["status"] == "ran"
+    assert list(stages) == list(STAGES[: STAGES.index("train") + 1]) and stages["train"]["status"] == "ran"
     assert "train: resuming an interrupted run" in err
     resumed = json.loads((copy / "train" / "none" / "summary.json").read_text())
     assert resumed["resumed_from"].endswith("step-1") and resumed["steps"] == 4

@@ -20,7 +20,7 @@ from typing import Any
 from densekit.errors import DensekitError
 from densekit.retriever.train.config import DISTILL_LOSSES, LOSSES, parse_remine_every
 
-STAGES = ("split", "mine", "reranker", "score", "train", "eval")
+STAGES = ("split", "mine", "reranker", "score", "train", "refit", "eval")
 
 
 @dataclass
@@ -109,6 +109,14 @@ class FinetuneConfig:
         default=50, metadata={"help": "Evaluate both trainers on the dev slice every N steps (0: at the end)."}
     )
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (an interrupted stage resumes)."})
+    refit: bool = field(
+        default=False,
+        metadata={
+            "help": "After the dev choice, train the chosen candidate again on the whole training split (dev "
+            "slice included), to the chosen step scaled to the larger split, and deliver that model. Dev can no "
+            "longer score it: the report gives its test metrics beside the dev-chosen model's."
+        },
+    )
     rerank_depth: int = field(default=100, metadata={"help": "Dense hits per query the cross-encoder reranks."})
     seed: int = field(
         default=42,
@@ -213,6 +221,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "eval_steps",
         "seed",
     ),
+    "refit": ("data", "train_split", "refit"),
     "eval": ("data", "test_split", "rerank_depth"),
 }
 

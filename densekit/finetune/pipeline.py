@@ -13,8 +13,12 @@ Stages, each in its own folder of the finetune folder ``DIR``:
                   (``mine --scorer``); if not, the mined negatives are kept and only ``none`` trains;
 5. ``train/``     one bi-encoder per distillation candidate (``densekit train``, optional re-mining), each
                   evaluated on dev during training; the best step of the best candidate on dev is kept;
-6. ``eval/``      dev and test metrics of the base model, the fine-tuned model and the fine-tuned model
-                  reranked by the cross-encoder. The test split is read here and nowhere else.
+6. ``refit/``     only with ``refit``: the chosen candidate trained again on the whole training split
+                  (dev slice included), negatives mined for every query the same way, to the chosen step
+                  scaled to the larger split; its model is the one delivered (status ``off`` otherwise);
+7. ``eval/``      dev and test metrics of the base model, the fine-tuned model and the fine-tuned model
+                  reranked by the cross-encoder, and the refit model's test metrics. The test split is
+                  read here and nowhere else.
 
 Every stage writes ``started.json`` (its inputs) when it starts and ``done.json`` (inputs, fingerprint,
 outputs) when it ends. A stage's inputs are the settings it reads (:data:`~densekit.finetune.config.STAGE_FIELDS`)
@@ -24,7 +28,7 @@ was interrupted resumes (the trainers from their newest checkpoint, mining from 
 
 ``DIR`` must be absent, empty or a finetune folder (its ``.densekit.json`` says so); anything else is
 refused. Only the stage folders inside it are ever removed, and only when a stage starts afresh.
-At the end ``DIR`` holds ``model/`` (the chosen bi-encoder), ``cross-encoder/``, ``negatives.jsonl``,
+At the end ``DIR`` holds ``model/`` (the chosen bi-encoder, or its refit), ``cross-encoder/``, ``negatives.jsonl``,
 ``report.json``, ``report.md`` and ``dev_ndcg.png`` (:mod:`~densekit.finetune.report`).
 """
 
@@ -69,9 +73,26 @@ def prepare_output(output: Path) -> None:
         write_json(output / MARKER, {"kind": KIND, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
-def _source_identity(data: str, split: str) -> dict:
-    """What identifies the source dataset cheaply: the split's qrels and queries by sha256, the corpus
-    file by size and modification time (hashing a large corpus on every rerun would cost minutes)."""
+DIGESTS = ".source-digests.json"
+
+
+def _content_digest(path: Path, cache_file: Path) -> str:
+    """sha256 of `path`, cached in `cache_file` under (path, size, mtime): a large corpus is hashed once,
+    and a copy or restore that only changes the modification time still has the same identity."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache = read_json(cache_file) if cache_file.is_file() else {}
+    if key not in cache:
+        from densekit.io import sha256_file
+
+        cache = {k: v for k, v in cache.items() if not k.startswith(f"{path.resolve()}|")} | {key: sha256_file(path)}
+        write_json(cache_file, cache)
+    return cache[key]
+
+
+def _source_identity(data: str, split: str, cache_file: Path) -> dict:
+    """What identifies the source dataset: the split's qrels, the queries and the corpus by content (sha256;
+    the corpus digest cached by size and modification time in `cache_file`, see :func:`_content_digest`)."""
     from densekit.data import qrels_path, resolve_dataset
     from densekit.io import sha256_file
 
@@ -80,8 +101,7 @@ def _source_identity(data: str, split: str) -> dict:
     for name in ("queries.jsonl", "queries.jsonl.gz", "corpus.jsonl", "corpus.jsonl.gz"):
         path = root / name
         if path.is_file():
-            stat = path.stat()
-            identity[name] = sha256_file(path) if name.startswith("queries") else [stat.st_size, stat.st_mtime_ns]
+            identity[name] = sha256_file(path) if name.startswith("queries") else _content_digest(path, cache_file)
     return identity
 
 
@@ -149,19 +169,24 @@ class Pipeline:
         prepare_output(self.output)
         cfg = self.config
         test = None if cfg.test_split == "none" else cfg.test_split
+        digests = self.output / DIGESTS
         # Identities of the source files, computed when their stage comes (the test qrels only at eval).
         bodies = {
-            "split": (self._split, lambda: {"source": _source_identity(cfg.data, cfg.train_split)}),  # type: ignore[arg-type]
+            "split": (self._split, lambda: {"source": _source_identity(cfg.data, cfg.train_split, digests)}),  # type: ignore[arg-type]
             "mine": (self._mine, dict),
             "reranker": (self._reranker, dict),
             "score": (self._score, dict),
             "train": (self._train, dict),
-            "eval": (self._eval, lambda: {"test": test and _source_identity(cfg.data, test)}),  # type: ignore[arg-type]
+            "refit": (self._refit, lambda: {"source": _source_identity(cfg.data, cfg.train_split, digests)}),  # type: ignore[arg-type]
+            "eval": (self._eval, lambda: {"test": test and _source_identity(cfg.data, test, digests)}),  # type: ignore[arg-type]
         }
         with write_lock(self.output):  # one finetune run per folder at a time
             for name in STAGES:
-                body, extra = bodies[name]
-                self._stage(name, body, extra())
+                if name == "refit" and not cfg.refit:  # off: not in the chain, so eval's inputs stay the same
+                    self.stages[name] = {"status": "off", "seconds": 0.0, "fingerprint": None}
+                else:
+                    body, extra = bodies[name]
+                    self._stage(name, body, extra())
                 if name == self.until:
                     break
         summary: dict[str, Any] = {"output": str(self.output), "stages": self.stages, "report": None}
@@ -310,9 +335,46 @@ class Pipeline:
             "base_dev_ndcg@10": base_ndcg,
         }
 
+    def _train_config(
+        self, candidate: str, out: Path, negatives: Path, with_dev: bool, max_steps: int | None = None
+    ) -> Any:
+        """The bi-encoder's TrainConfig for distillation `candidate` (dev evaluation during training when
+        `with_dev`; `max_steps` overrides the setting)."""
+        from densekit.retriever.train.config import DataConfig, LossConfig, TrainConfig
+
+        cfg = self.config
+        return TrainConfig(
+            model=cfg.model,  # type: ignore[arg-type]
+            output=out,
+            data=DataConfig(
+                negatives=negatives, corpus=str(self.data_dir), negatives_per_query=cfg.negatives_per_query
+            ),
+            loss=LossConfig(
+                name=cfg.loss,
+                temperature=cfg.temperature,
+                guide=cfg.guide,
+                distill=candidate,
+                distill_weight=cfg.distill_weight,
+                distill_temperature=cfg.distill_temperature,
+                teacher_score="ce_score" if candidate != "none" else None,
+                matryoshka_dims=cfg.matryoshka_dims,
+            ),
+            epochs=cfg.epochs,
+            max_steps=max_steps if max_steps is not None else cfg.max_steps,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            seed=cfg.seed,
+            max_length=cfg.max_length,
+            eval_data=str(self.data_dir) if with_dev else None,
+            eval_split="dev",
+            eval_steps=cfg.eval_steps if with_dev else 0,
+            save_steps=cfg.save_steps,
+            device=cfg.device,
+            remine_every=cfg.remine_every,
+        )
+
     def _train(self, folder: Path, resume: bool) -> dict:
         from densekit.retriever.train import train
-        from densekit.retriever.train.config import DataConfig, LossConfig, TrainConfig
 
         cfg = self.config
         runs: dict[str, dict] = {}
@@ -323,37 +385,7 @@ class Pipeline:
             if summary_file.is_file() and read_json(summary_file).get("finished"):
                 summary = read_json(summary_file)  # this candidate finished before an interruption
             else:
-                config = TrainConfig(
-                    model=cfg.model,  # type: ignore[arg-type]
-                    output=out,
-                    data=DataConfig(
-                        negatives=self.path("score", "negatives"),
-                        corpus=str(self.data_dir),
-                        negatives_per_query=cfg.negatives_per_query,
-                    ),
-                    loss=LossConfig(
-                        name=cfg.loss,
-                        temperature=cfg.temperature,
-                        guide=cfg.guide,
-                        distill=candidate,
-                        distill_weight=cfg.distill_weight,
-                        distill_temperature=cfg.distill_temperature,
-                        teacher_score="ce_score" if candidate != "none" else None,
-                        matryoshka_dims=cfg.matryoshka_dims,
-                    ),
-                    epochs=cfg.epochs,
-                    max_steps=cfg.max_steps,
-                    batch_size=cfg.batch_size,
-                    learning_rate=cfg.learning_rate,
-                    seed=cfg.seed,
-                    max_length=cfg.max_length,
-                    eval_data=str(self.data_dir),
-                    eval_split="dev",
-                    eval_steps=cfg.eval_steps,
-                    save_steps=cfg.save_steps,
-                    device=cfg.device,
-                    remine_every=cfg.remine_every,
-                )
+                config = self._train_config(candidate, out, self.path("score", "negatives"), with_dev=True)
                 summary = train(config, resume=out.exists())
             runs[candidate] = {
                 "model": self._rel(out / "best"),
@@ -367,13 +399,52 @@ class Pipeline:
             announce(f"dev ndcg@10 per distillation candidate: {scores}; keeping {chosen}")
         return {"chosen": chosen, "model": runs[chosen]["model"], "runs": runs}
 
+    def refit_steps(self) -> int | None:
+        """The refit's step limit: none when dev chose the last step (the whole schedule again, on more
+        queries); else the chosen step scaled by (training + dev queries) / training queries."""
+        chosen = self.outputs["train"]["runs"][self.outputs["train"]["chosen"]]
+        best = (chosen["best"] or {}).get("step")
+        if best is None or best >= chosen["steps"]:
+            return self.config.max_steps
+        split = self.outputs["split"]
+        return max(1, round(best * (split["train_queries"] + split["dev_queries"]) / split["train_queries"]))
+
+    def _refit(self, folder: Path, resume: bool) -> dict:
+        from densekit.data import resolve_dataset
+        from densekit.mining.config import mine
+        from densekit.mining.miner import checkpoint_path
+        from densekit.retriever.train import train
+
+        cfg = self.config
+        teaches = self.outputs["score"]["teacher"]["teaches"]
+        scorer = str(self.path("reranker", "model")) if teaches else None
+        negatives = folder / "negatives.jsonl"
+        source = resolve_dataset(cfg.data)  # type: ignore[arg-type]
+        mining = self._mining(scorer)
+        result, _ = mine(mining, source, cfg.train_split, negatives, resume=checkpoint_path(negatives).is_file())
+        candidate, run, steps = self.outputs["train"]["chosen"], folder / "run", self.refit_steps()
+        announce(f"refit: {candidate} on every training query ({result.stats.to_json().get('queries')}), "
+                 f"{'the whole schedule' if steps is None else f'{steps} steps'}")  # fmt: skip
+        config = self._train_config(candidate, run, negatives, with_dev=False, max_steps=steps)
+        summary = train(config, resume=resume and run.exists())
+        return {
+            "model": self._rel(run / "model"),
+            "negatives": self._rel(negatives),
+            "candidate": candidate,
+            "max_steps": steps,
+            "steps": summary["steps"],
+            "queries": result.stats.to_json().get("queries"),
+        }
+
     def _eval(self, folder: Path, resume: bool) -> dict:
         from densekit.finetune.report import evaluate_models
 
         cfg = self.config
+        refit = self.path("refit", "model") if "refit" in self.outputs else None
         results = evaluate_models(
             base=cfg.model,  # type: ignore[arg-type]
             tuned=str(self.path("train", "model")),
+            refit=None if refit is None else str(refit),
             cross_encoder=str(self.path("reranker", "model")),
             dev=(self.data_dir, "dev"),
             test=None if cfg.test_split == "none" else (cfg.data, cfg.test_split),  # type: ignore[arg-type]
@@ -383,11 +454,12 @@ class Pipeline:
             runs_dir=folder / "runs",
         )
         write_json(folder / "results.json", results)
-        for name, source in (("model", self.path("train", "model")), ("cross-encoder", self.path("reranker", "model"))):
+        delivered = refit or self.path("train", "model")
+        for name, source in (("model", delivered), ("cross-encoder", self.path("reranker", "model"))):
             with atomic_dir(self.output / name, kind="model") as staging:
                 shutil.copytree(source, staging, dirs_exist_ok=True)
         with (
-            open(self.path("score", "negatives"), "rb") as src,
+            open(self.path("refit" if refit else "score", "negatives"), "rb") as src,
             atomic_file(self.output / "negatives.jsonl", "wb") as dst,
         ):
             shutil.copyfileobj(src, dst)

@@ -40,8 +40,11 @@ def evaluate_models(
     device: str | None = None,
     batch_size: int = 64,
     runs_dir: Path | None = None,
+    refit: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{split: {"base" | "finetuned" | "reranked": {metric: value}}}`` for dev and (when given) test.
+    """``{split: {"base" | "finetuned" | "reranked" | "refit": {metric: value}}}`` for dev and (when given) test.
+
+    `refit` (the fine-tuned recipe trained again with the dev slice) is scored on test only: dev trained it.
 
     `dev` and `test` are (dataset, split); both must share one corpus (the dev slice's folder links it).
     With `runs_dir`, every run is also written there as ``{split}-{label}.trec`` (TREC format), so
@@ -67,6 +70,12 @@ def evaluate_models(
             _keep(run, runs_dir, f"{name}-{label}")
             if label == "finetuned":
                 runs[name] = run
+    if refit is not None and "test" in datasets:
+        run = DenseRetriever.build(Encoder(refit, device=device, batch_size=batch_size), corpus).search(
+            datasets["test"].queries, DEPTH
+        )
+        results["test"]["refit"] = dict(evaluate_run(run, datasets["test"], METRICS).result.metrics)
+        _keep(run, runs_dir, "test-refit")
     for name, ds in datasets.items():
         reranker = CrossEncoderReranker(_FixedRun(runs[name]), cross_encoder, corpus, depth=rerank_depth, device=device)
         run = reranker.search(ds.queries, rerank_depth)
@@ -146,7 +155,12 @@ def markdown(results: dict[str, dict[str, dict[str, float]]], chosen: str, split
         "| split | model | ndcg@10 | recall@100 |",
         "|---|---|---:|---:|",
     ]
-    names = {"base": "base", "finetuned": "fine-tuned", "reranked": "fine-tuned + cross-encoder"}
+    names = {
+        "base": "base",
+        "finetuned": "fine-tuned",
+        "reranked": "fine-tuned + cross-encoder",
+        "refit": "fine-tuned, refit with the dev slice (delivered)",
+    }
     for split_name, rows in results.items():
         for label, metrics in rows.items():
             lines.append(f"| {split_name} | {names[label]} | {metrics['ndcg@10']:.4f} | {metrics['recall@100']:.4f} |")
@@ -169,6 +183,7 @@ def write_report(output: Path, config: Any, outputs: dict[str, dict], stages: di
         "candidates": {c: r["best"] for c, r in train["runs"].items()},
         "reranker_best": outputs["reranker"]["best"],
         "teacher": outputs["score"]["teacher"],
+        "refit": outputs.get("refit"),
         "metrics": results,
         "dev_curves": {c: [list(p) for p in points] for c, points in curves.items()},
         "model": str(output / "model"),
