@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise SystemExit(f"--variants: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_seeds(args.seeds)
     holdout = use_dev_slice(args) if args.dev_fraction else None
     ablation = Ablation(args)
     start = time.perf_counter()
@@ -453,11 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": seeds,
         "dev_slice": holdout,
         "baseline": names[0],
-        "settings": {
-            k: str(v) if isinstance(v, Path) else v
-            for k, v in vars(args).items()
-            if k not in ("out", "json_out", "markdown_out")
-        },
+        "settings": settings_of(args),
         "same_steps": len({tuple(s) for s in step_counts.values()}) == 1,
         "variants": rows,
         "generality": elsewhere,
@@ -466,6 +462,22 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.perf_counter() - start, 1),
     }
     return emit(result, markdown(result), args)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 1,2,3` as distinct integers (exit with a one-line message otherwise)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds: give distinct integers, got {text!r}")
+    return seeds
+
+
+def settings_of(args: argparse.Namespace, leave_out: tuple[str, ...] = ("out", "json_out", "markdown_out")) -> dict:
+    """The script's arguments for its record (paths as strings), less the output locations."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in leave_out}
 
 
 def emit(result: dict, table: str, args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import emit, paired, spread
+from ablation import emit, paired, parse_seeds, settings_of, spread
 
 DENSEKIT = str(Path(sys.executable).with_name("densekit"))
 LABELS = ("base", "finetuned", "reranked", "refit")  # refit: test only, with `--refit`
@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every densekit subprocess inherits it
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise SystemExit(f"--seeds: give distinct integers, got {args.seeds!r}")
+    seeds = parse_seeds(args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     done: dict[int, dict] = {seeds[0]: run_seed(args, seeds[0], None, None)}
@@ -169,11 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": args.data,
         "model": args.model,
         "seeds": seeds,
-        "settings": {
-            k: str(v) if isinstance(v, Path) else v
-            for k, v in vars(args).items()
-            if k not in ("out", "json_out", "markdown_out")
-        },  # fmt: skip
+        "settings": settings_of(args),
         "chosen_on_dev_by_first_seed": chosen,
         "per_seed": {
             str(s): {

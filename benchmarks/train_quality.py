@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import emit, paired, spread
+from ablation import emit, paired, parse_seeds, settings_of, spread
 
 SIDES = {"densekit": "densekit", "sentence_transformers": "st"}  # result key -> folder of train.py
 
@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every train.py process inherits it
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise SystemExit(f"--seeds: give distinct integers, got {args.seeds!r}")
+    seeds = parse_seeds(args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     done = {seed: run_seed(args, seed) for seed in seeds}
@@ -175,11 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": args.data,
         "model": args.model,
         "seeds": seeds,
-        "settings": {
-            k: str(v) if isinstance(v, Path) else v
-            for k, v in vars(args).items()
-            if k not in ("json_out", "markdown_out")
-        },
+        "settings": settings_of(args, leave_out=("json_out", "markdown_out")),
         "train_settings": done[seeds[0]]["args"],
         "queries": done[seeds[0]]["queries"],
         **summarise(args, done),
