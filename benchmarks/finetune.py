@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="one finetune folder per seed (rerun to continue)")
     p.add_argument("--seeds", default="1,2,3", help="bi-encoder seeds, comma-separated; the first runs every stage")
     p.add_argument("--config", type=Path, help="a finetune TOML file (densekit finetune --config)")
-    p.add_argument("--finetune-args", default="", help="more `densekit finetune` options, one string")
+    p.add_argument("--finetune-args", action="append", default=[],
+                   help="more `densekit finetune` options, one string; repeatable (a later one overrides)")  # fmt: skip
     p.add_argument("--every-candidate", action="store_true",
                    help="every seed trains every distillation candidate (default: seed 1's dev choice)")  # fmt: skip
     p.add_argument("--baseline", type=Path, help="another run's --out: fine-tuned models compared at the same seeds")
@@ -63,7 +64,7 @@ def finetune_command(args: argparse.Namespace, folder: Path, seed: int, distill:
     command = [DENSEKIT, "finetune", args.data, "-m", args.model, "-o", str(folder), "--seed", str(seed)]
     if args.config:
         command += ["--config", str(args.config)]
-    command += shlex.split(args.finetune_args)
+    command += [word for text in args.finetune_args for word in shlex.split(text)]
     if distill:
         command += ["--distill", distill]
     if args.device:

@@ -255,13 +255,22 @@ def finetune_args(ctx: Context) -> list[str]:
     return ["--out", str(ctx.workdir / "finetune"), "--finetune-args", FINETUNE_RECIPE, "--threads", str(ctx.threads)]
 
 
+def finetune_dev_args(ctx: Context) -> list[str]:
+    """`densekit finetune` with the test split unread (`--test-split none`): recipe changes are tried here,
+    on the dev slice, before any of them reaches the `finetune` benchmark's test report."""
+    if ctx.smoke:
+        return [*finetune_args(ctx)[:-2], "--finetune-args", "--test-split none", "--threads", "1"]
+    workdir = ["--out", str(ctx.workdir / "finetune-dev")]
+    return [*workdir, "--finetune-args", FINETUNE_RECIPE + " --test-split none", "--threads", str(ctx.threads)]
+
+
 def train_quality_args(ctx: Context) -> list[str]:
     """benchmarks/train_quality.py: both trainers at seeds 1-3 on the mined SciFact tuples (train.py's recipe)."""
     out = ["--out", str(ctx.workdir / ("train-quality-smoke" if ctx.smoke else "train-quality"))]
     if ctx.smoke:
         tiny = "--max-steps 1 --batch-size 4 --max-length 32"
         data, model = _smoke_data(ctx), _smoke_model(ctx)
-        return ["--data", data, "--model", model, "--negatives-file", str(ctx.negatives()), "--seeds", "1,2",
+        return ["--data", data, "--model", model, "--negatives-file", str(ctx.negatives()), "--seeds", "1",
                 "--train-args", tiny, "--threads", "1", *out]  # fmt: skip
     return ["--negatives-file", str(ctx.negatives()), "--seeds", "1,2,3", "--threads", str(ctx.threads), *out]
 
@@ -309,6 +318,7 @@ REGISTRY: dict[str, Benchmark] = {
         Benchmark("ablation", "ablation.py", ablation_args, render_ablation, output="--json-out", in_all=False),
         Benchmark("ablation-dev", "ablation.py", ablation_dev_args, render_ablation, output="--json-out", in_all=False),
         Benchmark("finetune", "finetune.py", finetune_args, render_finetune, output="--json-out", in_all=False),
+        Benchmark("finetune-dev", "finetune.py", finetune_dev_args, render_finetune, output="--json-out", in_all=False),
         Benchmark("scaling-mining", "scaling.py", scaling_args("mining"), render_scaling, output="--json-out"),
         Benchmark("scaling-search", "scaling.py", scaling_args("search"), render_scaling, output="--json-out"),
         Benchmark("scaling-train", "scaling.py", scaling_args("train"), render_scaling, output="--json-out"),
