@@ -174,7 +174,7 @@ def render_ablation(record: dict) -> str:
 def _seed_wall(seed_record: dict) -> str:
     """'35 min', or 'reused' when every stage of the seed's folder was finished by an earlier run."""
     stages = seed_record.get("stages") or {}
-    if stages and all(stage.get("status") == "skipped" for stage in stages.values()):
+    if stages and all(stage.get("status") in ("skipped", "off") for stage in stages.values()):
         return "reused (done by an earlier run)"
     return f"{seed_record['wall_s'] / 60:.0f} min"
 

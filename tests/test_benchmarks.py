@@ -133,7 +133,8 @@ def test_args_reach_the_one_benchmark_and_only_one(tmp_path: Path, capsys: pytes
 
 
 def test_finetune_table_says_reused_for_a_seed_an_earlier_run_finished() -> None:
-    skipped = {"stages": {"train": {"status": "skipped"}, "eval": {"status": "skipped"}}, "wall_s": 3.0}
+    skipped = {"stages": {"train": {"status": "skipped"}, "refit": {"status": "off"}, "eval": {"status": "skipped"}}}
+    skipped["wall_s"] = 3.0
     ran = {"stages": {"train": {"status": "ran"}, "eval": {"status": "ran"}}, "wall_s": 2100.0}
     assert renderers._seed_wall(skipped).startswith("reused")
     assert renderers._seed_wall(ran) == "35 min"
