@@ -255,13 +255,17 @@ def finetune_args(ctx: Context) -> list[str]:
     return ["--out", str(ctx.workdir / "finetune"), "--finetune-args", FINETUNE_RECIPE, "--threads", str(ctx.threads)]
 
 
-def finetune_dev_args(ctx: Context) -> list[str]:
-    """`densekit finetune` with the test split unread (`--test-split none`): recipe changes are tried here,
-    on the dev slice, before any of them reaches the `finetune` benchmark's test report."""
-    if ctx.smoke:
-        return [*finetune_args(ctx)[:-2], "--finetune-args", "--test-split none", "--threads", "1"]
-    workdir = ["--out", str(ctx.workdir / "finetune-dev")]
-    return [*workdir, "--finetune-args", FINETUNE_RECIPE + " --test-split none", "--threads", str(ctx.threads)]
+def finetune_variant_args(folder: str, options: str) -> Callable[[Context], list[str]]:
+    """The `finetune` benchmark with `options` added to its recipe, in its own folder and record (smoke: one seed)."""
+
+    def arguments(ctx: Context) -> list[str]:
+        base = finetune_args(ctx)
+        base[base.index("--out") + 1] = str(ctx.workdir / (f"{folder}-smoke" if ctx.smoke else folder))
+        if ctx.smoke:
+            base[base.index("--seeds") + 1] = "1"
+        return [*base, "--finetune-args", options]
+
+    return arguments
 
 
 def train_quality_args(ctx: Context) -> list[str]:
@@ -318,7 +322,24 @@ REGISTRY: dict[str, Benchmark] = {
         Benchmark("ablation", "ablation.py", ablation_args, render_ablation, output="--json-out", in_all=False),
         Benchmark("ablation-dev", "ablation.py", ablation_dev_args, render_ablation, output="--json-out", in_all=False),
         Benchmark("finetune", "finetune.py", finetune_args, render_finetune, output="--json-out", in_all=False),
-        Benchmark("finetune-dev", "finetune.py", finetune_dev_args, render_finetune, output="--json-out", in_all=False),
+        # recipe changes tried on the dev slice with the test split unread, before `finetune` reports them
+        Benchmark(
+            "finetune-dev",
+            "finetune.py",
+            finetune_variant_args("finetune-dev", "--test-split none"),
+            render_finetune,
+            output="--json-out",
+            in_all=False,
+        ),
+        # the dev choice trained again with the dev slice (finetune's stage 6), beside the dev-chosen model
+        Benchmark(
+            "finetune-refit",
+            "finetune.py",
+            finetune_variant_args("finetune-refit", "--refit"),
+            render_finetune,
+            output="--json-out",
+            in_all=False,
+        ),
         Benchmark("scaling-mining", "scaling.py", scaling_args("mining"), render_scaling, output="--json-out"),
         Benchmark("scaling-search", "scaling.py", scaling_args("search"), render_scaling, output="--json-out"),
         Benchmark("scaling-train", "scaling.py", scaling_args("train"), render_scaling, output="--json-out"),
