@@ -34,7 +34,7 @@ demo: $(VENV)/.base
 	$(VENV)/bin/densekit search runs/scifact-minilm.idx "Vitamin D deficiency increases the risk of multiple sclerosis." -k 5
 
 test: $(VENV)/.dev
-	$(VENV)/bin/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check densekit tests benchmarks notebooks

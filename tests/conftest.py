@@ -64,9 +64,7 @@ def densekit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         home = Path(os.environ["DENSEKIT_TEST_HOME"])
     elif os.environ.get("PYTEST_XDIST_WORKER"):
         # one cache for all workers of this run (their basetemps share a parent): a corpus is encoded
-        # once, the other workers wait for it (encode_corpus's lock) instead of encoding it again. A
-        # waiting worker is an idle core, so the slow tests that encode SciFact with MiniLM share the
-        # xdist group "scifact-minilm" (`make test` runs `--dist loadgroup`): one worker runs them in turn.
+        # once, the other workers wait for it (encode_corpus's lock) instead of encoding it again
         home = tmp_path_factory.getbasetemp().parent / "densekit_home"
         home.mkdir(exist_ok=True)
     else:

@@ -297,7 +297,6 @@ def test_cli_mines_from_teacher_fused_with_a_saved_bm25_index(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("scifact-minilm")  # one worker encodes SciFact with MiniLM once; see conftest.py
 def test_full_scifact_train_mining_via_cli(scifact_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """`densekit mine scifact --split train --teacher all-MiniLM-L6-v2 --method percpos --percentage 0.95
     --negatives 4`: every one of the 809 queries has its negatives or is counted short in the statistics,

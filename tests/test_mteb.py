@@ -104,7 +104,6 @@ def test_mteb_task_without_cached_data_is_a_clear_offline_error(monkeypatch, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("scifact-minilm")
 def test_mteb_cli_agrees_with_densekit_eval_on_scifact(scifact_dir, tmp_path):
     """`densekit mteb scifact` and `densekit eval scifact` with all-MiniLM-L6-v2: ndcg@10 within 1e-4."""
     env = {"DENSEKIT_DATA": str(scifact_dir.parent)}

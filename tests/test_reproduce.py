@@ -213,9 +213,7 @@ def test_cli_reproduce_exit_codes_and_formats(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(  # two tests: two workers can take them
-    "dataset", [pytest.param("scifact", marks=pytest.mark.xdist_group("scifact-minilm")), "nfcorpus"]
-)
+@pytest.mark.parametrize("dataset", ["scifact", "nfcorpus"])  # two tests: two workers can take them
 def test_reproduce_minilm_and_bm25(dataset: str, beir_root) -> None:
     """all-MiniLM-L6-v2 reproduces MTEB on SciFact and NFCorpus; Lucene BM25 reproduces Pyserini where Java runs."""
     grades = reproduce(load_expected(), only=["all-MiniLM-L6-v2", "bm25-flat"], datasets=[dataset])
