@@ -263,7 +263,7 @@ def finetune_variant_args(folder: str, options: str) -> Callable[[Context], list
         base[base.index("--out") + 1] = str(ctx.workdir / (f"{folder}-smoke" if ctx.smoke else folder))
         if ctx.smoke:
             base[base.index("--seeds") + 1] = "1"
-        return [*base, "--finetune-args", options]
+        return [*base, f"--finetune-args={options}"]  # "=": an option-like value ("--refit") is still a value
 
     return arguments
 
