@@ -36,7 +36,12 @@ from pathlib import Path
 
 from ablation import emit, paired, parse_seeds, settings_of, spread
 
-DENSEKIT = str(Path(sys.executable).with_name("densekit"))
+# the command beside this interpreter (its venv), else the one on PATH
+DENSEKIT = (
+    str(Path(sys.executable).with_name("densekit"))
+    if Path(sys.executable).with_name("densekit").is_file()
+    else "densekit"
+)
 LABELS = ("base", "finetuned", "reranked", "refit")  # refit: test only, with `--refit`
 METRICS = ["ndcg@10", "recall@100"]
 

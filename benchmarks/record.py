@@ -84,6 +84,21 @@ def memory_gb() -> float:
     return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
 
 
+def gpus() -> list[str]:
+    """The GPUs nvidia-smi lists (name, memory), none where it is missing."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+
+
 def machine() -> dict:
     model, flags = cpu_info()
     return {
@@ -91,6 +106,7 @@ def machine() -> dict:
         "memory_gb": memory_gb(),
         "cpu_model": model,
         "cpu_flags": flags,
+        "gpus": gpus(),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -108,13 +124,16 @@ def versions() -> dict[str, str]:
 
 
 def commit() -> dict:
-    """The checked-out commit and whether tracked files differ from it."""
+    """The checked-out commit and whether tracked files differ from it; in a copy without git (a lent
+    GPU machine) the commit that benchmarks/device/run.sh was given as DENSEKIT_COMMIT, dirty unknown."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     sha = git("rev-parse", "HEAD")
+    if not sha and os.environ.get("DENSEKIT_COMMIT"):
+        return {"sha": os.environ["DENSEKIT_COMMIT"], "dirty": None}
     return {"sha": sha or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if sha else None}
 
 
@@ -192,7 +211,9 @@ def provenance(record: dict) -> str:
     sha = (record["commit"]["sha"] or "unknown")[:10] + (" (uncommitted changes)" if record["commit"]["dirty"] else "")
     lines = [
         f"Record `{record['_path']}`: {record['date']}, commit {sha}, {m['cores']} cores ({m['cpu_model']}; "
-        f"{', '.join(m['cpu_flags']) or 'no AVX'}), {m['memory_gb']} GiB, {record['threads']} threads, "
+        f"{', '.join(m['cpu_flags']) or 'no AVX'}), {m['memory_gb']} GiB, "
+        + (f"GPU {'; '.join(m['gpus'])}, " if m.get("gpus") else "")
+        + f"{record['threads']} threads, "
         f"load average (1 min) {load_cell(record)} before / after, {record['wall_s']:.0f} s wall"
         + (f", {record['cpu_s']:.0f} s CPU." if record.get("cpu_s") is not None else "."),
         "",

@@ -227,7 +227,7 @@ def test_rerun_skips_every_stage(finished, ft_data, capsys, monkeypatch) -> None
 @pytest.mark.parametrize(
     ("change", "field"),
     # a new bi-encoder seed keeps the mined files and the cross-encoder (three seeds cost three trainings)
-    [(["--lr", "3e-5"], "learning_rate"), (["--seed", "7"], "seed")],
+    [(["--lr", "3e-5"], "learning_rate"), (["--seed", "7"], "seed"), (["--positives", "one"], "positives")],
 )
 def test_changed_setting_reruns_from_its_stage(change, field, finished, tmp_path, capsys, monkeypatch) -> None:
     copy = tmp_path / "run"
@@ -300,6 +300,26 @@ def test_bad_config_file_is_one_line_and_exit_2(text, expected, tmp_path, capsys
     )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert str(config) in err and expected in err
+
+
+def test_settings_added_later_leave_older_folders_done_at_their_defaults(tmp_path) -> None:
+    from densekit.finetune.config import ADDED_LATER, FinetuneConfig
+    from densekit.finetune.pipeline import Pipeline
+
+    def train_inputs(**changes) -> dict:
+        return Pipeline(FinetuneConfig(data="d", model="m", output=tmp_path / "o", **changes))._inputs("train")
+
+    assert not set(ADDED_LATER) & set(train_inputs())  # a folder from before these settings is still done
+    assert train_inputs(positives="one", precision="bf16")["positives"] == "one"
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--positives", "two"), ("--precision", "fp8")])
+def test_bad_positives_or_precision_is_refused_before_any_model_loads(flag, value, tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(
+        ["finetune", "scifact", "-m", "m", "-o", str(tmp_path / "o"), flag, value], capsys, monkeypatch
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{value!r}" in err and not (tmp_path / "o").exists()
 
 
 def test_config_file_settings_and_flags_override(tmp_path) -> None:

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from densekit.errors import DensekitError
-from densekit.retriever.train.config import DISTILL_LOSSES, LOSSES, parse_remine_every
+from densekit.retriever.train.config import (
+    DISTILL_LOSSES,
+    LOSSES,
+    POSITIVE_SAMPLING,
+    PRECISIONS,
+    parse_remine_every,
+)
 
 STAGES = ("split", "mine", "reranker", "score", "train", "refit", "eval")
 
@@ -96,6 +102,13 @@ class FinetuneConfig:
         default=1.0, metadata={"help": "The cross-encoder's scores are divided by this (1 for logits)."}
     )
     negatives_per_query: int = field(default=1, metadata={"help": "Mined negatives per bi-encoder example."})
+    positives: str = field(
+        default="all",
+        metadata={
+            "help": "Bi-encoder positives: all (every (query, positive) pair each epoch) or one (one pair per "
+            "query, drawn afresh each epoch, as DPR/Tevatron; for datasets with many positives per query)."
+        },
+    )
     epochs: int = field(default=2, metadata={"help": "Bi-encoder epochs."})
     max_steps: int | None = field(default=None, metadata={"help": "Bi-encoder step limit."})
     batch_size: int = field(default=32, metadata={"help": "Bi-encoder examples per step."})
@@ -124,6 +137,9 @@ class FinetuneConfig:
     )
     teacher_seed: int = field(default=42, metadata={"help": "Seed of the mining samplers and the cross-encoder."})
     device: str | None = field(default=None, metadata={"help": "Torch device (default: cuda if available)."})
+    precision: str = field(
+        default="no", metadata={"help": "Mixed precision of both trainers: no, bf16 or fp16 (CUDA only)."}
+    )
     encode_batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch (mining, evaluation)."})
 
     def candidates(self) -> list[str]:
@@ -149,6 +165,10 @@ class FinetuneConfig:
         if len(set(self.candidates())) != len(self.candidates()):
             raise DensekitError(f"distill repeats a candidate: {self.distill!r}")
         parse_remine_every(self.remine_every)
+        if self.positives not in POSITIVE_SAMPLING:
+            raise DensekitError(f"unknown positives {self.positives!r}; expected one of {', '.join(POSITIVE_SAMPLING)}")
+        if self.precision not in PRECISIONS:
+            raise DensekitError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         positive = (
             "mine_negatives",
             "mine_depth",
@@ -201,6 +221,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "eval_steps",
         "rerank_depth",
         "teacher_seed",
+        "precision",
     ),
     "score": ("ce_filter", "ce_margin", "score_depth", "teacher_min_gain"),
     "train": (
@@ -211,6 +232,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "distill_weight",
         "distill_temperature",
         "negatives_per_query",
+        "positives",
         "epochs",
         "max_steps",
         "batch_size",
@@ -220,10 +242,15 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "matryoshka_dims",
         "eval_steps",
         "seed",
+        "precision",
     ),
     "refit": ("data", "train_split", "refit"),
     "eval": ("data", "test_split", "rerank_depth"),
 }
+
+# Settings added after finetune folders existed: left out of a stage's inputs while at these defaults,
+# so a folder made before them is still done (its stages are not re-run for a setting it could not have).
+ADDED_LATER: dict[str, Any] = {"positives": "all", "precision": "no"}
 
 
 def _accepts(hint: Any, value: Any) -> bool:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from densekit.errors import DensekitError
-from densekit.finetune.config import STAGE_FIELDS, STAGES, FinetuneConfig
+from densekit.finetune.config import ADDED_LATER, STAGE_FIELDS, STAGES, FinetuneConfig
 from densekit.io import (
     MARKER,
     atomic_dir,
@@ -122,7 +122,8 @@ class Pipeline:
     # ---------------------------------------------------------------- the stage machinery
     def _inputs(self, name: str, extra: dict | None = None) -> dict:
         cfg = self.config.to_json()
-        return {"upstream": self._upstream, **{k: cfg[k] for k in STAGE_FIELDS[name]}, **(extra or {})}
+        read = {k: cfg[k] for k in STAGE_FIELDS[name] if not (k in ADDED_LATER and cfg[k] == ADDED_LATER[k])}
+        return {"upstream": self._upstream, **read, **(extra or {})}
 
     def _stage(self, name: str, body: Callable[[Path, bool], dict], extra: dict | None = None) -> dict:
         """Skip `name` when done with these inputs, else run `body(folder, resume)`; returns its outputs."""
@@ -325,6 +326,7 @@ class Pipeline:
             eval_steps=cfg.eval_steps,
             save_steps=cfg.save_steps,
             device=cfg.device,
+            precision=cfg.precision,
         )
         summary = train_reranker(config, resume=resume and run.exists())
         model = run / "best" if (run / "best").is_dir() else run / "model"
@@ -347,7 +349,10 @@ class Pipeline:
             model=cfg.model,  # type: ignore[arg-type]
             output=out,
             data=DataConfig(
-                negatives=negatives, corpus=str(self.data_dir), negatives_per_query=cfg.negatives_per_query
+                negatives=negatives,
+                corpus=str(self.data_dir),
+                negatives_per_query=cfg.negatives_per_query,
+                positives=cfg.positives,
             ),
             loss=LossConfig(
                 name=cfg.loss,
@@ -370,6 +375,7 @@ class Pipeline:
             eval_steps=cfg.eval_steps if with_dev else 0,
             save_steps=cfg.save_steps,
             device=cfg.device,
+            precision=cfg.precision,
             remine_every=cfg.remine_every,
         )
 
