@@ -6,8 +6,12 @@
 #      reused, so only its evaluation runs again), test read here;
 #   3. NFCorpus test: BM25 top-100 alone and reranked by seed 1's cross-encoder;
 #   4. `benchmarks/run.py --only finetune-gpu`: the SciFact recipe with a cross-encoder trained 600 steps.
-# Each step is skipped when less than its estimate is left of BUDGET seconds; everything small that the
-# runs wrote (records, reports, logs, runs) goes to $OUT/results.tar.gz after each step.
+# Each step is skipped when less than its estimate is left of BUDGET seconds; the records, reports and
+# metrics logs go to $OUT/results.tar.gz after each step (run files stay behind: 30 MB, over the
+# 16 MiB a returned file may have). SAMPLING=one skips step 1 (its dev choice on 2026-12-04: one
+# 0.3627, all 0.3383); STEPS="3 4" runs only those steps (on a warm machine that ran the others).
+# Measured on one H200 (2026-12-04): setup 30 s, step 1 7 min, step 2 about 6 min (seed 1 from
+# scratch 4 min, each later seed 2.5 min): more than one 10-minute call holds.
 # On the machine: `bash benchmarks/device/run.sh` after `benchmarks/device/pack.py` made .gpu/ here.
 # SETUP=0 skips installing and unpacking (a local rehearsal with DENSEKIT_DATA, MODEL and EXTRA set).
 set -u
@@ -25,7 +29,7 @@ say() { echo "[device $(date -u +%H:%M:%S) +$(($(date +%s) - START))s] $*"; }
 bundle() {
   mkdir -p "$W/records" && find benchmarks/results -name '*.json' -newer "$W/.start" -exec cp {} "$W/records/" \;
   (cd "$W" && find . -path ./records -prune -o \( -name report.json -o -name report.md -o -name '*.png' \
-    -o -name metrics.jsonl -o -name '*.trec' -o -name '*.log' -o -name 'nf-*.json' -o -name 'bm25*.json' \
+    -o -name metrics.jsonl -o -name 'nf-*.json' -o -name 'bm25*.json' \
     -o -name done.json \) -print | tar -czf "$OUT/results.tar.gz" -T - records)
 }
 
@@ -49,13 +53,17 @@ print("encoded", Encoder(sys.argv[1]).encode(["a query", "a document"]).shape)
 PY
 touch "$W/.start"
 RECIPE=$(cd benchmarks && $PY -c "import run; print(run.NFCORPUS_RECIPE)") || exit 3
-declare -A SAMPLING=([one]="--positives one --epochs 16" [all]="--positives all --epochs 1 --max-steps 1200")
+declare -A SAMPLING_OPTIONS=([one]="--positives one --epochs 16" [all]="--positives all --epochs 1 --max-steps 1200")
 
-say "1. NFCorpus seed 1, both samplings, test unread"
+STEPS=${STEPS:-1 2 3 4}
+step() { [[ " $STEPS " == *" $1 "* ]]; }
+
+step 1 && [ -z "${SAMPLING:-}" ] && say "1. NFCorpus seed 1, both samplings, test unread"
 for name in one all; do
+  { step 1 && [ -z "${SAMPLING:-}" ]; } || break
   [ "$(left)" -gt 150 ] || { say "skipped nf-$name: $(left)s left"; continue; }
   $PY benchmarks/finetune.py --data nfcorpus --model "$MODEL" --out "$W/nf-$name" --seeds 1 \
-    --finetune-args "$RECIPE" --finetune-args "${SAMPLING[$name]} --test-split none $EXTRA" \
+    --finetune-args "$RECIPE" --finetune-args "${SAMPLING_OPTIONS[$name]} --test-split none $EXTRA" \
     --json-out "$W/nf-$name.json" >/dev/null || say "nf-$name failed"
   bundle
 done
@@ -71,18 +79,20 @@ print(max(dev, key=dev.get) if dev else "", file=sys.stdout)
 print(f"dev ndcg@10 per sampling (seed 1): {dev}", file=sys.stderr)
 PY
 )
-say "chosen on dev: ${chosen:-none}"
+chosen=${SAMPLING:-$chosen}
+say "sampling: ${chosen:-none}"
 
-if [ -n "$chosen" ] && [ "$(left)" -gt 120 ]; then
+if step 2 && [ -n "$chosen" ] && [ "$(left)" -gt 120 ]; then
   say "2. finetune-nfcorpus, seeds 1-3, sampling $chosen"
-  mkdir -p "$W/finetune-nfcorpus" && cp -a "$W/nf-$chosen/seed1" "$W/finetune-nfcorpus/"
+  mkdir -p "$W/finetune-nfcorpus"
+  [ -d "$W/nf-$chosen/seed1" ] && [ ! -d "$W/finetune-nfcorpus/seed1" ] && cp -a "$W/nf-$chosen/seed1" "$W/finetune-nfcorpus/"
   $PY benchmarks/run.py --only finetune-nfcorpus --workdir "$W" --quiet \
-    --args "--model $MODEL --finetune-args '${SAMPLING[$chosen]} $EXTRA'" || say "finetune-nfcorpus failed"
+    --args "--model $MODEL --finetune-args '${SAMPLING_OPTIONS[$chosen]} $EXTRA'" || say "finetune-nfcorpus failed"
   bundle
 fi
 
 ce="$W/finetune-nfcorpus/seed1/cross-encoder"
-if [ -d "$ce" ] && [ "$(left)" -gt 60 ]; then
+if step 3 && [ -d "$ce" ] && [ "$(left)" -gt 60 ]; then
   say "3. NFCorpus test: BM25 top-100, and reranked by seed 1's cross-encoder"
   densekit eval nfcorpus --bm25 --split test --depth 100 --run-out "$W/bm25.trec" --json >"$W/bm25.json"
   densekit eval nfcorpus --bm25 --split test --depth 100 --rerank "$ce" --rerank-depth 100 \
@@ -91,7 +101,7 @@ if [ -d "$ce" ] && [ "$(left)" -gt 60 ]; then
   bundle
 fi
 
-if [ "$(left)" -gt 150 ]; then
+if step 4 && [ "$(left)" -gt 150 ]; then
   say "4. finetune-gpu: SciFact, the cross-encoder trained 600 steps"
   $PY benchmarks/run.py --only finetune-gpu --workdir "$W" --quiet \
     --args "--model $MODEL ${EXTRA:+--finetune-args '$EXTRA'}" || say "finetune-gpu failed"
