@@ -329,6 +329,12 @@ def markdown(result: dict) -> str:
         recall = f"{cr['delta']:+.4f} ({cr['t_p_value']:.3f})" if cr else ""
         lines.append(f"| {name} | {n['mean']:.4f}{sd(n)} | {seeds} | {r['mean']:.4f}{sd(r)} | {delta} | {p} "
                      f"| {recall} | {_steps(row['steps'])} |")  # fmt: skip
+    return "\n".join(lines + generality_markdown(result))
+
+
+def generality_markdown(result: dict) -> list[str]:
+    """The zero-shot tables of :func:`generality` (``result["generality"]``), as lines; none without it."""
+    lines: list[str] = []
     for data, g in result.get("generality", {}).items():
         lines += ["", f"Zero-shot on {data} (test ndcg@10; the start model: {g['start_model_ndcg@10']:.4f}):", "",
                   "| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p (t / randomisation) |",
@@ -338,7 +344,7 @@ def markdown(result: dict) -> str:
             seeds = ", ".join(f"{x:.4f}" for x in v["per_seed"])
             lines.append(f"| {name} | {v['mean']:.4f}{sd} | {seeds} | {v['delta_vs_start']:+.4f} "
                          f"| {v['t_p_value']:.3f} / {v['randomization_p_value']:.3f} |")  # fmt: skip
-    return "\n".join(lines)
+    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import emit, paired, parse_seeds, settings_of, spread
+from ablation import emit, generality, generality_markdown, paired, parse_seeds, settings_of, spread
 
 # the command beside this interpreter (its venv), else the one on PATH
 DENSEKIT = (
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--every-candidate", action="store_true",
                    help="every seed trains every distillation candidate (default: seed 1's dev choice)")  # fmt: skip
     p.add_argument("--baseline", type=Path, help="another run's --out: fine-tuned models compared at the same seeds")
+    p.add_argument("--generality", default="",
+                   help="comma-separated datasets whose test split the start model and each seed's model are "
+                   "scored on zero-shot, paired (no collapse elsewhere)")  # fmt: skip
     p.add_argument("--device", help="torch device (default: cuda if available)")
     p.add_argument("--threads", type=int, help="OMP threads of every process")
     p.add_argument("--json-out", type=Path, help="write the result JSON here too")
@@ -99,6 +102,42 @@ def run_seed(args: argparse.Namespace, seed: int, first: Path | None, distill: s
         "load_before_after": [load_before, round(os.getloadavg()[0], 2)],
         "report": report,
     }
+
+
+def zero_shot(data: str, model: Path | str, run: Path, device: str | None) -> Path:
+    """The TREC run (top 100) of `model` on `data`'s test split, written once to `run` and reused (the
+    file name carries the finetune folder's eval fingerprint, so a retrained model gets a new run)."""
+    if run.is_file():
+        return run
+    run.parent.mkdir(parents=True, exist_ok=True)
+    partial = run.with_name(run.name + ".partial")
+    command = [DENSEKIT, "eval", data, "--model", str(model), "--split", "test", "--depth", "100",
+               "--run-out", str(partial), *(["--device", device] if device else []), "--json", "--quiet"]  # fmt: skip
+    print(f"[finetune] zero-shot: {' '.join(command)}", file=sys.stderr, flush=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"[finetune] zero-shot on {data} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    partial.rename(run)
+    return run
+
+
+def zero_shot_elsewhere(args: argparse.Namespace, seeds: dict[int, dict]) -> dict:
+    """`--generality`: per dataset, each seed's model against the start model (ablation.generality)."""
+    result = {}
+    for data in [d.strip() for d in args.generality.split(",") if d.strip()]:
+        folder = args.out / "generality" / Path(data).name
+        base = zero_shot(data, args.model, folder / "start-model.trec", args.device)
+        tuned = {
+            s: zero_shot(
+                data,
+                r["folder"] / "model",
+                folder / f"seed{s}-{r['report']['stages']['eval']['fingerprint']}.trec",
+                args.device,
+            )
+            for s, r in seeds.items()
+        }
+        result[data] = generality(data, base, {"finetuned": tuned})
+    return result
 
 
 def test_runs(folder: Path, label: str) -> Path:
@@ -153,7 +192,7 @@ def markdown(result: dict) -> str:
             n, r = c["ndcg@10"], c["recall@100"]
             lines.append(f"| {name.replace('_', ' ')} | {n['delta']:+.4f} | {n['t_p_value']:.3f} / "
                          f"{n['randomization_p_value']:.3f} | {r['delta']:+.4f} ({r['t_p_value']:.3f}) |")  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join(lines + generality_markdown(result))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds[1:]:
         done[seed] = run_seed(args, seed, first["folder"], None if args.every_candidate else chosen)
     summary = summarise(done, args.baseline, args.data)
+    elsewhere = zero_shot_elsewhere(args, done)
     result = {
         "data": args.data,
         "model": args.model,
@@ -189,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             for s, r in done.items()
         },
         **summary,
+        **({"generality": elsewhere} if elsewhere else {}),
         "wall_s": round(time.perf_counter() - start, 1),
     }
     return emit(result, markdown(result), args)

@@ -252,7 +252,8 @@ def finetune_args(ctx: Context) -> list[str]:
                 "--ce-max-length 32 --max-steps 3 --batch-size 4 --max-length 32 --eval-steps 1 --save-steps 1 "
                 "--encode-batch-size 32 --rerank-depth 20")  # fmt: skip
         return ["--data", str(data), "--model", _smoke_model(ctx), "--seeds", "1,2", "--device", "cpu",
-                "--out", str(ctx.workdir / "finetune-smoke"), "--finetune-args", tiny, "--threads", "1"]  # fmt: skip
+                "--out", str(ctx.workdir / "finetune-smoke"), "--finetune-args", tiny, "--threads", "1",
+                "--generality", str(data)]  # fmt: skip
     return ["--out", str(ctx.workdir / "finetune"), "--finetune-args", FINETUNE_RECIPE, "--threads", str(ctx.threads)]
 
 
@@ -289,6 +290,7 @@ def finetune_variant_args(folder: str, options: str) -> Callable[[Context], list
         base[base.index("--out") + 1] = str(ctx.workdir / (f"{folder}-smoke" if ctx.smoke else folder))
         if ctx.smoke:
             base[base.index("--seeds") + 1] = "1"
+            del base[base.index("--generality") : base.index("--generality") + 2]  # the finetune smoke run has it
         return [*base, f"--finetune-args={options}"]  # "=": an option-like value ("--refit") is still a value
 
     return arguments

@@ -78,6 +78,8 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
         assert f["per_seed"]["2"]["stages"]["train"]["status"] == "ran"
         assert set(f["comparisons"]) == {"finetuned_vs_base", "reranked_vs_finetuned"}
         assert f["rows"]["test/finetuned"]["ndcg@10"]["sd"] is not None
+        [g] = f["generality"].values()  # both seeds' models and the start model scored zero-shot, paired
+        assert len(g["variants"]["finetuned"]["per_seed"]) == 2 and "Zero-shot on" in table
     if name == "ablation-dev":  # selection mode: trained and reported inside the training split, test never read
         f = record["figures"]
         assert f["eval_split"] == "dev" and f["dev_slice"]["dev_queries"] >= 1 and f["dev_slice"]["train_queries"] >= 1
