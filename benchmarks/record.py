@@ -231,12 +231,16 @@ def provenance(record: dict) -> str:
 
 
 def with_load_column(table: str, record: dict) -> str:
-    """Every Markdown table in `table` with a last column: the load average its figures were measured at."""
-    lines, previous = [], ""
+    """Every Markdown table in `table` with a last column: the load average its figures were measured at
+    (not a table whose header has a load column already: its rows give their own, e.g. one per seed)."""
+    lines, previous, own = [], "", False
     for line in table.splitlines():
         if line.startswith("|") and line.rstrip().endswith("|"):
             if not previous.startswith("|"):
-                line += " load avg (1 min) before / after |"
+                own = "load avg" in line
+                line += "" if own else " load avg (1 min) before / after |"
+            elif own:
+                pass
             elif set(line.replace("|", "").strip()) <= set("-: "):
                 line += "---|"
             else:
