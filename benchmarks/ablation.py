@@ -29,9 +29,8 @@ the evaluation split is read for the report only, after every model is trained. 
 nfcorpus`` also scores every trained model and the start model on another dataset's test split
 (zero-shot: does training on SciFact cost the model elsewhere?), paired against the start model.
 
-To *choose* a recipe, run it in selection mode: ``--dev-fraction 0.15`` holds the same seeded dev
-slice out of the training split that `densekit finetune` holds out, trains every variant on the rest
-and reports on the slice; the test split is not read at all.
+To *choose* a recipe, run it in selection mode: ``--dev-fraction 0.15`` holds out finetune's seeded
+dev slice, trains every variant on the rest and reports on the slice; the test split is not read.
 
 Every stage is kept in ``--out`` and skipped when it is there (mined files, the cross-encoder, trained
 models, TREC runs), so an interrupted run is continued by running the same command again; a stage
@@ -340,8 +339,7 @@ def generality_markdown(result: dict) -> list[str]:
                   "| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p (t / randomisation) |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for name, v in g["variants"].items():
-            sd = "" if v["sd"] is None else f" ± {v['sd']:.4f}"
-            seeds = ", ".join(f"{x:.4f}" for x in v["per_seed"])
+            sd, seeds = "" if v["sd"] is None else f" ± {v['sd']:.4f}", ", ".join(f"{x:.4f}" for x in v["per_seed"])
             lines.append(f"| {name} | {v['mean']:.4f}{sd} | {seeds} | {v['delta_vs_start']:+.4f} "
                          f"| {v['t_p_value']:.3f} / {v['randomization_p_value']:.3f} |")  # fmt: skip
     return lines
