@@ -59,7 +59,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DENSEKIT = str(Path(sys.executable).with_name("densekit"))
+from commands import DENSEKIT, eval_command
+
 VARIANT_NAMES = "naive,abs,margin,percpos,percpos+gist,percpos+ce,percpos+kl,percpos+remine"
 
 
@@ -196,10 +197,7 @@ class Ablation:
 
     def _eval(self, data: str, key: str, model: Path | str, name: str, split: str | None = None) -> Path:
         run = self.out / "runs" / f"{key}.trec"
-        command = [
-            DENSEKIT, "eval", data, "--model", str(model), "--split", split or self.args.eval_split, "--depth", "100",
-            "--run-out", str(run), *self.device, "--json", "--quiet",
-        ]  # fmt: skip
+        command = eval_command(data, model, split or self.args.eval_split, run, self.args.device)
         self.run(name, command, run.with_suffix(".done.json"))
         return run
 

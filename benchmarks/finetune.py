@@ -35,13 +35,8 @@ import time
 from pathlib import Path
 
 from ablation import emit, generality, generality_markdown, paired, parse_seeds, settings_of, spread
+from commands import DENSEKIT, eval_command
 
-# the command beside this interpreter (its venv), else the one on PATH
-DENSEKIT = (
-    str(Path(sys.executable).with_name("densekit"))
-    if Path(sys.executable).with_name("densekit").is_file()
-    else "densekit"
-)
 LABELS = ("base", "finetuned", "reranked", "refit")  # refit: test only, with `--refit`
 METRICS = ["ndcg@10", "recall@100"]
 
@@ -111,8 +106,7 @@ def zero_shot(data: str, model: Path | str, run: Path, device: str | None) -> Pa
         return run
     run.parent.mkdir(parents=True, exist_ok=True)
     partial = run.with_name(run.name + ".partial")
-    command = [DENSEKIT, "eval", data, "--model", str(model), "--split", "test", "--depth", "100",
-               "--run-out", str(partial), *(["--device", device] if device else []), "--json", "--quiet"]  # fmt: skip
+    command = eval_command(data, model, "test", partial, device)
     print(f"[finetune] zero-shot: {' '.join(command)}", file=sys.stderr, flush=True)
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

@@ -238,13 +238,11 @@ def with_load_column(table: str, record: dict) -> str:
         if line.startswith("|") and line.rstrip().endswith("|"):
             if not previous.startswith("|"):
                 own = "load avg" in line
-                line += "" if own else " load avg (1 min) before / after |"
-            elif own:
-                pass
-            elif set(line.replace("|", "").strip()) <= set("-: "):
-                line += "---|"
-            else:
-                line += f" {load_cell(record)} |"
+                if not own:
+                    line += " load avg (1 min) before / after |"
+            elif not own:
+                separator = set(line.replace("|", "").strip()) <= set("-: ")
+                line += "---|" if separator else f" {load_cell(record)} |"
         lines.append(line)
         previous = line
     return "\n".join(lines)
