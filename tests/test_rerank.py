@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import run_cli
 
-from densekit.data import join_title_text, load_dataset
+from densekit.data import Run, join_title_text, load_dataset
 from densekit.errors import DensekitError
 from densekit.retriever.base import Retriever
 from densekit.retriever.bm25 import BM25Retriever
-from densekit.retriever.rerank import CrossEncoderReranker
+from densekit.retriever.rerank import CrossEncoderReranker, blend_runs
 
 
 def _tiny_classifier(folder: Path, minilm_folder: Path, num_labels: int) -> Path:
@@ -130,3 +130,45 @@ def test_cli_eval_with_rerank(scifact_small, cross_encoder, monkeypatch, capsys)
     assert result["config"]["rerank_depth"] == 5 and result["config"]["first_stage"]["bm25_backend"] == "bm25s"
     # Reranking permutes BM25's top 5 only, so recall@100 is at most BM25's recall@5 (<= 1).
     assert 0 < result["metrics"]["recall@100"] <= 1
+
+
+def test_blend_runs_against_hand_computation() -> None:
+    first = Run({"q": [("a", 10.0), ("b", 8.0), ("c", 4.0)]})
+    ce = Run({"q": [("a", -1.0), ("b", 3.0), ("c", 1.0)]})
+    # minmax: first a=1, b=2/3, c=0; cross-encoder a=0, b=1, c=1/2.
+    blended = blend_runs(first, ce, 0.4, "minmax")
+    expected = {"a": 0.4 * 1.0, "b": 0.6 * 1.0 + 0.4 * (2 / 3), "c": 0.6 * 0.5}
+    assert [d for d, _ in blended["q"]] == ["b", "a", "c"]
+    assert dict(blended["q"]) == pytest.approx(expected)
+    # Weight 0 is the cross-encoder's own order and scores; weight 1 the first stage's order.
+    assert blend_runs(first, ce, 0.0, "minmax", k=2)["q"] == [("b", 3.0), ("c", 1.0)]
+    assert [d for d, _ in blend_runs(first, ce, 1.0, "zscore")["q"]] == ["a", "b", "c"]
+    with pytest.raises(DensekitError, match=r"in \[0, 1\]"):
+        blend_runs(first, ce, 1.5)
+    with pytest.raises(DensekitError, match="normalisation"):
+        blend_runs(first, ce, 0.5, "rank")
+
+
+def test_reranker_blends_the_first_stage_score(small, cross_encoder) -> None:
+    ds, bm25 = small
+    queries = dict(list(ds.queries.items())[:3])
+    alone = CrossEncoderReranker(bm25, cross_encoder, ds.corpus, depth=8, device="cpu").search(queries, 8)
+    first = bm25.search(queries, 8)
+    blended = CrossEncoderReranker(
+        bm25, cross_encoder, ds.corpus, depth=8, device="cpu", first_stage_weight=0.3, normalization="zscore"
+    )
+    assert blended.describe()["rerank_first_stage_weight"] == 0.3
+    run = blended.search(queries, 5)
+    expected = blend_runs(first, alone, 0.3, "zscore", k=5)
+    for query_id in queries:
+        assert [d for d, _ in run[query_id]] == [d for d, _ in expected[query_id]]
+        assert [s for _, s in run[query_id]] == pytest.approx([s for _, s in expected[query_id]], abs=1e-5)
+    with pytest.raises(DensekitError, match=r"in \[0, 1\]"):
+        CrossEncoderReranker(bm25, cross_encoder, ds.corpus, first_stage_weight=-0.1)
+
+
+def test_cli_blend_needs_rerank(scifact_small, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(
+        ["eval", str(scifact_small), "--bm25", "--rerank-first-stage-weight", "0.5"], capsys, monkeypatch
+    )
+    assert code == 2 and "give --rerank" in err

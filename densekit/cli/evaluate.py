@@ -82,6 +82,7 @@ def eval_cmd(
     normalization: Annotated[str, typer.Option(help=_spec("normalization"))] = "minmax",
     rerank: Annotated[str | None, typer.Option(help=_spec("rerank"))] = None,
     rerank_depth: Annotated[int, typer.Option(help=_spec("rerank_depth"))] = 100,
+    rerank_first_stage_weight: Annotated[float, typer.Option(help=_spec("rerank_first_stage_weight"))] = 0.0,
     aggregate: Annotated[str | None, typer.Option(help=_spec("aggregate"))] = None,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
@@ -127,6 +128,7 @@ def eval_cmd(
         depth=depth,
         rerank=rerank,
         rerank_depth=rerank_depth,
+        rerank_first_stage_weight=rerank_first_stage_weight,
         aggregate=aggregate,
         search=search,
     )

@@ -225,7 +225,12 @@ class RetrieverSpec:
     )
     weights: list[float] | None = field(default=None, metadata={"help": "Fusion weights 'BM25,DENSE', e.g. 0.3,0.7."})
     rrf_k: int = field(default=RRF_K, metadata={"help": "RRF constant k."})
-    normalization: str = field(default="minmax", metadata={"help": "interpolate: minmax or zscore."})
+    normalization: str = field(
+        default="minmax",
+        metadata={
+            "help": "Per-query score normalisation of --fusion interpolate and of a rerank blend: minmax or zscore."
+        },
+    )
     depth: int = field(default=1000, metadata={"help": "Documents retrieved per query."})
     rerank: str | None = field(
         default=None,
@@ -234,6 +239,13 @@ class RetrieverSpec:
         },
     )
     rerank_depth: int = field(default=100, metadata={"help": "Hits per query the cross-encoder rescores."})
+    rerank_first_stage_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Blend the first stage's score into the reranked one: (1 - W) * cross-encoder + W * first "
+            "stage, each normalised per query (--normalization); 0 = the cross-encoder alone. Choose W on dev."
+        },
+    )
     aggregate: str | None = field(
         default=None,
         metadata={"help": "An index of passages: maxp, firstp or sump (default: the one it was built with)."},
@@ -254,6 +266,10 @@ class RetrieverSpec:
             raise DensekitError("--fusion and --weights fuse two retrievers: give --bm25 with --model or --index")
         if self.depth <= 0:
             raise DensekitError(f"--depth must be positive, got {self.depth}")
+        if self.rerank_first_stage_weight and self.rerank is None:
+            raise DensekitError("--rerank-first-stage-weight blends a cross-encoder's scores: give --rerank")
+        if not 0.0 <= self.rerank_first_stage_weight <= 1.0:
+            raise DensekitError(f"--rerank-first-stage-weight must be in [0, 1], got {self.rerank_first_stage_weight}")
         if self.encoder_backend is not None:
             from densekit.retriever.backends import parse_backend
 
@@ -330,7 +346,15 @@ def build_retriever(spec: RetrieverSpec, corpus: Corpus | None = None) -> tuple[
     if spec.rerank is not None:
         from densekit.retriever.rerank import CrossEncoderReranker
 
-        retriever = CrossEncoderReranker(retriever, spec.rerank, corpus, depth=spec.rerank_depth, device=spec.device)
+        retriever = CrossEncoderReranker(
+            retriever,
+            spec.rerank,
+            corpus,
+            depth=spec.rerank_depth,
+            device=spec.device,
+            first_stage_weight=spec.rerank_first_stage_weight,
+            normalization=spec.normalization,
+        )
         config = {"first_stage": config, **retriever.describe()}
     return retriever, config
 

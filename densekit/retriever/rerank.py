@@ -19,6 +19,13 @@ the identity activation, so `CrossEncoder(folder).predict` returns these same sc
 another folder that records (or defaults to) a sigmoid, densekit's score is sentence-transformers'
 score before its sigmoid: the same order, except where the sigmoid ties.
 
+Blending (``first_stage_weight`` w > 0): the returned score is (1 - w) * norm(cross-encoder) +
+w * norm(first stage), each normalised per query over the reranked hits (`minmax` or `zscore`, as in
+:func:`densekit.retriever.hybrid.interpolate`). Interpolating a neural reranker's score with the first
+stage's is the usual remedy when the reranker alone is not reliably better (Wang, Zhuang and Zuccon,
+"BERT-based Dense Retrievers Require Interpolation with BM25", ICTIR 2021); choose w on a dev split
+(`densekit finetune` does), never on test.
+
 No pretrained cross-encoder can be installed in this project's build environment (no model hub),
 so the tests check the mechanics with a tiny randomly initialised BERT classifier; its rankings are
 meaningless, the plumbing is what is tested.
@@ -31,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,7 @@ from densekit.data import Corpus, Run, join_title_text
 from densekit.errors import DensekitError
 from densekit.progress import progress
 from densekit.retriever.base import Retriever
+from densekit.retriever.hybrid import NORMALIZATIONS, interpolate
 
 MAX_LENGTH = 512  # BERT-like position limit; tokenizers without a recorded length say 1e30
 
@@ -61,9 +70,12 @@ class CrossEncoderReranker:
         max_length: int | None = None,
         device: str | None = None,
         tokenizer=None,
+        first_stage_weight: float = 0.0,
+        normalization: str = "minmax",
     ) -> None:
         """`model` is a folder, or a loaded sequence-classification module with its `tokenizer` (used as
-        it is, on its own device and in its own train/eval mode: the cross-encoder trainer's evaluation)."""
+        it is, on its own device and in its own train/eval mode: the cross-encoder trainer's evaluation).
+        `first_stage_weight` and `normalization` blend the first stage's score in (:func:`blend_runs`)."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -73,6 +85,7 @@ class CrossEncoderReranker:
             raise DensekitError(
                 f"depth, batch_size and max_length must be positive, got {depth}, {batch_size}, {max_length}"
             )
+        check_blend(first_stage_weight, normalization)
         if isinstance(model, torch.nn.Module):
             if tokenizer is None:
                 raise DensekitError("a loaded cross-encoder model needs its tokenizer")
@@ -98,6 +111,8 @@ class CrossEncoderReranker:
         self.folder = folder
         self.depth = depth
         self.batch_size = batch_size
+        self.first_stage_weight = float(first_stage_weight)
+        self.normalization = normalization
         # Default: the length the tokenizer records (a folder `densekit train-reranker` writes records the
         # length it trained at; sentence-transformers' CrossEncoder truncates there too), at most 512.
         recorded = int(min(getattr(self.tokenizer, "model_max_length", MAX_LENGTH) or MAX_LENGTH, MAX_LENGTH))
@@ -131,18 +146,53 @@ class CrossEncoderReranker:
         if k <= 0:
             raise DensekitError(f"k must be positive, got {k}")
         first = self.retriever.search(queries, self.depth)
-        run = Run()
+        first_cut, scored = Run(), Run()
         for query_id in progress(list(queries), "reranking", unit="query"):
-            hits = first.get(query_id, [])
+            hits = list(first.get(query_id, []))[: self.depth]
             doc_ids = [d for d, _ in hits]
             scores = self.score(queries[query_id], [self.document_text(d) for d in doc_ids])
-            order = sorted(range(len(doc_ids)), key=lambda i: (-scores[i], doc_ids[i]))[:k]
-            run[query_id] = [(doc_ids[i], float(scores[i])) for i in order]
-        return run
+            first_cut[query_id] = hits
+            scored[query_id] = [(d, float(s)) for d, s in zip(doc_ids, scores, strict=True)]
+        return blend_runs(first_cut, scored, self.first_stage_weight, self.normalization, k)
 
     def describe(self) -> dict:
         return {
             "reranker": str(self.folder) if self.folder else None,
             "rerank_depth": self.depth,
             "rerank_max_length": self.max_length,
+            **(
+                {"rerank_first_stage_weight": self.first_stage_weight, "rerank_normalization": self.normalization}
+                if self.first_stage_weight
+                else {}
+            ),
         }
+
+
+def check_blend(weight: float, normalization: str) -> None:
+    """Refuse a first-stage weight outside [0, 1] or an unknown normalisation (one-line errors)."""
+    if not 0.0 <= weight <= 1.0:
+        raise DensekitError(f"the first-stage weight of a rerank blend must be in [0, 1], got {weight}")
+    if normalization not in NORMALIZATIONS:
+        raise DensekitError(
+            f"unknown score normalisation {normalization!r}; expected one of: {', '.join(NORMALIZATIONS)}"
+        )
+
+
+def blend_runs(first: Run, reranked: Run, weight: float, normalization: str = "minmax", k: int | None = None) -> Run:
+    """The top `k` of each query of `reranked`, scored (1 - weight) * norm(reranked) + weight * norm(first).
+
+    `first` and `reranked` hold the same documents per query (the first stage's top hits and the
+    cross-encoder's scores of them). Weight 0 is the cross-encoder's order and scores unchanged; 1 the
+    first stage's order on normalised scores. Ties go to the smaller document id, as everywhere in densekit.
+    """
+    check_blend(weight, normalization)
+    if weight == 0.0:
+        return Run({q: sorted(hits, key=lambda hit: (-hit[1], hit[0]))[:k] for q, hits in reranked.items()})
+    return interpolate([reranked, first], [1.0 - weight, weight], normalization, depth=k)
+
+
+def blend_sweep(
+    first: Run, reranked: Run, weights: Sequence[float], score: Any, normalization: str = "minmax"
+) -> list[tuple[float, float]]:
+    """(weight, score(blended run)) for each weight: the dev search of :func:`blend_runs`' weight."""
+    return [(float(w), float(score(blend_runs(first, reranked, w, normalization)))) for w in weights]
