@@ -37,7 +37,7 @@ from pathlib import Path
 from ablation import emit, generality, generality_markdown, paired, parse_seeds, settings_of, spread
 from commands import DENSEKIT, eval_command
 
-LABELS = ("base", "finetuned", "reranked", "refit")  # refit: test only, with `--refit`
+LABELS = ("base", "finetuned", "reranked", "blended", "refit")  # refit: test only; blended: folders from 2026-12-04 on
 METRICS = ["ndcg@10", "recall@100"]
 
 
@@ -162,6 +162,8 @@ def summarise(seeds: dict[int, dict], baseline: Path | None, data: str) -> dict:
         }
         comparisons["finetuned_vs_base"] = paired(read["base"], read["finetuned"], qrels, METRICS)
         comparisons["reranked_vs_finetuned"] = paired(read["finetuned"], read["reranked"], qrels, METRICS)
+        if "blended" in read:
+            comparisons["blended_vs_finetuned"] = paired(read["finetuned"], read["blended"], qrels, METRICS)
         if "refit" in read:
             comparisons["refit_vs_finetuned"] = paired(read["finetuned"], read["refit"], qrels, METRICS)
         if baseline is not None:

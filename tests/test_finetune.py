@@ -124,12 +124,18 @@ def test_end_to_end_writes_every_artefact_and_the_report(finished, ft_data) -> N
     assert {"config", "split", "chosen", "candidates", "metrics", "dev_curves", "model", "stages"} <= set(report)
     assert set(report["candidates"]) == {"none", "kl"} and report["chosen"]["distill"] in ("none", "kl")
     for split in ("dev", "test"):
-        assert set(report["metrics"][split]) == {"base", "finetuned", "reranked"}
+        assert set(report["metrics"][split]) == {"base", "finetuned", "reranked", "blended"}
         assert set(report["metrics"][split]["base"]) == {"ndcg@10", "recall@100"}
+    # the blend is the dev sweep's best point (weights x normalisations), and no worse on dev than either end
+    blend = report["rerank_blend"]
+    best = max(blend["dev_sweep"], key=lambda point: (point[2], -point[1]))
+    assert [blend["normalization"], blend["weight"]] == best[:2] and len(blend["dev_sweep"]) == 22
+    dev = report["metrics"]["dev"]
+    assert dev["blended"]["ndcg@10"] >= max(dev["reranked"]["ndcg@10"], dev["finetuned"]["ndcg@10"]) - 1e-9
     assert [step for step, _ in report["dev_curves"]["none"]] == [1, 2, 3]
     # every evaluated run is kept (TREC) and scores what the report says: seeds and recipes compare query by query
     qrels = load_dataset(ft_data, split="test").qrels
-    for label in ("base", "finetuned", "reranked"):
+    for label in ("base", "finetuned", "reranked", "blended"):
         run = Run.read_trec(out / "eval" / "runs" / f"test-{label}.trec")
         ndcg = evaluate(qrels, run, ["ndcg@10"]).metrics["ndcg@10"]
         assert ndcg == pytest.approx(report["metrics"]["test"][label]["ndcg@10"], abs=1e-4), label
@@ -142,7 +148,11 @@ def test_end_to_end_writes_every_artefact_and_the_report(finished, ft_data) -> N
     markdown = (out / "report.md").read_text()
     assert "it teaches" in markdown
     assert "| split | model | ndcg@10 | recall@100 |" in markdown
-    assert markdown.count("| test |") == 3 and markdown.count("| dev |") == 3
+    assert (
+        markdown.count("| test |") == 4
+        and markdown.count("| dev |") == 4
+        and "Blend: fine-tuned score weight" in markdown
+    )
     assert key_paths(summary) == json.loads(KEYS_FILE.read_text())["finetune"]
 
 

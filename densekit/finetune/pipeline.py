@@ -447,7 +447,7 @@ class Pipeline:
 
         cfg = self.config
         refit = self.path("refit", "model") if "refit" in self.outputs else None
-        results = evaluate_models(
+        results, blend = evaluate_models(
             base=cfg.model,  # type: ignore[arg-type]
             tuned=str(self.path("train", "model")),
             refit=None if refit is None else str(refit),
@@ -473,7 +473,7 @@ class Pipeline:
             split: {label: self._rel(folder / "runs" / f"{split}-{label}.trec") for label in r}
             for split, r in results.items()
         }
-        return {"results": self._rel(folder / "results.json"), "metrics": results, "runs": runs}
+        return {"results": self._rel(folder / "results.json"), "metrics": results, "runs": runs, "blend": blend}
 
 
 def finetune(config: FinetuneConfig, until: str | None = None) -> dict:

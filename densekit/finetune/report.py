@@ -3,8 +3,10 @@ dev ndcg@10 curve of every trained candidate.
 
 :func:`evaluate_models` scores, on each split given, the base encoder, the fine-tuned encoder and the
 fine-tuned encoder's top `rerank_depth` reranked by the cross-encoder (the dense run is computed once
-and reranked, not searched twice). :func:`write_report` writes ``report.json``, ``report.md`` (the
-metrics table) and ``dev_ndcg.png`` (matplotlib, Agg backend) into the finetune folder.
+and reranked, not searched twice), and that reranking blended with the fine-tuned model's own score
+(:func:`densekit.retriever.rerank.blend_runs`), its weight and normalisation chosen on dev.
+:func:`write_report` writes ``report.json``, ``report.md`` (the metrics table) and ``dev_ndcg.png``
+(matplotlib, Agg backend) into the finetune folder.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from densekit.io import atomic_file, write_json
 
 METRICS = ("ndcg@10", "recall@100")
 DEPTH = 1000
+BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # first-stage weights tried on dev
 
 
 class _FixedRun:
@@ -41,8 +44,11 @@ def evaluate_models(
     batch_size: int = 64,
     runs_dir: Path | None = None,
     refit: str | None = None,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """``{split: {"base" | "finetuned" | "reranked" | "refit": {metric: value}}}`` for dev and (when given) test.
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
+    """``{split: {"base" | "finetuned" | "reranked" | "blended" | "refit": {metric: value}}}`` for dev and
+    (when given) test, and the blend chosen on dev: ``{"weight", "normalization", "dev_sweep"}``
+    (the weight of the fine-tuned model's score, :data:`BLEND_WEIGHTS` x minmax/zscore, best dev ndcg@10;
+    a tie keeps the smaller weight, minmax before zscore).
 
     `refit` (the fine-tuned recipe trained again with the dev slice) is scored on test only: dev trained it.
 
@@ -54,7 +60,8 @@ def evaluate_models(
     from densekit.eval.harness import evaluate_run
     from densekit.retriever.dense import DenseRetriever
     from densekit.retriever.encoder import Encoder
-    from densekit.retriever.rerank import CrossEncoderReranker
+    from densekit.retriever.hybrid import NORMALIZATIONS
+    from densekit.retriever.rerank import CrossEncoderReranker, blend_runs, blend_sweep
 
     datasets = {"dev": load_dataset(dev[0], split=dev[1])}
     if test is not None:
@@ -76,12 +83,29 @@ def evaluate_models(
         )
         results["test"]["refit"] = dict(evaluate_run(run, datasets["test"], METRICS).result.metrics)
         _keep(run, runs_dir, "test-refit")
-    for name, ds in datasets.items():
+    blend: dict = {}
+    for name, ds in datasets.items():  # dev first: the blend is chosen there
         reranker = CrossEncoderReranker(_FixedRun(runs[name]), cross_encoder, corpus, depth=rerank_depth, device=device)
         run = reranker.search(ds.queries, rerank_depth)
         results[name]["reranked"] = dict(evaluate_run(run, ds, METRICS).result.metrics)
         _keep(run, runs_dir, f"{name}-reranked")
-    return results
+        first = Run({q: runs[name].get(q, [])[:rerank_depth] for q in ds.queries})
+        if not blend:
+
+            def ndcg(candidate: Run, ds=ds) -> float:
+                return float(evaluate_run(candidate, ds, ("ndcg@10",)).result.metrics["ndcg@10"])
+
+            sweep = [(n, w, v) for n in NORMALIZATIONS for w, v in blend_sweep(first, run, BLEND_WEIGHTS, ndcg, n)]
+            normalization, weight, _ = max(sweep, key=lambda point: (point[2], -point[1]))
+            blend = {
+                "weight": weight,
+                "normalization": normalization,
+                "dev_sweep": [[n, w, round(v, 6)] for n, w, v in sweep],
+            }
+        blended = blend_runs(first, run, blend["weight"], blend["normalization"])
+        results[name]["blended"] = dict(evaluate_run(blended, ds, METRICS).result.metrics)
+        _keep(blended, runs_dir, f"{name}-blended")
+    return results, blend
 
 
 def _keep(run: Run, runs_dir: Path | None, name: str) -> None:
@@ -143,9 +167,13 @@ def teacher_check(teacher: dict) -> str:
     )
 
 
-def markdown(results: dict[str, dict[str, dict[str, float]]], chosen: str, split: dict, teacher: dict) -> str:
+def markdown(
+    results: dict[str, dict[str, dict[str, float]]], chosen: str, split: dict, teacher: dict, blend: dict | None = None
+) -> str:
     """The report's Markdown: the metrics table and what was chosen on dev."""
     check = f"The cross-encoder {teacher_check(teacher)}."
+    if blend:
+        check += f" Blend: fine-tuned score weight {blend['weight']:.1f} ({blend['normalization']}), chosen on dev."
     lines = [
         "# densekit finetune report",
         "",
@@ -159,6 +187,7 @@ def markdown(results: dict[str, dict[str, dict[str, float]]], chosen: str, split
         "base": "base",
         "finetuned": "fine-tuned",
         "reranked": "fine-tuned + cross-encoder",
+        "blended": "fine-tuned + cross-encoder, blended with the fine-tuned score (weight chosen on dev)",
         "refit": "fine-tuned, refit with the dev slice (delivered)",
     }
     for split_name, rows in results.items():
@@ -185,6 +214,7 @@ def write_report(output: Path, config: Any, outputs: dict[str, dict], stages: di
         "teacher": outputs["score"]["teacher"],
         "refit": outputs.get("refit"),
         "metrics": results,
+        "rerank_blend": outputs["eval"].get("blend"),
         "dev_curves": {c: [list(p) for p in points] for c, points in curves.items()},
         "model": str(output / "model"),
         "cross_encoder": str(output / "cross-encoder"),
@@ -193,7 +223,7 @@ def write_report(output: Path, config: Any, outputs: dict[str, dict], stages: di
     }
     write_json(output / "report.json", report)
     with atomic_file(output / "report.md") as handle:
-        handle.write(markdown(results, train["chosen"], split, report["teacher"]))
+        handle.write(markdown(results, train["chosen"], split, report["teacher"], report["rerank_blend"]))
     return {
         "report": str(output / "report.json"),
         "report_md": str(output / "report.md"),
