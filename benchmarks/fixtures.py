@@ -9,14 +9,19 @@ mined (query, positive, negative) tuples that benchmarks/train.py trains on.
   from the top 100: the setting RESULTS.md's training section uses); :func:`judged_negatives`: tuples
   for the smoke size, without a model.
 
-Each is written once into the folder given and reused when it is already there.
+Each is written once into the folder given and reused when it is already there. :func:`beir_root`
+finds the shared BEIR data; :func:`smoke_scifact` and :func:`smoke_model` are the smoke size's dataset
+and model inside a runner's scratch folder.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def smoke_dataset(
@@ -115,3 +120,24 @@ def judged_negatives(data: str, out: Path) -> Path:
     out.with_suffix(".partial").write_text("".join(lines), encoding="utf-8")
     out.with_suffix(".partial").rename(out)
     return out
+
+
+def beir_root() -> str:
+    """The folder holding scifact/: the first such entry of DENSEKIT_DATA, else ../shared/data/beir."""
+    for raw in os.environ.get("DENSEKIT_DATA", "").split(os.pathsep):
+        if raw and (Path(raw) / "scifact").is_dir():
+            return raw
+    shared = REPO.parent / "shared" / "data" / "beir"
+    if (shared / "scifact").is_dir():
+        return str(shared)
+    raise SystemExit("SciFact not found: set DENSEKIT_DATA to the folder that holds scifact/")
+
+
+def smoke_scifact(workdir: Path) -> str:
+    """The smoke size's SciFact subset in `workdir`."""
+    return str(smoke_dataset(Path(beir_root()) / "scifact", workdir / "scifact-smoke"))
+
+
+def smoke_model(workdir: Path) -> str:
+    """The smoke size's tiny BERT in `workdir`."""
+    return str(tiny_model(workdir / "tiny-bert"))

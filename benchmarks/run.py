@@ -33,6 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fixtures  # noqa: E402
 import record as records  # noqa: E402
+from recipes import (  # noqa: E402  (the recipes are re-exported: run.NFCORPUS_RECIPE)
+    FINETUNE_RECIPE,
+    GPU_OPTIONS,
+    NFCORPUS_RECIPE,
+    ablation_args,
+    ablation_dev_args,
+    finetune_args,
+    finetune_gpu_args,
+    finetune_variant_args,
+    train_quality_args,
+)
 from renderers import (  # noqa: E402
     render_ablation,
     render_bm25,
@@ -71,7 +82,9 @@ class Context:
     def negatives(self) -> Path:
         """Tuples for benchmarks/train.py: mined from SciFact train at full size, judged ones at smoke."""
         if self.smoke:
-            return fixtures.judged_negatives(_smoke_data(self), self.workdir / "negatives-smoke.jsonl")
+            return fixtures.judged_negatives(
+                fixtures.smoke_scifact(self.workdir), self.workdir / "negatives-smoke.jsonl"
+            )
         return fixtures.mined_negatives(self.data, "train", self.model, self.workdir / "negatives-train.jsonl")
 
 
@@ -101,31 +114,13 @@ class Benchmark:
 # ----------------------------------------------------------------------------- the registry
 
 
-def _smoke_data(ctx: Context) -> str:
-    return str(fixtures.smoke_dataset(Path(_beir_root()) / "scifact", ctx.workdir / "scifact-smoke"))
-
-
-def _smoke_model(ctx: Context) -> str:
-    return str(fixtures.tiny_model(ctx.workdir / "tiny-bert"))
-
-
-def _beir_root() -> str:
-    for raw in os.environ.get("DENSEKIT_DATA", "").split(os.pathsep):
-        if raw and (Path(raw) / "scifact").is_dir():
-            return raw
-    shared = records.REPO.parent / "shared" / "data" / "beir"
-    if (shared / "scifact").is_dir():
-        return str(shared)
-    raise SystemExit("SciFact not found: set DENSEKIT_DATA to the folder that holds scifact/")
-
-
 def encode_args(ctx: Context) -> list[str]:
     if ctx.smoke:
         return [
             "--data",
-            _smoke_data(ctx),
+            fixtures.smoke_scifact(ctx.workdir),
             "--model",
-            _smoke_model(ctx),
+            fixtures.smoke_model(ctx.workdir),
             "--docs",
             "40",
             "--rounds",
@@ -147,7 +142,7 @@ def encode_args(ctx: Context) -> list[str]:
 
 def mining_args(ctx: Context) -> list[str]:
     if ctx.smoke:
-        data, model = _smoke_data(ctx), _smoke_model(ctx)
+        data, model = fixtures.smoke_scifact(ctx.workdir), fixtures.smoke_model(ctx.workdir)
         return ["--data", data, "--split", "test", "--model", model, "--rounds", "1", "--threads", "1"]
     caches = ["--home", str(ctx.workdir / "mining-home"), "--st-cache", str(ctx.workdir / "mining-st-cache")]
     return ["--mode", "warm", "--rounds", "5", "--threads", str(ctx.threads), *caches]
@@ -173,7 +168,7 @@ def bm25_args(ctx: Context) -> list[str]:
 def train_args(ctx: Context) -> list[str]:
     out = ["--out", str(ctx.workdir / "train-bench")]
     if ctx.smoke:
-        data, model = _smoke_data(ctx), _smoke_model(ctx)
+        data, model = fixtures.smoke_scifact(ctx.workdir), fixtures.smoke_model(ctx.workdir)
         negatives = ctx.negatives()
         steps = ["--max-steps", "1", "--throughput-rounds", "1", "--batch-size", "4", "--max-length", "32"]
         return ["--data", data, "--model", model, "--negatives-file", str(negatives), *steps, *out]
@@ -182,7 +177,7 @@ def train_args(ctx: Context) -> list[str]:
 
 def serve_args(ctx: Context) -> list[str]:
     if ctx.smoke:
-        data, model = _smoke_data(ctx), _smoke_model(ctx)
+        data, model = fixtures.smoke_scifact(ctx.workdir), fixtures.smoke_model(ctx.workdir)
         index = ["--index", str(ctx.workdir / "serve-smoke.idx")]
         return ["--data", data, "--model", model, "--concurrency", "1,2", "--requests", "10", "--threads", "1", *index]
     return ["--threads", str(ctx.threads)]
@@ -190,7 +185,7 @@ def serve_args(ctx: Context) -> list[str]:
 
 def matryoshka_args(ctx: Context) -> list[str]:
     if ctx.smoke:
-        data, model = _smoke_data(ctx), _smoke_model(ctx)
+        data, model = fixtures.smoke_scifact(ctx.workdir), fixtures.smoke_model(ctx.workdir)
         steps = ["--max-steps", "1", "--batch-size", "4", "--max-length", "32", "--threads", "1"]
         out = ["--out", str(ctx.workdir / "matryoshka-smoke"), "--plot", str(ctx.workdir / "plots" / "mrl.png")]
         return [
@@ -207,104 +202,6 @@ def matryoshka_args(ctx: Context) -> list[str]:
         ]
     out = ["--out", str(ctx.workdir / "matryoshka"), "--plot", str(ctx.plots / "matryoshka-scifact.png")]
     return ["--negatives-file", str(ctx.negatives()), "--threads", str(ctx.threads), *out]
-
-
-def ablation_args(ctx: Context) -> list[str]:
-    if ctx.smoke:  # every mechanism once (cross-encoder training, scorer, guide, KL, re-mining), one seed; the
-        # cross-encoder filter (percpos+ce) differs from percpos+kl's scored mining only in `--method`, which
-        # tests/test_mining_crossencoder.py covers: left out to keep the suite under 20 minutes
-        data, model = _smoke_data(ctx), _smoke_model(ctx)
-        variants = "naive,percpos+gist,percpos+kl,percpos+remine"
-        tiny = ["--max-steps", "2", "--batch-size", "4", "--max-length", "32", "--epochs", "1"]
-        ce = ["--ce-max-steps", "1", "--ce-batch-size", "2", "--ce-negatives", "1", "--ce-max-length", "32"]
-        ce += ["--ce-negatives-from", "naive"]  # a random tiny model's PercPos leaves no query a negative
-        return ["--data", data, "--model", model, "--guide", model, "--train-split", "test", "--variants", variants,
-                "--seeds", "1", "--depth", "10", "--out", str(ctx.workdir / "ablation-smoke"), *tiny, *ce,
-                "--generality", data, "--device", "cpu", "--threads", "1"]  # fmt: skip
-    return ["--out", str(ctx.workdir / "ablation"), "--threads", str(ctx.threads)]
-
-
-def ablation_dev_args(ctx: Context) -> list[str]:
-    """The ablation in selection mode: trained on SciFact train less finetune's dev slice, reported on the slice."""
-    if ctx.smoke:  # the slice mechanism once; the variants' mechanisms are the `ablation` smoke run's
-        data, model = _smoke_data(ctx), _smoke_model(ctx)
-        tiny = ["--max-steps", "2", "--batch-size", "4", "--max-length", "32", "--epochs", "1"]
-        return ["--data", data, "--model", model, "--train-split", "test", "--dev-fraction", "0.5", "--variants",
-                "naive", "--seeds", "1", "--depth", "10", "--out", str(ctx.workdir / "ablation-dev-smoke"), *tiny,
-                "--device", "cpu", "--threads", "1"]  # fmt: skip
-    return ["--out", str(ctx.workdir / "ablation"), "--dev-fraction", "0.15", "--threads", str(ctx.threads)]
-
-
-# The ablation's recipe (batch 32, lr 5e-5, 1 of 4 negatives mined at depth 30) inside finetune, trained
-# 4 epochs instead of the ablation's 2: chosen on finetune's dev slice at three seeds (`finetune-dev`).
-FINETUNE_RECIPE = (
-    "--epochs 4 --batch-size 32 --lr 5e-5 --negatives-per-query 1 --mine-depth 30 --mine-negatives 4 "
-    "--score-depth 30 --ce-max-length 256 --rerank-depth 30 --eval-steps 25 --save-steps 25"
-)
-
-
-def finetune_args(ctx: Context) -> list[str]:
-    """`densekit finetune` at three seeds (benchmarks/finetune.py); smoke: a tiny model, two seeds, 3 steps."""
-    if ctx.smoke:
-        source = Path(_beir_root()) / "scifact"
-        data = fixtures.smoke_dataset(source, ctx.workdir / "scifact-smoke-ft", splits={"train": 16, "test": 8})
-        tiny = ("--mine-method naive --mine-depth 20 --dev-fraction 0.25 --ce-max-steps 2 --ce-batch-size 4 "
-                "--ce-max-length 32 --max-steps 3 --batch-size 4 --max-length 32 --eval-steps 1 --save-steps 1 "
-                "--encode-batch-size 32 --rerank-depth 20")  # fmt: skip
-        return ["--data", str(data), "--model", _smoke_model(ctx), "--seeds", "1,2", "--device", "cpu",
-                "--out", str(ctx.workdir / "finetune-smoke"), "--finetune-args", tiny, "--threads", "1",
-                "--generality", str(data)]  # fmt: skip
-    return ["--out", str(ctx.workdir / "finetune"), "--finetune-args", FINETUNE_RECIPE, "--threads", str(ctx.threads)]
-
-
-# The runs made on a lent GPU (benchmarks/device/run.sh): bf16, the cross-encoder trained 600 steps
-# instead of one epoch (40 steps on SciFact, where it did not learn on the CPU).
-GPU_OPTIONS = "--precision bf16 --ce-epochs 20 --ce-max-steps 600"
-# NFCorpus: the SciFact recipe's mining, batch and step size; dev evaluation every 100 steps. The
-# positives (one per query for 16 epochs, or every pair for 1,200 steps) are chosen on the dev slice
-# by run.sh and given with --args, so the record's command holds them.
-NFCORPUS_RECIPE = (
-    "--batch-size 32 --lr 5e-5 --negatives-per-query 1 --mine-depth 30 --mine-negatives 4 --score-depth 30 "
-    "--ce-max-length 256 --rerank-depth 30 --eval-steps 100 --save-steps 500 " + GPU_OPTIONS
-)
-
-
-def finetune_gpu_args(folder: str, data: str, recipe: str) -> Callable[[Context], list[str]]:
-    """`finetune` of `data` with `recipe` in its own folder and record; smoke: the CPU smoke run, one seed,
-    one positive per query (bf16 needs CUDA)."""
-
-    def arguments(ctx: Context) -> list[str]:
-        if ctx.smoke:
-            return finetune_variant_args(folder, "--positives one")(ctx)
-        out = ["--out", str(ctx.workdir / folder), "--threads", str(ctx.threads)]
-        return ["--data", data, *out, "--finetune-args", recipe]
-
-    return arguments
-
-
-def finetune_variant_args(folder: str, options: str) -> Callable[[Context], list[str]]:
-    """The `finetune` benchmark with `options` added to its recipe, in its own folder and record (smoke: one seed)."""
-
-    def arguments(ctx: Context) -> list[str]:
-        base = finetune_args(ctx)
-        base[base.index("--out") + 1] = str(ctx.workdir / (f"{folder}-smoke" if ctx.smoke else folder))
-        if ctx.smoke:
-            base[base.index("--seeds") + 1] = "1"
-            del base[base.index("--generality") : base.index("--generality") + 2]  # the finetune smoke run has it
-        return [*base, f"--finetune-args={options}"]  # "=": an option-like value ("--refit") is still a value
-
-    return arguments
-
-
-def train_quality_args(ctx: Context) -> list[str]:
-    """benchmarks/train_quality.py: both trainers at seeds 1-3 on the mined SciFact tuples (train.py's recipe)."""
-    out = ["--out", str(ctx.workdir / ("train-quality-smoke" if ctx.smoke else "train-quality"))]
-    if ctx.smoke:
-        tiny = "--max-steps 1 --batch-size 4 --max-length 32"
-        data, model = _smoke_data(ctx), _smoke_model(ctx)
-        return ["--data", data, "--model", model, "--negatives-file", str(ctx.negatives()), "--seeds", "1",
-                "--train-args", tiny, "--threads", "1", *out]  # fmt: skip
-    return ["--negatives-file", str(ctx.negatives()), "--seeds", "1,2,3", "--threads", str(ctx.threads), *out]
 
 
 def milvus_args(ctx: Context) -> list[str]:
