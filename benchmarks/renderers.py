@@ -198,6 +198,18 @@ def render_finetune(record: dict) -> str:
     return finetune.markdown(f) + note + teacher_note
 
 
+def render_rerank(record: dict) -> str:
+    import rerank
+
+    f = record["figures"]
+    ce = f["cross_encoder"]
+    wall = f"{ce['train_wall_s']:.0f} s of training" if ce.get("train_wall_s") else "trained before the record"
+    return (
+        rerank.markdown(f)
+        + f"\n\nCross-encoder: {ce['used']} ({ce['steps']} steps, {wall}); wall time {f['wall_s']:.0f} s."
+    )
+
+
 def render_serve(record: dict) -> str:
     keys = ("p50_ms", "p99_ms", "requests_per_s", "failed", "lost", "different")
     rows = [[r["clients"], r["requests"], *(r.get(k) for k in keys)] for r in record["figures"]["rows"]]

@@ -42,6 +42,7 @@ from recipes import (  # noqa: E402  (the recipes are re-exported: run.NFCORPUS_
     finetune_args,
     finetune_gpu_args,
     finetune_variant_args,
+    rerank_args,
     train_quality_args,
 )
 from renderers import (  # noqa: E402
@@ -53,6 +54,7 @@ from renderers import (  # noqa: E402
     render_matryoshka,
     render_milvus,
     render_mining,
+    render_rerank,
     render_scaling,
     render_serve,
     render_train,
@@ -282,6 +284,7 @@ REGISTRY: dict[str, Benchmark] = {
             output="--json-out",
             in_all=False,
         ),
+        Benchmark("rerank", "rerank.py", rerank_args, render_rerank, output="--json-out", in_all=False),
         Benchmark("scaling-mining", "scaling.py", scaling_args("mining"), render_scaling, output="--json-out"),
         Benchmark("scaling-search", "scaling.py", scaling_args("search"), render_scaling, output="--json-out"),
         Benchmark("scaling-train", "scaling.py", scaling_args("train"), render_scaling, output="--json-out"),

@@ -76,10 +76,18 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
         f = record["figures"]
         assert f["per_seed"]["2"]["stages"]["reranker"]["status"] == "skipped"
         assert f["per_seed"]["2"]["stages"]["train"]["status"] == "ran"
-        assert set(f["comparisons"]) == {"finetuned_vs_base", "reranked_vs_finetuned"}
+        assert set(f["comparisons"]) == {"finetuned_vs_base", "reranked_vs_finetuned", "blended_vs_finetuned"}
         assert f["rows"]["test/finetuned"]["ndcg@10"]["sd"] is not None
         [g] = f["generality"].values()  # both seeds' models and the start model scored zero-shot, paired
         assert len(g["variants"]["finetuned"]["per_seed"]) == 2 and "Zero-shot on" in table
+    if name == "rerank":  # both first stages reranked; the blend chosen on dev and applied to test
+        f = record["figures"]
+        assert [r["first_stage"].split("/")[-1] for r in f["rows"]] == ["tiny-bert", "bm25"]
+        for row in f["rows"]:
+            sweep = row["blend"]["dev_sweep"]
+            assert len(sweep) == 22 and max(v for *_, v in sweep) == row["dev"]["blended"]["ndcg@10"]
+            assert set(row["paired"]) == {"reranked_vs_first", "blended_vs_first"}
+        assert f["cross_encoder"]["dev_curve"] and f["cross_encoder"]["steps"] == 2
     if name == "ablation-dev":  # selection mode: trained and reported inside the training split, test never read
         f = record["figures"]
         assert f["eval_split"] == "dev" and f["dev_slice"]["dev_queries"] >= 1 and f["dev_slice"]["train_queries"] >= 1

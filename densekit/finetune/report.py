@@ -23,7 +23,7 @@ DEPTH = 1000
 BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # first-stage weights tried on dev
 
 
-class _FixedRun:
+class FixedRun:
     """A computed run behind the Retriever protocol (the reranker's first stage)."""
 
     def __init__(self, run: Run) -> None:
@@ -85,7 +85,7 @@ def evaluate_models(
         _keep(run, runs_dir, "test-refit")
     blend: dict = {}
     for name, ds in datasets.items():  # dev first: the blend is chosen there
-        reranker = CrossEncoderReranker(_FixedRun(runs[name]), cross_encoder, corpus, depth=rerank_depth, device=device)
+        reranker = CrossEncoderReranker(FixedRun(runs[name]), cross_encoder, corpus, depth=rerank_depth, device=device)
         run = reranker.search(ds.queries, rerank_depth)
         results[name]["reranked"] = dict(evaluate_run(run, ds, METRICS).result.metrics)
         _keep(run, runs_dir, f"{name}-reranked")

@@ -1,0 +1,233 @@
+"""A cross-encoder trained by densekit as a reranker: its dev curve, the blend chosen on dev, test metrics
+and paired tests against each first stage (issue 15, "Reranking").
+
+Steps (each kept in --out and reused on a rerun):
+
+1. the dev slice and the mined negatives: ``densekit finetune DATA --until mine`` in --finetune-folder
+   (the `finetune` benchmark's seed-1 folder is such a folder: its stages are reused);
+2. the cross-encoder: ``densekit train-reranker`` on those negatives with --train-args, evaluated during
+   training on the dev slice (reranking the start model's dev top --eval-depth), in OUT/ce (continued with
+   ``--resume`` after an interruption); or --cross-encoder, a finished train-reranker folder used as it is
+   (its recipe, ``densekit_train.json``, goes into the record). Its best dev step (``best/``) reranks;
+3. per first stage (--first-stages: a bi-encoder name or folder, or ``bm25``): its top --depth on the dev
+   slice and on the test split, and the cross-encoder's scores of them (TREC files in OUT/runs);
+4. the blend of cross-encoder and first-stage scores (:func:`densekit.retriever.rerank.blend_runs`) whose
+   weight and normalisation score best on dev (`densekit finetune`'s grid), applied to test unchanged;
+5. test ndcg@10 and recall@100 of the first stage, the reranked and the blended run, and the paired tests
+   (``densekit compare``'s) of reranked and blended against the first stage.
+
+Nothing is chosen on test. Usage::
+
+    python benchmarks/rerank.py --data scifact --finetune-folder runs/ft/seed1 --out runs/rerank \\
+        --train-args "--lr 1e-4 --batch-size 8 --epochs 8 --max-steps 600 --max-length 128" --json-out r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ablation import emit, paired, settings_of
+from commands import DENSEKIT
+
+METRICS = ["ndcg@10", "recall@100"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="scifact", help="BEIR dataset (name or folder) whose test split is reported")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--model", default="all-MiniLM-L6-v2", help="start model of mining and of the cross-encoder")
+    p.add_argument("--finetune-folder", type=Path, required=True, help="a finetune folder (made up to `mine`)")
+    p.add_argument("--finetune-args", default="", help="finetune settings for its split and mine stages")
+    p.add_argument("--cross-encoder", type=Path, help="a finished train-reranker folder (else trained in OUT/ce)")
+    p.add_argument("--train-args", default="", help="train-reranker settings (loss, steps, lr, batch, length)")
+    p.add_argument("--eval-depth", type=int, default=30, help="dev hits reranked during training")
+    p.add_argument("--first-stages", default="all-MiniLM-L6-v2", help="comma-separated: model names/folders, bm25")
+    p.add_argument("--depth", type=int, default=100, help="first-stage hits the cross-encoder reranks")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for every step (0: leave)")
+    p.add_argument("--json-out", type=Path)
+    p.add_argument("--markdown-out", type=Path)
+    return p.parse_args(argv)
+
+
+def densekit(*words: str) -> float:
+    """Run one densekit command (output to stderr); its wall seconds."""
+    command = [DENSEKIT, *words]
+    print(f"[rerank] {shlex.join(command)}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, stdout=sys.stderr)
+    if done.returncode:
+        raise SystemExit(f"[rerank] failed ({done.returncode}): {shlex.join(command)}")
+    return round(time.perf_counter() - start, 1)
+
+
+def cross_encoder(args: argparse.Namespace, folder: Path) -> tuple[Path, dict]:
+    """The trained cross-encoder's run folder and what the record says about it (recipe, dev curve, time)."""
+    device = ["--device", args.device] if args.device else []
+    wall = None
+    if args.cross_encoder is not None:
+        run = args.cross_encoder
+    else:
+        run = args.out / "ce"
+        start = args.out / "dev-start.trec"
+        if not start.is_file():
+            densekit("eval", str(folder / "split" / "data"), "--split", "dev", "-m", args.model, "--depth",
+                     str(args.eval_depth), "--run-out", str(start), "--quiet", *device)  # fmt: skip
+        resume = ["--resume"] if (run / "checkpoints").is_dir() else []
+        wall = densekit("train-reranker", "-m", args.model, "-o", str(run), "--negatives",
+                        str(folder / "mine" / "negatives.jsonl"), "--corpus", str(folder / "split" / "data"),
+                        "--skip-queries-without-negatives", "--eval-data", str(folder / "split" / "data"),
+                        "--eval-split", "dev", "--eval-candidates", str(start), "--eval-depth", str(args.eval_depth),
+                        *shlex.split(args.train_args), *resume, "--quiet", *device)  # fmt: skip
+    best = run / "best" if (run / "best" / "config.json").is_file() else run / "model"
+    if not (best / "config.json").is_file():
+        raise SystemExit(f"[rerank] {run}: no trained cross-encoder (best/ or model/)")
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [r for r in log if "loss" in r]
+    info = {
+        "folder": str(run),
+        "used": str(best),
+        "recipe": json.loads((best / "densekit_train.json").read_text()) if (best / "densekit_train.json").is_file()
+        else None,
+        "dev_curve": [[r["step"], round(r["eval"]["ndcg@10"], 4)] for r in log if "eval" in r],
+        "loss_first_last": [losses[0]["loss"], losses[-1]["loss"]] if losses else None,
+        "steps": losses[-1]["step"] if losses else None,
+        "train_wall_s": wall,
+    }  # fmt: skip
+    return best, info
+
+
+def first_stage_runs(args: argparse.Namespace, folder: Path, stage: str, name: str) -> dict[str, Path]:
+    """The first stage's top --depth on the dev slice and on test, as TREC files (computed once)."""
+    paths = {}
+    for split, data, split_name in (("dev", str(folder / "split" / "data"), "dev"), ("test", args.data,
+                                                                                        args.test_split)):  # fmt: skip
+        path = args.out / "runs" / f"{name}-{split}-first.trec"
+        if not path.is_file():
+            retriever = ["--bm25", "--backend", "bm25s"] if stage == "bm25" else ["-m", stage]
+            device = ["--device", args.device] if args.device and stage != "bm25" else []
+            densekit("eval", data, "--split", split_name, *retriever, "--depth", str(args.depth), "--run-out",
+                     str(path), "--quiet", *device)  # fmt: skip
+        paths[split] = path
+    return paths
+
+
+def rescored(args: argparse.Namespace, folder: Path, model: Path, first: Path, split: str, name: str) -> tuple:
+    """(first stage, cross-encoder scores of its top --depth) as Runs; the scores cached as TREC."""
+    from densekit.data import Run, load_dataset
+    from densekit.finetune.report import FixedRun
+    from densekit.retriever.rerank import CrossEncoderReranker
+
+    first_run = Run.read_trec(first)
+    data = load_dataset(str(folder / "split" / "data") if split == "dev" else args.data,
+                        split="dev" if split == "dev" else args.test_split)  # fmt: skip
+    path = args.out / "runs" / f"{name}-{split}-ce.trec"
+    cut = Run({q: first_run.get(q, [])[: args.depth] for q in data.queries})
+    if path.is_file():
+        return data, cut, Run.read_trec(path), None
+    start = time.perf_counter()
+    reranker = CrossEncoderReranker(FixedRun(cut), model, data.corpus, depth=args.depth, device=args.device)
+    scored = reranker.search(data.queries, args.depth)
+    scored.write_trec(path, tag="ce")
+    return data, cut, scored, round(time.perf_counter() - start, 1)
+
+
+def evaluate_stage(args: argparse.Namespace, folder: Path, model: Path, stage: str) -> dict:
+    """One first stage: dev sweep, chosen blend, dev and test metrics, paired tests on test."""
+    from densekit.eval.harness import evaluate_run
+    from densekit.finetune.report import BLEND_WEIGHTS
+    from densekit.retriever.hybrid import NORMALIZATIONS
+    from densekit.retriever.rerank import blend_runs, blend_sweep
+
+    name = "bm25" if stage == "bm25" else Path(stage).name
+    firsts = first_stage_runs(args, folder, stage, name)
+    row: dict = {"first_stage": stage, "depth": args.depth}
+    blend: dict = {}
+    for split in ("dev", "test"):
+        data, first, scored, seconds = rescored(args, folder, model, firsts[split], split, name)
+        if split == "dev":
+
+            def ndcg(run, data=data) -> float:
+                return float(evaluate_run(run, data, ("ndcg@10",)).result.metrics["ndcg@10"])
+
+            sweep = [(n, w, v) for n in NORMALIZATIONS for w, v in blend_sweep(first, scored, BLEND_WEIGHTS, ndcg, n)]
+            normalization, weight, _ = max(sweep, key=lambda point: (point[2], -point[1]))
+            blend = {"weight": weight, "normalization": normalization,
+                     "dev_sweep": [[n, w, round(v, 4)] for n, w, v in sweep]}  # fmt: skip
+        blended = blend_runs(first, scored, blend["weight"], blend["normalization"])
+        runs = {"first": first, "reranked": blend_runs(first, scored, 0.0), "blended": blended}
+        row[split] = {
+            label: {m: round(v, 4) for m, v in evaluate_run(run, data, METRICS).result.metrics.items()}
+            for label, run in runs.items()
+        }
+        row[split]["rerank_seconds"] = seconds
+        row[split]["queries"] = len(data.queries)
+        if split == "test":
+            qrels = data.qrels
+            row["paired"] = {
+                f"{label}_vs_first": paired({1: first}, {1: runs[label]}, qrels, METRICS)
+                for label in ("reranked", "blended")
+            }
+    row["blend"] = blend
+    return row
+
+
+def markdown(result: dict) -> str:
+    """Dev and test rows per first stage, the paired tests on test and the cross-encoder's dev curve."""
+    header = "| first stage | split | first stage | reranked | blended (weight, on dev) | recall@100 first / blended |"
+    lines = [header, "|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        b = row["blend"]
+        for split in ("dev", "test"):
+            r = row[split]
+            first, reranked, blended = (r[k]["ndcg@10"] for k in ("first", "reranked", "blended"))
+            recall = f"{r['first']['recall@100']:.4f} / {r['blended']['recall@100']:.4f}"
+            chosen = f"{blended:.4f} ({b['weight']:.1f}, {b['normalization']})"
+            lines.append(f"| {row['first_stage']} top {row['depth']} | {split} ({r['queries']} q) | {first:.4f} | "
+                         f"{reranked:.4f} | {chosen} | {recall} |")  # fmt: skip
+    lines += ["", "| test comparison | Δ ndcg@10 | p (t / randomisation) | wins / ties / losses |", "|---|---|---|---|"]
+    for row in result["rows"]:
+        for name, c in row["paired"].items():
+            n = c["ndcg@10"]
+            w, t, loss = n["wins_ties_losses"]
+            lines.append(f"| {row['first_stage']}: {name.replace('_', ' ')} | {n['delta']:+.4f} | "
+                         f"{n['t_p_value']:.3f} / {n['randomization_p_value']:.3f} | {w} / {t} / {loss} |")  # fmt: skip
+    curve = ", ".join(f"{s}: {v:.4f}" for s, v in result["cross_encoder"]["dev_curve"])
+    depth = result["settings"]["eval_depth"]
+    lines += ["", f"All ndcg@10. Cross-encoder dev ndcg@10 by step (the start model's dev top {depth}): {curve}."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    folder = args.finetune_folder
+    device = ["--device", args.device] if args.device else []
+    densekit("finetune", args.data, "-m", args.model, "-o", str(folder), *shlex.split(args.finetune_args),
+             "--until", "mine", "--quiet", *device)  # fmt: skip
+    model, info = cross_encoder(args, folder)
+    rows = [evaluate_stage(args, folder, model, stage.strip()) for stage in args.first_stages.split(",") if stage]
+    result = {
+        "data": args.data,
+        "settings": settings_of(args),
+        "cross_encoder": info,
+        "rows": rows,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    return emit(result, markdown(result), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
