@@ -148,7 +148,7 @@ def evaluate_stage(args: argparse.Namespace, folder: Path, model: Path, stage: s
     from densekit.retriever.hybrid import NORMALIZATIONS
     from densekit.retriever.rerank import blend_runs, blend_sweep
 
-    name = "bm25" if stage == "bm25" else Path(stage).name
+    name = "bm25" if stage == "bm25" else "-".join(Path(stage).parts[-2:])  # ".../seed1/best" -> "seed1-best"
     firsts = first_stage_runs(args, folder, stage, name)
     row: dict = {"first_stage": stage, "depth": args.depth}
     blend: dict = {}

@@ -323,7 +323,7 @@ class Pipeline:
             eval_split="dev",
             eval_candidates=first_stage,
             eval_depth=cfg.rerank_depth,
-            eval_steps=cfg.eval_steps,
+            eval_steps=cfg.ce_eval_steps,
             save_steps=cfg.save_steps,
             device=cfg.device,
             precision=cfg.precision,
