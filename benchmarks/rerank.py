@@ -181,6 +181,11 @@ def evaluate_stage(args: argparse.Namespace, folder: Path, model: Path, stage: s
     return row
 
 
+def short(stage: str) -> str:
+    """A first stage as the table names it: a folder by its last two parts."""
+    return "/".join(Path(stage).parts[-2:])
+
+
 def markdown(result: dict) -> str:
     """Dev and test rows per first stage, the paired tests on test and the cross-encoder's dev curve."""
     header = "| first stage | split | first stage | reranked | blended (weight, on dev) | recall@100 first / blended |"
@@ -192,14 +197,16 @@ def markdown(result: dict) -> str:
             first, reranked, blended = (r[k]["ndcg@10"] for k in ("first", "reranked", "blended"))
             recall = f"{r['first']['recall@100']:.4f} / {r['blended']['recall@100']:.4f}"
             chosen = f"{blended:.4f} ({b['weight']:.1f}, {b['normalization']})"
-            lines.append(f"| {row['first_stage']} top {row['depth']} | {split} ({r['queries']} q) | {first:.4f} | "
-                         f"{reranked:.4f} | {chosen} | {recall} |")  # fmt: skip
+            stage = f"{short(row['first_stage'])} top {row['depth']}"
+            lines.append(
+                f"| {stage} | {split} ({r['queries']} q) | {first:.4f} | {reranked:.4f} | {chosen} | {recall} |"
+            )
     lines += ["", "| test comparison | Δ ndcg@10 | p (t / randomisation) | wins / ties / losses |", "|---|---|---|---|"]
     for row in result["rows"]:
         for name, c in row["paired"].items():
             n = c["ndcg@10"]
             w, t, loss = n["wins_ties_losses"]
-            lines.append(f"| {row['first_stage']}: {name.replace('_', ' ')} | {n['delta']:+.4f} | "
+            lines.append(f"| {short(row['first_stage'])}: {name.replace('_', ' ')} | {n['delta']:+.4f} | "
                          f"{n['t_p_value']:.3f} / {n['randomization_p_value']:.3f} | {w} / {t} / {loss} |")  # fmt: skip
     curve = ", ".join(f"{s}: {v:.4f}" for s, v in result["cross_encoder"]["dev_curve"])
     depth = result["settings"]["eval_depth"]
