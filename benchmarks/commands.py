@@ -1,4 +1,4 @@
-"""The `densekit` commands the benchmark scripts run as subprocesses (ablation.py, finetune.py)."""
+"""The `densekit` commands the benchmark scripts run as subprocesses (ablation.py, finetune.py, rerank.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ _BESIDE = Path(sys.executable).with_name("densekit")
 DENSEKIT = str(_BESIDE) if _BESIDE.is_file() else "densekit"
 
 
-def eval_command(data: str, model: Path | str, split: str, run: Path, device: str | None) -> list[str]:
-    """`densekit eval` of `model` on `data`'s `split`, its top 100 written to the TREC file `run`."""
+def eval_command(
+    data: str, model: Path | str, split: str, run: Path, device: str | None, depth: int = 100
+) -> list[str]:
+    """`densekit eval` of `model` on `data`'s `split`, its top `depth` written to the TREC file `run`."""
     device_args = ["--device", device] if device else []
-    return [DENSEKIT, "eval", data, "--model", str(model), "--split", split, "--depth", "100",
+    return [DENSEKIT, "eval", data, "--model", str(model), "--split", split, "--depth", str(depth),
             "--run-out", str(run), *device_args, "--json", "--quiet"]  # fmt: skip

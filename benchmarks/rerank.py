@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from ablation import emit, paired, settings_of
-from commands import DENSEKIT
+from commands import DENSEKIT, eval_command
 
 METRICS = ["ndcg@10", "recall@100"]
 
@@ -60,8 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def densekit(*words: str) -> float:
-    """Run one densekit command (output to stderr); its wall seconds."""
-    command = [DENSEKIT, *words]
+    """Run `densekit WORDS` (output to stderr); its wall seconds."""
+    return run_command([DENSEKIT, *words])
+
+
+def run_command(command: list[str]) -> float:
+    """Run one command (output to stderr); its wall seconds."""
     print(f"[rerank] {shlex.join(command)}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, stdout=sys.stderr)
@@ -80,8 +84,9 @@ def cross_encoder(args: argparse.Namespace, folder: Path) -> tuple[Path, dict]:
         run = args.out / "ce"
         start = args.out / "dev-start.trec"
         if not start.is_file():
-            densekit("eval", str(folder / "split" / "data"), "--split", "dev", "-m", args.model, "--depth",
-                     str(args.eval_depth), "--run-out", str(start), "--quiet", *device)  # fmt: skip
+            run_command(
+                eval_command(str(folder / "split" / "data"), args.model, "dev", start, args.device, args.eval_depth)
+            )
         resume = ["--resume"] if (run / "checkpoints").is_dir() else []
         wall = densekit("train-reranker", "-m", args.model, "-o", str(run), "--negatives",
                         str(folder / "mine" / "negatives.jsonl"), "--corpus", str(folder / "split" / "data"),
@@ -113,10 +118,11 @@ def first_stage_runs(args: argparse.Namespace, folder: Path, stage: str, name: s
                                                                                         args.test_split)):  # fmt: skip
         path = args.out / "runs" / f"{name}-{split}-first.trec"
         if not path.is_file():
-            retriever = ["--bm25", "--backend", "bm25s"] if stage == "bm25" else ["-m", stage]
-            device = ["--device", args.device] if args.device and stage != "bm25" else []
-            densekit("eval", data, "--split", split_name, *retriever, "--depth", str(args.depth), "--run-out",
-                     str(path), "--quiet", *device)  # fmt: skip
+            if stage == "bm25":
+                densekit("eval", data, "--split", split_name, "--bm25", "--backend", "bm25s", "--depth",
+                         str(args.depth), "--run-out", str(path), "--quiet")  # fmt: skip
+            else:
+                run_command(eval_command(data, stage, split_name, path, args.device, args.depth))
         paths[split] = path
     return paths
 
@@ -144,9 +150,7 @@ def rescored(args: argparse.Namespace, folder: Path, model: Path, first: Path, s
 def evaluate_stage(args: argparse.Namespace, folder: Path, model: Path, stage: str) -> dict:
     """One first stage: dev sweep, chosen blend, dev and test metrics, paired tests on test."""
     from densekit.eval.harness import evaluate_run
-    from densekit.finetune.report import BLEND_WEIGHTS
-    from densekit.retriever.hybrid import NORMALIZATIONS
-    from densekit.retriever.rerank import blend_runs, blend_sweep
+    from densekit.retriever.rerank import blend_runs, choose_blend
 
     name = "bm25" if stage == "bm25" else "-".join(Path(stage).parts[-2:])  # ".../seed1/best" -> "seed1-best"
     firsts = first_stage_runs(args, folder, stage, name)
@@ -155,14 +159,10 @@ def evaluate_stage(args: argparse.Namespace, folder: Path, model: Path, stage: s
     for split in ("dev", "test"):
         data, first, scored, seconds = rescored(args, folder, model, firsts[split], split, name)
         if split == "dev":
-
-            def ndcg(run, data=data) -> float:
-                return float(evaluate_run(run, data, ("ndcg@10",)).result.metrics["ndcg@10"])
-
-            sweep = [(n, w, v) for n in NORMALIZATIONS for w, v in blend_sweep(first, scored, BLEND_WEIGHTS, ndcg, n)]
-            normalization, weight, _ = max(sweep, key=lambda point: (point[2], -point[1]))
-            blend = {"weight": weight, "normalization": normalization,
-                     "dev_sweep": [[n, w, round(v, 4)] for n, w, v in sweep]}  # fmt: skip
+            blend = choose_blend(
+                first, scored, lambda r, ds=data: evaluate_run(r, ds, ("ndcg@10",)).result.metrics["ndcg@10"]
+            )
+            blend["dev_sweep"] = [[n, w, round(v, 4)] for n, w, v in blend["dev_sweep"]]
         blended = blend_runs(first, scored, blend["weight"], blend["normalization"])
         runs = {"first": first, "reranked": blend_runs(first, scored, 0.0), "blended": blended}
         row[split] = {

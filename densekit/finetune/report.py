@@ -20,7 +20,6 @@ from densekit.io import atomic_file, write_json
 
 METRICS = ("ndcg@10", "recall@100")
 DEPTH = 1000
-BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # first-stage weights tried on dev
 
 
 class FixedRun:
@@ -47,8 +46,7 @@ def evaluate_models(
 ) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
     """``{split: {"base" | "finetuned" | "reranked" | "blended" | "refit": {metric: value}}}`` for dev and
     (when given) test, and the blend chosen on dev: ``{"weight", "normalization", "dev_sweep"}``
-    (the weight of the fine-tuned model's score, :data:`BLEND_WEIGHTS` x minmax/zscore, best dev ndcg@10;
-    a tie keeps the smaller weight, minmax before zscore).
+    (:func:`densekit.retriever.rerank.choose_blend` on dev ndcg@10; the sweep's scores rounded to 6 digits).
 
     `refit` (the fine-tuned recipe trained again with the dev slice) is scored on test only: dev trained it.
 
@@ -60,8 +58,7 @@ def evaluate_models(
     from densekit.eval.harness import evaluate_run
     from densekit.retriever.dense import DenseRetriever
     from densekit.retriever.encoder import Encoder
-    from densekit.retriever.hybrid import NORMALIZATIONS
-    from densekit.retriever.rerank import CrossEncoderReranker, blend_runs, blend_sweep
+    from densekit.retriever.rerank import CrossEncoderReranker, blend_runs, choose_blend
 
     datasets = {"dev": load_dataset(dev[0], split=dev[1])}
     if test is not None:
@@ -90,18 +87,11 @@ def evaluate_models(
         results[name]["reranked"] = dict(evaluate_run(run, ds, METRICS).result.metrics)
         _keep(run, runs_dir, f"{name}-reranked")
         first = Run({q: runs[name].get(q, [])[:rerank_depth] for q in ds.queries})
-        if not blend:
-
-            def ndcg(candidate: Run, ds=ds) -> float:
-                return float(evaluate_run(candidate, ds, ("ndcg@10",)).result.metrics["ndcg@10"])
-
-            sweep = [(n, w, v) for n in NORMALIZATIONS for w, v in blend_sweep(first, run, BLEND_WEIGHTS, ndcg, n)]
-            normalization, weight, _ = max(sweep, key=lambda point: (point[2], -point[1]))
-            blend = {
-                "weight": weight,
-                "normalization": normalization,
-                "dev_sweep": [[n, w, round(v, 6)] for n, w, v in sweep],
-            }
+        if name == "dev":
+            blend = choose_blend(
+                first, run, lambda r, ds=ds: evaluate_run(r, ds, ("ndcg@10",)).result.metrics["ndcg@10"]
+            )
+            blend["dev_sweep"] = [[n, w, round(v, 6)] for n, w, v in blend["dev_sweep"]]
         blended = blend_runs(first, run, blend["weight"], blend["normalization"])
         results[name]["blended"] = dict(evaluate_run(blended, ds, METRICS).result.metrics)
         _keep(blended, runs_dir, f"{name}-blended")

@@ -38,7 +38,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from densekit.retriever.base import Retriever
 from densekit.retriever.hybrid import NORMALIZATIONS, interpolate
 
 MAX_LENGTH = 512  # BERT-like position limit; tokenizers without a recorded length say 1e30
+BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # first-stage weights :func:`choose_blend` tries
 
 
 class CrossEncoderReranker:
@@ -191,8 +192,15 @@ def blend_runs(first: Run, reranked: Run, weight: float, normalization: str = "m
     return interpolate([reranked, first], [1.0 - weight, weight], normalization, depth=k)
 
 
-def blend_sweep(
-    first: Run, reranked: Run, weights: Sequence[float], score: Any, normalization: str = "minmax"
-) -> list[tuple[float, float]]:
-    """(weight, score(blended run)) for each weight: the dev search of :func:`blend_runs`' weight."""
-    return [(float(w), float(score(blend_runs(first, reranked, w, normalization)))) for w in weights]
+def choose_blend(
+    first: Run, reranked: Run, score: Callable[[Run], float], weights: Sequence[float] = BLEND_WEIGHTS
+) -> dict:
+    """The blend that scores best: ``{"weight", "normalization", "dev_sweep"}``.
+
+    Every `weights` x normalisation of :func:`blend_runs` is scored by `score` (a dev split's ndcg@10);
+    `dev_sweep` lists ``[normalization, weight, score]`` for each. A tie keeps the smaller weight, minmax
+    before zscore. Pass dev runs only: the choice is then applied to test unchanged.
+    """
+    sweep = [(n, float(w), float(score(blend_runs(first, reranked, w, n)))) for n in NORMALIZATIONS for w in weights]
+    normalization, weight, _ = max(sweep, key=lambda point: (point[2], -point[1]))
+    return {"weight": weight, "normalization": normalization, "dev_sweep": [list(point) for point in sweep]}
