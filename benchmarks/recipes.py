@@ -131,7 +131,8 @@ def rerank_args(ctx: Context) -> list[str]:
         tiny = "--max-steps 2 --batch-size 2 --negatives-per-query 1 --max-length 32 --eval-steps 1 --save-steps 1"
         return ["--data", str(data), "--model", model, "--finetune-folder", str(ctx.workdir / "rerank-smoke-ft"),
                 "--finetune-args", mine, "--train-args", tiny, "--eval-depth", "5", "--first-stages",
-                f"{model},bm25", "--depth", "10", "--device", "cpu", "--threads", "1",
+                f"{model},bm25", "--seed-group", f"pair={model},bm25", "--depth", "10", "--device", "cpu",
+                "--threads", "1",
                 "--out", str(ctx.workdir / "rerank-smoke")]  # fmt: skip
     seed1 = [
         "--finetune-folder",

@@ -14,7 +14,9 @@ Steps (each kept in --out and reused on a rerun):
 4. the blend of cross-encoder and first-stage scores (:func:`densekit.retriever.rerank.blend_runs`) whose
    weight and normalisation score best on dev (`densekit finetune`'s grid), applied to test unchanged;
 5. test ndcg@10 and recall@100 of the first stage, the reranked and the blended run, and the paired tests
-   (``densekit compare``'s) of reranked and blended against the first stage.
+   (``densekit compare``'s) of reranked and blended against the first stage;
+6. per --seed-group (a label and the first stages that are one recipe's seeds): mean ± sd over the seeds and
+   the paired tests pooled over all seeds' queries (each seed's blend chosen on dev by that seed).
 
 Nothing is chosen on test. Usage::
 
@@ -33,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import emit, paired, settings_of
+from ablation import emit, paired, settings_of, spread
 from commands import DENSEKIT, eval_command
 
 METRICS = ["ndcg@10", "recall@100"]
@@ -51,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-depth", type=int, default=30, help="dev hits reranked during training")
     p.add_argument("--first-stages", default="all-MiniLM-L6-v2", help="comma-separated: model names/folders, bm25")
     p.add_argument("--depth", type=int, default=100, help="first-stage hits the cross-encoder reranks")
+    p.add_argument("--seed-group", action="append", default=[], metavar="LABEL=STAGE,STAGE,...",
+                   help="first stages that are seeds of one recipe: summarised together (repeatable)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for every step (0: leave)")
@@ -147,8 +151,9 @@ def rescored(args: argparse.Namespace, folder: Path, model: Path, first: Path, s
     return data, cut, scored, round(time.perf_counter() - start, 1)
 
 
-def evaluate_stage(args: argparse.Namespace, folder: Path, model: Path, stage: str) -> dict:
-    """One first stage: dev sweep, chosen blend, dev and test metrics, paired tests on test."""
+def evaluate_stage(args: argparse.Namespace, folder: Path, model: Path, stage: str) -> tuple[dict, dict, dict]:
+    """One first stage: dev sweep, chosen blend, dev and test metrics, paired tests on test. Returns the
+    record's row, the test runs by label (first, reranked, blended) and the test qrels."""
     from densekit.eval.harness import evaluate_run
     from densekit.retriever.rerank import blend_runs, choose_blend
 
@@ -178,7 +183,38 @@ def evaluate_stage(args: argparse.Namespace, folder: Path, model: Path, stage: s
                 for label in ("reranked", "blended")
             }
     row["blend"] = blend
-    return row
+    return row, runs, qrels
+
+
+def parse_groups(specs: list[str]) -> dict[str, list[str]]:
+    """--seed-group values (``LABEL=A,B,C``) as {label: [first stage, ...]}; a malformed one exits."""
+    groups = {}
+    for spec in specs:
+        label, _, stages = spec.partition("=")
+        members = [s.strip() for s in stages.split(",") if s.strip()]
+        if not label.strip() or len(members) < 2 or label.strip() in groups:
+            raise SystemExit(f"[rerank] --seed-group {spec!r}: expected a new LABEL=STAGE,STAGE,... (two or more)")
+        groups[label.strip()] = members
+    return groups
+
+
+def summarise_group(label: str, members: list[str], rows: dict, runs: dict, qrels: dict) -> dict:
+    """Mean ± sd over a group's seeds (test) and the paired tests pooled over all seeds' queries."""
+    test = {}
+    for kind in ("first", "reranked", "blended"):
+        test[kind] = {}
+        for metric in METRICS:
+            values = [rows[m]["test"][kind][metric] for m in members]
+            test[kind][metric] = {**spread(values), "per_seed": values}
+    seeds = {m: i + 1 for i, m in enumerate(members)}
+    pooled = {
+        f"{kind}_vs_first": paired(
+            {seeds[m]: runs[m]["first"] for m in members}, {seeds[m]: runs[m][kind] for m in members}, qrels, METRICS
+        )
+        for kind in ("reranked", "blended")
+    }
+    blends = [[rows[m]["blend"]["weight"], rows[m]["blend"]["normalization"]] for m in members]
+    return {"label": label, "members": members, "test": test, "paired": pooled, "blends": blends}
 
 
 def short(stage: str) -> str:
@@ -208,6 +244,19 @@ def markdown(result: dict) -> str:
             w, t, loss = n["wins_ties_losses"]
             lines.append(f"| {short(row['first_stage'])}: {name.replace('_', ' ')} | {n['delta']:+.4f} | "
                          f"{n['t_p_value']:.3f} / {n['randomization_p_value']:.3f} | {w} / {t} / {loss} |")  # fmt: skip
+    if result.get("groups"):
+        lines += ["", "| seeds of one recipe (test) | first stage | reranked | blended (weights on dev) | "
+                  "blended vs first: Δ, p (t / randomisation), wins / ties / losses over all seeds' queries |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for g in result["groups"]:
+            t = g["test"]
+            cell = {k: f"{t[k]['ndcg@10']['mean']:.4f} ± {t[k]['ndcg@10']['sd']:.4f}" for k in t}
+            weights = ", ".join(f"{w:.1f} {n}" for w, n in g["blends"])
+            n = g["paired"]["blended_vs_first"]["ndcg@10"]
+            w, ties, loss = n["wins_ties_losses"]
+            lines.append(f"| {g['label']} ({len(g['members'])} seeds) | {cell['first']} | {cell['reranked']} | "
+                         f"{cell['blended']} ({weights}) | {n['delta']:+.4f}, {n['t_p_value']:.3f} / "
+                         f"{n['randomization_p_value']:.3f}, {w} / {ties} / {loss} |")  # fmt: skip
     curve = ", ".join(f"{s}: {v:.4f}" for s, v in result["cross_encoder"]["dev_curve"])
     depth = result["settings"]["eval_depth"]
     lines += ["", f"All ndcg@10. Cross-encoder dev ndcg@10 by step (the start model's dev top {depth}): {curve}."]
@@ -216,6 +265,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    groups = parse_groups(args.seed_group)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -224,13 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     device = ["--device", args.device] if args.device else []
     densekit("finetune", args.data, "-m", args.model, "-o", str(folder), *shlex.split(args.finetune_args),
              "--until", "mine", "--quiet", *device)  # fmt: skip
+    stages = [s.strip() for s in args.first_stages.split(",") if s.strip()]
+    stages += [m for members in groups.values() for m in members if m not in stages]
     model, info = cross_encoder(args, folder)
-    rows = [evaluate_stage(args, folder, model, stage.strip()) for stage in args.first_stages.split(",") if stage]
+    rows, runs, qrels = {}, {}, {}
+    for stage in stages:
+        rows[stage], runs[stage], qrels = evaluate_stage(args, folder, model, stage)
     result = {
         "data": args.data,
         "settings": settings_of(args),
         "cross_encoder": info,
-        "rows": rows,
+        "rows": list(rows.values()),
+        "groups": [summarise_group(label, members, rows, runs, qrels) for label, members in groups.items()],
         "wall_s": round(time.perf_counter() - start, 1),
     }
     return emit(result, markdown(result), args)

@@ -88,6 +88,13 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
             assert len(sweep) == 22 and max(v for *_, v in sweep) == row["dev"]["blended"]["ndcg@10"]
             assert set(row["paired"]) == {"reranked_vs_first", "blended_vs_first"}
         assert f["cross_encoder"]["dev_curve"] and f["cross_encoder"]["steps"] == 2
+        [group] = f["groups"]  # the two first stages summarised as if seeds: means of the rows, pooled tests
+        blended = [row["test"]["blended"]["ndcg@10"] for row in f["rows"]]
+        assert group["test"]["blended"]["ndcg@10"]["per_seed"] == blended
+        assert abs(group["test"]["blended"]["ndcg@10"]["mean"] - sum(blended) / 2) < 1e-4
+        pooled = group["paired"]["blended_vs_first"]["ndcg@10"]["wins_ties_losses"]
+        assert sum(pooled) == 2 * f["rows"][0]["test"]["queries"]
+        assert "seeds of one recipe" in table
     if name == "ablation-dev":  # selection mode: trained and reported inside the training split, test never read
         f = record["figures"]
         assert f["eval_split"] == "dev" and f["dev_slice"]["dev_queries"] >= 1 and f["dev_slice"]["train_queries"] >= 1
