@@ -9,6 +9,7 @@ and that the filters drop exactly what their rules say.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,22 @@ def test_stored_scores_are_the_rerankers(tiny_teacher, tiny_cross_encoder, datas
     removed = [json.loads(line) for line in removed_out.read_text().splitlines()]
     assert all(c["ce_score"] is None for line in removed for c in line["removed"])  # never scored
     assert json.loads(Path(f"{out}.config.json").read_text())["scorer"]["model"] == str(tiny_cross_encoder)
+
+
+def test_scorer_truncates_where_the_reranker_does(tiny_cross_encoder, dataset, tmp_path: Path) -> None:
+    """Without max_length, ce_score is the score `densekit eval --rerank` ranks by: both truncate at the
+    length the folder's tokenizer records (48 here), not at 512."""
+    folder = tmp_path / "ce"
+    shutil.copytree(tiny_cross_encoder, folder)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "model_max_length": 48}))
+    scorer = CrossEncoderScorer(folder, dataset.corpus)
+    reranker = CrossEncoderReranker(None, folder, dataset.corpus)  # type: ignore[arg-type]
+    assert scorer.reranker.max_length == reranker.max_length == 48
+    assert scorer.describe()["max_length"] == 48
+    query, ids = next(iter(dataset.queries.values())), list(dataset.corpus.ids[:5])
+    np.testing.assert_allclose(scorer.score(query, ids), reranker.score(query, [_text(dataset.corpus, d) for d in ids]))
 
 
 def test_ce_filter_in_the_miner_drops_exactly_the_rule(tiny_teacher, tiny_cross_encoder, dataset, tmp_path) -> None:

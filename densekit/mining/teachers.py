@@ -31,9 +31,12 @@ class CrossEncoderScorer:
         model: str | Path,
         corpus: Corpus,
         batch_size: int = 32,
-        max_length: int = 512,
+        max_length: int | None = None,
         device: str | None = None,
     ) -> None:
+        """`max_length` None truncates pairs where the folder's tokenizer records (the length
+        `densekit train-reranker` trained at), as `densekit eval --rerank` does: the stored scores are
+        the reranker's. Until 2026-12-05 it was 512, which scored a 128-token cross-encoder at 512."""
         from densekit.retriever.rerank import CrossEncoderReranker
 
         # Only its pair scoring is used: mining brings its own candidates, so no first stage.
