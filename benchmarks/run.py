@@ -43,6 +43,7 @@ from recipes import (  # noqa: E402  (the recipes are re-exported: run.NFCORPUS_
     finetune_gpu_args,
     finetune_variant_args,
     rerank_args,
+    rerank_nfcorpus_args,
     train_quality_args,
 )
 from renderers import (  # noqa: E402
@@ -285,6 +286,9 @@ REGISTRY: dict[str, Benchmark] = {
             in_all=False,
         ),
         Benchmark("rerank", "rerank.py", rerank_args, render_rerank, output="--json-out", in_all=False),
+        Benchmark(
+            "rerank-nfcorpus", "rerank.py", rerank_nfcorpus_args, render_rerank, output="--json-out", in_all=False
+        ),
         Benchmark("scaling-mining", "scaling.py", scaling_args("mining"), render_scaling, output="--json-out"),
         Benchmark("scaling-search", "scaling.py", scaling_args("search"), render_scaling, output="--json-out"),
         Benchmark("scaling-train", "scaling.py", scaling_args("train"), render_scaling, output="--json-out"),

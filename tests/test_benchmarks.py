@@ -80,6 +80,10 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
         assert f["rows"]["test/finetuned"]["ndcg@10"]["sd"] is not None
         [g] = f["generality"].values()  # both seeds' models and the start model scored zero-shot, paired
         assert len(g["variants"]["finetuned"]["per_seed"]) == 2 and "Zero-shot on" in table
+    if name == "rerank-nfcorpus":  # BM25's top hits only, no seed group
+        f = record["figures"]
+        assert [r["first_stage"] for r in f["rows"]] == ["bm25"] and f["groups"] == []
+        assert set(f["rows"][0]["paired"]) == {"reranked_vs_first", "blended_vs_first"}
     if name == "rerank":  # both first stages reranked; the blend chosen on dev and applied to test
         f = record["figures"]
         assert [r["first_stage"].split("/")[-1] for r in f["rows"]] == ["tiny-bert", "bm25"]
