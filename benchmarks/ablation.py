@@ -214,16 +214,10 @@ def read_runs(runs: dict[int, Path]) -> dict:
 
 
 def pooled(runs: dict, qrels: dict) -> tuple[dict, dict]:
-    """Runs and qrels of every seed as one set of queries, ``{qid}#s{seed}`` (the pairing across variants)."""
-    from densekit.data import Run
+    """Every seed's run and the qrels (``{seed: Run}``, in seed order) as one set of queries, paired across variants."""
+    from densekit.eval.compare import pool_seeds
 
-    run_all, qrels_all = Run(), {}
-    for seed, run in runs.items():
-        for qid, hits in run.items():
-            run_all[f"{qid}#s{seed}"] = hits
-        for qid, judged in qrels.items():
-            qrels_all[f"{qid}#s{seed}"] = judged
-    return run_all, qrels_all
+    return pool_seeds([runs[seed] for seed in sorted(runs)], qrels)
 
 
 def spread(values: list[float]) -> dict:

@@ -173,3 +173,38 @@ def test_cli_compare_json_markdown_and_errors(two_runs, tmp_path, capsys, monkey
         monkeypatch,
     )
     assert code == 2 and "bad.trec" in err
+
+
+def test_seed_runs_pool_query_q_of_seed_i_with_query_q_of_the_same_seed(two_runs) -> None:
+    """A = (long, short), B = (short, long): each seed's deltas are the other's negated, so the pooled
+    delta is exactly 0 with wins = losses; a pooling that paired across seeds would not cancel."""
+    from densekit.eval.compare import per_seed_means, pool_seeds
+
+    ds, long_run, short_run, _ = two_runs
+    run_a, qrels = pool_seeds([long_run, short_run], ds.qrels)
+    run_b = pool_seeds([short_run, long_run], ds.qrels)[0]
+    assert len(qrels) == 2 * len(ds.qrels) and set(run_a) == set(qrels)
+    cmp = compare_runs(run_a, run_b, qrels, ["ndcg@10"], trials=200)
+    m = cmp.metrics["ndcg@10"]
+    assert m.delta == pytest.approx(0.0, abs=1e-12) and m.wins == m.losses > 0 and m.t_p_value == 1.0
+    single = {name: evaluate(ds.qrels, run, ["ndcg@10"]).metrics["ndcg@10"] for name, run in
+              (("long", long_run), ("short", short_run))}  # fmt: skip
+    assert per_seed_means(cmp.per_query_a, "ndcg@10") == pytest.approx([single["long"], single["short"]])
+    assert per_seed_means(cmp.per_query_b, "ndcg@10") == pytest.approx([single["short"], single["long"]])
+
+
+def test_cli_compare_pools_comma_separated_seed_runs(two_runs, capsys, monkeypatch) -> None:
+    ds, long_run, short_run, folder = two_runs
+    long, short = str(folder / "long.trec"), str(folder / "short.trec")
+    base = ["compare", f"{long},{long}", f"{short},{short}", "--data", str(ds.root), "--metrics", "ndcg@10"]
+    code, out, _ = run_cli([*base, "--trials", "200", "--json"], capsys, monkeypatch)
+    assert code == 0
+    result = json.loads(out)
+    single = compare_runs(long_run, short_run, ds.qrels, ["ndcg@10"], trials=200).metrics["ndcg@10"]
+    assert result["seeds"] == 2 and result["queries"] == 2 * len(ds.qrels)
+    assert result["metrics"]["ndcg@10"]["delta"] == pytest.approx(single.delta)
+    assert result["per_seed"]["ndcg@10"]["a"] == pytest.approx([single.mean_a] * 2)
+    code, out, _ = run_cli(base[:-2] + ["--trials", "200"], capsys, monkeypatch)  # text: the per-seed table
+    assert code == 0 and "pooled" in out and "per seed (mean over" in out
+    code, _, err = run_cli(["compare", f"{long},{short}", short, "--data", str(ds.root)], capsys, monkeypatch)
+    assert code == 2 and "A has 2 run(s) and B 1" in err

@@ -17,8 +17,14 @@ from densekit.eval.config import parse_metrics
 
 @app.command("compare")
 def compare_cmd(
-    run_a: Annotated[Path, typer.Argument(help="TREC run file A (the baseline).")],
-    run_b: Annotated[Path, typer.Argument(help="TREC run file B (compared against A).")],
+    run_a: Annotated[
+        str,
+        typer.Argument(
+            help="TREC run file A (the baseline); or one per training seed, comma-separated (A1,A2,A3): "
+            "pooled, query q of seed i paired with query q of B's seed i."
+        ),
+    ],
+    run_b: Annotated[str, typer.Argument(help="TREC run file B (compared against A); as many comma-separated as A.")],
     data: Annotated[str, typer.Option("--data", help="BEIR folder or name whose qrels judge both runs.")],
     split: Annotated[str, typer.Option(help="qrels split.")] = "test",
     metrics: Annotated[str | None, typer.Option(help="Comma-separated, e.g. ndcg@10,recall@100.")] = None,
@@ -38,8 +44,9 @@ def compare_cmd(
     from densekit.eval.config import compare_run_files
     from densekit.progress import announce
 
+    runs_a, runs_b = run_paths(run_a), run_paths(run_b)
     comparison, result = compare_run_files(
-        run_a, run_b, data, split, parse_metrics(metrics), trials=trials, seed=seed, out=out, plot=plot
+        runs_a, runs_b, data, split, parse_metrics(metrics), trials=trials, seed=seed, out=out, plot=plot
     )
     if as_json:
         render.emit(result)
@@ -53,8 +60,10 @@ def compare_cmd(
             if comparison.missing_a or comparison.missing_b
             else ""
         )
+        pooled = f"{result['seeds']} seeds pooled, " if result["seeds"] > 1 else ""
         render.table(
-            f"{result['dataset']} / {split}: B={run_b.name} vs A={run_a.name} ({comparison.queries} queries{missing})",
+            f"{result['dataset']} / {split}: B={comparison.name_b} vs A={comparison.name_a} "
+            f"({pooled}{comparison.queries} queries{missing})",
             ["metric", "A", "B", "B - A", "t-test p", "randomisation p", "wins/ties/losses"],
             [
                 [
@@ -70,8 +79,26 @@ def compare_cmd(
             ],
             right=["A", "B", "B - A", "t-test p", "randomisation p"],
         )
+        if result["seeds"] > 1:
+            render.table(
+                "per seed (mean over that seed's queries)",
+                ["metric", "seed", "A", "B", "B - A"],
+                [
+                    [name, str(i + 1), f"{a:.4f}", f"{b:.4f}", f"{b - a:+.4f}"]
+                    for name, both in result["per_seed"].items()
+                    for i, (a, b) in enumerate(zip(both["a"], both["b"], strict=True))
+                ],
+                right=["A", "B", "B - A"],
+            )
     if result.get("plot_skipped"):
         announce(f"--plot skipped: {result['plot_skipped']}")
+
+
+def run_paths(argument: str) -> list[Path]:
+    """A run argument as its files: the path itself when it names a file, else its comma-separated parts."""
+    if Path(argument).is_file() or "," not in argument:
+        return [Path(argument)]
+    return [Path(part.strip()) for part in argument.split(",") if part.strip()]
 
 
 @app.command("reproduce")

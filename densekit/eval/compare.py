@@ -191,6 +191,35 @@ def compare_runs(
     return Comparison(name_a, name_b, len(query_ids), results, values_a, values_b, missing_a, missing_b, trials, seed)
 
 
+SEED_SEPARATOR = "#s"
+
+
+def pool_seeds(runs: Sequence[Run], qrels: Qrels) -> tuple[Run, Qrels]:
+    """Several seeds' runs of one recipe as one run over ``{qid}#s{i}`` queries (i = 1, 2, ...), with the
+    qrels repeated per seed.
+
+    Pooling two recipes' runs this way pairs query q of seed i with query q of the *same* seed i, so a
+    paired test over the pooled queries compares the recipes at n_seeds x n_queries pairs (how the
+    benchmarks' three-seed comparisons are computed). Returns (pooled run, pooled qrels).
+    """
+    pooled_run, pooled_qrels = Run(), {}
+    for i, run in enumerate(runs, start=1):
+        for qid, hits in run.items():
+            pooled_run[f"{qid}{SEED_SEPARATOR}{i}"] = hits
+        for qid, judged in qrels.items():
+            pooled_qrels[f"{qid}{SEED_SEPARATOR}{i}"] = judged
+    return pooled_run, pooled_qrels
+
+
+def per_seed_means(per_query: dict[str, dict[str, float]], metric: str) -> list[float]:
+    """The mean of `metric` over each seed's queries of a pooled comparison's per-query values, seed 1 first."""
+    sums: dict[int, list[float]] = {}
+    for qid, values in per_query.items():
+        seed = int(qid.rsplit(SEED_SEPARATOR, 1)[1])
+        sums.setdefault(seed, []).append(values[metric])
+    return [float(np.mean(sums[seed])) for seed in sorted(sums)]
+
+
 def plot_deltas(comparison: Comparison, metric: str, path: str | Path) -> Path:
     """Write a PNG bar chart of per-query `metric` deltas (B - A), sorted, with the mean marked.
 

@@ -8,6 +8,7 @@ BEIR harness (pytrec_eval) and writes the outputs asked for.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,8 +126,8 @@ def read_prompt_file(path: Path) -> dict[str, str]:
 
 
 def compare_run_files(
-    run_a: Path,
-    run_b: Path,
+    runs_a: Sequence[Path],
+    runs_b: Sequence[Path],
     data: str,
     split: str = "test",
     metrics: tuple[str, ...] = DEFAULT_METRICS,
@@ -135,35 +136,57 @@ def compare_run_files(
     out: Path | None = None,
     plot: Path | None = None,
 ) -> tuple[object, dict]:
-    """`densekit compare`: two TREC runs judged by `data`'s `split` qrels, per query (paired tests).
+    """`densekit compare`: TREC runs judged by `data`'s `split` qrels, per query (paired tests).
 
-    Returns the :class:`~densekit.eval.compare.Comparison` and its JSON summary. `out` gets the
-    per-query JSON; `plot` a PNG of per-query deltas of the first metric. Without matplotlib the plot is
-    skipped: the summary says so under "plot_skipped" (the comparison itself is never thrown away).
+    One run a side compares them on the judged queries. Several (one per training seed, as many on each
+    side) are pooled with :func:`~densekit.eval.compare.pool_seeds`: query q of A's i-th run pairs with
+    query q of B's i-th run, and the summary adds each seed's means under "per_seed". Returns the
+    :class:`~densekit.eval.compare.Comparison` and its JSON summary. `out` gets the per-query JSON;
+    `plot` a PNG of per-query deltas of the first metric. Without matplotlib the plot is skipped: the
+    summary says so under "plot_skipped" (the comparison itself is never thrown away).
     """
     import importlib.util
 
     from densekit.data import Run, qrels_path, read_qrels, resolve_dataset
-    from densekit.eval.compare import compare_runs, plot_deltas
+    from densekit.eval.compare import compare_runs, per_seed_means, plot_deltas, pool_seeds
 
+    if not runs_a or len(runs_a) != len(runs_b):
+        raise DensekitError(
+            f"A has {len(runs_a)} run(s) and B {len(runs_b)}: give one run a side, or one per seed on each "
+            "side in the same seed order (A1,A2,A3 B1,B2,B3)"
+        )
     root = resolve_dataset(data)
     qrels = read_qrels(qrels_path(root, split))
+    read_a, read_b = [Run.read_trec(p) for p in runs_a], [Run.read_trec(p) for p in runs_b]
+    seeds = len(runs_a)
+    if seeds > 1:
+        (run_a, judged), run_b = pool_seeds(read_a, qrels), pool_seeds(read_b, qrels)[0]
+    else:
+        (run_a, run_b), judged = (read_a[0], read_b[0]), qrels
     comparison = compare_runs(
-        Run.read_trec(run_a),
-        Run.read_trec(run_b),
-        qrels,
+        run_a,
+        run_b,
+        judged,
         metrics,
         trials=trials,
         seed=seed,
-        name_a=run_a.name,
-        name_b=run_b.name,
+        name_a=",".join(p.name for p in runs_a),
+        name_b=",".join(p.name for p in runs_b),
     )
     result = comparison.to_json(per_query=False)
-    result.update(dataset=root.name, split=split)
+    result.update(dataset=root.name, split=split, seeds=seeds)
+    if seeds > 1:
+        result["per_seed"] = {
+            metric: {
+                "a": per_seed_means(comparison.per_query_a, metric),
+                "b": per_seed_means(comparison.per_query_b, metric),
+            }
+            for metric in comparison.metrics
+        }
     if out is not None:
         from densekit.io import write_json
 
-        write_json(out, {**comparison.to_json(per_query=True), "dataset": root.name, "split": split})
+        write_json(out, {**comparison.to_json(per_query=True), **{k: v for k, v in result.items() if k != "json"}})
         result["json"] = str(out)
     if plot is not None:
         if importlib.util.find_spec("matplotlib") is None:
