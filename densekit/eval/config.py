@@ -186,7 +186,7 @@ def compare_run_files(
     if out is not None:
         from densekit.io import write_json
 
-        write_json(out, {**comparison.to_json(per_query=True), **{k: v for k, v in result.items() if k != "json"}})
+        write_json(out, {**comparison.to_json(per_query=True), **result})
         result["json"] = str(out)
     if plot is not None:
         if importlib.util.find_spec("matplotlib") is None:
