@@ -161,7 +161,8 @@ def summarise(seeds: dict[int, dict], baseline: Path | None, data: str) -> dict:
             if all(test_runs(r["folder"], label).is_file() for r in seeds.values())
         }
         comparisons["finetuned_vs_base"] = paired(read["base"], read["finetuned"], qrels, METRICS)
-        comparisons["reranked_vs_finetuned"] = paired(read["finetuned"], read["reranked"], qrels, METRICS)
+        if "reranked" in read:  # not with --no-cross-encoder
+            comparisons["reranked_vs_finetuned"] = paired(read["finetuned"], read["reranked"], qrels, METRICS)
         if "blended" in read:
             comparisons["blended_vs_finetuned"] = paired(read["finetuned"], read["blended"], qrels, METRICS)
         if "refit" in read:

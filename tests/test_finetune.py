@@ -172,6 +172,33 @@ def test_a_teacher_no_better_than_the_base_model_does_not_teach(finished, tmp_pa
     assert "**does not teach**" in (out / "report.md").read_text()
 
 
+def test_without_a_cross_encoder_the_mined_negatives_train_none_and_nothing_reranks(
+    finished, tmp_path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(finished["out"], out)  # its cross-encoder/ must not outlive the switch
+    args = [a if a != str(finished["out"]) else str(out) for a in finished["args"]] + ["--no-cross-encoder"]
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    statuses = [summary["stages"][s]["status"] for s in STAGES]
+    assert statuses == ["skipped", "skipped", "off", "ran", "ran", "off", "ran"]
+    assert summary["teacher"]["teaches"] is False and summary["teacher"]["off"] is True
+    assert (out / "score" / "negatives.jsonl").read_bytes() == (out / "mine" / "negatives.jsonl").read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["candidates"]) == {"none"} and report["cross_encoder"] is None
+    assert all(set(rows) == {"base", "finetuned"} for rows in report["metrics"].values())
+    assert not (out / "cross-encoder").exists() and not list((out / "eval" / "runs").glob("*-reranked.trec"))
+    assert "was not trained (--no-cross-encoder)" in (out / "report.md").read_text()
+
+
+def test_no_cross_encoder_with_only_a_distillation_candidate_is_refused(tmp_path, capsys, monkeypatch) -> None:
+    args = ["finetune", "scifact", "-m", "m", "-o", str(tmp_path / "o"), "--no-cross-encoder", "--distill", "kl"]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--distill none" in err and not (tmp_path / "o").exists()
+
+
 def test_refit_trains_the_choice_again_with_the_dev_slice_and_delivers_it(
     finished, ft_data, tmp_path, capsys, monkeypatch
 ):

@@ -127,3 +127,27 @@ def test_resume_accepts_a_checkpoint_from_before_a_setting_existed(
     changed.stop_after_steps = None
     with pytest.raises(DensekitError, match="forward_batch_size"):
         train(changed, resume=True)
+
+
+def test_bf16_on_cpu_trains_under_autocast_where_the_cpu_has_it(
+    tiny_model: Path, train_negatives: Path, scifact_small: Path, tmp_path: Path
+) -> None:
+    from densekit.retriever.train.loop import cpu_has_bf16
+
+    def run(name: str, precision: str) -> dict:
+        config = _config(tiny_model, train_negatives, scifact_small, tmp_path / name, max_steps=3, precision=precision)
+        return train(config)
+
+    with pytest.raises(DensekitError, match="fp16 needs a CUDA device"):
+        run("fp16", "fp16")
+    if not cpu_has_bf16():  # e.g. a CI runner without AVX512-BF16 or AMX: refused, not emulated slowly
+        with pytest.raises(DensekitError, match="needs native bf16"):
+            run("bf16", "bf16")
+        return
+    full, half = run("fp32", "no"), run("bf16", "bf16")
+    assert half["finished"] and half["steps"] == full["steps"] == 3
+    lines = (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in map(json.loads, lines) if "loss" in r)
+    a, b = _weights(tmp_path / "fp32" / "model"), _weights(tmp_path / "bf16" / "model")
+    assert all(t.dtype == torch.float32 for t in b.values())  # master weights stay float32
+    assert any(not torch.equal(a[n], b[n]) for n in a)  # autocast really ran in bf16

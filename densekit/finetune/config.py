@@ -56,6 +56,13 @@ class FinetuneConfig:
     mine_threshold: float | None = field(default=None, metadata={"help": "abs filter: drop if s > threshold."})
     mine_negatives: int = field(default=8, metadata={"help": "Negatives mined per query."})
     mine_depth: int = field(default=100, metadata={"help": "Candidates per query."})
+    cross_encoder: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the cross-encoder (teacher, filter and reranker). --no-cross-encoder skips it: the "
+            "mined negatives train the 'none' candidate alone and the report has no reranked rows."
+        },
+    )
     ce_model: str | None = field(
         default=None, metadata={"help": "Starting weights of the cross-encoder (default: the base model)."}
     )
@@ -144,7 +151,8 @@ class FinetuneConfig:
     teacher_seed: int = field(default=42, metadata={"help": "Seed of the mining samplers and the cross-encoder."})
     device: str | None = field(default=None, metadata={"help": "Torch device (default: cuda if available)."})
     precision: str = field(
-        default="no", metadata={"help": "Mixed precision of both trainers: no, bf16 or fp16 (CUDA only)."}
+        default="no",
+        metadata={"help": "Mixed precision of both trainers: no, bf16 (CUDA or a bf16 CPU) or fp16 (CUDA)."},
     )
     encode_batch_size: int = field(default=64, metadata={"help": "Texts per encoder batch (mining, evaluation)."})
 
@@ -170,6 +178,9 @@ class FinetuneConfig:
                 raise DensekitError(f"unknown distillation {name!r}; expected one of {', '.join(DISTILL_LOSSES)}")
         if len(set(self.candidates())) != len(self.candidates()):
             raise DensekitError(f"distill repeats a candidate: {self.distill!r}")
+        if not self.cross_encoder and "none" not in self.candidates():
+            raise DensekitError(f"distill {self.distill!r} needs the cross-encoder's scores; with --no-cross-encoder "
+                                "give --distill none")  # fmt: skip
         parse_remine_every(self.remine_every)
         if self.positives not in POSITIVE_SAMPLING:
             raise DensekitError(f"unknown positives {self.positives!r}; expected one of {', '.join(POSITIVE_SAMPLING)}")
@@ -229,7 +240,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "teacher_seed",
         "precision",
     ),
-    "score": ("ce_filter", "ce_margin", "score_depth", "teacher_min_gain"),
+    "score": ("cross_encoder", "ce_filter", "ce_margin", "score_depth", "teacher_min_gain"),
     "train": (
         "loss",
         "guide",
@@ -256,7 +267,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 
 # Settings added after finetune folders existed: left out of a stage's inputs while at these defaults,
 # so a folder made before them is still done (its stages are not re-run for a setting it could not have).
-ADDED_LATER: dict[str, Any] = {"positives": "all", "precision": "no"}
+ADDED_LATER: dict[str, Any] = {"positives": "all", "precision": "no", "cross_encoder": True}
 
 
 def _accepts(hint: Any, value: Any) -> bool:

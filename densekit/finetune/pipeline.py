@@ -183,7 +183,8 @@ class Pipeline:
         }
         with write_lock(self.output):  # one finetune run per folder at a time
             for name in STAGES:
-                if name == "refit" and not cfg.refit:  # off: not in the chain, so eval's inputs stay the same
+                if (name == "refit" and not cfg.refit) or (name == "reranker" and not cfg.cross_encoder):
+                    # off: not in the chain, so the next stage's inputs stay the same
                     self.stages[name] = {"status": "off", "seconds": 0.0, "fingerprint": None}
                 else:
                     body, extra = bodies[name]
@@ -272,6 +273,9 @@ class Pipeline:
 
     def _teacher_verdict(self) -> dict:
         """Whether the cross-encoder beat the base model on dev by more than `teacher_min_gain`."""
+        if not self.config.cross_encoder:
+            announce("no cross-encoder (--no-cross-encoder): the mined negatives train the 'none' candidate alone")
+            return {"teaches": False, "ce_dev_ndcg@10": None, "base_dev_ndcg@10": None, "gain": None, "off": True}
         reranker = self.outputs["reranker"]
         base = reranker["base_dev_ndcg@10"]
         ce = (reranker["best"] or {}).get("ndcg@10")
@@ -451,7 +455,7 @@ class Pipeline:
             base=cfg.model,  # type: ignore[arg-type]
             tuned=str(self.path("train", "model")),
             refit=None if refit is None else str(refit),
-            cross_encoder=str(self.path("reranker", "model")),
+            cross_encoder=str(self.path("reranker", "model")) if cfg.cross_encoder else None,
             dev=(self.data_dir, "dev"),
             test=None if cfg.test_split == "none" else (cfg.data, cfg.test_split),  # type: ignore[arg-type]
             rerank_depth=cfg.rerank_depth,
@@ -461,7 +465,12 @@ class Pipeline:
         )
         write_json(folder / "results.json", results)
         delivered = refit or self.path("train", "model")
-        for name, source in (("model", delivered), ("cross-encoder", self.path("reranker", "model"))):
+        copies = [("model", delivered)] + (
+            [("cross-encoder", self.path("reranker", "model"))] if cfg.cross_encoder else []
+        )
+        if not cfg.cross_encoder and (self.output / "cross-encoder").is_dir():
+            shutil.rmtree(self.output / "cross-encoder")  # an earlier run's; this report has no cross-encoder
+        for name, source in copies:
             with atomic_dir(self.output / name, kind="model") as staging:
                 shutil.copytree(source, staging, dirs_exist_ok=True)
         with (

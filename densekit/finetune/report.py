@@ -35,7 +35,7 @@ class FixedRun:
 def evaluate_models(
     base: str,
     tuned: str,
-    cross_encoder: str,
+    cross_encoder: str | None,
     dev: tuple[Path, str],
     test: tuple[str, str] | None,
     rerank_depth: int = 100,
@@ -49,6 +49,7 @@ def evaluate_models(
     (:func:`densekit.retriever.rerank.choose_blend` on dev ndcg@10; the sweep's scores rounded to 6 digits).
 
     `refit` (the fine-tuned recipe trained again with the dev slice) is scored on test only: dev trained it.
+    Without a `cross_encoder` there are no "reranked" and "blended" rows and the blend is ``{}``.
 
     `dev` and `test` are (dataset, split); both must share one corpus (the dev slice's folder links it).
     With `runs_dir`, every run is also written there as ``{split}-{label}.trec`` (TREC format), so
@@ -81,7 +82,7 @@ def evaluate_models(
         results["test"]["refit"] = dict(evaluate_run(run, datasets["test"], METRICS).result.metrics)
         _keep(run, runs_dir, "test-refit")
     blend: dict = {}
-    for name, ds in datasets.items():  # dev first: the blend is chosen there
+    for name, ds in datasets.items() if cross_encoder is not None else ():  # dev first: the blend is chosen there
         reranker = CrossEncoderReranker(FixedRun(runs[name]), cross_encoder, corpus, depth=rerank_depth, device=device)
         run = reranker.search(ds.queries, rerank_depth)
         results[name]["reranked"] = dict(evaluate_run(run, ds, METRICS).result.metrics)
@@ -145,6 +146,8 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], chosen: str, path: P
 
 def teacher_check(teacher: dict) -> str:
     """The teacher check's verdict (the score stage's ``teacher`` output) as one Markdown clause."""
+    if teacher.get("off"):
+        return "was not trained (--no-cross-encoder): no teacher, no reranking"
     ce = teacher["ce_dev_ndcg@10"]
     verdict = (
         "teaches (its filter, the distillation candidates)"
@@ -200,14 +203,14 @@ def write_report(output: Path, config: Any, outputs: dict[str, dict], stages: di
         "split": split,
         "chosen": {"distill": train["chosen"], "best": train["runs"][train["chosen"]]["best"]},
         "candidates": {c: r["best"] for c, r in train["runs"].items()},
-        "reranker_best": outputs["reranker"]["best"],
+        "reranker_best": outputs["reranker"]["best"] if "reranker" in outputs else None,
         "teacher": outputs["score"]["teacher"],
         "refit": outputs.get("refit"),
         "metrics": results,
         "rerank_blend": outputs["eval"].get("blend"),
         "dev_curves": {c: [list(p) for p in points] for c, points in curves.items()},
         "model": str(output / "model"),
-        "cross_encoder": str(output / "cross-encoder"),
+        "cross_encoder": str(output / "cross-encoder") if config.cross_encoder else None,
         "negatives": str(output / "negatives.jsonl"),
         "stages": stages,
     }

@@ -189,7 +189,9 @@ class TrainConfig:
     )
     max_length: int | None = field(default=None, metadata={"help": "Document token limit (default the model's)."})
     query_max_length: int | None = field(default=None, metadata={"help": "Query token limit (default the model's)."})
-    precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (CUDA only)."})
+    precision: str = field(
+        default="no", metadata={"help": "no, bf16 (CUDA, or a CPU with native bf16) or fp16 (CUDA)."}
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     separate_towers: bool = field(default=False, metadata={"help": "Separate query and document encoders."})
     eval_data: str | None = field(

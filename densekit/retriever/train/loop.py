@@ -53,6 +53,24 @@ from densekit.retriever.train.optim import build_optimizer, seed_everything, war
 INPUTS = {"negatives_sha256": "the negatives file {data.negatives}", "corpus_fingerprint": "the corpus {data.corpus}"}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX), as oneDNN reports it."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_precision(precision: str, device_type: str) -> None:
+    """Refuse a mixed precision this device cannot run: fp16 needs CUDA; bf16 needs CUDA or a CPU with
+    native bf16 (elsewhere CPU autocast would emulate it, slower than float32)."""
+    if precision == "no" or device_type == "cuda":
+        return
+    if precision == "fp16":
+        raise DensekitError("--precision fp16 needs a CUDA device; use --precision no (or bf16) on CPU")
+    if not cpu_has_bf16():
+        raise DensekitError(
+            "--precision bf16 on CPU needs native bf16 (AVX512-BF16 or AMX), which this CPU lacks; use --precision no"
+        )
+
+
 class TrainingLoop:
     """Runs a training config (see the module docstring); under torchrun, one per process.
 
@@ -112,8 +130,7 @@ class TrainingLoop:
                 torch.cuda.set_device(self.device)
         else:
             self.device = torch.device("cpu")
-        if cfg.precision != "no" and self.device.type != "cuda":
-            raise DensekitError(f"--precision {cfg.precision} needs a CUDA device; use --precision no on CPU")
+        check_precision(cfg.precision, self.device.type)
         if cfg.batch_size % self.ctx.world_size:
             raise DensekitError(f"batch size {cfg.batch_size} must split evenly over {self.ctx.world_size} processes")
         seed_everything(cfg.seed)
@@ -148,7 +165,7 @@ class TrainingLoop:
         if self.config.precision == "no":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path | None:
