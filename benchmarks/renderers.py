@@ -117,6 +117,18 @@ def render_train(record: dict) -> str:
     return table(["round", "first", "densekit examples/s", "sentence-transformers examples/s", "ratio"], rows)
 
 
+def render_precision(record: dict) -> str:
+    f = record["figures"]
+    if "bf16" in f:
+        return f"bf16 {f['bf16']}."
+    rows = [[r["round"], r["first"], r["no_seconds_per_step"], r["bf16_seconds_per_step"], f"{r['speedup']:.3f}",
+             r["max_loss_drift"]] for r in f["rounds"]]  # fmt: skip
+    rows.append(["**mean**", "", "", "", f"**{f['speedup_mean']:.3f}x**", ""])
+    header = ["round", "first", "float32 s/step", "bf16 s/step", "speed-up", "max per-step loss drift"]
+    note = f"\n\n{f['data']}, {f['model']}, batch {f['batch_size']}, {f['steps']} steps per run, device {f['device']}."
+    return table(header, rows) + note
+
+
 def render_train_quality(record: dict) -> str:
     import train_quality
 

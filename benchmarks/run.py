@@ -55,6 +55,7 @@ from renderers import (  # noqa: E402
     render_matryoshka,
     render_milvus,
     render_mining,
+    render_precision,
     render_rerank,
     render_scaling,
     render_serve,
@@ -178,6 +179,15 @@ def train_args(ctx: Context) -> list[str]:
     return ["--negatives-file", str(ctx.negatives()), "--max-steps", "3", "--throughput-rounds", "3", *out]
 
 
+def precision_args(ctx: Context) -> list[str]:
+    out = ["--out", str(ctx.workdir / "precision")]
+    if ctx.smoke:
+        data, model = fixtures.smoke_scifact(ctx.workdir), fixtures.smoke_model(ctx.workdir)
+        steps = ["--steps", "1", "--rounds", "1", "--batch-size", "4", "--max-length", "32"]
+        return ["--data", data, "--model", model, "--negatives-file", str(ctx.negatives()), *steps, *out]
+    return ["--negatives-file", str(ctx.negatives()), "--threads", str(ctx.threads), *out]
+
+
 def serve_args(ctx: Context) -> list[str]:
     if ctx.smoke:
         data, model = fixtures.smoke_scifact(ctx.workdir), fixtures.smoke_model(ctx.workdir)
@@ -244,6 +254,7 @@ REGISTRY: dict[str, Benchmark] = {
             output="--json-out",
             in_all=False,
         ),
+        Benchmark("precision", "precision.py", precision_args, render_precision, output="--json-out"),
         Benchmark("serve", "serve.py", serve_args, render_serve),
         Benchmark("matryoshka", "matryoshka.py", matryoshka_args, render_matryoshka, output="--json-out"),
         Benchmark("milvus", "milvus.py", milvus_args, render_milvus, output="--json"),
