@@ -61,6 +61,8 @@ from pathlib import Path
 
 from commands import DENSEKIT, eval_command
 
+from densekit.finetune.config import FinetuneConfig
+
 VARIANT_NAMES = "naive,abs,margin,percpos,percpos+gist,percpos+ce,percpos+kl,percpos+remine"
 
 
@@ -157,7 +159,7 @@ class Ablation:
             DENSEKIT, "train-reranker", "-m", a.ce_model or a.model, "-o", str(folder), "--negatives", str(negatives),
             "--corpus", a.data, "--epochs", str(a.ce_epochs), "--batch-size", str(a.ce_batch_size),
             "--negatives-per-query", str(a.ce_negatives), "--lr", str(a.ce_lr), "--seed", "42", *self.device,
-            "--skip-queries-without-negatives", "--overwrite", "--json", "--quiet",
+            "--skip-queries-without-negatives", "--precision", a.precision, "--overwrite", "--json", "--quiet",
         ]  # fmt: skip
         if a.ce_max_steps:
             command += ["--max-steps", str(a.ce_max_steps)]
@@ -178,7 +180,7 @@ class Ablation:
             DENSEKIT, "train", "-m", a.model, "-o", str(folder), "--negatives", str(self.negatives_for(variant)),
             "--corpus", a.data, "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
             "--negatives-per-query", str(a.negatives_per_query), "--positives", a.positives, "--seed", str(seed),
-            *variant.train, *self.device, "--overwrite", "--json", "--quiet",
+            *variant.train, *self.device, "--precision", a.precision, "--overwrite", "--json", "--quiet",
         ]  # fmt: skip
         if a.max_steps:
             command += ["--max-steps", str(a.max_steps)]
@@ -360,12 +362,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["percpos", "naive"],
         help="the mined file the cross-encoder trains on (queries it left without negatives are skipped)",
     )
-    p.add_argument("--ce-epochs", type=int, default=1)
-    p.add_argument("--ce-batch-size", type=int, default=16)
-    p.add_argument("--ce-negatives", type=int, default=4)
-    p.add_argument("--ce-lr", type=float, default=2e-5)
-    p.add_argument("--ce-max-steps", type=int)
-    p.add_argument("--ce-max-length", type=int, default=256)
+    ce = FinetuneConfig()  # finetune's cross-encoder recipe (lr 1e-4, 600 steps: one that learns, docs/finetune.md)
+    p.add_argument("--ce-epochs", type=int, default=ce.ce_epochs)
+    p.add_argument("--ce-batch-size", type=int, default=ce.ce_batch_size)
+    p.add_argument("--ce-negatives", type=int, default=ce.ce_negatives)
+    p.add_argument("--ce-lr", type=float, default=ce.ce_lr)
+    p.add_argument("--ce-max-steps", type=int, default=ce.ce_max_steps)
+    p.add_argument("--ce-max-length", type=int, default=ce.ce_max_length)
+    p.add_argument("--precision", default="no", help="both trainers: no, or bf16 (CUDA or a CPU with native bf16)")
     p.add_argument("--epochs", type=int, default=2, help="the current SciFact recipe: 2 epochs")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
