@@ -359,6 +359,13 @@ def test_bad_positives_or_precision_is_refused_before_any_model_loads(flag, valu
     assert f"{value!r}" in err and not (tmp_path / "o").exists()
 
 
+def test_a_precision_the_device_cannot_run_is_refused_before_any_stage(tmp_path, capsys, monkeypatch) -> None:
+    args = ["finetune", "scifact", "-m", "m", "-o", str(tmp_path / "o"), "--precision", "fp16", "--device", "cpu"]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "fp16 needs a CUDA device" in err and not (tmp_path / "o").exists()
+
+
 def test_config_file_settings_and_flags_override(tmp_path) -> None:
     from densekit.finetune.config import build_config, read_config_file
 

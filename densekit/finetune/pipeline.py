@@ -110,6 +110,10 @@ class Pipeline:
 
     def __init__(self, config: FinetuneConfig, until: str | None = None) -> None:
         config.validate()
+        if config.precision != "no":  # refused here, not after mining: e.g. bf16 on a CPU without it
+            from densekit.retriever.train.loop import check_precision, device_type_of
+
+            check_precision(config.precision, device_type_of(config.device))
         if until is not None and until not in STAGES:
             raise DensekitError(f"unknown stage {until!r}; expected one of {', '.join(STAGES)}")
         self.config = config

@@ -58,6 +58,11 @@ def cpu_has_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def device_type_of(device: str | None) -> str:
+    """'cuda' or 'cpu' (or another torch device type): the given device's, else cuda when there is one."""
+    return torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def check_precision(precision: str, device_type: str) -> None:
     """Refuse a mixed precision this device cannot run: fp16 needs CUDA; bf16 needs CUDA or a CPU with
     native bf16 (elsewhere CPU autocast would emulate it, slower than float32)."""
@@ -121,7 +126,7 @@ class TrainingLoop:
     # ---------------------------------------------------------------- setup
     def _setup(self) -> None:
         cfg = self.config
-        device_type = torch.device(cfg.device).type if cfg.device else ("cuda" if torch.cuda.is_available() else "cpu")
+        device_type = device_type_of(cfg.device)
         self.ctx: DistributedContext = init_distributed(device_type)
         if device_type == "cuda":
             self.device = torch.device(cfg.device or f"cuda:{self.ctx.local_rank}")
