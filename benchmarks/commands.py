@@ -1,4 +1,4 @@
-"""The `densekit` commands the benchmark scripts run as subprocesses (ablation.py, finetune.py, rerank.py)."""
+"""The `densekit` command the benchmark scripts run as subprocesses (ablation, finetune, serve, ...)."""
 
 from __future__ import annotations
 

@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-DENSEKIT = str(Path(sys.executable).with_name("densekit"))
+from commands import DENSEKIT
 
 
 def train(args: argparse.Namespace, out: Path, dims: list[int] | None) -> dict:

@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-DENSEKIT = str(Path(sys.executable).with_name("densekit"))
+from commands import DENSEKIT
+
 PRECISIONS = ("no", "bf16")
 
 

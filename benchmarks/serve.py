@@ -26,10 +26,11 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
+
+from commands import DENSEKIT
 
 K = 10
 TOLERANCE = 1e-5
@@ -56,12 +57,12 @@ def ensure_index(path: Path, data: str, model: str) -> None:
     if (path / "manifest.json").is_file():
         return
     print(f"building {path} ({model} over {data}) ...", flush=True)
-    command = [str(Path(sys.executable).with_name("densekit")), "index", "build", data, "--model", model]
+    command = [DENSEKIT, "index", "build", data, "--model", model]
     subprocess.run([*command, "--out", str(path), "-q"], check=True)
 
 
 def start_server(index: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    command = [str(Path(sys.executable).with_name("densekit")), "serve", str(index), "--port", "0", "--json"]
+    command = [DENSEKIT, "serve", str(index), "--port", "0", "--json"]
     command += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()

@@ -455,11 +455,12 @@ class Pipeline:
 
         cfg = self.config
         refit = self.path("refit", "model") if "refit" in self.outputs else None
+        cross_encoder = self.path("reranker", "model") if cfg.cross_encoder else None
         results, blend = evaluate_models(
             base=cfg.model,  # type: ignore[arg-type]
             tuned=str(self.path("train", "model")),
             refit=None if refit is None else str(refit),
-            cross_encoder=str(self.path("reranker", "model")) if cfg.cross_encoder else None,
+            cross_encoder=None if cross_encoder is None else str(cross_encoder),
             dev=(self.data_dir, "dev"),
             test=None if cfg.test_split == "none" else (cfg.data, cfg.test_split),  # type: ignore[arg-type]
             rerank_depth=cfg.rerank_depth,
@@ -469,10 +470,10 @@ class Pipeline:
         )
         write_json(folder / "results.json", results)
         delivered = refit or self.path("train", "model")
-        copies = [("model", delivered)] + (
-            [("cross-encoder", self.path("reranker", "model"))] if cfg.cross_encoder else []
-        )
-        if not cfg.cross_encoder and (self.output / "cross-encoder").is_dir():
+        copies = [("model", delivered)]
+        if cross_encoder is not None:
+            copies.append(("cross-encoder", cross_encoder))
+        elif (self.output / "cross-encoder").is_dir():
             shutil.rmtree(self.output / "cross-encoder")  # an earlier run's; this report has no cross-encoder
         for name, source in copies:
             with atomic_dir(self.output / name, kind="model") as staging:

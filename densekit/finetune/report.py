@@ -203,7 +203,7 @@ def write_report(output: Path, config: Any, outputs: dict[str, dict], stages: di
         "split": split,
         "chosen": {"distill": train["chosen"], "best": train["runs"][train["chosen"]]["best"]},
         "candidates": {c: r["best"] for c, r in train["runs"].items()},
-        "reranker_best": outputs["reranker"]["best"] if "reranker" in outputs else None,
+        "reranker_best": outputs["reranker"]["best"] if config.cross_encoder else None,
         "teacher": outputs["score"]["teacher"],
         "refit": outputs.get("refit"),
         "metrics": results,
