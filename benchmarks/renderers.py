@@ -184,11 +184,14 @@ def render_ablation(record: dict) -> str:
 
 
 def _seed_wall(seed_record: dict) -> str:
-    """'35 min', or 'reused' when every stage of the seed's folder was finished by an earlier run."""
+    """'35 min'; 'reused ...' when earlier runs finished every stage; which stages ran when only some did."""
     stages = seed_record.get("stages") or {}
-    if stages and all(stage.get("status") in ("skipped", "off") for stage in stages.values()):
+    ran = [name for name, stage in stages.items() if stage.get("status") == "ran"]
+    reused = [name for name, stage in stages.items() if stage.get("status") == "skipped"]
+    if stages and not ran:
         return "reused (done by an earlier run)"
-    return f"{seed_record['wall_s'] / 60:.0f} min"
+    wall = f"{seed_record['wall_s'] / 60:.0f} min"
+    return f"{wall} (this run: {', '.join(ran)}; {', '.join(reused)} done by earlier runs)" if reused else wall
 
 
 def render_finetune(record: dict) -> str:

@@ -153,9 +153,11 @@ def test_args_reach_the_one_benchmark_and_only_one(tmp_path: Path, capsys: pytes
     assert stopped.value.code == 2 and "exactly one benchmark" in capsys.readouterr().err
 
 
-def test_finetune_table_says_reused_for_a_seed_an_earlier_run_finished() -> None:
+def test_finetune_table_says_which_stages_earlier_runs_finished() -> None:
     skipped = {"stages": {"train": {"status": "skipped"}, "refit": {"status": "off"}, "eval": {"status": "skipped"}}}
     skipped["wall_s"] = 3.0
     ran = {"stages": {"train": {"status": "ran"}, "eval": {"status": "ran"}}, "wall_s": 2100.0}
     assert renderers._seed_wall(skipped).startswith("reused")
     assert renderers._seed_wall(ran) == "35 min"
+    partly = {"stages": {"train": {"status": "skipped"}, "eval": {"status": "ran"}}, "wall_s": 36.0}
+    assert renderers._seed_wall(partly) == "1 min (this run: eval; train done by earlier runs)"
