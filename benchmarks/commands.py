@@ -17,3 +17,17 @@ def eval_command(
     device_args = ["--device", device] if device else []
     return [DENSEKIT, "eval", data, "--model", str(model), "--split", split, "--depth", str(depth),
             "--run-out", str(run), *device_args, "--json", "--quiet"]  # fmt: skip
+
+
+def require_models(models: list[str | Path]) -> None:
+    """Exit with densekit's one-line message when a model is not available here: checked before the first
+    stage, so a missing one (the GIST guide, all-mpnet-base-v2, needs `densekit models fetch`) stops a
+    benchmark at its start, not hours in when the stage that needs it comes."""
+    from densekit.errors import DensekitError
+    from densekit.retriever.models import resolve_model
+
+    for model in models:
+        try:
+            resolve_model(model)
+        except DensekitError as error:
+            raise SystemExit(f"{Path(sys.argv[0]).name}: {error}") from None

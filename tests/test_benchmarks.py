@@ -161,3 +161,14 @@ def test_finetune_table_says_which_stages_earlier_runs_finished() -> None:
     assert renderers._seed_wall(ran) == "35 min"
     partly = {"stages": {"train": {"status": "skipped"}, "eval": {"status": "ran"}}, "wall_s": 36.0}
     assert renderers._seed_wall(partly) == "1 min (this run: eval; train done by earlier runs)"
+
+
+def test_ablation_stops_at_its_start_when_the_guide_is_missing(tiny_model: Path, tmp_path: Path) -> None:
+    import ablation
+
+    missing = tmp_path / "no-such-guide"
+    out = tmp_path / "ablation"
+    with pytest.raises(SystemExit) as stopped:
+        ablation.main(["--model", str(tiny_model), "--guide", str(missing), "--variants", "naive,percpos+gist",
+                       "--out", str(out)])  # fmt: skip
+    assert "no-such-guide" in str(stopped.value) and not out.exists()
