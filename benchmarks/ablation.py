@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not names:
         raise SystemExit(f"--variants: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
     seeds = parse_seeds(args.seeds)
-    require_models([args.model, *([args.guide] if "percpos+gist" in names else [])])
+    require_models([args.model, *([args.guide] if any("--guide" in known[n].mine for n in names) else [])])
     holdout = use_dev_slice(args) if args.dev_fraction else None
     ablation = Ablation(args)
     start = time.perf_counter()
