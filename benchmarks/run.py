@@ -39,6 +39,7 @@ from recipes import (  # noqa: E402  (the recipes are re-exported: run.NFCORPUS_
     NFCORPUS_RECIPE,
     ablation_args,
     ablation_dev_args,
+    ablation_nfcorpus_args,
     finetune_args,
     finetune_gpu_args,
     finetune_variant_args,
@@ -260,6 +261,14 @@ REGISTRY: dict[str, Benchmark] = {
         Benchmark("milvus", "milvus.py", milvus_args, render_milvus, output="--json"),
         Benchmark("ablation", "ablation.py", ablation_args, render_ablation, output="--json-out", in_all=False),
         Benchmark("ablation-dev", "ablation.py", ablation_dev_args, render_ablation, output="--json-out", in_all=False),
+        Benchmark(
+            "ablation-nfcorpus",
+            "ablation.py",
+            ablation_nfcorpus_args,
+            render_ablation,
+            output="--json-out",
+            in_all=False,
+        ),
         Benchmark("finetune", "finetune.py", finetune_args, render_finetune, output="--json-out", in_all=False),
         # recipe changes tried on the dev slice with the test split unread, before `finetune` reports them
         Benchmark(

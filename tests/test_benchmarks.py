@@ -34,6 +34,7 @@ SLOW = {
     "matryoshka",
     "ablation",
     "ablation-dev",
+    "ablation-nfcorpus",
     "scaling-mining",
     "scaling-train",
 }
@@ -99,6 +100,9 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
         pooled = group["paired"]["blended_vs_first"]["ndcg@10"]["wins_ties_losses"]
         assert sum(pooled) == 2 * f["rows"][0]["test"]["queries"]
         assert "seeds of one recipe" in table
+    if name == "ablation-nfcorpus":  # NFCorpus's shape: one positive per query per epoch, its own folder
+        f = record["figures"]
+        assert f["settings"]["positives"] == "one" and list(f["variants"]) == ["naive"]
     if name == "ablation-dev":  # selection mode: trained and reported inside the training split, test never read
         f = record["figures"]
         assert f["eval_split"] == "dev" and f["dev_slice"]["dev_queries"] >= 1 and f["dev_slice"]["train_queries"] >= 1
