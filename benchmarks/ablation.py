@@ -25,7 +25,8 @@ Reported per variant: ndcg@10 and recall@100 mean and standard deviation over th
 value, the training steps, and the paired comparison against naive top-k over every seed's queries
 pooled (query q of seed s paired with query q of the same seed): mean delta, paired t-test p-value and
 randomisation-test p-value (:func:`densekit.eval.compare.compare_runs`). No setting is chosen here:
-the evaluation split is read for the report only, after every model is trained. ``--generality
+each model is evaluated once it is trained (so its run can be archived) but the metrics are computed
+from the runs only when every model's are there. ``--generality
 nfcorpus`` also scores every trained model and the start model on another dataset's test split
 (zero-shot: does training on SciFact cost the model elsewhere?), paired against the start model.
 
@@ -34,7 +35,10 @@ dev slice, trains every variant on the rest and reports on the slice; the test s
 
 Every stage is kept in ``--out`` and skipped when it is there (mined files, the cross-encoder, trained
 models, TREC runs), so an interrupted run is continued by running the same command again; a stage
-that an earlier command with other settings made is an error, never reused.
+that an earlier command with other settings made is an error, never reused. ``--archive DIR`` (the
+runner's full run uses ``benchmarks/stages/ablation``, committed) also keeps every finished stage's
+summary, negatives and TREC runs outside ``/tmp``, so a fresh machine (same ``--out`` path and
+``densekit`` path) continues where the last one stopped: an archived evaluation needs no model.
 
     DENSEKIT_DATA=../shared/data/beir python benchmarks/ablation.py --data scifact --out /tmp/ablation \\
         --seeds 1,2,3 --json-out /tmp/ablation/result.json
@@ -52,14 +56,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from commands import DENSEKIT, eval_command, require_models
+from commands import DENSEKIT, emit, eval_command, parse_seeds, require_models, settings_of
+from seed_stats import paired, read_runs, spread
+from stage_archive import StageArchive
 
 from densekit.finetune.config import FinetuneConfig
 
@@ -104,8 +109,18 @@ class Ablation:
     def out(self) -> Path:
         return self.args.out
 
-    def run(self, name: str, command: list[str], done: Path) -> dict:
-        """Run one densekit command (skipped when `done` holds the same command); its JSON output, kept in `done`."""
+    @property
+    def archive(self) -> StageArchive | None:
+        return StageArchive(self.out, self.args.archive) if self.args.archive else None
+
+    def run(self, name: str, command: list[str], done: Path, files: tuple[Path, ...] = ()) -> dict:
+        """Run one densekit command (skipped when `done` holds the same command); its JSON output, kept in `done`.
+
+        With ``--archive``, a stage missing here is first brought back from the archive (`done` and its
+        output `files`), and a stage that runs is archived when it finishes.
+        """
+        if self.archive:
+            self.archive.restore(done, files)
         if done.is_file():
             summary = json.loads(done.read_text(encoding="utf-8"))
             if summary["command"] != command:  # another setting: never reuse a stage silently
@@ -123,6 +138,8 @@ class Ablation:
         summary["output"] = json.loads(result.stdout) if result.stdout.strip() else None
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        if self.archive:
+            self.archive.keep(done, files)
         self._note(name, summary, reused=False)
         return summary
 
@@ -144,7 +161,7 @@ class Ablation:
         ]  # fmt: skip
         if scorer:
             command += ["--scorer", scorer]
-        self.run(f"mine {key}", command, path.with_suffix(".done.json"))
+        self.run(f"mine {key}", command, path.with_suffix(".done.json"), files=(path,))
         return path
 
     def cross_encoder(self) -> str:
@@ -172,12 +189,17 @@ class Ablation:
         scorer = self.cross_encoder() if variant.scored else None
         return self.mine(variant.negatives or variant.name, variant.mine, scorer=scorer)
 
-    def train(self, variant: Variant, seed: int) -> tuple[Path, int]:
-        """The bi-encoder of `variant` at `seed`; its model folder and training steps."""
+    def train(self, variant: Variant, seed: int, need_model: bool = True) -> tuple[Path, int]:
+        """The bi-encoder of `variant` at `seed`; its model folder and training steps.
+
+        With `need_model` False (its evaluations are archived) an archived training's summary is enough:
+        nothing is mined or trained. A summary without its model folder is trained again otherwise.
+        """
         a = self.args
         folder = self.out / "train" / variant.name / f"seed{seed}"
+        negatives = self.out / "negatives" / f"{variant.negatives or variant.name}.jsonl"  # as mine() names it
         command = [
-            DENSEKIT, "train", "-m", a.model, "-o", str(folder), "--negatives", str(self.negatives_for(variant)),
+            DENSEKIT, "train", "-m", a.model, "-o", str(folder), "--negatives", str(negatives),
             "--corpus", a.data, "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
             "--negatives-per-query", str(a.negatives_per_query), "--positives", a.positives, "--seed", str(seed),
             *variant.train, *self.device, "--precision", a.precision, "--overwrite", "--json", "--quiet",
@@ -186,8 +208,25 @@ class Ablation:
             command += ["--max-steps", str(a.max_steps)]
         if a.max_length:
             command += ["--max-length", str(a.max_length)]
-        summary = self.run(f"train {variant.name} seed {seed}", command, folder.with_name(f"seed{seed}.done.json"))
+        done = folder.with_name(f"seed{seed}.done.json")
+        if self.archive:
+            self.archive.restore(done)
+        if need_model and done.is_file() and not (folder / "model").is_dir():
+            done.unlink()  # brought back from the archive without its model, which an evaluation needs
+        if not done.is_file():
+            self.negatives_for(variant)  # mined (and the cross-encoder trained) only for a model that trains
+        summary = self.run(f"train {variant.name} seed {seed}", command, done)
         return folder / "model", int((summary.get("output") or {}).get("steps", 0))
+
+    def evaluated(self, variant: Variant, seed: int) -> bool:
+        """Whether every evaluation of this model is done here or in the archive (then it need not exist)."""
+        keys = [(self.args.data, f"{variant.name}-seed{seed}")]
+        keys += [(data, f"{Path(data).name}/{variant.name}-seed{seed}") for data in generality_sets(self.args)]
+        runs = [self.out / "runs" / f"{key}.trec" for _, key in keys]
+        if self.archive:
+            for run in runs:
+                self.archive.restore(run.with_suffix(".done.json"), (run,))
+        return all(run.is_file() and run.with_suffix(".done.json").is_file() for run in runs)
 
     def evaluate(self, variant: Variant, seed: int, model: Path) -> Path:
         """The TREC run of `model` on the evaluation split (top 100)."""
@@ -200,7 +239,7 @@ class Ablation:
     def _eval(self, data: str, key: str, model: Path | str, name: str, split: str | None = None) -> Path:
         run = self.out / "runs" / f"{key}.trec"
         command = eval_command(data, model, split or self.args.eval_split, run, self.args.device)
-        self.run(name, command, run.with_suffix(".done.json"))
+        self.run(name, command, run.with_suffix(".done.json"), files=(run,))
         return run
 
     @property
@@ -208,42 +247,9 @@ class Ablation:
         return ["--device", self.args.device] if self.args.device else []
 
 
-def read_runs(runs: dict[int, Path]) -> dict:
-    """Each seed's TREC run, read once: ``{seed: Run}``."""
-    from densekit.data import Run
-
-    return {seed: Run.read_trec(path) for seed, path in runs.items()}
-
-
-def pooled(runs: dict, qrels: dict) -> tuple[dict, dict]:
-    """Every seed's run and the qrels (``{seed: Run}``, in seed order) as one set of queries, paired across variants."""
-    from densekit.eval.compare import pool_seeds
-
-    return pool_seeds([runs[seed] for seed in sorted(runs)], qrels)
-
-
-def spread(values: list[float]) -> dict:
-    """Mean and sample sd (None for one value) over seeds, rounded for the record."""
-    return {"mean": round(statistics.fmean(values), 4),
-            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None}  # fmt: skip
-
-
-def paired(base: dict, other: dict, qrels: dict, metrics: list[str], names: tuple[str, str] = ("a", "b")) -> dict:
-    """The paired comparison of two variants' seed runs (``{seed: Run}`` each) pooled over all seeds' queries."""
-    from densekit.eval.compare import compare_runs
-
-    base_run, pooled_qrels = pooled(base, qrels)
-    other_run = pooled(other, qrels)[0]
-    comparison = compare_runs(base_run, other_run, pooled_qrels, metrics, name_a=names[0], name_b=names[1])
-    return {
-        metric: {
-            "delta": round(c.delta, 4),
-            "t_p_value": round(c.t_p_value, 4),
-            "randomization_p_value": round(c.randomization_p_value, 4),
-            "wins_ties_losses": [c.wins, c.ties, c.losses],
-        }
-        for metric, c in comparison.metrics.items()
-    }
+def generality_sets(args: argparse.Namespace) -> list[str]:
+    """The datasets of ``--generality``, in order."""
+    return [d.strip() for d in args.generality.split(",") if d.strip()]
 
 
 def summarise(names: list[str], runs: dict[str, dict[int, Path]], steps: dict, args: argparse.Namespace) -> dict:
@@ -384,6 +390,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the dev slice (finetune's default 0)")
     p.add_argument("--device", help="torch device (default: cuda if available)")
     p.add_argument("--threads", type=int, help="OMP threads of every process")
+    p.add_argument("--archive", type=Path, help="keep finished stages' summaries, negatives and runs "
+                   "here (a folder in the repository); missing stages come back from it: stage_archive.py")  # fmt: skip
     p.add_argument("--json-out", type=Path, help="write the result JSON here too")
     p.add_argument("--markdown-out", type=Path, help="write the table here")
     return p.parse_args(argv)
@@ -399,6 +407,8 @@ def use_dev_slice(args: argparse.Namespace) -> dict:
     from densekit.splits import DEV, TRAIN, write_holdout
 
     args.out = args.out / f"dev{args.dev_fraction}-seed{args.split_seed}"
+    if args.archive:
+        args.archive = args.archive / args.out.name
     folder, summary = args.out / "slice", args.out / "slice.json"
     args.out.mkdir(parents=True, exist_ok=True)
     if not summary.is_file():
@@ -426,24 +436,20 @@ def main(argv: list[str] | None = None) -> int:
     holdout = use_dev_slice(args) if args.dev_fraction else None
     ablation = Ablation(args)
     start = time.perf_counter()
-    models: dict[str, dict[int, Path]] = {name: {} for name in names}
     steps: dict[str, list[int]] = {name: [] for name in names}
-    for name in names:  # every model trained before any evaluation split is read
+    runs: dict[str, dict[int, Path]] = {name: {} for name in names}
+    other_runs: dict[str, dict[str, dict[int, Path]]] = {data: {n: {} for n in names} for data in generality_sets(args)}
+    for name in names:  # each model evaluated once trained (so the archive keeps its runs); read only at the end
         for seed in seeds:
-            models[name][seed], n = ablation.train(known[name], seed)
+            model, n = ablation.train(known[name], seed, need_model=not ablation.evaluated(known[name], seed))
             steps[name].append(n)
-    runs = {
-        name: {seed: ablation.evaluate(known[name], seed, model) for seed, model in by_seed.items()}
-        for name, by_seed in models.items()
+            runs[name][seed] = ablation.evaluate(known[name], seed, model)
+            for data, by_name in other_runs.items():
+                by_name[name][seed] = ablation.evaluate_elsewhere(data, f"{name}-seed{seed}", model)
+    elsewhere = {
+        data: generality(data, ablation.evaluate_elsewhere(data, "start-model", args.model), by_name)
+        for data, by_name in other_runs.items()
     }
-    elsewhere = {}
-    for data in [d.strip() for d in args.generality.split(",") if d.strip()]:
-        base = ablation.evaluate_elsewhere(data, "start-model", args.model)
-        other = {
-            name: {seed: ablation.evaluate_elsewhere(data, f"{name}-seed{seed}", model) for seed, model in by.items()}
-            for name, by in models.items()
-        }
-        elsewhere[data] = generality(data, base, other)
     step_counts = {name: sorted(set(s)) for name, s in steps.items()}
     rows = summarise(names, runs, {n: s[0] if len(s) == 1 else s for n, s in step_counts.items()}, args)
     result = {
@@ -463,34 +469,6 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.perf_counter() - start, 1),
     }
     return emit(result, markdown(result), args)
-
-
-def parse_seeds(text: str) -> list[int]:
-    """`--seeds 1,2,3` as distinct integers (exit with a one-line message otherwise)."""
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise SystemExit(f"--seeds: give distinct integers, got {text!r}")
-    return seeds
-
-
-def settings_of(args: argparse.Namespace, leave_out: tuple[str, ...] = ("out", "json_out", "markdown_out")) -> dict:
-    """The script's arguments for its record (paths as strings), less the output locations."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in leave_out}
-
-
-def emit(result: dict, table: str, args: argparse.Namespace) -> int:
-    """Print the result JSON (stdout) and its table (stderr); write them to --json-out / --markdown-out."""
-    if args.markdown_out:
-        args.markdown_out.write_text(table + "\n", encoding="utf-8")
-    text = json.dumps(result, indent=1, default=str)
-    if args.json_out:
-        args.json_out.write_text(text, encoding="utf-8")
-    print(text)
-    print(table, file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

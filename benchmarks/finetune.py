@@ -34,8 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import emit, generality, generality_markdown, paired, parse_seeds, settings_of, spread
-from commands import DENSEKIT, eval_command
+from ablation import generality, generality_markdown
+from commands import DENSEKIT, emit, eval_command, parse_seeds, settings_of
+from seed_stats import paired, spread
 
 LABELS = ("base", "finetuned", "reranked", "blended", "refit")  # refit: test only; blended: folders from 2026-12-04 on
 METRICS = ["ndcg@10", "recall@100"]

@@ -14,6 +14,9 @@ import fixtures
 if TYPE_CHECKING:
     from run import Context
 
+# where the ablations keep their finished stages across machines (stage_archive.py): committed, never /tmp
+STAGES = Path(__file__).resolve().parent / "stages"
+
 
 def ablation_args(ctx: Context) -> list[str]:
     if ctx.smoke:  # every mechanism once (cross-encoder training, scorer, guide, KL, re-mining), one seed; the
@@ -26,8 +29,10 @@ def ablation_args(ctx: Context) -> list[str]:
         ce += ["--ce-negatives-from", "naive"]  # a random tiny model's PercPos leaves no query a negative
         return ["--data", data, "--model", model, "--guide", model, "--train-split", "test", "--variants", variants,
                 "--seeds", "1", "--depth", "10", "--out", str(ctx.workdir / "ablation-smoke"), *tiny, *ce,
-                "--generality", data, "--device", "cpu", "--threads", "1"]  # fmt: skip
-    return ["--out", str(ctx.workdir / "ablation"), "--threads", str(ctx.threads)]
+                "--generality", data, "--device", "cpu", "--threads", "1",
+                "--archive", str(ctx.workdir / "ablation-smoke-archive")]  # fmt: skip
+    archive = ["--archive", str(STAGES / "ablation")]
+    return ["--out", str(ctx.workdir / "ablation"), "--threads", str(ctx.threads), *archive]
 
 
 def ablation_nfcorpus_args(ctx: Context) -> list[str]:
@@ -43,7 +48,7 @@ def ablation_nfcorpus_args(ctx: Context) -> list[str]:
                 "naive", "--seeds", "1", "--depth", "10", "--out", str(ctx.workdir / "ablation-nfcorpus-smoke"),
                 *tiny, "--device", "cpu", "--threads", "1"]  # fmt: skip
     return ["--data", "nfcorpus", "--positives", "one", "--out", str(ctx.workdir / "ablation-nfcorpus"),
-            "--threads", str(ctx.threads)]  # fmt: skip
+            "--threads", str(ctx.threads), "--archive", str(STAGES / "ablation-nfcorpus")]  # fmt: skip
 
 
 def ablation_dev_args(ctx: Context) -> list[str]:

@@ -35,8 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import emit, paired, settings_of, spread
-from commands import DENSEKIT, eval_command
+from commands import DENSEKIT, emit, eval_command, settings_of
+from seed_stats import paired, spread
 
 METRICS = ["ndcg@10", "recall@100"]
 

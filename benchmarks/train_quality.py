@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import emit, paired, parse_seeds, settings_of, spread
+from commands import emit, parse_seeds, settings_of
+from seed_stats import paired, spread
 
 SIDES = {"densekit": "densekit", "sentence_transformers": "st"}  # result key -> folder of train.py
 

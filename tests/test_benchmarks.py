@@ -9,6 +9,7 @@ renderers are checked on such records, and the RESULTS.md rewrite on a copy.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,15 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
         [g] = record["figures"]["generality"].values()
         assert set(g["variants"]) == set(record["figures"]["variants"]) and 0 <= g["start_model_ndcg@10"] <= 1
         assert "Zero-shot on" in table
+        # a fresh machine: the run folder gone, the archive left; nothing is mined, trained or evaluated again
+        out = Path(record["command"][record["command"].index("--out") + 1])
+        shutil.rmtree(out)
+        again = subprocess.run([sys.executable, *record["command"][1:]], capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        rerun = json.loads(again.stdout)
+        assert rerun["stages"] and all(stage["reused"] for stage in rerun["stages"]), rerun["stages"]
+        assert not (out / "train" / "naive" / "seed1" / "model").exists()
+        assert rerun["variants"] == record["figures"]["variants"]
     if name == "finetune":  # the later seed reused the first seed's teachers and trained the dev choice only
         f = record["figures"]
         assert f["per_seed"]["2"]["stages"]["reranker"]["status"] == "skipped"
@@ -176,3 +186,23 @@ def test_ablation_stops_at_its_start_when_the_guide_is_missing(tiny_model: Path,
         ablation.main(["--model", str(tiny_model), "--guide", str(missing), "--variants", "naive,percpos+gist",
                        "--out", str(out)])  # fmt: skip
     assert "no-such-guide" in str(stopped.value) and not out.exists()
+
+
+def test_stage_archive_keeps_a_stage_compressed_and_brings_it_back(tmp_path: Path) -> None:
+    from stage_archive import StageArchive
+
+    out, folder = tmp_path / "out", tmp_path / "archive"
+    run, done = out / "runs" / "a.trec", out / "runs" / "a.done.json"
+    run.parent.mkdir(parents=True)
+    run.write_text("q1 Q0 d1 1 0.5 x\n" * 200)
+    done.write_text('{"command": ["x"]}')
+    archive = StageArchive(out, folder)
+    assert not archive.restore(done, (run,))  # the run folder has it: left alone
+    archive.keep(done, (run,))
+    kept = folder / "runs" / "a.trec.gz"
+    assert kept.is_file() and kept.stat().st_size < run.stat().st_size and archive.has(done)
+    original = run.read_text()
+    shutil.rmtree(out)
+    assert archive.restore(done, (run,))
+    assert run.read_text() == original and done.read_text() == '{"command": ["x"]}'
+    assert not list(out.rglob("*.partial"))
