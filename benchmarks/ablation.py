@@ -161,7 +161,10 @@ class Ablation:
         ]  # fmt: skip
         if scorer:
             command += ["--scorer", scorer]
-        self.run(f"mine {key}", command, path.with_suffix(".done.json"), files=(path,))
+        sidecars = (path.with_name(path.name + ".config.json"), path.with_name(path.name + ".stats.json"))
+        self.run(
+            f"mine {key}", command, path.with_suffix(".done.json"), files=(path, *sidecars)
+        )  # re-mining reads them
         return path
 
     def cross_encoder(self) -> str:
