@@ -113,13 +113,16 @@ class Ablation:
     def archive(self) -> StageArchive | None:
         return StageArchive(self.out, self.args.archive) if self.args.archive else None
 
-    def run(self, name: str, command: list[str], done: Path, files: tuple[Path, ...] = ()) -> dict:
+    def run(
+        self, name: str, command: list[str], done: Path, files: tuple[Path, ...] = (), restore: bool = True
+    ) -> dict:
         """Run one densekit command (skipped when `done` holds the same command); its JSON output, kept in `done`.
 
         With ``--archive``, a stage missing here is first brought back from the archive (`done` and its
-        output `files`), and a stage that runs is archived when it finishes.
+        output `files`; not with `restore` False: a model's summary without the model), and a stage that
+        runs is archived when it finishes.
         """
-        if self.archive:
+        if self.archive and restore:
             self.archive.restore(done, files)
         if done.is_file():
             summary = json.loads(done.read_text(encoding="utf-8"))
@@ -185,12 +188,20 @@ class Ablation:
             command += ["--max-steps", str(a.ce_max_steps)]
         if a.ce_max_length:
             command += ["--max-length", str(a.ce_max_length)]
-        self.run("train-reranker", command, folder.with_name("cross-encoder.done.json"))
+        self.run("train-reranker", command, folder.with_name("cross-encoder.done.json"), restore=False)
         return str(folder / "model")
 
     def negatives_for(self, variant: Variant) -> Path:
-        scorer = self.cross_encoder() if variant.scored else None
-        return self.mine(variant.negatives or variant.name, variant.mine, scorer=scorer)
+        """The mined file `variant` trains on; the cross-encoder is trained only if a scored file must be mined."""
+        key = variant.negatives or variant.name
+        done = self.out / "negatives" / f"{key}.done.json"
+        if not variant.scored:
+            return self.mine(key, variant.mine)
+        if done.is_file() or (self.archive and self.archive.has(done)):
+            scorer = self.args.cross_encoder or str(self.out / "cross-encoder" / "model")  # as cross_encoder() names it
+        else:
+            scorer = self.cross_encoder()
+        return self.mine(key, variant.mine, scorer=scorer)
 
     def train(self, variant: Variant, seed: int, need_model: bool = True) -> tuple[Path, int]:
         """The bi-encoder of `variant` at `seed`; its model folder and training steps.
