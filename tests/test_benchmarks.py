@@ -191,18 +191,25 @@ def test_ablation_stops_at_its_start_when_the_guide_is_missing(tiny_model: Path,
 def test_stage_archive_keeps_a_stage_compressed_and_brings_it_back(tmp_path: Path) -> None:
     from stage_archive import StageArchive
 
+    from densekit.data import Run
+    from densekit.eval.metrics import evaluate
+
     out, folder = tmp_path / "out", tmp_path / "archive"
-    run, done = out / "runs" / "a.trec", out / "runs" / "a.done.json"
+    run, negatives, done = out / "runs" / "a.trec", out / "neg.jsonl", out / "runs" / "a.done.json"
     run.parent.mkdir(parents=True)
-    run.write_text("q1 Q0 d1 1 0.5 x\n" * 200)
+    # q1's d3 and d2 tie (trec_eval puts the larger id first); q2 is written out of score order
+    run.write_text("q1 Q0 d1 1 0.9 x\nq1 Q0 d2 2 0.5 x\nq1 Q0 d3 3 0.5 x\nq2 Q0 d4 1 0.1 x\nq2 Q0 d5 2 0.7 x\n")
+    negatives.write_text('{"qid": "q1"}\n' * 50)
     done.write_text('{"command": ["x"]}')
     archive = StageArchive(out, folder)
-    assert not archive.restore(done, (run,))  # the run folder has it: left alone
-    archive.keep(done, (run,))
-    kept = folder / "runs" / "a.trec.gz"
-    assert kept.is_file() and kept.stat().st_size < run.stat().st_size and archive.has(done)
-    original = run.read_text()
+    assert not archive.restore(done, (run, negatives))  # the run folder has it: left alone
+    archive.keep(done, (run, negatives))
+    assert archive.has(done) and (folder / "neg.jsonl.gz").stat().st_size < negatives.stat().st_size
+    qrels = {"q1": {"d2": 1}, "q2": {"d4": 1}}
+    before, original = evaluate(qrels, Run.read_trec(run), ["ndcg@10", "mrr@10"]).metrics, negatives.read_text()
     shutil.rmtree(out)
-    assert archive.restore(done, (run,))
-    assert run.read_text() == original and done.read_text() == '{"command": ["x"]}'
+    assert archive.restore(done, (run, negatives))
+    assert negatives.read_text() == original and done.read_text() == '{"command": ["x"]}'
+    assert run.read_text().splitlines()[:3] == ["q1 Q0 d1 1 1 x", "q1 Q0 d3 2 0.5 x", "q1 Q0 d2 3 0.333333 x"]
+    assert evaluate(qrels, Run.read_trec(run), ["ndcg@10", "mrr@10"]).metrics == before
     assert not list(out.rglob("*.partial"))
