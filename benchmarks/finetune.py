@@ -11,7 +11,7 @@ made on the test split.
 Reported per seed and as mean ± sd: dev and test ndcg@10 and recall@100 of the start model, the
 fine-tuned model and the fine-tuned model reranked by the cross-encoder, the chosen candidate and the
 stage times; and, pooled over every seed's test queries (query q of seed s paired with q of the same
-seed), the paired tests (:func:`ablation.paired`) of fine-tuned against the start model, reranked
+seed), the paired tests (:func:`seed_stats.paired`) of fine-tuned against the start model, reranked
 against fine-tuned, and, with ``--baseline DIR`` (another run of this script, e.g. another recipe),
 fine-tuned against that run's fine-tuned model at the same seeds.
 

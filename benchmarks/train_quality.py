@@ -8,7 +8,7 @@ continued by running the same command again.
 
 Reported: each seed's test ndcg@10 for both trainers, their examples/s and peak memory; mean ± sd over
 seeds; the paired t-test over the seeds' differences; and the paired test pooled over every seed's
-queries (query q of seed s paired with q of the same seed, :func:`ablation.paired`).
+queries (query q of seed s paired with q of the same seed, :func:`seed_stats.paired`).
 
     DENSEKIT_DATA=../shared/data/beir python benchmarks/train_quality.py \\
         --negatives-file /tmp/scifact.neg.jsonl --seeds 1,2,3 --out /tmp/train-quality --json-out /tmp/tq.json
