@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from commands import DENSEKIT, emit, eval_command, parse_seeds, require_models, settings_of
-from seed_stats import paired, read_runs, spread
+from seed_stats import generality, paired, read_runs, spread
 from stage_archive import StageArchive
 
 from densekit.finetune.config import FinetuneConfig
@@ -156,26 +156,31 @@ class Ablation:
 
     def mine(self, key: str, method: tuple[str, ...], scorer: str | None = None) -> Path:
         """Negatives of the training split mined with `method` (and the cross-encoder's scores)."""
+        from densekit.mining.output import config_path, stats_path
+
         a = self.args
-        path = self.out / "negatives" / f"{key}.jsonl"
+        path = self.negatives_path(key)
         command = [
             DENSEKIT, "mine", a.data, "--split", a.train_split, "--teacher", a.model, "--out", str(path),
             "--depth", str(a.depth), "--negatives", str(a.mine_negatives), *method, *self.device, "--json", "--quiet",
         ]  # fmt: skip
         if scorer:
             command += ["--scorer", scorer]
-        sidecars = (path.with_name(path.name + ".config.json"), path.with_name(path.name + ".stats.json"))
-        self.run(
-            f"mine {key}", command, path.with_suffix(".done.json"), files=(path, *sidecars)
-        )  # re-mining reads them
+        # the miner's sidecars go with the file: re-mining during training reads the recorded options
+        files = (path, config_path(path), stats_path(path))
+        self.run(f"mine {key}", command, path.with_suffix(".done.json"), files=files)
         return path
+
+    def negatives_path(self, key: str) -> Path:
+        """The mined file of `key` (a variant's name, or the name variants share)."""
+        return self.out / "negatives" / f"{key}.jsonl"
 
     def cross_encoder(self) -> str:
         """The cross-encoder that scores and filters: `--cross-encoder`, or trained once here."""
         a = self.args
         if a.cross_encoder:
             return a.cross_encoder
-        folder = self.out / "cross-encoder"
+        folder = self.cross_encoder_folder
         source = variants(a)[a.ce_negatives_from]
         negatives = self.mine(source.negatives or source.name, source.mine)
         command = [
@@ -191,14 +196,18 @@ class Ablation:
         self.run("train-reranker", command, folder.with_name("cross-encoder.done.json"), restore=False)
         return str(folder / "model")
 
+    @property
+    def cross_encoder_folder(self) -> Path:
+        return self.out / "cross-encoder"
+
     def negatives_for(self, variant: Variant) -> Path:
         """The mined file `variant` trains on; the cross-encoder is trained only if a scored file must be mined."""
         key = variant.negatives or variant.name
-        done = self.out / "negatives" / f"{key}.done.json"
+        done = self.negatives_path(key).with_suffix(".done.json")
         if not variant.scored:
             return self.mine(key, variant.mine)
         if done.is_file() or (self.archive and self.archive.has(done)):
-            scorer = self.args.cross_encoder or str(self.out / "cross-encoder" / "model")  # as cross_encoder() names it
+            scorer = self.args.cross_encoder or str(self.cross_encoder_folder / "model")
         else:
             scorer = self.cross_encoder()
         return self.mine(key, variant.mine, scorer=scorer)
@@ -211,7 +220,7 @@ class Ablation:
         """
         a = self.args
         folder = self.out / "train" / variant.name / f"seed{seed}"
-        negatives = self.out / "negatives" / f"{variant.negatives or variant.name}.jsonl"  # as mine() names it
+        negatives = self.negatives_path(variant.negatives or variant.name)
         command = [
             DENSEKIT, "train", "-m", a.model, "-o", str(folder), "--negatives", str(negatives),
             "--corpus", a.data, "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
@@ -229,14 +238,14 @@ class Ablation:
             done.unlink()  # brought back from the archive without its model, which an evaluation needs
         if not done.is_file():
             self.negatives_for(variant)  # mined (and the cross-encoder trained) only for a model that trains
-        summary = self.run(f"train {variant.name} seed {seed}", command, done)
+        # restored above already: restoring again would bring back the summary just removed for its missing model
+        summary = self.run(f"train {variant.name} seed {seed}", command, done, restore=False)
         return folder / "model", int((summary.get("output") or {}).get("steps", 0))
 
     def evaluated(self, variant: Variant, seed: int) -> bool:
         """Whether every evaluation of this model is done here or in the archive (then it need not exist)."""
-        keys = [(self.args.data, f"{variant.name}-seed{seed}")]
-        keys += [(data, f"{Path(data).name}/{variant.name}-seed{seed}") for data in generality_sets(self.args)]
-        runs = [self.out / "runs" / f"{key}.trec" for _, key in keys]
+        key = f"{variant.name}-seed{seed}"
+        runs = [self.run_path(key)] + [self.run_path(elsewhere(data, key)) for data in generality_sets(self.args)]
         if self.archive:
             for run in runs:
                 self.archive.restore(run.with_suffix(".done.json"), (run,))
@@ -248,10 +257,14 @@ class Ablation:
 
     def evaluate_elsewhere(self, data: str, key: str, model: Path | str) -> Path:
         """The TREC run of `model` on `data`'s test split, which it was not trained on (`--generality`)."""
-        return self._eval(data, f"{Path(data).name}/{key}", model, f"eval {key} on {data}", split="test")
+        return self._eval(data, elsewhere(data, key), model, f"eval {key} on {data}", split="test")
+
+    def run_path(self, key: str) -> Path:
+        """The TREC run of evaluation `key` (``naive-seed1``, or ``nfcorpus/naive-seed1`` elsewhere)."""
+        return self.out / "runs" / f"{key}.trec"
 
     def _eval(self, data: str, key: str, model: Path | str, name: str, split: str | None = None) -> Path:
-        run = self.out / "runs" / f"{key}.trec"
+        run = self.run_path(key)
         command = eval_command(data, model, split or self.args.eval_split, run, self.args.device)
         self.run(name, command, run.with_suffix(".done.json"), files=(run,))
         return run
@@ -259,6 +272,11 @@ class Ablation:
     @property
     def device(self) -> list[str]:
         return ["--device", self.args.device] if self.args.device else []
+
+
+def elsewhere(data: str, key: str) -> str:
+    """The key of evaluation `key` on another dataset `data` (``--generality``): its runs' subfolder."""
+    return f"{Path(data).name}/{key}"
 
 
 def generality_sets(args: argparse.Namespace) -> list[str]:
@@ -293,29 +311,6 @@ def summarise(names: list[str], runs: dict[str, dict[int, Path]], steps: dict, a
     return rows
 
 
-def generality(data: str, base: Path, runs: dict[str, dict[int, Path]]) -> dict:
-    """Zero-shot on another dataset: each variant's models against the start model, paired over the queries."""
-    from densekit.data import Run, load_dataset
-    from densekit.eval.metrics import evaluate
-
-    qrels = load_dataset(data, split="test").qrels
-    score = lambda run: float(evaluate(qrels, run, ["ndcg@10"]).metrics["ndcg@10"])  # noqa: E731
-    start_run = Run.read_trec(base)
-    result: dict = {"start_model_ndcg@10": round(score(start_run), 4), "variants": {}}
-    for name, by_seed in runs.items():
-        read = read_runs(by_seed)
-        values = [score(run) for run in read.values()]
-        c = paired(dict.fromkeys(read, start_run), read, qrels, ["ndcg@10"])["ndcg@10"]
-        result["variants"][name] = {
-            **spread(values),
-            "per_seed": [round(v, 4) for v in values],
-            "delta_vs_start": c["delta"],
-            "t_p_value": c["t_p_value"],
-            "randomization_p_value": c["randomization_p_value"],
-        }
-    return result
-
-
 def _steps(steps: int | list[int]) -> str:
     """`58`, or `50-51` when the seeds trained for different numbers of steps (a list from newer records)."""
     if isinstance(steps, int):
@@ -346,7 +341,7 @@ def markdown(result: dict) -> str:
 
 
 def generality_markdown(result: dict) -> list[str]:
-    """The zero-shot tables of :func:`generality` (``result["generality"]``), as lines; none without it."""
+    """The zero-shot tables of :func:`seed_stats.generality` (``result["generality"]``), as lines; none without it."""
     lines: list[str] = []
     for data, g in result.get("generality", {}).items():
         lines += ["", f"Zero-shot on {data} (test ndcg@10; the start model: {g['start_model_ndcg@10']:.4f}):", "",

@@ -34,9 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import generality, generality_markdown
+from ablation import generality_markdown
 from commands import DENSEKIT, emit, eval_command, parse_seeds, settings_of
-from seed_stats import paired, spread
+from seed_stats import generality, paired, spread
 
 LABELS = ("base", "finetuned", "reranked", "blended", "refit")  # refit: test only; blended: folders from 2026-12-04 on
 METRICS = ["ndcg@10", "recall@100"]
@@ -117,7 +117,7 @@ def zero_shot(data: str, model: Path | str, run: Path, device: str | None) -> Pa
 
 
 def zero_shot_elsewhere(args: argparse.Namespace, seeds: dict[int, dict]) -> dict:
-    """`--generality`: per dataset, each seed's model against the start model (ablation.generality)."""
+    """`--generality`: per dataset, each seed's model against the start model (seed_stats.generality)."""
     result = {}
     for data in [d.strip() for d in args.generality.split(",") if d.strip()]:
         folder = args.out / "generality" / Path(data).name

@@ -1,5 +1,6 @@
 """Statistics over seeds shared by the benchmarks that train models (ablation, finetune, rerank, train-quality):
-mean and sd over seeds, and the paired comparison of two recipes over every seed's queries pooled."""
+mean and sd over seeds, the paired comparison of two recipes over every seed's queries pooled, and the
+zero-shot comparison of trained models with their start model on another dataset."""
 
 from __future__ import annotations
 
@@ -43,3 +44,26 @@ def paired(base: dict, other: dict, qrels: dict, metrics: list[str], names: tupl
         }
         for metric, c in comparison.metrics.items()
     }
+
+
+def generality(data: str, base: Path, runs: dict[str, dict[int, Path]]) -> dict:
+    """Zero-shot on another dataset: each variant's models against the start model, paired over the queries."""
+    from densekit.data import Run, load_dataset
+    from densekit.eval.metrics import evaluate
+
+    qrels = load_dataset(data, split="test").qrels
+    score = lambda run: float(evaluate(qrels, run, ["ndcg@10"]).metrics["ndcg@10"])  # noqa: E731
+    start_run = Run.read_trec(base)
+    result: dict = {"start_model_ndcg@10": round(score(start_run), 4), "variants": {}}
+    for name, by_seed in runs.items():
+        read = read_runs(by_seed)
+        values = [score(run) for run in read.values()]
+        c = paired(dict.fromkeys(read, start_run), read, qrels, ["ndcg@10"])["ndcg@10"]
+        result["variants"][name] = {
+            **spread(values),
+            "per_seed": [round(v, 4) for v in values],
+            "delta_vs_start": c["delta"],
+            "t_p_value": c["t_p_value"],
+            "randomization_p_value": c["randomization_p_value"],
+        }
+    return result

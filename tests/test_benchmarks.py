@@ -83,6 +83,17 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
         assert rerun["stages"] and all(stage["reused"] for stage in rerun["stages"]), rerun["stages"]
         assert not (out / "train" / "naive" / "seed1" / "model").exists()
         assert rerun["variants"] == record["figures"]["variants"]
+        # a training archived without its evaluations: its model is gone, so it trains again (not reused)
+        archive = Path(record["command"][record["command"].index("--archive") + 1])
+        shutil.rmtree(out)
+        for run in archive.glob("runs/**/naive-seed1.*"):
+            run.unlink()
+        command = [*record["command"][1:], "--variants", "naive"]
+        third = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=300)
+        assert third.returncode == 0, third.stderr[-3000:]
+        stages = {stage["stage"]: stage["reused"] for stage in json.loads(third.stdout)["stages"]}
+        assert stages["train naive seed 1"] is False and stages["eval naive seed 1"] is False, stages
+        assert (out / "train" / "naive" / "seed1" / "model").is_dir()
     if name == "finetune":  # the later seed reused the first seed's teachers and trained the dev choice only
         f = record["figures"]
         assert f["per_seed"]["2"]["stages"]["reranker"]["status"] == "skipped"
