@@ -14,6 +14,8 @@ model on the evaluation split. The variants (``--variants``, in this order by de
 | percpos+ce | PercPos, then the cross-encoder filter (`--method percpos,ce`) | InfoNCE |
 | percpos+kl | PercPos, cross-encoder scores stored (`--scorer`) | InfoNCE + listwise KL from the scores |
 | percpos+remine | PercPos | InfoNCE, negatives re-mined every epoch (Conan-embedding) |
+| percpos+ce-xfit | as percpos+ce, each query scored by a cross-encoder not trained on it (`crossfit.py`) | InfoNCE |
+| percpos+kl-xfit | as percpos+kl, the same out-of-fold scores | InfoNCE + listwise KL |
 
 NV-Retriever: Moreira et al., arXiv 2407.15831; GISTEmbed: Solatorio, arXiv 2402.16829;
 Conan-embedding: arXiv 2408.15710. The cross-encoder is trained once by `densekit train-reranker`
@@ -46,9 +48,8 @@ summary, negatives and TREC runs outside ``/tmp``, so a fresh machine (same ``--
     python benchmarks/ablation.py --data nfcorpus --positives one --variants naive,percpos,percpos+kl \\
         --out /tmp/ablation-nf --seeds 1,2,3
 
-Cost on the 2-core CPU (estimated from docs/training.md, not measured as one run): a SciFact training
-of 2 epochs at batch 32 takes 20-50 minutes and its test evaluation about 4 (encoding 5,183 documents),
-so the eight variants at three seeds are roughly 10-20 hours; on a GPU, minutes each.
+Measured stage times (2 cores, bf16: about 11 minutes a model with both evaluations) are in
+docs/next-engineer.md; on a GPU, minutes each.
 """
 
 from __future__ import annotations
@@ -62,13 +63,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ablation_table import markdown
 from commands import DENSEKIT, emit, eval_command, parse_seeds, require_models, settings_of
+from crossfit import crossfitted_negatives
 from seed_stats import generality, paired, read_runs, spread
 from stage_archive import StageArchive
 
 from densekit.finetune.config import FinetuneConfig
 
-VARIANT_NAMES = "naive,abs,margin,percpos,percpos+gist,percpos+ce,percpos+kl,percpos+remine"
+VARIANT_NAMES = (
+    "naive,abs,margin,percpos,percpos+gist,percpos+ce,percpos+kl,percpos+remine,percpos+ce-xfit,percpos+kl-xfit"
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class Variant:
     train: tuple[str, ...] = ()
     scored: bool = False  # the cross-encoder scores the mined file (`--scorer`)
     negatives: str = ""  # the mined file's name when variants share one (default: the variant's name)
+    crossfit: bool = False  # scored by out-of-fold cross-encoders (crossfit.py), not the one trained on all
 
 
 def variants(args: argparse.Namespace) -> dict[str, Variant]:
@@ -94,6 +100,9 @@ def variants(args: argparse.Namespace) -> dict[str, Variant]:
         Variant("percpos+kl", percpos, ("--distill", "kl", "--teacher-score", "ce_score"), scored=True,
                 negatives="percpos+scored"),
         Variant("percpos+remine", percpos, ("--remine-every", "epoch"), negatives="percpos"),
+        Variant("percpos+ce-xfit", ("--method", "percpos,ce", *percpos[2:]), scored=True, crossfit=True),
+        Variant("percpos+kl-xfit", percpos, ("--distill", "kl", "--teacher-score", "ce_score"), scored=True,
+                negatives="percpos+scored-xfit", crossfit=True),
     ]  # fmt: skip
     return {v.name: v for v in rows}
 
@@ -158,18 +167,23 @@ class Ablation:
         """Negatives of the training split mined with `method` (and the cross-encoder's scores)."""
         from densekit.mining.output import config_path, stats_path
 
-        a = self.args
         path = self.negatives_path(key)
-        command = [
-            DENSEKIT, "mine", a.data, "--split", a.train_split, "--teacher", a.model, "--out", str(path),
-            "--depth", str(a.depth), "--negatives", str(a.mine_negatives), *method, *self.device, "--json", "--quiet",
-        ]  # fmt: skip
-        if scorer:
-            command += ["--scorer", scorer]
         # the miner's sidecars go with the file: re-mining during training reads the recorded options
         files = (path, config_path(path), stats_path(path))
-        self.run(f"mine {key}", command, path.with_suffix(".done.json"), files=files)
+        self.run(f"mine {key}", self.mine_command(path, method, scorer), path.with_suffix(".done.json"), files=files)
         return path
+
+    def mine_command(
+        self, path: Path, method: tuple[str, ...], scorer: str | None, data: str = "", split: str = ""
+    ) -> list[str]:
+        """`densekit mine` of the training split (or `data`'s `split`) into `path`."""
+        a = self.args
+        command = [
+            DENSEKIT, "mine", data or a.data, "--split", split or a.train_split, "--teacher", a.model, "--out",
+            str(path), "--depth", str(a.depth), "--negatives", str(a.mine_negatives), *method, *self.device,
+            "--json", "--quiet",
+        ]  # fmt: skip
+        return command + (["--scorer", scorer] if scorer else [])
 
     def negatives_path(self, key: str) -> Path:
         """The mined file of `key` (a variant's name, or the name variants share)."""
@@ -182,7 +196,13 @@ class Ablation:
             return a.cross_encoder
         folder = self.cross_encoder_folder
         source = variants(a)[a.ce_negatives_from]
-        negatives = self.mine(source.negatives or source.name, source.mine)
+        command = self.reranker_command(self.mine(source.negatives or source.name, source.mine), folder)
+        self.run("train-reranker", command, folder.with_name("cross-encoder.done.json"), restore=False)
+        return str(folder / "model")
+
+    def reranker_command(self, negatives: Path, folder: Path) -> list[str]:
+        """`densekit train-reranker` on `negatives` into `folder` (the ``--ce-*`` recipe)."""
+        a = self.args
         command = [
             DENSEKIT, "train-reranker", "-m", a.ce_model or a.model, "-o", str(folder), "--negatives", str(negatives),
             "--corpus", a.data, "--epochs", str(a.ce_epochs), "--batch-size", str(a.ce_batch_size),
@@ -193,8 +213,7 @@ class Ablation:
             command += ["--max-steps", str(a.ce_max_steps)]
         if a.ce_max_length:
             command += ["--max-length", str(a.ce_max_length)]
-        self.run("train-reranker", command, folder.with_name("cross-encoder.done.json"), restore=False)
-        return str(folder / "model")
+        return command
 
     @property
     def cross_encoder_folder(self) -> Path:
@@ -206,6 +225,10 @@ class Ablation:
         done = self.negatives_path(key).with_suffix(".done.json")
         if not variant.scored:
             return self.mine(key, variant.mine)
+        if variant.crossfit:
+            source = variants(self.args)[self.args.ce_negatives_from]
+            trained_on = self.mine(source.negatives or source.name, source.mine)
+            return crossfitted_negatives(self, key, variant.mine, trained_on)
         if done.is_file() or (self.archive and self.archive.has(done)):
             scorer = self.args.cross_encoder or str(self.cross_encoder_folder / "model")
         else:
@@ -311,49 +334,6 @@ def summarise(names: list[str], runs: dict[str, dict[int, Path]], steps: dict, a
     return rows
 
 
-def _steps(steps: int | list[int]) -> str:
-    """`58`, or `50-51` when the seeds trained for different numbers of steps (a list from newer records)."""
-    if isinstance(steps, int):
-        return str(steps)
-    return "-".join(str(n) for n in (min(steps), max(steps))) if len(set(steps)) > 1 else str(steps[0])
-
-
-def markdown(result: dict) -> str:
-    """The ablation table (what RESULTS.md and docs show)."""
-    base = result["baseline"]
-    lines = [
-        f"| variant | ndcg@10 mean ± sd | ndcg@10 per seed | recall@100 mean ± sd | Δ ndcg@10 vs {base} "
-        "| p (t / randomisation) | Δ recall@100 (p t) | steps |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, row in result["variants"].items():
-        n, r = row["ndcg@10"], row["recall@100"]
-        sd = lambda m: "" if m["sd"] is None else f" ± {m['sd']:.4f}"  # noqa: E731
-        c = row.get("vs_" + base, {}).get("ndcg@10")
-        delta = f"{c['delta']:+.4f}" if c else ""
-        p = f"{c['t_p_value']:.3f} / {c['randomization_p_value']:.3f}" if c else ""
-        seeds = ", ".join(f"{m['ndcg@10']:.4f}" for m in row["per_seed"].values())
-        cr = row.get("vs_" + base, {}).get("recall@100")
-        recall = f"{cr['delta']:+.4f} ({cr['t_p_value']:.3f})" if cr else ""
-        lines.append(f"| {name} | {n['mean']:.4f}{sd(n)} | {seeds} | {r['mean']:.4f}{sd(r)} | {delta} | {p} "
-                     f"| {recall} | {_steps(row['steps'])} |")  # fmt: skip
-    return "\n".join(lines + generality_markdown(result))
-
-
-def generality_markdown(result: dict) -> list[str]:
-    """The zero-shot tables of :func:`seed_stats.generality` (``result["generality"]``), as lines; none without it."""
-    lines: list[str] = []
-    for data, g in result.get("generality", {}).items():
-        lines += ["", f"Zero-shot on {data} (test ndcg@10; the start model: {g['start_model_ndcg@10']:.4f}):", "",
-                  "| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p (t / randomisation) |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        for name, v in g["variants"].items():
-            sd, seeds = "" if v["sd"] is None else f" ± {v['sd']:.4f}", ", ".join(f"{x:.4f}" for x in v["per_seed"])
-            lines.append(f"| {name} | {v['mean']:.4f}{sd} | {seeds} | {v['delta_vs_start']:+.4f} "
-                         f"| {v['t_p_value']:.3f} / {v['randomization_p_value']:.3f} |")  # fmt: skip
-    return lines
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="scifact", help="BEIR name or folder")
@@ -384,6 +364,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ce-lr", type=float, default=ce.ce_lr)
     p.add_argument("--ce-max-steps", type=int, default=ce.ce_max_steps)
     p.add_argument("--ce-max-length", type=int, default=ce.ce_max_length)
+    p.add_argument("--ce-folds", type=int, default=2, help="the -xfit variants: folds of the training queries, "
+                   "each scored by a cross-encoder trained on the others (crossfit.py)")  # fmt: skip
+    p.add_argument("--ce-fold-seed", type=int, default=0, help="seed of the folds")
     p.add_argument("--precision", default="no", help="both trainers: no, or bf16 (CUDA or a CPU with native bf16)")
     p.add_argument("--epochs", type=int, default=2, help="the current SciFact recipe: 2 epochs")
     p.add_argument("--batch-size", type=int, default=32)

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablation import generality_markdown
+from ablation_table import generality_markdown
 from commands import DENSEKIT, emit, eval_command, parse_seeds, settings_of
 from seed_stats import generality, paired, spread
 

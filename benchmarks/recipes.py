@@ -19,11 +19,12 @@ STAGES = Path(__file__).resolve().parent / "stages"
 
 
 def ablation_args(ctx: Context) -> list[str]:
-    if ctx.smoke:  # every mechanism once (cross-encoder training, scorer, guide, KL, re-mining), one seed; the
+    if ctx.smoke:  # every mechanism once (cross-encoder training, scorer, guide, KL, re-mining, cross-fitting),
+        # one seed; the
         # cross-encoder filter (percpos+ce) differs from percpos+kl's scored mining only in `--method`, which
         # tests/test_mining_crossencoder.py covers: left out to keep the suite under 20 minutes
         data, model = fixtures.smoke_scifact(ctx.workdir), fixtures.smoke_model(ctx.workdir)
-        variants = "naive,percpos+gist,percpos+kl,percpos+remine"
+        variants = "naive,percpos+gist,percpos+kl,percpos+remine,percpos+kl-xfit"
         tiny = ["--max-steps", "2", "--batch-size", "4", "--max-length", "32", "--epochs", "1"]
         ce = ["--ce-max-steps", "1", "--ce-batch-size", "2", "--ce-negatives", "1", "--ce-max-length", "32"]
         ce += ["--ce-negatives-from", "naive"]  # a random tiny model's PercPos leaves no query a negative

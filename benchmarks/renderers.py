@@ -157,7 +157,7 @@ def render_matryoshka(record: dict) -> str:
 
 
 def render_ablation(record: dict) -> str:
-    import ablation
+    import ablation_table
 
     f = record["figures"]
     steps = "the same" if f["same_steps"] else "**not the same**"
@@ -180,7 +180,7 @@ def render_ablation(record: dict) -> str:
         if kept:
             note += f"; {kept} kept from an earlier run of the same command"
         note += "."
-    return ablation.markdown(f) + note
+    return ablation_table.markdown(f) + note
 
 
 def _seed_wall(seed_record: dict) -> str:

@@ -65,6 +65,27 @@ def _write_qrels(path: Path, qrels: Qrels, ids: list[str]) -> None:
                 handle.write(f"{query_id}\t{doc_id}\t{score}\n")
 
 
+def split_folds(query_ids: Iterable[str], folds: int, seed: int) -> list[list[str]]:
+    """`folds` disjoint parts of the ids (each sorted, sizes differing by at most one) that together hold
+    every id: the sorted ids shuffled by a seeded generator and dealt out in turn (cross-fitting).
+
+    Raises DensekitError when `folds` is below 2 or above the number of ids."""
+    ids = sorted(set(query_ids))
+    if not 2 <= folds <= len(ids):
+        raise DensekitError(f"cross-fitting needs 2 to {len(ids)} folds for {len(ids)} queries, got {folds}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return [sorted(ids[i] for i in order[k::folds]) for k in range(folds)]
+
+
+def _judged_queries(root: Path, split: str) -> tuple[Qrels, dict[str, str], list[str]]:
+    qrels = read_qrels(qrels_path(root, split))
+    queries = read_queries(_beir_file(root, "queries.jsonl"))
+    judged = [q for q in qrels if q in queries]
+    if not judged:
+        raise InputError(qrels_path(root, split), "judges no query that queries.jsonl holds")
+    return qrels, queries, judged
+
+
 def write_holdout(
     data: str | Path, split: str, target: str | Path, fraction: float, seed: int, overwrite: bool = False
 ) -> dict:
@@ -74,13 +95,59 @@ def write_holdout(
     queries.jsonl holds are split; a split with none is an error.
     """
     root = resolve_dataset(data)
-    corpus, queries_file = _beir_file(root, "corpus.jsonl"), _beir_file(root, "queries.jsonl")
-    qrels = read_qrels(qrels_path(root, split))
-    queries = read_queries(queries_file)
-    judged = [q for q in qrels if q in queries]
-    if not judged:
-        raise InputError(qrels_path(root, split), "judges no query that queries.jsonl holds")
-    train_ids, dev_ids = split_queries(judged, fraction, seed)
+    loaded = _judged_queries(root, split)
+    _, dev_ids = split_queries(loaded[2], fraction, seed)
+    return _write_folder(root, split, loaded, target, dev_ids, overwrite)
+
+
+def write_folds(data: str | Path, split: str, target: str | Path, folds: int, seed: int) -> list[dict]:
+    """Cross-fitting folders: ``<target>/fold<k>`` (k = 0..folds-1) is the folder of the module docstring
+    whose dev part is fold k of :func:`split_folds` and whose training part is every other fold.
+
+    A fold folder already there is kept (the same data, folds and seed write the same folder). Returns
+    one :func:`write_split_folder` summary a fold."""
+    root = resolve_dataset(data)
+    loaded = _judged_queries(root, split)
+    judged = loaded[2]
+    summaries = []
+    for k, dev_ids in enumerate(split_folds(judged, folds, seed)):
+        folder = Path(target) / f"fold{k}"
+        if (folder / "qrels" / f"{DEV}.tsv").is_file():
+            held = sorted(read_qrels(folder / "qrels" / f"{DEV}.tsv"))
+            if held != dev_ids:
+                raise InputError(folder, f"holds another fold {k} than {folds} folds of seed {seed}; delete it")
+            summaries.append({"source": str(root.resolve()), "split": split, "train_queries": len(judged) - len(held),
+                              "dev_queries": len(held), "dev_ids": held})  # fmt: skip
+            continue
+        summaries.append(_write_folder(root, split, loaded, folder, dev_ids))
+    return summaries
+
+
+def write_split_folder(
+    data: str | Path, split: str, target: str | Path, dev_ids: list[str], overwrite: bool = False
+) -> dict:
+    """The folder of the module docstring from `data`'s `split`, with `dev_ids` (judged queries of the
+    split) as its dev part and the split's other judged queries as its training part (written atomically)."""
+    root = resolve_dataset(data)
+    loaded = _judged_queries(root, split)
+    unknown = sorted(set(dev_ids) - set(loaded[2]))
+    if unknown:
+        raise DensekitError(f"{len(unknown)} dev ids are not judged queries of {split!r}, e.g. {unknown[0]!r}")
+    return _write_folder(root, split, loaded, target, sorted(set(dev_ids)), overwrite)
+
+
+def _write_folder(
+    root: Path,
+    split: str,
+    loaded: tuple[Qrels, dict[str, str], list[str]],
+    target: str | Path,
+    dev_ids: list[str],
+    overwrite: bool = False,
+) -> dict:
+    qrels, queries, judged = loaded
+    corpus = _beir_file(root, "corpus.jsonl")
+    held = set(dev_ids)
+    train_ids = sorted(q for q in judged if q not in held)
     with atomic_dir(target, kind="dataset", overwrite=overwrite) as staging:
         (staging / corpus.name).symlink_to(corpus.resolve())
         with open(staging / "queries.jsonl", "w", encoding="utf-8") as handle:

@@ -74,8 +74,18 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
         [g] = record["figures"]["generality"].values()
         assert set(g["variants"]) == set(record["figures"]["variants"]) and 0 <= g["start_model_ndcg@10"] <= 1
         assert "Zero-shot on" in table
-        # a fresh machine: the run folder gone, the archive left; nothing is mined, trained or evaluated again
+        # cross-fitting: each fold mined by a cross-encoder trained on the other folds only, joined in order
         out = Path(record["command"][record["command"].index("--out") + 1])
+        joined = [json.loads(line) for line in (out / "negatives" / "percpos+scored-xfit.jsonl").open()]
+        order = [json.loads(line)["query_id"] for line in (out / "negatives" / "naive.jsonl").open()]
+        assert [r["query_id"] for r in joined] == order and any(r["positive_ce_scores"] for r in joined)
+        folds = sorted((out / "crossfit").glob("fold*"))
+        assert len(folds) == 2 and (out / "negatives" / "percpos+scored-xfit.jsonl.config.json").is_file()
+        for fold in folds:
+            mined = {json.loads(line)["query_id"] for line in (fold / "percpos+scored-xfit.jsonl").open()}
+            trained = {json.loads(line)["query_id"] for line in (fold / "ce-naive.jsonl").open()}
+            assert mined and trained and not mined & trained and (fold / "cross-encoder" / "model").is_dir()
+        # a fresh machine: the run folder gone, the archive left; nothing is mined, trained or evaluated again
         shutil.rmtree(out)
         again = subprocess.run([sys.executable, *record["command"][1:]], capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr[-3000:]
@@ -224,3 +234,26 @@ def test_stage_archive_keeps_a_stage_compressed_and_brings_it_back(tmp_path: Pat
     assert run.read_text().splitlines()[:3] == ["q1 Q0 d1 1 1 x", "q1 Q0 d3 2 0.5 x", "q1 Q0 d2 3 0.333333 x"]
     assert evaluate(qrels, Run.read_trec(run), ["ndcg@10", "mrr@10"]).metrics == before
     assert not list(out.rglob("*.partial"))
+
+
+def test_crossfit_join_keeps_the_full_files_order_and_refuses_overlaps(tmp_path: Path) -> None:
+    import crossfit
+
+    def mined(name: str, ids: list[str], written: int) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"query_id": q, "negatives": []}) + "\n" for q in ids))
+        Path(f"{path}.config.json").write_text(json.dumps({"part": name}))
+        stats = {"negatives_written": written, "sum_negative_score": written / 2, "removed": {"ce(0.0)": 1}}
+        Path(f"{path}.stats.json").write_text(json.dumps(stats | {"mean_negative_score": 9.0}))
+        return path
+
+    order = mined("order.jsonl", ["b", "a", "c"], 3)
+    parts = [mined("p0.jsonl", ["a"], 1), mined("p1.jsonl", ["c", "b"], 3)]
+    result = crossfit.join(order, parts, tmp_path / "out.jsonl")
+    assert [json.loads(line)["query_id"] for line in (tmp_path / "out.jsonl").open()] == ["b", "a", "c"]
+    assert result["stats"] == {"negatives_written": 4, "sum_negative_score": 2.0, "removed": {"ce(0.0)": 2},
+                               "mean_negative_score": 0.5}  # fmt: skip
+    with pytest.raises(SystemExit, match="p1.jsonl:2: query 'b' is in two folds"):
+        crossfit.join(order, [mined("p2.jsonl", ["b"], 1), parts[1]], tmp_path / "bad.jsonl")
+    with pytest.raises(SystemExit, match="the folds miss 1 and add 0 queries"):
+        crossfit.join(order, parts[1:], tmp_path / "bad.jsonl")
