@@ -105,7 +105,7 @@ def write_folds(data: str | Path, split: str, target: str | Path, folds: int, se
     whose dev part is fold k of :func:`split_folds` and whose training part is every other fold.
 
     A fold folder already there is kept (the same data, folds and seed write the same folder). Returns
-    one :func:`write_split_folder` summary a fold."""
+    one summary a fold, as :func:`write_holdout` returns."""
     root = resolve_dataset(data)
     loaded = _judged_queries(root, split)
     judged = loaded[2]
@@ -121,19 +121,6 @@ def write_folds(data: str | Path, split: str, target: str | Path, folds: int, se
             continue
         summaries.append(_write_folder(root, split, loaded, folder, dev_ids))
     return summaries
-
-
-def write_split_folder(
-    data: str | Path, split: str, target: str | Path, dev_ids: list[str], overwrite: bool = False
-) -> dict:
-    """The folder of the module docstring from `data`'s `split`, with `dev_ids` (judged queries of the
-    split) as its dev part and the split's other judged queries as its training part (written atomically)."""
-    root = resolve_dataset(data)
-    loaded = _judged_queries(root, split)
-    unknown = sorted(set(dev_ids) - set(loaded[2]))
-    if unknown:
-        raise DensekitError(f"{len(unknown)} dev ids are not judged queries of {split!r}, e.g. {unknown[0]!r}")
-    return _write_folder(root, split, loaded, target, sorted(set(dev_ids)), overwrite)
 
 
 def _write_folder(
