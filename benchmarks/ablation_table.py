@@ -10,26 +10,51 @@ def _steps(steps: int | list[int]) -> str:
     return "-".join(str(n) for n in (min(steps), max(steps))) if len(set(steps)) > 1 else str(steps[0])
 
 
+def p_value(p: float) -> str:
+    """`0.157`, or `<0.001` where three decimals would print a misleading 0.000."""
+    return "<0.001" if p < 0.0005 else f"{p:.3f}"
+
+
 def markdown(result: dict) -> str:
     """The ablation table (what RESULTS.md and docs show)."""
     base = result["baseline"]
     lines = [
         f"| variant | ndcg@10 mean ± sd | ndcg@10 per seed | recall@100 mean ± sd | Δ ndcg@10 vs {base} "
-        "| p (t / randomisation) | Δ recall@100 (p t) | steps |",
-        "|---|---|---|---|---|---|---|---|",
+        "| p (t / randomisation) | Δ recall@100 (p t) | steps | train wall s per seed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    walls = train_walls(result)
     for name, row in result["variants"].items():
         n, r = row["ndcg@10"], row["recall@100"]
         sd = lambda m: "" if m["sd"] is None else f" ± {m['sd']:.4f}"  # noqa: E731
         c = row.get("vs_" + base, {}).get("ndcg@10")
         delta = f"{c['delta']:+.4f}" if c else ""
-        p = f"{c['t_p_value']:.3f} / {c['randomization_p_value']:.3f}" if c else ""
+        p = f"{p_value(c['t_p_value'])} / {p_value(c['randomization_p_value'])}" if c else ""
         seeds = ", ".join(f"{m['ndcg@10']:.4f}" for m in row["per_seed"].values())
         cr = row.get("vs_" + base, {}).get("recall@100")
-        recall = f"{cr['delta']:+.4f} ({cr['t_p_value']:.3f})" if cr else ""
+        recall = f"{cr['delta']:+.4f} ({p_value(cr['t_p_value'])})" if cr else ""
         lines.append(f"| {name} | {n['mean']:.4f}{sd(n)} | {seeds} | {r['mean']:.4f}{sd(r)} | {delta} | {p} "
-                     f"| {recall} | {_steps(row['steps'])} |")  # fmt: skip
-    return "\n".join(lines + generality_markdown(result))
+                     f"| {recall} | {_steps(row['steps'])} | {walls.get(name, '')} |")  # fmt: skip
+    return "\n".join(lines + other_stages_markdown(result) + generality_markdown(result))
+
+
+def train_walls(result: dict) -> dict[str, str]:
+    """Variant -> its training stages' wall seconds per seed (`484, 496, 422`), from ``result["stages"]``."""
+    walls: dict[str, list[str]] = {}
+    for stage in result.get("stages", []):
+        words = stage["stage"].split()
+        if len(words) == 4 and words[0] == "train" and words[2] == "seed":
+            walls.setdefault(words[1], []).append(f"{stage['wall_s']:.0f}")
+    return {name: ", ".join(seconds) for name, seconds in walls.items()}
+
+
+def other_stages_markdown(result: dict) -> list[str]:
+    """One line naming the shared stages (mining, cross-encoder training) and their wall seconds; none without."""
+    other = [s for s in result.get("stages", []) if s["stage"].split()[0] not in ("train", "eval")]
+    if not other:
+        return []
+    listed = "; ".join(f"{s['stage']} {s['wall_s']:.0f} s" for s in other)
+    return ["", f"Shared stages (wall time; mining and cross-encoder training run once, not per seed): {listed}."]
 
 
 def generality_markdown(result: dict) -> list[str]:
@@ -42,5 +67,5 @@ def generality_markdown(result: dict) -> list[str]:
         for name, v in g["variants"].items():
             sd, seeds = "" if v["sd"] is None else f" ± {v['sd']:.4f}", ", ".join(f"{x:.4f}" for x in v["per_seed"])
             lines.append(f"| {name} | {v['mean']:.4f}{sd} | {seeds} | {v['delta_vs_start']:+.4f} "
-                         f"| {v['t_p_value']:.3f} / {v['randomization_p_value']:.3f} |")  # fmt: skip
+                         f"| {p_value(v['t_p_value'])} / {p_value(v['randomization_p_value'])} |")  # fmt: skip
     return lines

@@ -198,6 +198,15 @@ def test_finetune_table_says_which_stages_earlier_runs_finished() -> None:
     assert renderers._seed_wall(partly) == "1 min (this run: eval; train done by earlier runs)"
 
 
+def test_ablation_table_shows_each_arms_training_time_and_the_shared_stages() -> None:
+    record = json.loads((REPO / "benchmarks" / "results" / "ablation-full-20261205T191505Z.json").read_text())
+    text = renderers.render_ablation(record)
+    naive = next(line for line in text.splitlines() if line.startswith("| naive |"))
+    assert naive.endswith("| 58 | 484, 496, 422 |")  # the record's three training stages, in seed order
+    assert "mine percpos+gist 1596 s" in text and "train-reranker 875 s" in text
+    assert "| <0.001 / <0.001 |" in text and "| 0.000 /" not in text  # p below 0.0005 is not printed as zero
+
+
 def test_ablation_stops_at_its_start_when_the_guide_is_missing(tiny_model: Path, tmp_path: Path) -> None:
     import ablation
 
