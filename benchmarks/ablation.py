@@ -195,10 +195,14 @@ class Ablation:
         if a.cross_encoder:
             return a.cross_encoder
         folder = self.cross_encoder_folder
-        source = variants(a)[a.ce_negatives_from]
-        command = self.reranker_command(self.mine(source.negatives or source.name, source.mine), folder)
+        command = self.reranker_command(self.ce_training_negatives(), folder)
         self.run("train-reranker", command, folder.with_name("cross-encoder.done.json"), restore=False)
         return str(folder / "model")
+
+    def ce_training_negatives(self) -> Path:
+        """The mined file the cross-encoders train on: `--ce-negatives-from`'s, mined if not yet there."""
+        source = variants(self.args)[self.args.ce_negatives_from]
+        return self.mine(source.negatives or source.name, source.mine)
 
     def reranker_command(self, negatives: Path, folder: Path) -> list[str]:
         """`densekit train-reranker` on `negatives` into `folder` (the ``--ce-*`` recipe)."""
@@ -226,9 +230,7 @@ class Ablation:
         if not variant.scored:
             return self.mine(key, variant.mine)
         if variant.crossfit:
-            source = variants(self.args)[self.args.ce_negatives_from]
-            trained_on = self.mine(source.negatives or source.name, source.mine)
-            return crossfitted_negatives(self, key, variant.mine, trained_on)
+            return crossfitted_negatives(self, key, variant.mine, self.ce_training_negatives())
         if done.is_file() or (self.archive and self.archive.has(done)):
             scorer = self.args.cross_encoder or str(self.cross_encoder_folder / "model")
         else:

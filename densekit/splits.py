@@ -116,8 +116,7 @@ def write_folds(data: str | Path, split: str, target: str | Path, folds: int, se
             held = sorted(read_qrels(folder / "qrels" / f"{DEV}.tsv"))
             if held != dev_ids:
                 raise InputError(folder, f"holds another fold {k} than {folds} folds of seed {seed}; delete it")
-            summaries.append({"source": str(root.resolve()), "split": split, "train_queries": len(judged) - len(held),
-                              "dev_queries": len(held), "dev_ids": held})  # fmt: skip
+            summaries.append(_summary(root, split, len(judged) - len(held), held))
             continue
         summaries.append(_write_folder(root, split, loaded, folder, dev_ids))
     return summaries
@@ -142,10 +141,15 @@ def _write_folder(
                 handle.write(json.dumps({"_id": query_id, "text": queries[query_id]}) + "\n")
         _write_qrels(staging / "qrels" / f"{TRAIN}.tsv", qrels, train_ids)
         _write_qrels(staging / "qrels" / f"{DEV}.tsv", qrels, dev_ids)
+    return _summary(root, split, len(train_ids), dev_ids)
+
+
+def _summary(root: Path, split: str, train_queries: int, dev_ids: list[str]) -> dict:
+    """What :func:`write_holdout` and :func:`write_folds` return for one folder."""
     return {
         "source": str(root.resolve()),
         "split": split,
-        "train_queries": len(train_ids),
+        "train_queries": train_queries,
         "dev_queries": len(dev_ids),
         "dev_ids": dev_ids,
     }
