@@ -65,7 +65,7 @@ from pathlib import Path
 
 from ablation_table import markdown
 from commands import DENSEKIT, emit, eval_command, parse_seeds, require_models, settings_of
-from crossfit import crossfitted_negatives
+from crossfit import FOLDS_FOLDER, crossfitted_negatives
 from seed_stats import generality, paired, read_runs, spread
 from stage_archive import StageArchive
 
@@ -236,6 +236,26 @@ class Ablation:
         else:
             scorer = self.cross_encoder()
         return self.mine(key, variant.mine, scorer=scorer)
+
+    def note_skipped_stages(self, names: list[str]) -> None:
+        """Log the shared stages (minings, cross-encoders) of `names` that kept models let this run skip,
+        from their summaries here or in the archive: the record then has every stage's wall time."""
+        known, a = variants(self.args), self.args
+        scored = [known[n] for n in names if known[n].scored]
+        source = known[a.ce_negatives_from]
+        keys = {known[n].negatives or n for n in names} | {source.negatives or source.name for _ in scored[:1]}
+        stages = {f"mine {key}": self.negatives_path(key).with_suffix(".done.json") for key in sorted(keys)}
+        if any(not v.crossfit for v in scored):
+            stages["train-reranker"] = self.cross_encoder_folder.with_name("cross-encoder.done.json")
+        for k in range(a.ce_folds if any(v.crossfit for v in scored) else 0):
+            fold = self.out / FOLDS_FOLDER / f"fold{k}"
+            stages[f"train-reranker fold {k}"] = fold / "cross-encoder.done.json"
+            for key in sorted({v.negatives or v.name for v in scored if v.crossfit}):
+                stages[f"mine {key} fold {k}"] = fold / f"{key}.done.json"
+        for name, done in stages.items():
+            kept = self.archive.copy_of(done) if self.archive and self.archive.has(done) else done
+            if kept.is_file():
+                self._note(name, json.loads(kept.read_text(encoding="utf-8")), reused=True)
 
     def train(self, variant: Variant, seed: int, need_model: bool = True) -> tuple[Path, int]:
         """The bi-encoder of `variant` at `seed`; its model folder and training steps.
@@ -440,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[name][seed] = ablation.evaluate(known[name], seed, model)
             for data, by_name in other_runs.items():
                 by_name[name][seed] = ablation.evaluate_elsewhere(data, f"{name}-seed{seed}", model)
+    ablation.note_skipped_stages(names)
     elsewhere = {
         data: generality(data, ablation.evaluate_elsewhere(data, "start-model", args.model), by_name)
         for data, by_name in other_runs.items()

@@ -91,6 +91,8 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
         assert again.returncode == 0, again.stderr[-3000:]
         rerun = json.loads(again.stdout)
         assert rerun["stages"] and all(stage["reused"] for stage in rerun["stages"]), rerun["stages"]
+        # ... and still names every stage of the first run with its wall time (minings and cross-encoders too)
+        assert {s["stage"] for s in rerun["stages"]} == {s["stage"] for s in record["figures"]["stages"]}
         assert not (out / "train" / "naive" / "seed1" / "model").exists()
         assert rerun["variants"] == record["figures"]["variants"]
         # a training archived without its evaluations: its model is gone, so it trains again (not reused)
