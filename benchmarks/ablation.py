@@ -66,6 +66,7 @@ from pathlib import Path
 from ablation_table import markdown
 from commands import DENSEKIT, emit, eval_command, parse_seeds, require_models, settings_of
 from crossfit import FOLDS_FOLDER, crossfitted_negatives
+from record import cpu_info
 from seed_stats import generality, paired, read_runs, spread
 from stage_archive import StageArchive
 
@@ -147,6 +148,7 @@ class Ablation:
             raise SystemExit(f"[ablation] {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
         summary = {"command": command, "wall_s": round(time.perf_counter() - start, 1)}
         summary["load_before_after"] = [load_before, round(os.getloadavg()[0], 2)]
+        summary["cpu"] = cpu_info()[0]  # stages of one ablation may run on several sessions' machines
         summary["output"] = json.loads(result.stdout) if result.stdout.strip() else None
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -161,6 +163,7 @@ class Ablation:
             return
         entry = {"stage": name, "wall_s": summary["wall_s"], "reused": reused}
         entry["load_before_after"] = summary.get("load_before_after")
+        entry["cpu"] = summary.get("cpu")
         self.log.append(entry)
 
     def mine(self, key: str, method: tuple[str, ...], scorer: str | None = None) -> Path:

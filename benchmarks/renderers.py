@@ -6,6 +6,7 @@ rewrites the ``<!-- table: NAME -->`` blocks); each returns the table and the no
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 
@@ -179,7 +180,8 @@ def render_ablation(record: dict) -> str:
             note += f", load average (1 min) {min(loads):.2f}-{max(loads):.2f} around them"
         if kept:
             note += f"; {kept} kept from an earlier run of the same command"
-        note += "."
+        cpus = Counter(stage.get("cpu") or "CPU not recorded" for stage in stages)
+        note += "; stages ran on " + ", ".join(f"{cpu} ({n})" for cpu, n in cpus.most_common()) + "."
     return ablation_table.markdown(f) + note
 
 

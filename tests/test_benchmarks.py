@@ -73,7 +73,7 @@ def test_benchmark_smoke_run_writes_a_complete_record(name: str, workdir: Path, 
     if name == "ablation":  # every trained model and the start model also scored zero-shot (--generality)
         [g] = record["figures"]["generality"].values()
         assert set(g["variants"]) == set(record["figures"]["variants"]) and 0 <= g["start_model_ndcg@10"] <= 1
-        assert "Zero-shot on" in table
+        assert "Zero-shot on" in table and all(stage["cpu"] for stage in record["figures"]["stages"])
         # cross-fitting: each fold mined by a cross-encoder trained on the other folds only, joined in order
         out = Path(record["command"][record["command"].index("--out") + 1])
         joined = [json.loads(line) for line in (out / "negatives" / "percpos+scored-xfit.jsonl").open()]
