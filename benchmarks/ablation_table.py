@@ -23,7 +23,9 @@ def markdown(result: dict) -> str:
         "| p (t / randomisation) | Δ recall@100 (p t) | steps | train wall s per seed |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    walls = train_walls(result)
+    walls, loads = train_walls(result), stage_loads(result)
+    if loads:  # each row's own load; without it RESULTS.md adds the load of the run that wrote the record
+        lines = [lines[0] + " load avg (1 min) around its stages |", lines[1] + "---|"]
     for name, row in result["variants"].items():
         n, r = row["ndcg@10"], row["recall@100"]
         sd = lambda m: "" if m["sd"] is None else f" ± {m['sd']:.4f}"  # noqa: E731
@@ -34,7 +36,8 @@ def markdown(result: dict) -> str:
         cr = row.get("vs_" + base, {}).get("recall@100")
         recall = f"{cr['delta']:+.4f} ({p_value(cr['t_p_value'])})" if cr else ""
         lines.append(f"| {name} | {n['mean']:.4f}{sd(n)} | {seeds} | {r['mean']:.4f}{sd(r)} | {delta} | {p} "
-                     f"| {recall} | {_steps(row['steps'])} | {walls.get(name, '')} |")  # fmt: skip
+                     f"| {recall} | {_steps(row['steps'])} | {walls.get(name, '')} |"
+                     + (f" {loads.get(name, '')} |" if loads else ""))  # fmt: skip
     return "\n".join(lines + other_stages_markdown(result) + generality_markdown(result))
 
 
@@ -46,6 +49,17 @@ def train_walls(result: dict) -> dict[str, str]:
         if len(words) == 4 and words[0] == "train" and words[2] == "seed":
             walls.setdefault(words[1], []).append(f"{stage['wall_s']:.0f}")
     return {name: ", ".join(seconds) for name, seconds in walls.items()}
+
+
+def stage_loads(result: dict) -> dict[str, str]:
+    """Variant -> `1.48-2.08`: the 1-minute load averages before and after its training and evaluation
+    stages (``result["stages"]``; a stage kept from an earlier run brings its own); empty without stages."""
+    seen: dict[str, list[float]] = {}
+    for stage in result.get("stages", []):
+        words = stage["stage"].split()
+        if words[0] in ("train", "eval") and len(words) > 1 and stage.get("load_before_after"):
+            seen.setdefault(words[1].split("-seed")[0], []).extend(stage["load_before_after"])
+    return {name: f"{min(v):.2f}-{max(v):.2f}" for name, v in seen.items()}
 
 
 def other_stages_markdown(result: dict) -> list[str]:
@@ -60,12 +74,15 @@ def other_stages_markdown(result: dict) -> list[str]:
 def generality_markdown(result: dict) -> list[str]:
     """The zero-shot tables of :func:`seed_stats.generality` (``result["generality"]``), as lines; none without it."""
     lines: list[str] = []
+    loads = stage_loads(result)
+    extra = (" load avg (1 min) around its stages |", "---|") if loads else ("", "")
     for data, g in result.get("generality", {}).items():
         lines += ["", f"Zero-shot on {data} (test ndcg@10; the start model: {g['start_model_ndcg@10']:.4f}):", "",
-                  "| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p (t / randomisation) |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+                  "| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p (t / randomisation) |" + extra[0],
+                  "|---|---|---|---|---|" + extra[1]]  # fmt: skip
         for name, v in g["variants"].items():
             sd, seeds = "" if v["sd"] is None else f" ± {v['sd']:.4f}", ", ".join(f"{x:.4f}" for x in v["per_seed"])
             lines.append(f"| {name} | {v['mean']:.4f}{sd} | {seeds} | {v['delta_vs_start']:+.4f} "
-                         f"| {p_value(v['t_p_value'])} / {p_value(v['randomization_p_value'])} |")  # fmt: skip
+                         f"| {p_value(v['t_p_value'])} / {p_value(v['randomization_p_value'])} |"
+                         + (f" {loads.get(name, '')} |" if loads else ""))  # fmt: skip
     return lines

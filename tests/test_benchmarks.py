@@ -202,9 +202,11 @@ def test_finetune_table_says_which_stages_earlier_runs_finished() -> None:
 
 def test_ablation_table_shows_each_arms_training_time_and_the_shared_stages() -> None:
     record = json.loads((REPO / "benchmarks" / "results" / "ablation-full-20261205T191505Z.json").read_text())
-    text = renderers.render_ablation(record)
+    text = records.with_load_column(renderers.render_ablation(record), record)
     naive = next(line for line in text.splitlines() if line.startswith("| naive |"))
-    assert naive.endswith("| 58 | 484, 496, 422 |")  # the record's three training stages, in seed order
+    # the record's three training stages in seed order; the load range around naive's own stages
+    assert naive.endswith("| 58 | 484, 496, 422 | 1.56-2.11 |")
+    assert text.count("load avg") == 2  # each table has its rows' own load column, not the writing run's
     assert "mine percpos+gist 1596 s" in text and "train-reranker 875 s" in text
     assert "| <0.001 / <0.001 |" in text and "| 0.000 /" not in text  # p below 0.0005 is not printed as zero
 
