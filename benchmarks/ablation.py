@@ -65,7 +65,7 @@ from pathlib import Path
 
 from ablation_table import markdown
 from commands import DENSEKIT, emit, eval_command, parse_seeds, require_models, settings_of
-from crossfit import FOLDS_FOLDER, crossfitted_negatives
+from crossfit import crossfitted_negatives, fold_stages
 from record import cpu_info
 from seed_stats import generality, paired, read_runs, spread
 from stage_archive import StageArchive
@@ -245,16 +245,15 @@ class Ablation:
         from their summaries here or in the archive: the record then has every stage's wall time."""
         known, a = variants(self.args), self.args
         scored = [known[n] for n in names if known[n].scored]
-        source = known[a.ce_negatives_from]
-        keys = {known[n].negatives or n for n in names} | {source.negatives or source.name for _ in scored[:1]}
+        keys = {known[n].negatives or n for n in names}
+        if scored:  # the file the cross-encoders train on
+            keys.add(known[a.ce_negatives_from].negatives or a.ce_negatives_from)
         stages = {f"mine {key}": self.negatives_path(key).with_suffix(".done.json") for key in sorted(keys)}
         if any(not v.crossfit for v in scored):
             stages["train-reranker"] = self.cross_encoder_folder.with_name("cross-encoder.done.json")
-        for k in range(a.ce_folds if any(v.crossfit for v in scored) else 0):
-            fold = self.out / FOLDS_FOLDER / f"fold{k}"
-            stages[f"train-reranker fold {k}"] = fold / "cross-encoder.done.json"
+        for k in range(a.ce_folds):
             for key in sorted({v.negatives or v.name for v in scored if v.crossfit}):
-                stages[f"mine {key} fold {k}"] = fold / f"{key}.done.json"
+                stages.update((name, done) for name, done, _ in fold_stages(self.out, key, k))
         for name, done in stages.items():
             kept = self.archive.copy_of(done) if self.archive and self.archive.has(done) else done
             if kept.is_file():

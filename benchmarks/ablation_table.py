@@ -18,14 +18,13 @@ def p_value(p: float) -> str:
 def markdown(result: dict) -> str:
     """The ablation table (what RESULTS.md and docs show)."""
     base = result["baseline"]
+    walls, loads = train_walls(result), stage_loads(result)
+    head, rule = _load_column(loads)
     lines = [
         f"| variant | ndcg@10 mean ± sd | ndcg@10 per seed | recall@100 mean ± sd | Δ ndcg@10 vs {base} "
-        "| p (t / randomisation) | Δ recall@100 (p t) | steps | train wall s per seed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| p (t / randomisation) | Δ recall@100 (p t) | steps | train wall s per seed |" + head,
+        "|---|---|---|---|---|---|---|---|---|" + rule,
     ]
-    walls, loads = train_walls(result), stage_loads(result)
-    if loads:  # each row's own load; without it RESULTS.md adds the load of the run that wrote the record
-        lines = [lines[0] + " load avg (1 min) around its stages |", lines[1] + "---|"]
     for name, row in result["variants"].items():
         n, r = row["ndcg@10"], row["recall@100"]
         sd = lambda m: "" if m["sd"] is None else f" ± {m['sd']:.4f}"  # noqa: E731
@@ -41,13 +40,28 @@ def markdown(result: dict) -> str:
     return "\n".join(lines + other_stages_markdown(result) + generality_markdown(result))
 
 
+def _model_stage(stage: dict) -> tuple[str, str] | None:
+    """``("train", variant)`` or ``("eval", variant)`` for a stage of one model (``train percpos seed 1``,
+    ``eval percpos seed 1``, ``eval percpos-seed1 on nfcorpus``); None for a shared stage (mining, cross-encoder)."""
+    words = stage["stage"].split()
+    if words[0] not in ("train", "eval") or len(words) < 2:
+        return None
+    return words[0], words[1].split("-seed")[0]
+
+
+def _load_column(loads: dict[str, str]) -> tuple[str, str]:
+    """The header and separator cells of the rows' own load column; none when the stages have no loads
+    (RESULTS.md then adds the load of the run that wrote the record)."""
+    return (" load avg (1 min) around its stages |", "---|") if loads else ("", "")
+
+
 def train_walls(result: dict) -> dict[str, str]:
     """Variant -> its training stages' wall seconds per seed (`484, 496, 422`), from ``result["stages"]``."""
     walls: dict[str, list[str]] = {}
     for stage in result.get("stages", []):
-        words = stage["stage"].split()
-        if len(words) == 4 and words[0] == "train" and words[2] == "seed":
-            walls.setdefault(words[1], []).append(f"{stage['wall_s']:.0f}")
+        kind = _model_stage(stage)
+        if kind and kind[0] == "train":
+            walls.setdefault(kind[1], []).append(f"{stage['wall_s']:.0f}")
     return {name: ", ".join(seconds) for name, seconds in walls.items()}
 
 
@@ -56,15 +70,15 @@ def stage_loads(result: dict) -> dict[str, str]:
     stages (``result["stages"]``; a stage kept from an earlier run brings its own); empty without stages."""
     seen: dict[str, list[float]] = {}
     for stage in result.get("stages", []):
-        words = stage["stage"].split()
-        if words[0] in ("train", "eval") and len(words) > 1 and stage.get("load_before_after"):
-            seen.setdefault(words[1].split("-seed")[0], []).extend(stage["load_before_after"])
+        kind = _model_stage(stage)
+        if kind and stage.get("load_before_after"):
+            seen.setdefault(kind[1], []).extend(stage["load_before_after"])
     return {name: f"{min(v):.2f}-{max(v):.2f}" for name, v in seen.items()}
 
 
 def other_stages_markdown(result: dict) -> list[str]:
     """One line naming the shared stages (mining, cross-encoder training) and their wall seconds; none without."""
-    other = [s for s in result.get("stages", []) if s["stage"].split()[0] not in ("train", "eval")]
+    other = [s for s in result.get("stages", []) if _model_stage(s) is None]
     if not other:
         return []
     listed = "; ".join(f"{s['stage']} {s['wall_s']:.0f} s" for s in other)
@@ -75,11 +89,11 @@ def generality_markdown(result: dict) -> list[str]:
     """The zero-shot tables of :func:`seed_stats.generality` (``result["generality"]``), as lines; none without it."""
     lines: list[str] = []
     loads = stage_loads(result)
-    extra = (" load avg (1 min) around its stages |", "---|") if loads else ("", "")
+    head, rule = _load_column(loads)
     for data, g in result.get("generality", {}).items():
         lines += ["", f"Zero-shot on {data} (test ndcg@10; the start model: {g['start_model_ndcg@10']:.4f}):", "",
-                  "| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p (t / randomisation) |" + extra[0],
-                  "|---|---|---|---|---|" + extra[1]]  # fmt: skip
+                  "| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p (t / randomisation) |" + head,
+                  "|---|---|---|---|---|" + rule]  # fmt: skip
         for name, v in g["variants"].items():
             sd, seeds = "" if v["sd"] is None else f" ± {v['sd']:.4f}", ", ".join(f"{x:.4f}" for x in v["per_seed"])
             lines.append(f"| {name} | {v['mean']:.4f}{sd} | {seeds} | {v['delta_vs_start']:+.4f} "

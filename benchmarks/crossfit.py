@@ -53,18 +53,27 @@ def crossfitted_negatives(ablation: Ablation, key: str, method: tuple[str, ...],
             held = set(fold["dev_ids"])
             ce_negatives = folder / f"ce-{order.name}"
             write_subset(order, ce_negatives, keep=lambda query_id, held=held: query_id not in held)
-            ce = folder / "cross-encoder"
+            (ce_stage, ce_done, ce), (mine_stage, mine_done, part) = fold_stages(ablation.out, key, k)
             command = ablation.reranker_command(ce_negatives, ce)
-            ablation.run(f"train-reranker fold {k}", command, ce.with_name("cross-encoder.done.json"), restore=False)
-            part = folder / f"{key}.jsonl"
+            ablation.run(ce_stage, command, ce_done, restore=False)
             command = ablation.mine_command(part, method, str(ce / "model"), data=str(folder), split="dev")
-            ablation.run(f"mine {key} fold {k}", command, part.with_suffix(".done.json"), restore=False)
+            ablation.run(mine_stage, command, mine_done, restore=False)
             parts.append(part)
     else:
-        parts = [ablation.out / FOLDS_FOLDER / f"fold{k}" / f"{key}.jsonl" for k in range(a.ce_folds)]
+        parts = [fold_stages(ablation.out, key, k)[1][2] for k in range(a.ce_folds)]
     command = [sys.executable, str(Path(__file__).resolve()), "--order", str(order), "--out", str(joined)]
     ablation.run(f"mine {key}", [*command, *map(str, parts)], done, files=files)
     return joined
+
+
+def fold_stages(out: Path, key: str, k: int) -> tuple[tuple[str, Path, Path], tuple[str, Path, Path]]:
+    """Fold `k`'s two stages for mined file `key` under the ablation's `out`, each (name, summary, output):
+    its cross-encoder's training (output: the cross-encoder's folder) and its mining (the fold's mined file)."""
+    folder = out / FOLDS_FOLDER / f"fold{k}"
+    ce, part = folder / "cross-encoder", folder / f"{key}.jsonl"
+    training = (f"train-reranker fold {k}", ce.with_name("cross-encoder.done.json"), ce)
+    mining = (f"mine {key} fold {k}", part.with_suffix(".done.json"), part)
+    return training, mining
 
 
 def write_subset(source: Path, target: Path, keep) -> int:
