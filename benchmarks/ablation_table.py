@@ -22,22 +22,36 @@ def markdown(result: dict) -> str:
     head, rule = _load_column(loads)
     lines = [
         f"| variant | ndcg@10 mean ± sd | ndcg@10 per seed | recall@100 mean ± sd | Δ ndcg@10 vs {base} "
-        "| p (t / randomisation) | Δ recall@100 (p t) | steps | train wall s per seed |" + head,
-        "|---|---|---|---|---|---|---|---|---|" + rule,
+        "| p seed-queries pooled (t / rand.) | p by query, seeds averaged (t / rand.) | Δ recall@100 (p t pooled "
+        "/ by query) | steps | train wall s per seed |" + head,
+        "|---|---|---|---|---|---|---|---|---|---|" + rule,
     ]
     for name, row in result["variants"].items():
         n, r = row["ndcg@10"], row["recall@100"]
         sd = lambda m: "" if m["sd"] is None else f" ± {m['sd']:.4f}"  # noqa: E731
         c = row.get("vs_" + base, {}).get("ndcg@10")
         delta = f"{c['delta']:+.4f}" if c else ""
-        p = f"{p_value(c['t_p_value'])} / {p_value(c['randomization_p_value'])}" if c else ""
+        p = _p_cells(c)
         seeds = ", ".join(f"{m['ndcg@10']:.4f}" for m in row["per_seed"].values())
         cr = row.get("vs_" + base, {}).get("recall@100")
-        recall = f"{cr['delta']:+.4f} ({p_value(cr['t_p_value'])})" if cr else ""
+        recall = f"{cr['delta']:+.4f} ({p_value(cr['t_p_value'])} / {_query_p(cr, 't_p_value')})" if cr else ""
         lines.append(f"| {name} | {n['mean']:.4f}{sd(n)} | {seeds} | {r['mean']:.4f}{sd(r)} | {delta} | {p} "
                      f"| {recall} | {_steps(row['steps'])} | {walls.get(name, '')} |"
                      + (f" {loads.get(name, '')} |" if loads else ""))  # fmt: skip
-    return "\n".join(lines + other_stages_markdown(result) + generality_markdown(result))
+    return "\n".join(lines + other_stages_markdown(result) + generality_markdown(result, loads))
+
+
+def _query_p(comparison: dict, key: str) -> str:
+    """A by-query p-value of :func:`seed_stats.paired`; records before 2026-12-06 did not compute it."""
+    return p_value(comparison["query"][key]) if "query" in comparison else "not recorded"
+
+
+def _p_cells(c: dict | None) -> str:
+    """The two p-value cells of a row compared with the baseline: seed-queries pooled, then by query."""
+    if not c:
+        return " | "
+    pooled = f"{p_value(c['t_p_value'])} / {p_value(c['randomization_p_value'])}"
+    return f"{pooled} | {_query_p(c, 't_p_value')} / {_query_p(c, 'randomization_p_value')}"
 
 
 def _model_stage(stage: dict) -> tuple[str, str] | None:
@@ -85,14 +99,16 @@ def other_stages_markdown(result: dict) -> list[str]:
     return ["", f"Shared stages (wall time; mining and cross-encoder training run once, not per seed): {listed}."]
 
 
-def generality_markdown(result: dict) -> list[str]:
-    """The zero-shot tables of :func:`seed_stats.generality` (``result["generality"]``), as lines; none without it."""
+def generality_markdown(result: dict, loads: dict[str, str] | None = None) -> list[str]:
+    """The zero-shot tables of :func:`seed_stats.generality` (``result["generality"]``), as lines; none without it.
+    `loads` is :func:`stage_loads` of the result, computed here when not given."""
     lines: list[str] = []
-    loads = stage_loads(result)
+    loads = stage_loads(result) if loads is None else loads
     head, rule = _load_column(loads)
     for data, g in result.get("generality", {}).items():
         lines += ["", f"Zero-shot on {data} (test ndcg@10; the start model: {g['start_model_ndcg@10']:.4f}):", "",
-                  "| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p (t / randomisation) |" + head,
+                  f"| variant | ndcg@10 mean ± sd | per seed | Δ vs start model | p {_start_unit(g)} (t / "
+                  "randomisation) |" + head,
                   "|---|---|---|---|---|" + rule]  # fmt: skip
         for name, v in g["variants"].items():
             sd, seeds = "" if v["sd"] is None else f" ± {v['sd']:.4f}", ", ".join(f"{x:.4f}" for x in v["per_seed"])
@@ -100,3 +116,10 @@ def generality_markdown(result: dict) -> list[str]:
                          f"| {p_value(v['t_p_value'])} / {p_value(v['randomization_p_value'])} |"
                          + (f" {loads.get(name, '')} |" if loads else ""))  # fmt: skip
     return lines
+
+
+def _start_unit(generality: dict) -> str:
+    """How the zero-shot p-values paired the queries: by query (records from 2026-12-06), or, before, pooled
+    over seed-queries against the start model's one run repeated per seed, which overstates n."""
+    units = {v.get("unit") for v in generality["variants"].values()}
+    return "by query, seeds averaged" if units == {"query"} else "pooled, start model repeated per seed: overstated"

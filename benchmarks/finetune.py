@@ -188,7 +188,8 @@ def markdown(result: dict) -> str:
         lines += ["", header, "|---|---|---|---|"]
         for name, c in result["comparisons"].items():
             n, r = c["ndcg@10"], c["recall@100"]
-            lines.append(f"| {name.replace('_', ' ')} | {n['delta']:+.4f} | {n['t_p_value']:.3f} / "
+            label = name.replace("_", " ") + (" (by query: one start-model run)" if n.get("unit") == "query" else "")
+            lines.append(f"| {label} | {n['delta']:+.4f} | {n['t_p_value']:.3f} / "
                          f"{n['randomization_p_value']:.3f} | {r['delta']:+.4f} ({r['t_p_value']:.3f}) |")  # fmt: skip
     return "\n".join(lines + generality_markdown(result))
 

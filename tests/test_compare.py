@@ -193,18 +193,59 @@ def test_seed_runs_pool_query_q_of_seed_i_with_query_q_of_the_same_seed(two_runs
     assert per_seed_means(cmp.per_query_b, "ndcg@10") == pytest.approx([single["short"], single["long"]])
 
 
-def test_cli_compare_pools_comma_separated_seed_runs(two_runs, capsys, monkeypatch) -> None:
+def test_seed_runs_average_each_query_over_seeds_by_default(two_runs) -> None:
+    """The query unit: A = (long, short) and B = (short, long) average to the same per-query values (every
+    query a tie, p = 1); a fixed baseline (one run) against two seeds is tested over the queries, n = 20."""
+    from densekit.eval.compare import compare_seeds
+
+    ds, long_run, short_run, _ = two_runs
+    swapped = compare_seeds([long_run, short_run], [short_run, long_run], ds.qrels, ["ndcg@10"], trials=200)
+    m = swapped.comparison.metrics["ndcg@10"]
+    assert swapped.unit == "query" and swapped.comparison.queries == len(ds.qrels)
+    assert m.delta == pytest.approx(0.0, abs=1e-12) and m.ties == len(ds.qrels) and m.t_p_value == 1.0
+    fixed = compare_seeds([long_run], [short_run, long_run], ds.qrels, ["ndcg@10"], trials=200)
+    per_query = {name: evaluate(ds.qrels, run, ["ndcg@10"]).per_query for name, run in
+                 (("long", long_run), ("short", short_run))}  # fmt: skip
+    queries = list(ds.qrels)
+    a = [per_query["long"][q]["ndcg@10"] for q in queries]
+    b = [(per_query["short"][q]["ndcg@10"] + per_query["long"][q]["ndcg@10"]) / 2 for q in queries]
+    got = fixed.comparison.metrics["ndcg@10"]
+    assert fixed.comparison.queries == len(queries) and fixed.seeds == 2
+    assert got.t_p_value == pytest.approx(paired_t_test(a, b)[1]) and got.delta == pytest.approx(
+        np.mean(b) - np.mean(a)
+    )
+    single = {name: float(np.mean([v["ndcg@10"] for v in values.values()])) for name, values in per_query.items()}
+    assert fixed.per_seed["ndcg@10"]["a"] == pytest.approx([single["long"]] * 2)
+    assert fixed.per_seed["ndcg@10"]["b"] == pytest.approx([single["short"], single["long"]])
+    with pytest.raises(DensekitError, match="one distinct run per seed"):
+        compare_seeds([long_run, long_run], [short_run, long_run], ds.qrels, ["ndcg@10"], unit="seed-query")
+    with pytest.raises(DensekitError, match="A has 2 run"):
+        compare_seeds([long_run, short_run], [short_run, long_run, long_run], ds.qrels, ["ndcg@10"])
+
+
+def test_cli_compare_seed_runs_by_query_and_by_seed_query(two_runs, capsys, monkeypatch) -> None:
     ds, long_run, short_run, folder = two_runs
     long, short = str(folder / "long.trec"), str(folder / "short.trec")
+    single = compare_runs(long_run, short_run, ds.qrels, ["ndcg@10"], trials=200).metrics["ndcg@10"]
     base = ["compare", f"{long},{long}", f"{short},{short}", "--data", str(ds.root), "--metrics", "ndcg@10"]
     code, out, _ = run_cli([*base, "--trials", "200", "--json"], capsys, monkeypatch)
     assert code == 0
-    result = json.loads(out)
-    single = compare_runs(long_run, short_run, ds.qrels, ["ndcg@10"], trials=200).metrics["ndcg@10"]
-    assert result["seeds"] == 2 and result["queries"] == 2 * len(ds.qrels)
-    assert result["metrics"]["ndcg@10"]["delta"] == pytest.approx(single.delta)
+    result = json.loads(out)  # identical seeds average to the single runs: the same test, n = queries
+    assert result["seeds"] == 2 and result["unit"] == "query" and result["queries"] == len(ds.qrels)
+    assert result["metrics"]["ndcg@10"]["t_p_value"] == pytest.approx(single.t_p_value)
     assert result["per_seed"]["ndcg@10"]["a"] == pytest.approx([single.mean_a] * 2)
-    code, out, _ = run_cli(base[:-2] + ["--trials", "200"], capsys, monkeypatch)  # text: the per-seed table
-    assert code == 0 and "pooled" in out and "per seed (mean over" in out
-    code, _, err = run_cli(["compare", f"{long},{short}", short, "--data", str(ds.root)], capsys, monkeypatch)
-    assert code == 2 and "A has 2 run(s) and B 1" in err
+    code, out, _ = run_cli(["compare", long, f"{short},{short}", *base[3:], "--trials", "200"], capsys, monkeypatch)
+    assert code == 0 and "2 seeds averaged" in " ".join(out.split()) and "per seed (mean over" in out
+    pooled = ["compare", f"{long},{short}", f"{short},{long}", *base[3:], "--unit", "seed-query", "--json"]
+    code, out, _ = run_cli([*pooled, "--trials", "200"], capsys, monkeypatch)
+    result = json.loads(out)
+    assert code == 0 and result["unit"] == "seed-query" and result["queries"] == 2 * len(ds.qrels)
+    assert result["metrics"]["ndcg@10"]["delta"] == pytest.approx(0.0, abs=1e-12)
+    code, out, _ = run_cli([*pooled[:-1], "--format", "markdown", "--trials", "200"], capsys, monkeypatch)
+    assert code == 0 and "query q of seed i paired on both sides, 2 seeds" in out
+    code, _, err = run_cli([*base, "--unit", "seed-query"], capsys, monkeypatch)
+    assert code == 2 and "a file repeated as every seed is a fixed baseline" in err
+    code, _, err = run_cli([*base, "--unit", "seeds"], capsys, monkeypatch)
+    assert code == 2 and "--unit must be one of query, seed-query" in err
+    code, _, err = run_cli(["compare", f"{long},{short}", f"{short},{long},{long}", *base[3:]], capsys, monkeypatch)
+    assert code == 2 and "A has 2 run(s) and B 3" in err

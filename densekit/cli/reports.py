@@ -20,16 +20,26 @@ def compare_cmd(
     run_a: Annotated[
         str,
         typer.Argument(
-            help="TREC run file A (the baseline); or one per training seed, comma-separated (A1,A2,A3): "
-            "pooled, query q of seed i paired with query q of B's seed i."
+            help="TREC run file A (the baseline); or one per training seed, comma-separated (A1,A2,A3), "
+            "paired as --unit says; one file against B's seeds is a fixed baseline (a start model)."
         ),
     ],
-    run_b: Annotated[str, typer.Argument(help="TREC run file B (compared against A); as many comma-separated as A.")],
+    run_b: Annotated[
+        str, typer.Argument(help="TREC run file B (compared against A); one per seed as A, or one against A's seeds.")
+    ],
     data: Annotated[str, typer.Option("--data", help="BEIR folder or name whose qrels judge both runs.")],
     split: Annotated[str, typer.Option(help="qrels split.")] = "test",
     metrics: Annotated[str | None, typer.Option(help="Comma-separated, e.g. ndcg@10,recall@100.")] = None,
     trials: Annotated[int, typer.Option(help="Random sign assignments of the randomisation test.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed of the randomisation test.")] = 0,
+    unit: Annotated[
+        str,
+        typer.Option(
+            help="With several seeds: 'query' averages each query over a side's seeds and pairs the queries "
+            "(n = queries); 'seed-query' pairs query q of seed i on both sides (n = seeds x queries: each query "
+            "counted once per seed)."
+        ),
+    ] = "query",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the comparison JSON.")] = None,
     plot: Annotated[
         Path | None, typer.Option(help="Write a PNG of per-query deltas (first metric; needs matplotlib).")
@@ -46,7 +56,7 @@ def compare_cmd(
 
     runs_a, runs_b = run_paths(run_a), run_paths(run_b)
     comparison, result = compare_run_files(
-        runs_a, runs_b, data, split, parse_metrics(metrics), trials=trials, seed=seed, out=out, plot=plot
+        runs_a, runs_b, data, split, parse_metrics(metrics), trials=trials, seed=seed, out=out, plot=plot, unit=unit
     )
     if as_json:
         render.emit(result)
@@ -60,10 +70,14 @@ def compare_cmd(
             if comparison.missing_a or comparison.missing_b
             else ""
         )
-        pooled = f"{result['seeds']} seeds pooled, " if result["seeds"] > 1 else ""
+        pooled = {
+            "query": f"{result['seeds']} seeds averaged per query, ",
+            "seed-query": f"{result['seeds']} seeds pooled, ",
+        }
+        pairs = pooled.get(result.get("unit", ""), "")
         render.table(
             f"{result['dataset']} / {split}: B={comparison.name_b} vs A={comparison.name_a} "
-            f"({pooled}{comparison.queries} queries{missing})",
+            f"({pairs}{comparison.queries} paired queries{missing})",
             ["metric", "A", "B", "B - A", "t-test p", "randomisation p", "wins/ties/losses"],
             [
                 [

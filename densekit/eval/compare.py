@@ -169,9 +169,23 @@ def compare_runs(
         raise DensekitError("no judged queries to compare on")
     values_a, missing_a = _paired_values(qrels, run_a, names, name_a)
     values_b, missing_b = _paired_values(qrels, run_b, names, name_b)
-    query_ids = list(qrels)
+    return compare_values(values_a, values_b, names, trials, seed, (name_a, name_b), (missing_a, missing_b))
+
+
+def compare_values(
+    values_a: dict[str, dict[str, float]],
+    values_b: dict[str, dict[str, float]],
+    metrics: Sequence[str],
+    trials: int = 10_000,
+    seed: int = 0,
+    names: tuple[str, str] = ("A", "B"),
+    missing: tuple[int, int] = (0, 0),
+) -> Comparison:
+    """The paired tests over per-query metric values (``{query: {metric: value}}``, the same queries on
+    both sides, in `values_a`'s order): the statistics behind :func:`compare_runs` and :func:`compare_seeds`."""
+    query_ids = list(values_a)
     results = {}
-    for metric in names:
+    for metric in metrics:
         a = np.array([values_a[q][metric] for q in query_ids])
         b = np.array([values_b[q][metric] for q in query_ids])
         diff = b - a
@@ -188,7 +202,98 @@ def compare_runs(
             ties=int(np.count_nonzero(np.abs(diff) <= TIE_TOLERANCE)),
             losses=int(np.count_nonzero(diff < -TIE_TOLERANCE)),
         )
-    return Comparison(name_a, name_b, len(query_ids), results, values_a, values_b, missing_a, missing_b, trials, seed)
+    return Comparison(names[0], names[1], len(query_ids), results, values_a, values_b, *missing, trials, seed)
+
+
+#: How several seeds' runs are paired: "query" averages each query's value over a side's seeds and pairs
+#: the judged queries (n = queries); "seed-query" pools query q of seed i with query q of seed i (n =
+#: seeds x queries, :func:`pool_seeds`).
+SEED_UNITS = ("query", "seed-query")
+
+
+def seed_means(per_seed: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each query's metric values averaged over several runs' per-query values (the same queries in each)."""
+    return {
+        query: {metric: float(np.mean([values[query][metric] for values in per_seed])) for metric in first}
+        for query, first in per_seed[0].items()
+    }
+
+
+@dataclass
+class SeedComparison:
+    """A comparison of several seeds' runs: the paired tests (`comparison`, over the `unit`'s pairs) and
+    each seed's mean of every metric on each side (a side with one run, a fixed baseline, repeats it)."""
+
+    comparison: Comparison
+    unit: str
+    seeds: int
+    per_seed: dict[str, dict[str, list[float]]]
+
+
+def compare_seeds(
+    runs_a: Sequence[Run],
+    runs_b: Sequence[Run],
+    qrels: Qrels,
+    metrics: Iterable[str] = DEFAULT_METRICS,
+    trials: int = 10_000,
+    seed: int = 0,
+    names: tuple[str, str] = ("A", "B"),
+    unit: str = "query",
+) -> SeedComparison:
+    """Compare recipe B's runs (one per training seed) with recipe A's on every judged query of `qrels`.
+
+    With `unit` ``"query"`` (the default) each query's value is averaged over a side's seeds and the
+    tests pair the judged queries, so n is the number of queries: the seeds' shared queries are not
+    counted as independent evidence. One side may be a single run (a fixed baseline such as the start
+    model, which has no seeds). ``"seed-query"`` pools query q of A's seed i with query q of B's seed i
+    (n = seeds x queries); it needs as many runs on each side and gives smaller p-values when queries,
+    not seeds, cause most of the variance: with a fixed baseline repeated per seed it counts each of its
+    queries several times, so it is refused there.
+    """
+    if unit not in SEED_UNITS:
+        raise DensekitError(f"unit must be one of {', '.join(SEED_UNITS)}, got {unit!r}")
+    runs_a, runs_b = list(runs_a), list(runs_b)
+    if not runs_a or not runs_b or (len(runs_a) != len(runs_b) and 1 not in (len(runs_a), len(runs_b))):
+        raise DensekitError(
+            f"A has {len(runs_a)} run(s) and B {len(runs_b)}: give one run per seed on each side in the same "
+            "seed order (A1,A2,A3 B1,B2,B3), or one run on a side that has no seeds (a fixed baseline)"
+        )
+    if not qrels:
+        raise DensekitError("no judged queries to compare on")
+    names_m = [m.strip().lower() for m in metrics]
+    if unit == "seed-query":
+        if (
+            len(runs_a) != len(runs_b)
+            or any(runs_a[0] is r for r in runs_a[1:])
+            or any(runs_b[0] is r for r in runs_b[1:])
+        ):
+            raise DensekitError(
+                "seed-query pooling pairs seed i of A with seed i of B, so it needs one distinct run per seed on "
+                "each side; against a fixed baseline use the query unit (it counts each query once)"
+            )
+        (pooled_a, judged), pooled_b = pool_seeds(runs_a, qrels), pool_seeds(runs_b, qrels)[0]
+        comparison = compare_runs(pooled_a, pooled_b, judged, names_m, trials, seed, *names)
+        per_seed = {m: {"a": per_seed_means(comparison.per_query_a, m), "b": per_seed_means(comparison.per_query_b, m)}
+                    for m in comparison.metrics}  # fmt: skip
+        return SeedComparison(comparison, unit, len(runs_a), per_seed)
+    side_a = [_paired_values(qrels, run, names_m, f"{names[0]} #{i}") for i, run in enumerate(runs_a, start=1)]
+    side_b = [_paired_values(qrels, run, names_m, f"{names[1]} #{i}") for i, run in enumerate(runs_b, start=1)]
+    seeds = max(len(runs_a), len(runs_b))
+    per_seed = {
+        m: {side: [float(np.mean([v[m] for v in values.values()])) for values, _ in runs] * (seeds // len(runs))
+            for side, runs in (("a", side_a), ("b", side_b))}
+        for m in names_m
+    }  # fmt: skip
+    comparison = compare_values(
+        seed_means([v for v, _ in side_a]),
+        seed_means([v for v, _ in side_b]),
+        names_m,
+        trials,
+        seed,
+        names,
+        (sum(n for _, n in side_a), sum(n for _, n in side_b)),
+    )
+    return SeedComparison(comparison, unit, seeds, per_seed)
 
 
 SEED_SEPARATOR = "#s"

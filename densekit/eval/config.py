@@ -135,12 +135,15 @@ def compare_run_files(
     seed: int = 0,
     out: Path | None = None,
     plot: Path | None = None,
+    unit: str = "query",
 ) -> tuple[object, dict]:
     """`densekit compare`: TREC runs judged by `data`'s `split` qrels, per query (paired tests).
 
-    One run a side compares them on the judged queries. Several (one per training seed, as many on each
-    side) are pooled with :func:`~densekit.eval.compare.pool_seeds`: query q of A's i-th run pairs with
-    query q of B's i-th run, and the summary adds each seed's means under "per_seed". Returns the
+    One run a side compares them on the judged queries. Several (one per training seed, in the same seed
+    order on each side, or one fixed baseline against a recipe's seeds) go through
+    :func:`~densekit.eval.compare.compare_seeds` with `unit` ``"query"`` (each query's value averaged over
+    the seeds, n = queries) or ``"seed-query"`` (query q of A's seed i with query q of B's seed i), and the
+    summary adds each seed's means under "per_seed". Returns the
     :class:`~densekit.eval.compare.Comparison` and its JSON summary. `out` gets the per-query JSON;
     `plot` a PNG of per-query deltas of the first metric. Without matplotlib the plot is skipped: the
     summary says so under "plot_skipped" (the comparison itself is never thrown away).
@@ -148,41 +151,30 @@ def compare_run_files(
     import importlib.util
 
     from densekit.data import Run, qrels_path, read_qrels, resolve_dataset
-    from densekit.eval.compare import compare_runs, per_seed_means, plot_deltas, pool_seeds
+    from densekit.eval.compare import SEED_UNITS, compare_runs, compare_seeds, plot_deltas
 
-    if not runs_a or len(runs_a) != len(runs_b):
+    if unit not in SEED_UNITS:
+        raise DensekitError(f"--unit must be one of {', '.join(SEED_UNITS)}, got {unit!r}")
+    if unit == "seed-query" and any(
+        len(side) > 1 and len({p.resolve() for p in side}) == 1 for side in (runs_a, runs_b)
+    ):
         raise DensekitError(
-            f"A has {len(runs_a)} run(s) and B {len(runs_b)}: give one run a side, or one per seed on each "
-            "side in the same seed order (A1,A2,A3 B1,B2,B3)"
+            "--unit seed-query needs one distinct run per seed on each side; a file repeated as every seed is a "
+            "fixed baseline: give it once, compared with the query unit"
         )
     root = resolve_dataset(data)
     qrels = read_qrels(qrels_path(root, split))
     read_a, read_b = [Run.read_trec(p) for p in runs_a], [Run.read_trec(p) for p in runs_b]
-    seeds = len(runs_a)
-    if seeds > 1:
-        (run_a, judged), run_b = pool_seeds(read_a, qrels), pool_seeds(read_b, qrels)[0]
+    names = (",".join(p.name for p in runs_a), ",".join(p.name for p in runs_b))
+    if len(read_a) == len(read_b) == 1:
+        comparison = compare_runs(read_a[0], read_b[0], qrels, metrics, trials, seed, *names)
+        result = comparison.to_json(per_query=False)
+        result.update(dataset=root.name, split=split, seeds=1)
     else:
-        (run_a, run_b), judged = (read_a[0], read_b[0]), qrels
-    comparison = compare_runs(
-        run_a,
-        run_b,
-        judged,
-        metrics,
-        trials=trials,
-        seed=seed,
-        name_a=",".join(p.name for p in runs_a),
-        name_b=",".join(p.name for p in runs_b),
-    )
-    result = comparison.to_json(per_query=False)
-    result.update(dataset=root.name, split=split, seeds=seeds)
-    if seeds > 1:
-        result["per_seed"] = {
-            metric: {
-                "a": per_seed_means(comparison.per_query_a, metric),
-                "b": per_seed_means(comparison.per_query_b, metric),
-            }
-            for metric in comparison.metrics
-        }
+        seeds = compare_seeds(read_a, read_b, qrels, metrics, trials, seed, names, unit)
+        comparison = seeds.comparison
+        result = comparison.to_json(per_query=False)
+        result.update(dataset=root.name, split=split, seeds=seeds.seeds, unit=seeds.unit, per_seed=seeds.per_seed)
     if out is not None:
         from densekit.io import write_json
 

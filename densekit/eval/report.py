@@ -79,6 +79,16 @@ def missing_queries_note(report: Mapping[str, Any]) -> str:
     )
 
 
+def _seed_pairing(comparison: Mapping[str, Any]) -> str:
+    """How a comparison of several seeds paired them, for the table's footnote ("" for one run a side)."""
+    seeds = comparison.get("seeds", 1)
+    if seeds <= 1:
+        return ""
+    if comparison.get("unit") == "seed-query":
+        return f" (query q of seed i paired on both sides, {seeds} seeds)"
+    return f" (each query's value averaged over {seeds} seeds)"
+
+
 def comparison_markdown(comparison: Mapping[str, Any]) -> str:
     """One row per metric of a comparison (the JSON of :class:`~densekit.eval.compare.Comparison`)."""
     header = [
@@ -105,7 +115,7 @@ def comparison_markdown(comparison: Mapping[str, Any]) -> str:
         )
     return (
         markdown_table(header, rows, [False, True, True, True, True, True, False])
-        + f"\n\n{comparison['queries']} paired queries; randomisation test with "
+        + f"\n\n{comparison['queries']} paired queries{_seed_pairing(comparison)}; randomisation test with "
         f"{comparison['randomization']['trials']} trials (seed {comparison['randomization']['seed']})."
     )
 
