@@ -24,11 +24,11 @@ on the PercPos negatives of the training split (`--ce-negatives-from`; or given 
 `--depth`, keeps `--mine-negatives` per query and trains on `--negatives-per-query` of them.
 
 Reported per variant: ndcg@10 and recall@100 mean and standard deviation over the seeds, each seed's
-value, the training steps, and the paired comparison against naive top-k over every seed's queries
-pooled (query q of seed s paired with query q of the same seed): mean delta, paired t-test p-value and
-randomisation-test p-value (:func:`densekit.eval.compare.compare_runs`). No setting is chosen here:
-each model is evaluated once it is trained (so its run can be archived) but the metrics are computed
-from the runs only when every model's are there. ``--generality
+value, the training steps, and the paired comparison against naive top-k: mean delta, paired t-test
+and randomisation-test p-values by query (each query's value averaged over the seeds) and pooled over
+every seed's queries (query q of seed s with query q of the same seed; :func:`seed_stats.paired`).
+No setting is chosen here: each model is evaluated once it is trained (so its run can be archived)
+but the metrics are computed from the runs only when every model's are there. ``--generality
 nfcorpus`` also scores every trained model and the start model on another dataset's test split
 (zero-shot: does training on SciFact cost the model elsewhere?), paired against the start model.
 

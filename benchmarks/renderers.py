@@ -168,9 +168,12 @@ def render_ablation(record: dict) -> str:
         data = (f"{Path(d['source']).name} {d['split']} less its dev slice ({d['train_queries']} queries) "
                 f"-> the slice ({d['dev_queries']} queries, fraction {d['fraction']}, seed {d['seed']}; "
                 "test not read)")  # fmt: skip
+    units = ("pooled over every seed's queries and by query with each query averaged over the seeds"
+             if any("query" in c for row in f["variants"].values() for c in row.get("vs_" + f["baseline"], {}).values())
+             else "paired over every seed's queries")  # fmt: skip
     note = (f"\n\n{data}, {f['model']}, seeds "
-            f"{', '.join(map(str, f['seeds']))}; {steps} number of steps in every run; p-values paired over every "
-            f"seed's queries against {f['baseline']}.")  # fmt: skip
+            f"{', '.join(map(str, f['seeds']))}; {steps} number of steps in every run; p-values {units} against "
+            f"{f['baseline']}.")  # fmt: skip
     stages = f.get("stages", [])
     if stages:
         loads = [x for stage in stages for x in (stage.get("load_before_after") or [])]
