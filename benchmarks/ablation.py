@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -66,9 +65,9 @@ from pathlib import Path
 from ablation_table import markdown
 from commands import DENSEKIT, emit, eval_command, parse_seeds, require_models, settings_of
 from crossfit import crossfitted_negatives, fold_stages
-from record import cpu_info
 from seed_stats import generality, paired, read_runs, spread
 from stage_archive import StageArchive
+from stage_runner import StageRunner
 
 from densekit.finetune.config import FinetuneConfig
 
@@ -109,7 +108,7 @@ def variants(args: argparse.Namespace) -> dict[str, Variant]:
 
 
 @dataclass
-class Ablation:
+class Ablation(StageRunner):
     """The run's settings and folders; each method does one stage and skips it when it is done."""
 
     args: argparse.Namespace
@@ -122,49 +121,6 @@ class Ablation:
     @property
     def archive(self) -> StageArchive | None:
         return StageArchive(self.out, self.args.archive) if self.args.archive else None
-
-    def run(
-        self, name: str, command: list[str], done: Path, files: tuple[Path, ...] = (), restore: bool = True
-    ) -> dict:
-        """Run one densekit command (skipped when `done` holds the same command); its JSON output, kept in `done`.
-
-        With ``--archive``, a stage missing here is first brought back from the archive (`done` and its
-        output `files`; not with `restore` False: a model's summary without the model), and a stage that
-        runs is archived when it finishes.
-        """
-        if self.archive and restore:
-            self.archive.restore(done, files)
-        if done.is_file():
-            summary = json.loads(done.read_text(encoding="utf-8"))
-            if summary["command"] != command:  # another setting: never reuse a stage silently
-                raise SystemExit(f"[ablation] {name}: {done} was made by another command ({summary['command']}); "
-                                 "use another --out, or delete that stage's files to run it again")  # fmt: skip
-            self._note(name, summary, reused=True)
-            return summary
-        print(f"[ablation] {name}: {' '.join(command)}", file=sys.stderr, flush=True)
-        load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SystemExit(f"[ablation] {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-        summary = {"command": command, "wall_s": round(time.perf_counter() - start, 1)}
-        summary["load_before_after"] = [load_before, round(os.getloadavg()[0], 2)]
-        summary["cpu"] = cpu_info()[0]  # stages of one ablation may run on several sessions' machines
-        summary["output"] = json.loads(result.stdout) if result.stdout.strip() else None
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        if self.archive:
-            self.archive.keep(done, files)
-        self._note(name, summary, reused=False)
-        return summary
-
-    def _note(self, name: str, summary: dict, reused: bool) -> None:
-        """Every stage in the result, also one kept from an earlier run (its own wall time and load)."""
-        if any(entry["stage"] == name for entry in self.log):
-            return
-        entry = {"stage": name, "wall_s": summary["wall_s"], "reused": reused}
-        entry["load_before_after"] = summary.get("load_before_after")
-        entry["cpu"] = summary.get("cpu")
-        self.log.append(entry)
 
     def mine(self, key: str, method: tuple[str, ...], scorer: str | None = None) -> Path:
         """Negatives of the training split mined with `method` (and the cross-encoder's scores)."""
@@ -257,7 +213,7 @@ class Ablation:
         for name, done in stages.items():
             kept = self.archive.copy_of(done) if self.archive and self.archive.has(done) else done
             if kept.is_file():
-                self._note(name, json.loads(kept.read_text(encoding="utf-8")), reused=True)
+                self.note(name, json.loads(kept.read_text(encoding="utf-8")), reused=True)
 
     def train(self, variant: Variant, seed: int, need_model: bool = True) -> tuple[Path, int]:
         """The bi-encoder of `variant` at `seed`; its model folder and training steps.
