@@ -16,6 +16,9 @@ Statistical Significance Tests for Information Retrieval Evaluation" (CIKM 2007)
   of `trials` random sign assignments whose mean difference is at least as extreme as the observed
   one, counted with the observed assignment, ``(hits + 1) / (trials + 1)`` (never 0).
 
+Several seeds' runs of two recipes (:func:`compare_seeds`) are compared by query by default: each
+query's value averaged over a side's seeds, n = the judged queries.
+
 When every difference is zero the runs are indistinguishable and both p-values are 1.0 (scipy's
 t-test returns NaN there).
 
@@ -246,9 +249,10 @@ def compare_seeds(
     tests pair the judged queries, so n is the number of queries: the seeds' shared queries are not
     counted as independent evidence. One side may be a single run (a fixed baseline such as the start
     model, which has no seeds). ``"seed-query"`` pools query q of A's seed i with query q of B's seed i
-    (n = seeds x queries); it needs as many runs on each side and gives smaller p-values when queries,
-    not seeds, cause most of the variance: with a fixed baseline repeated per seed it counts each of its
-    queries several times, so it is refused there.
+    (n = seeds x queries); it needs one distinct run per seed on each side. It counts a query once per
+    seed although the seeds' differences on a query are correlated (they share it), and with a fixed
+    baseline repeated as every seed that correlation is strong, so it is refused there. The missing
+    counts are summed over a side's runs.
     """
     if unit not in SEED_UNITS:
         raise DensekitError(f"unit must be one of {', '.join(SEED_UNITS)}, got {unit!r}")
