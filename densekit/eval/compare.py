@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -266,14 +267,11 @@ def compare_seeds(
         raise DensekitError("no judged queries to compare on")
     names_m = [m.strip().lower() for m in metrics]
     if unit == "seed-query":
-        if (
-            len(runs_a) != len(runs_b)
-            or any(runs_a[0] is r for r in runs_a[1:])
-            or any(runs_b[0] is r for r in runs_b[1:])
-        ):
+        if len(runs_a) != len(runs_b) or any(x == y for side in (runs_a, runs_b) for x, y in combinations(side, 2)):
             raise DensekitError(
                 "seed-query pooling pairs seed i of A with seed i of B, so it needs one distinct run per seed on "
-                "each side; against a fixed baseline use the query unit (it counts each query once)"
+                "each side; a file repeated as every seed is a fixed baseline: give it once, compared with the "
+                "query unit (it counts each query once)"
             )
         (pooled_a, judged), pooled_b = pool_seeds(runs_a, qrels), pool_seeds(runs_b, qrels)[0]
         comparison = compare_runs(pooled_a, pooled_b, judged, names_m, trials, seed, *names)

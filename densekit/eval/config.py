@@ -155,13 +155,6 @@ def compare_run_files(
 
     if unit not in SEED_UNITS:
         raise DensekitError(f"--unit must be one of {', '.join(SEED_UNITS)}, got {unit!r}")
-    if unit == "seed-query" and any(
-        len(side) > 1 and len({p.resolve() for p in side}) == 1 for side in (runs_a, runs_b)
-    ):
-        raise DensekitError(
-            "--unit seed-query needs one distinct run per seed on each side; a file repeated as every seed is a "
-            "fixed baseline: give it once, compared with the query unit"
-        )
     root = resolve_dataset(data)
     qrels = read_qrels(qrels_path(root, split))
     read_a, read_b = [Run.read_trec(p) for p in runs_a], [Run.read_trec(p) for p in runs_b]
